@@ -1,0 +1,22 @@
+package main
+import (
+ _ "github.com/hashicorp/memberlist"
+ _ "github.com/songgao/water"
+ _ "golang.org/x/crypto/chacha20poly1305"
+ _ "golang.org/x/crypto/argon2"
+ _ "golang.org/x/crypto/curve25519"
+ _ "golang.org/x/crypto/hkdf"
+ _ "golang.org/x/crypto/blake2s"
+ _ "github.com/vishvananda/netlink"
+ _ "github.com/vishvananda/netns"
+ _ "github.com/urfave/cli/v2"
+ _ "github.com/containernetworking/cni/pkg/skel"
+ _ "github.com/containernetworking/cni/pkg/types/100"
+ _ "github.com/containernetworking/plugins/pkg/ns"
+ _ "github.com/prometheus/client_golang/prometheus"
+ _ "golang.org/x/sys/unix"
+ _ "golang.org/x/net/ipv4"
+ _ "github.com/google/nftables"
+ _ "golang.zx2c4.com/wireguard/tun"
+)
+func main(){}

@@ -1,0 +1,302 @@
+package plugin
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// NetlinkPodNetwork is the real PodNetwork. The host end lives in the network
+// namespace of the calling process; the pod end is reached through a netlink
+// handle bound to the pod's namespace, so no thread ever switches namespace.
+type NetlinkPodNetwork struct{}
+
+var _ PodNetwork = NetlinkPodNetwork{}
+
+// podHandle opens a netlink handle inside the namespace at path.
+func podHandle(path string) (*netlink.Handle, netns.NsHandle, error) {
+	nsh, err := netns.GetFromPath(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, 0, fmt.Errorf("netns %s: %w", path, ErrNetnsGone)
+		}
+		return nil, 0, fmt.Errorf("open netns %s: %w", path, err)
+	}
+	// A path whose bind mount is gone is a plain file: the namespace is dead.
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(int(nsh), &fs); err == nil && fs.Type != unix.NSFS_MAGIC && fs.Type != unix.PROC_SUPER_MAGIC {
+		nsh.Close()
+		return nil, 0, fmt.Errorf("netns %s is not a namespace file: %w", path, ErrNetnsGone)
+	}
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		nsh.Close()
+		return nil, 0, fmt.Errorf("netlink handle in netns %s: %w", path, err)
+	}
+	return h, nsh, nil
+}
+
+func (NetlinkPodNetwork) Attach(a Attachment) (_ Links, err error) {
+	pod, nsh, err := podHandle(a.Netns)
+	if err != nil {
+		return Links{}, err
+	}
+	defer nsh.Close()
+	defer pod.Close()
+
+	br, err := netlink.LinkByName(a.Bridge)
+	if err != nil {
+		return Links{}, fmt.Errorf("bridge %s (is the weft agent set up?): %w", a.Bridge, err)
+	}
+	if br.Type() != "bridge" {
+		return Links{}, fmt.Errorf("link %s is a %s, not a bridge", a.Bridge, br.Type())
+	}
+
+	// A link with our deterministic name can only be the leftover of an ADD of
+	// the same container interface that died half-way: clear it.
+	if err := deleteVeth(netlink.LinkByName, netlink.LinkDel, a.HostVeth); err != nil {
+		return Links{}, fmt.Errorf("remove stale %s: %w", a.HostVeth, err)
+	}
+
+	// The pod end is created straight inside the pod namespace, so its name
+	// never collides with a host link.
+	veth := &netlink.Veth{
+		LinkAttrs: netlink.LinkAttrs{
+			Name:        a.HostVeth,
+			MTU:         a.MTU,
+			MasterIndex: br.Attrs().Index,
+		},
+		PeerName:      a.IfName,
+		PeerNamespace: netlink.NsFd(int(nsh)),
+	}
+	if err := netlink.LinkAdd(veth); err != nil {
+		// LinkAdd sets the master after creating the pair; a failure there
+		// leaves the pair behind.
+		_ = deleteVeth(netlink.LinkByName, netlink.LinkDel, a.HostVeth)
+		if errors.Is(err, unix.EEXIST) {
+			return Links{}, fmt.Errorf("create veth %s/%s: %s already exists in the pod: %w", a.HostVeth, a.IfName, a.IfName, err)
+		}
+		return Links{}, fmt.Errorf("create veth %s/%s: %w", a.HostVeth, a.IfName, err)
+	}
+	defer func() {
+		if err != nil {
+			// Deleting one end deletes both.
+			if derr := deleteVeth(netlink.LinkByName, netlink.LinkDel, a.HostVeth); derr != nil {
+				err = fmt.Errorf("%w (and rollback: %v)", err, derr)
+			}
+		}
+	}()
+
+	host, err := netlink.LinkByName(a.HostVeth)
+	if err != nil {
+		return Links{}, fmt.Errorf("find host veth %s: %w", a.HostVeth, err)
+	}
+	if err := netlink.LinkSetUp(host); err != nil {
+		return Links{}, fmt.Errorf("set %s up: %w", a.HostVeth, err)
+	}
+
+	podLink, err := configurePod(pod, a)
+	if err != nil {
+		return Links{}, err
+	}
+	return Links{HostMAC: host.Attrs().HardwareAddr, PodMAC: podLink.Attrs().HardwareAddr}, nil
+}
+
+// configurePod gives the pod end its address and routes:
+//
+//	ip addr add <addr>/32 dev <if>; ip link set <if> up; ip link set lo up
+//	ip route add <gw> dev <if> scope link
+//	ip route add <route> via <gw> dev <if>   (each route)
+func configurePod(pod *netlink.Handle, a Attachment) (netlink.Link, error) {
+	link, err := pod.LinkByName(a.IfName)
+	if err != nil {
+		return nil, fmt.Errorf("find %s in pod: %w", a.IfName, err)
+	}
+	if err := pod.AddrAdd(link, &netlink.Addr{IPNet: prefixToIPNet(a.Address)}); err != nil {
+		return nil, fmt.Errorf("add address %s to %s: %w", a.Address, a.IfName, err)
+	}
+	if err := pod.LinkSetUp(link); err != nil {
+		return nil, fmt.Errorf("set %s up: %w", a.IfName, err)
+	}
+	lo, err := pod.LinkByName("lo")
+	if err != nil {
+		return nil, fmt.Errorf("find lo in pod: %w", err)
+	}
+	if err := pod.LinkSetUp(lo); err != nil {
+		return nil, fmt.Errorf("set lo up: %w", err)
+	}
+	idx := link.Attrs().Index
+	gw := net.IP(a.Gateway.AsSlice())
+	if err := pod.RouteAdd(&netlink.Route{
+		LinkIndex: idx,
+		Dst:       prefixToIPNet(netip.PrefixFrom(a.Gateway, a.Gateway.BitLen())),
+		Scope:     netlink.SCOPE_LINK,
+	}); err != nil {
+		return nil, fmt.Errorf("add route to gateway %s: %w", a.Gateway, err)
+	}
+	for _, r := range a.Routes {
+		if err := pod.RouteAdd(&netlink.Route{LinkIndex: idx, Dst: prefixToIPNet(r), Gw: gw}); err != nil {
+			return nil, fmt.Errorf("add route %s via %s: %w", r, a.Gateway, err)
+		}
+	}
+	return link, nil
+}
+
+func (NetlinkPodNetwork) Detach(netnsPath, ifName, hostVeth string) error {
+	if err := deleteVeth(netlink.LinkByName, netlink.LinkDel, hostVeth); err != nil {
+		return fmt.Errorf("delete host veth %s: %w", hostVeth, err)
+	}
+	if netnsPath == "" {
+		return nil // the runtime says the namespace is already gone
+	}
+	pod, nsh, err := podHandle(netnsPath)
+	if errors.Is(err, ErrNetnsGone) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer nsh.Close()
+	defer pod.Close()
+	// Normally gone with its peer; this catches a pod end whose host end was
+	// removed by someone else and re-created under another name.
+	if err := deleteVeth(pod.LinkByName, pod.LinkDel, ifName); err != nil {
+		return fmt.Errorf("delete %s in pod: %w", ifName, err)
+	}
+	return nil
+}
+
+// deleteVeth deletes the veth called name if there is one. A link of any other
+// type under that name is left alone and reported.
+func deleteVeth(byName func(string) (netlink.Link, error), del func(netlink.Link) error, name string) error {
+	l, err := byName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return err
+	}
+	if l.Type() != "veth" {
+		return fmt.Errorf("link %s is a %s, not a veth: not touching it", name, l.Type())
+	}
+	if err := del(l); err != nil && !errors.Is(err, unix.ENODEV) {
+		return err
+	}
+	return nil
+}
+
+func (NetlinkPodNetwork) Check(a Attachment) error {
+	pod, nsh, err := podHandle(a.Netns)
+	if err != nil {
+		return err
+	}
+	defer nsh.Close()
+	defer pod.Close()
+
+	link, err := pod.LinkByName(a.IfName)
+	if err != nil {
+		return fmt.Errorf("interface %s in pod: %w", a.IfName, err)
+	}
+	if link.Type() != "veth" {
+		return fmt.Errorf("interface %s in pod is a %s, not a veth", a.IfName, link.Type())
+	}
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		return fmt.Errorf("interface %s in pod is down", a.IfName)
+	}
+	if a.MTU > 0 && link.Attrs().MTU != a.MTU {
+		return fmt.Errorf("interface %s in pod has MTU %d, want %d", a.IfName, link.Attrs().MTU, a.MTU)
+	}
+
+	addrs, err := retryDump(func() ([]netlink.Addr, error) { return pod.AddrList(link, netlink.FAMILY_V4) })
+	if err != nil {
+		return fmt.Errorf("list addresses of %s: %w", a.IfName, err)
+	}
+	if !slices.ContainsFunc(addrs, func(ad netlink.Addr) bool { return ipNetToPrefix(ad.IPNet) == a.Address }) {
+		return fmt.Errorf("interface %s in pod lacks address %s", a.IfName, a.Address)
+	}
+
+	routes, err := retryDump(func() ([]netlink.Route, error) { return pod.RouteList(link, netlink.FAMILY_V4) })
+	if err != nil {
+		return fmt.Errorf("list routes of %s: %w", a.IfName, err)
+	}
+	gwPrefix := netip.PrefixFrom(a.Gateway, a.Gateway.BitLen())
+	if !slices.ContainsFunc(routes, func(r netlink.Route) bool {
+		return routeDst(r) == gwPrefix && r.Scope == netlink.SCOPE_LINK
+	}) {
+		return fmt.Errorf("pod lacks link route to gateway %s on %s", a.Gateway, a.IfName)
+	}
+	for _, want := range a.Routes {
+		if !slices.ContainsFunc(routes, func(r netlink.Route) bool {
+			gw, _ := netip.AddrFromSlice(r.Gw)
+			return routeDst(r) == want && gw.Unmap() == a.Gateway
+		}) {
+			return fmt.Errorf("pod lacks route %s via %s on %s", want, a.Gateway, a.IfName)
+		}
+	}
+
+	host, err := netlink.LinkByName(a.HostVeth)
+	if err != nil {
+		return fmt.Errorf("host veth %s: %w", a.HostVeth, err)
+	}
+	if host.Type() != "veth" {
+		return fmt.Errorf("host link %s is a %s, not a veth", a.HostVeth, host.Type())
+	}
+	if link.Attrs().ParentIndex != host.Attrs().Index {
+		return fmt.Errorf("interface %s in pod is not the peer of host veth %s", a.IfName, a.HostVeth)
+	}
+	br, err := netlink.LinkByName(a.Bridge)
+	if err != nil {
+		return fmt.Errorf("bridge %s: %w", a.Bridge, err)
+	}
+	if host.Attrs().MasterIndex != br.Attrs().Index {
+		return fmt.Errorf("host veth %s is not attached to bridge %s", a.HostVeth, a.Bridge)
+	}
+	return nil
+}
+
+// retryDump repeats a netlink dump the kernel reported as interrupted by a
+// concurrent change; its partial result must not be trusted.
+func retryDump[T any](dump func() ([]T, error)) ([]T, error) {
+	var err error
+	for range 5 {
+		var out []T
+		out, err = dump()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return out, err
+		}
+	}
+	return nil, err
+}
+
+func prefixToIPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+func ipNetToPrefix(n *net.IPNet) netip.Prefix {
+	if n == nil {
+		return netip.Prefix{}
+	}
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}
+	}
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones)
+}
+
+// routeDst is the route's destination; the kernel reports a default route
+// with no destination.
+func routeDst(r netlink.Route) netip.Prefix {
+	if r.Dst == nil {
+		return netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+	}
+	return ipNetToPrefix(r.Dst)
+}

@@ -1,0 +1,95 @@
+package crypto
+
+import "errors"
+
+// Errors of the data path. They are returned unwrapped so that the hot path
+// never allocates; compare with errors.Is or ==.
+var (
+	// ErrNoSession: there is no usable session to the peer (none yet, or it
+	// expired). The caller drops or queues the packet and calls Initiate.
+	ErrNoSession = errors.New("no session with peer")
+	// ErrUnknownPeer: the peer name was never added, or was removed.
+	ErrUnknownPeer = errors.New("unknown peer")
+	// ErrShortBuffer: the caller's buffer lacks headroom or tailroom.
+	ErrShortBuffer = errors.New("buffer too short for header and tag")
+	// ErrMalformed: the bytes are not a message of the expected type and size.
+	ErrMalformed = errors.New("malformed message")
+	// ErrUnknownIndex: the receiver index names no live session or handshake.
+	ErrUnknownIndex = errors.New("unknown receiver index")
+	// ErrAuth: the AEAD tag did not verify (tampered, forged or wrong key).
+	ErrAuth = errors.New("message authentication failed")
+	// ErrReplay: the counter was already seen or fell behind the replay window.
+	ErrReplay = errors.New("replayed or too old message")
+	// ErrExpired: the session that the message belongs to is too old to use.
+	ErrExpired = errors.New("session expired")
+)
+
+// Errors of the handshake. Each failure is also counted under its Reason.
+var (
+	ErrBadMAC              = errors.New("handshake mac1 does not verify")
+	ErrWrongPSK            = errors.New("handshake mac2 does not verify: peer has a different password")
+	ErrDecrypt             = errors.New("handshake does not decrypt")
+	ErrReplayedInitiation  = errors.New("replayed handshake initiation")
+	ErrRateLimited         = errors.New("handshake rate limit exceeded")
+	ErrUnknownPeerKey      = errors.New("handshake from a public key that is not a known peer")
+	ErrCipherMismatch      = errors.New("responder chose a cipher the initiator did not offer")
+	ErrHandshakePending    = errors.New("a handshake with this peer is already in flight")
+	ErrSimultaneousDropped = errors.New("initiation dropped: our own initiation to this peer wins the tie-break")
+)
+
+// FailReason names why a handshake message was refused; the values are stable
+// strings for status output and metrics labels.
+type FailReason int
+
+const (
+	FailMalformed FailReason = iota
+	FailBadMAC
+	FailWrongPSK
+	FailDecrypt
+	FailReplayedInitiation
+	FailRateLimited
+	FailUnknownPeer
+	FailUnknownIndex
+	numFailReasons
+)
+
+var failReasonNames = [numFailReasons]string{
+	FailMalformed:          "malformed",
+	FailBadMAC:             "bad-mac",
+	FailWrongPSK:           "wrong-psk",
+	FailDecrypt:            "decrypt",
+	FailReplayedInitiation: "replayed-initiation",
+	FailRateLimited:        "rate-limited",
+	FailUnknownPeer:        "unknown-peer",
+	FailUnknownIndex:       "unknown-index",
+}
+
+func (r FailReason) String() string {
+	if r < 0 || r >= numFailReasons {
+		return "unknown"
+	}
+	return failReasonNames[r]
+}
+
+// failReasonOf maps a handshake error to the reason it is counted under.
+func failReasonOf(err error) (FailReason, bool) {
+	switch {
+	case errors.Is(err, ErrMalformed):
+		return FailMalformed, true
+	case errors.Is(err, ErrBadMAC):
+		return FailBadMAC, true
+	case errors.Is(err, ErrWrongPSK):
+		return FailWrongPSK, true
+	case errors.Is(err, ErrDecrypt), errors.Is(err, ErrCipherMismatch):
+		return FailDecrypt, true
+	case errors.Is(err, ErrReplayedInitiation):
+		return FailReplayedInitiation, true
+	case errors.Is(err, ErrRateLimited):
+		return FailRateLimited, true
+	case errors.Is(err, ErrUnknownPeerKey):
+		return FailUnknownPeer, true
+	case errors.Is(err, ErrUnknownIndex):
+		return FailUnknownIndex, true
+	}
+	return 0, false
+}

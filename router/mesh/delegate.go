@@ -1,0 +1,296 @@
+package mesh
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/weftnet/weft/api"
+)
+
+// delegate receives memberlist's callbacks. Several of them are called with
+// memberlist's node lock held, so they must never call back into the
+// memberlist; membership changes are handed to a goroutine instead.
+type delegate struct {
+	m    *Mesh
+	meta []byte
+
+	refusedMu sync.Mutex
+	refused   map[string]string // peer -> last reason logged, so a refusal is logged once
+}
+
+// NodeMeta implements memberlist.Delegate.
+func (d *delegate) NodeMeta(limit int) []byte {
+	if len(d.meta) > limit {
+		// Encode already checked MaxMetaSize; memberlist's limit is the same.
+		return nil
+	}
+	return d.meta
+}
+
+// NotifyMsg implements memberlist.Delegate: a user message, tagged by channel.
+func (d *delegate) NotifyMsg(b []byte) {
+	if len(b) < 1 {
+		return
+	}
+	d.m.mu.Lock()
+	h := d.m.handlers[Channel(b[0])]
+	d.m.mu.Unlock()
+	if h == nil {
+		d.m.log.Debug("gossip message on unknown channel dropped", "channel", b[0])
+		return
+	}
+	h.HandleMessage(b[1:])
+}
+
+// GetBroadcasts implements memberlist.Delegate.
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
+	return d.m.queue.GetBroadcasts(overhead, limit)
+}
+
+// LocalState implements memberlist.Delegate: every channel's state as
+// [channel 1B][length 4B][state] records.
+func (d *delegate) LocalState(join bool) []byte {
+	d.m.mu.Lock()
+	hs := make(map[Channel]Handler, len(d.m.handlers))
+	for ch, h := range d.m.handlers {
+		hs[ch] = h
+	}
+	d.m.mu.Unlock()
+	var out []byte
+	for ch, h := range hs {
+		s := h.LocalState()
+		out = append(out, byte(ch))
+		out = binary.BigEndian.AppendUint32(out, uint32(len(s)))
+		out = append(out, s...)
+	}
+	return out
+}
+
+// ErrStateFraming is returned for a push/pull state that is not a sequence of records.
+var ErrStateFraming = errors.New("malformed gossip state")
+
+// SplitState parses the records of LocalState; exported for fuzzing.
+func SplitState(buf []byte, each func(ch Channel, state []byte) error) error {
+	for len(buf) > 0 {
+		if len(buf) < 5 {
+			return fmt.Errorf("%w: %d trailing bytes", ErrStateFraming, len(buf))
+		}
+		ch := Channel(buf[0])
+		n := binary.BigEndian.Uint32(buf[1:5])
+		buf = buf[5:]
+		if uint64(n) > uint64(len(buf)) {
+			return fmt.Errorf("%w: record of %d bytes, %d left", ErrStateFraming, n, len(buf))
+		}
+		if err := each(ch, buf[:n]); err != nil {
+			return err
+		}
+		buf = buf[n:]
+	}
+	return nil
+}
+
+// MergeRemoteState implements memberlist.Delegate.
+func (d *delegate) MergeRemoteState(buf []byte, join bool) {
+	err := SplitState(buf, func(ch Channel, state []byte) error {
+		d.m.mu.Lock()
+		h := d.m.handlers[ch]
+		d.m.mu.Unlock()
+		if h == nil {
+			return nil
+		}
+		if err := h.MergeState(state); err != nil {
+			d.m.log.Error("could not merge a peer's state", "channel", ch, "err", err)
+		}
+		return nil
+	})
+	if err != nil {
+		d.m.log.Warn("dropped a peer's gossip state", "err", err)
+	}
+}
+
+// NotifyJoin implements memberlist.EventDelegate.
+func (d *delegate) NotifyJoin(n *memberlist.Node) { d.record(n, api.StateAlive) }
+
+// NotifyLeave implements memberlist.EventDelegate; memberlist says "leave" for
+// both a graceful leave and a failure.
+func (d *delegate) NotifyLeave(n *memberlist.Node) {
+	st := api.StateDead
+	if n.State == memberlist.StateLeft {
+		st = api.StateLeft
+	}
+	d.record(n, st)
+}
+
+// NotifyUpdate implements memberlist.EventDelegate.
+func (d *delegate) NotifyUpdate(n *memberlist.Node) { d.record(n, api.StateAlive) }
+
+func (d *delegate) record(n *memberlist.Node, state string) {
+	m := d.m
+	meta, _ := DecodeMeta(n.Meta) // already vetted by NotifyAlive/NotifyMerge
+	addr := n.Address()
+	m.mu.Lock()
+	p := m.peers[n.Name]
+	if p == nil {
+		p = &peer{}
+		m.peers[n.Name] = p
+	}
+	changed := p.state != state
+	p.node = *n
+	p.node.Meta = nil
+	p.meta = meta
+	if changed {
+		p.state = state
+		p.since = time.Now()
+	}
+	// Remember every peer's address so that, once memberlist has forgotten a
+	// dead peer, it is still joined again when it comes back.
+	if n.Name != m.cfg.Name && state == api.StateAlive {
+		if _, ok := m.targets[addr]; !ok {
+			m.targets[addr] = &target{addr: addr}
+		}
+	}
+	closing := m.closing
+	m.mu.Unlock()
+	if changed && n.Name != m.cfg.Name && !closing {
+		switch state {
+		case api.StateAlive:
+			m.log.Info("peer joined", "peer", n.Name, "address", addr)
+		case api.StateLeft:
+			m.log.Info("peer left", "peer", n.Name, "address", addr)
+		default:
+			m.log.Warn("peer unreachable", "peer", n.Name, "address", addr)
+		}
+	}
+	// Handlers may call back into memberlist, which we are inside of: Run
+	// calls them from its own goroutine.
+	select {
+	case m.changed <- struct{}{}:
+	default:
+	}
+}
+
+// NotifyAlive implements memberlist.AliveDelegate: refuse incompatible peers.
+func (d *delegate) NotifyAlive(n *memberlist.Node) error {
+	if n.Name == d.m.cfg.Name {
+		return nil
+	}
+	return d.vet(n)
+}
+
+// NotifyMerge implements memberlist.MergeDelegate: a join brings a whole
+// member list; refuse it if any member is incompatible.
+func (d *delegate) NotifyMerge(peers []*memberlist.Node) error {
+	for _, n := range peers {
+		if n.Name == d.m.cfg.Name {
+			continue
+		}
+		if err := d.vet(n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *delegate) vet(n *memberlist.Node) error {
+	meta, err := DecodeMeta(n.Meta)
+	if err == nil {
+		err = meta.Compatible(len(d.m.cfg.SecretKey) > 0)
+	}
+	if err == nil {
+		return nil
+	}
+	err = fmt.Errorf("refusing peer %s at %s: %w", n.Name, n.Address(), err)
+	d.refusedMu.Lock()
+	if d.refused == nil {
+		d.refused = map[string]string{}
+	}
+	first := d.refused[n.Name] != err.Error()
+	d.refused[n.Name] = err.Error()
+	d.refusedMu.Unlock()
+	if first {
+		d.m.log.Error("refusing peer", "peer", n.Name, "address", n.Address(), "reason", err)
+	}
+	return err
+}
+
+// NotifyConflict implements memberlist.ConflictDelegate.
+func (d *delegate) NotifyConflict(existing, other *memberlist.Node) {
+	d.m.log.Error("two hosts use the same peer name; names must be unique (set --name)",
+		"peer", existing.Name, "address", existing.Address(), "other_address", other.Address())
+}
+
+// memberlistLogger turns memberlist's "[LEVEL] memberlist: text" lines into
+// structured logs, and says in plain words what the cryptic ones mean.
+type memberlistLogger struct{ log *slog.Logger }
+
+func newMemberlistLogger(l *slog.Logger) *log.Logger {
+	return log.New(memberlistLogger{l.With("component", "gossip")}, "", 0)
+}
+
+// explanations maps fragments of memberlist's messages to their likely cause.
+var explanations = []struct{ fragment, meaning string }{
+	{"No installed keys could decrypt", "a peer uses a different password"},
+	{"Encryption is configured but remote state is not encrypted", "a peer has no password but this one has"},
+	{"Remote state is encrypted and encryption is not configured", "a peer has a password but this one has none"},
+	{"message authentication failed", "a peer uses a different password"},
+	{"Conflicting address", "two hosts use the same peer name"},
+}
+
+// explain returns the likely cause of a memberlist message, or "".
+func explain(msg string) string {
+	msg = strings.ToLower(msg)
+	for _, e := range explanations {
+		if strings.Contains(msg, strings.ToLower(e.fragment)) {
+			return e.meaning
+		}
+	}
+	return ""
+}
+
+func (w memberlistLogger) Write(p []byte) (int, error) {
+	line := strings.TrimSpace(string(p))
+	level := slog.LevelDebug
+	for tag, l := range map[string]slog.Level{"[ERR]": slog.LevelError, "[WARN]": slog.LevelWarn, "[INFO]": slog.LevelDebug, "[DEBUG]": slog.LevelDebug} {
+		if strings.HasPrefix(line, tag) {
+			level = l
+			line = strings.TrimSpace(strings.TrimPrefix(line, tag))
+			break
+		}
+	}
+	line = strings.TrimPrefix(line, "memberlist: ")
+	if why := explain(line); why != "" {
+		w.log.Error(why+": refused its gossip", "detail", line)
+		return len(p), nil
+	}
+	w.log.Log(context.Background(), level, line)
+	return len(p), nil
+}
+
+// explainJoinError shortens a failed join into a reason a person can act on.
+func explainJoinError(err error) string {
+	if err == nil {
+		return "no peer answered"
+	}
+	s := err.Error()
+	if why := explain(s); why != "" {
+		return why
+	}
+	switch {
+	case strings.Contains(s, "connection refused"):
+		return "connection refused (no agent listening there yet?)"
+	case strings.Contains(s, "i/o timeout"), strings.Contains(s, "deadline exceeded"):
+		return "timed out (host down or port blocked?)"
+	case strings.Contains(s, "EOF"), strings.Contains(s, "reset by peer"):
+		return "connection closed by the peer (different password?)"
+	}
+	return s
+}

@@ -1,0 +1,503 @@
+// Package mesh is weft's membership: which peers exist, how to reach them, and
+// the carriage of replicated state (the IPAM ring) between them, over
+// hashicorp/memberlist gossip.
+//
+// memberlist forgets a dead node after a while and never looks for it again,
+// so a partition would stay split. Mesh keeps its own list of join targets
+// (the PEER arguments, `weft connect`, and every peer ever seen) and re-joins
+// those that are not alive, with backoff, for as long as it runs.
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/weftnet/weft/api"
+)
+
+// Channel tags the user messages and state of one subsystem riding on gossip.
+type Channel byte
+
+// Channels in use.
+const (
+	ChannelIPAM Channel = 1
+)
+
+// Handler receives one channel's messages and state.
+type Handler interface {
+	// HandleMessage gets a broadcast or direct message; it must not keep msg.
+	HandleMessage(msg []byte)
+	// LocalState is this peer's full state for a push/pull exchange.
+	LocalState() []byte
+	// MergeState merges a remote peer's full state.
+	MergeState(buf []byte) error
+}
+
+// Timing are the failure-detection and rejoin intervals.
+type Timing struct {
+	ProbeInterval    time.Duration // how often one peer is probed
+	ProbeTimeout     time.Duration // how long a probe waits for its ack
+	SuspicionMult    int           // suspicion lasts SuspicionMult × ProbeInterval (scaled by log of size)
+	GossipInterval   time.Duration // how often broadcasts are sent
+	PushPullInterval time.Duration // how often full state is exchanged with one random peer
+	RejoinInterval   time.Duration // how often targets that are not alive are joined again
+	RejoinMaxBackoff time.Duration // backoff cap for a target that keeps failing
+	TCPTimeout       time.Duration // dial timeout of a join
+}
+
+// DefaultTiming suits a LAN or a cloud VPC: a dead peer is noticed in about 5 s
+// and a healed partition is whole again within a few seconds of the link.
+func DefaultTiming() Timing {
+	return Timing{
+		ProbeInterval:    time.Second,
+		ProbeTimeout:     500 * time.Millisecond,
+		SuspicionMult:    4,
+		GossipInterval:   200 * time.Millisecond,
+		PushPullInterval: 15 * time.Second,
+		RejoinInterval:   2 * time.Second,
+		RejoinMaxBackoff: 10 * time.Second,
+		TCPTimeout:       3 * time.Second,
+	}
+}
+
+// Config of one mesh member.
+type Config struct {
+	Name      string
+	Bind      netip.Addr // underlay address to bind and advertise
+	Port      int        // gossip port, TCP and UDP
+	Meta      Meta
+	SecretKey []byte // 32-byte gossip key, nil for none
+	Timing    Timing
+	Logger    *slog.Logger
+}
+
+// Mesh is this agent's view of the mesh.
+type Mesh struct {
+	cfg     Config
+	log     *slog.Logger
+	list    *memberlist.Memberlist
+	queue   *memberlist.TransmitLimitedQueue
+	started time.Time
+
+	mu       sync.Mutex
+	handlers map[Channel]Handler
+	peers    map[string]*peer   // every peer ever seen, by name
+	targets  map[string]*target // addresses to keep joining, by host:port
+	onChange []func()
+	closing  bool
+	changed  chan struct{} // coalesced membership-change signal, drained by Run
+}
+
+type peer struct {
+	node  memberlist.Node // last seen
+	meta  Meta
+	state string
+	since time.Time
+}
+
+type target struct {
+	addr     string // host:port
+	explicit bool   // given by the operator, not learned
+	failures int
+	next     time.Time
+	lastErr  string
+}
+
+// New binds the gossip ports and starts memberlist; it does not join anyone yet.
+func New(cfg Config) (*Mesh, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Timing == (Timing{}) {
+		cfg.Timing = DefaultTiming()
+	}
+	meta, err := cfg.Meta.Encode()
+	if err != nil {
+		return nil, fmt.Errorf("node metadata: %w", err)
+	}
+	m := &Mesh{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		handlers: map[Channel]Handler{},
+		peers:    map[string]*peer{},
+		targets:  map[string]*target{},
+		started:  time.Now(),
+		changed:  make(chan struct{}, 1),
+	}
+	d := &delegate{m: m, meta: meta}
+
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = cfg.Name
+	mc.BindAddr = cfg.Bind.String()
+	mc.BindPort = cfg.Port
+	mc.AdvertiseAddr = cfg.Bind.String()
+	mc.AdvertisePort = cfg.Port
+	mc.ProbeInterval = cfg.Timing.ProbeInterval
+	mc.ProbeTimeout = cfg.Timing.ProbeTimeout
+	mc.SuspicionMult = cfg.Timing.SuspicionMult
+	mc.GossipInterval = cfg.Timing.GossipInterval
+	mc.PushPullInterval = cfg.Timing.PushPullInterval
+	mc.TCPTimeout = cfg.Timing.TCPTimeout
+	mc.Delegate = d
+	mc.Events = d
+	mc.Alive = d
+	mc.Merge = d
+	mc.Conflict = d
+	mc.Logger = newMemberlistLogger(cfg.Logger)
+	if len(cfg.SecretKey) > 0 {
+		mc.SecretKey = cfg.SecretKey
+		mc.GossipVerifyIncoming = true
+		mc.GossipVerifyOutgoing = true
+	}
+	list, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("start gossip on %s:%d: %w", cfg.Bind, cfg.Port, err)
+	}
+	m.list = list
+	m.queue = &memberlist.TransmitLimitedQueue{NumNodes: list.NumMembers, RetransmitMult: mc.RetransmitMult}
+	m.log.Info("listening for gossip", "address", net.JoinHostPort(cfg.Bind.String(), strconv.Itoa(cfg.Port)),
+		"encrypted", len(cfg.SecretKey) > 0)
+	return m, nil
+}
+
+// Handle registers the handler of one channel; call before Run.
+func (m *Mesh) Handle(ch Channel, h Handler) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.handlers[ch] = h
+}
+
+// OnChange registers f to be called (from a mesh goroutine) after membership changes.
+func (m *Mesh) OnChange(f func()) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.onChange = append(m.onChange, f)
+}
+
+// Run keeps joining targets until ctx is done, then leaves the mesh cleanly.
+func (m *Mesh) Run(ctx context.Context) {
+	tick := time.NewTicker(m.cfg.Timing.RejoinInterval / 4)
+	defer tick.Stop()
+	m.rejoin(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			m.leave()
+			return
+		case <-tick.C:
+			m.rejoin(ctx)
+		case <-m.changed:
+			m.notifyChange()
+		}
+	}
+}
+
+func (m *Mesh) leave() {
+	m.mu.Lock()
+	m.closing = true
+	m.mu.Unlock()
+	if err := m.list.Leave(2 * time.Second); err != nil {
+		m.log.Warn("leaving the mesh", "err", err)
+	} else {
+		m.log.Info("left the mesh")
+	}
+	if err := m.list.Shutdown(); err != nil {
+		m.log.Warn("stopping gossip", "err", err)
+	}
+}
+
+// Connect adds operator-given join targets (host or host:port).
+func (m *Mesh) Connect(addrs []string) error {
+	norm := make([]string, 0, len(addrs))
+	for _, a := range addrs {
+		n, err := NormalizeTarget(a, m.cfg.Port)
+		if err != nil {
+			return err
+		}
+		norm = append(norm, n)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, a := range norm {
+		t := m.targets[a]
+		if t == nil {
+			t = &target{addr: a}
+			m.targets[a] = t
+		}
+		t.explicit = true
+		t.next, t.failures = time.Time{}, 0
+	}
+	return nil
+}
+
+// Forget removes join targets; peers already joined stay until they leave.
+func (m *Mesh) Forget(addrs []string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, a := range addrs {
+		n, err := NormalizeTarget(a, m.cfg.Port)
+		if err != nil {
+			return err
+		}
+		delete(m.targets, n)
+	}
+	return nil
+}
+
+// NormalizeTarget turns "host" or "host:port" into host:port.
+func NormalizeTarget(s string, defaultPort int) (string, error) {
+	if s == "" {
+		return "", errors.New("empty peer address")
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		// No port given (or a bare IPv6 address).
+		host, port = s, strconv.Itoa(defaultPort)
+	}
+	if host == "" {
+		return "", fmt.Errorf("peer %q: no host", s)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 1 || p > 65535 {
+		return "", fmt.Errorf("peer %q: bad port %q", s, port)
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+// rejoin joins every target that is due and not an alive member, each in its
+// own goroutine so one unreachable address does not hold up the others.
+func (m *Mesh) rejoin(ctx context.Context) {
+	alive := map[string]bool{}
+	for _, n := range m.list.Members() {
+		if n.Name != m.cfg.Name && n.State == memberlist.StateAlive {
+			alive[n.Address()] = true
+		}
+	}
+	self := net.JoinHostPort(m.cfg.Bind.String(), strconv.Itoa(m.cfg.Port))
+	now := time.Now()
+	var due []*target
+	m.mu.Lock()
+	for _, t := range m.targets {
+		if alive[t.addr] || t.addr == self || now.Before(t.next) {
+			continue
+		}
+		// Mark as in flight so the next tick does not start a second join.
+		t.next = now.Add(m.cfg.Timing.RejoinMaxBackoff + m.cfg.Timing.TCPTimeout)
+		due = append(due, t)
+	}
+	m.mu.Unlock()
+	for _, t := range due {
+		go m.joinOne(ctx, t)
+	}
+}
+
+func (m *Mesh) joinOne(ctx context.Context, t *target) {
+	if ctx.Err() != nil {
+		return
+	}
+	m.log.Debug("joining", "target", t.addr)
+	n, err := m.list.Join([]string{t.addr})
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err != nil || n == 0 {
+		t.failures++
+		backoff := m.cfg.Timing.RejoinInterval << min(t.failures-1, 4)
+		backoff = min(backoff, m.cfg.Timing.RejoinMaxBackoff)
+		t.next = time.Now().Add(backoff)
+		msg := explainJoinError(err)
+		if msg != t.lastErr || t.failures == 1 {
+			level := slog.LevelWarn
+			if !t.explicit {
+				level = slog.LevelDebug
+			}
+			m.log.Log(ctx, level, "could not join peer, will retry", "target", t.addr, "reason", msg, "retry_in", backoff)
+		}
+		t.lastErr = msg
+		return
+	}
+	if t.failures > 0 || t.lastErr != "" || t.explicit {
+		m.log.Info("joined", "target", t.addr, "peers", m.list.NumMembers())
+	}
+	t.failures, t.lastErr = 0, ""
+	t.next = time.Now().Add(m.cfg.Timing.RejoinInterval)
+}
+
+// Broadcast gossips msg on channel ch to every peer, eventually.
+func (m *Mesh) Broadcast(ch Channel, msg []byte) {
+	b := make([]byte, 1+len(msg))
+	b[0] = byte(ch)
+	copy(b[1:], msg)
+	m.queue.QueueBroadcast(broadcast(b))
+}
+
+// SendTo sends msg on channel ch to the named peer over TCP.
+func (m *Mesh) SendTo(name string, ch Channel, msg []byte) error {
+	var node *memberlist.Node
+	for _, n := range m.list.Members() {
+		if n.Name == name {
+			node = n
+			break
+		}
+	}
+	if node == nil {
+		return fmt.Errorf("peer %s is not a member", name)
+	}
+	b := make([]byte, 1+len(msg))
+	b[0] = byte(ch)
+	copy(b[1:], msg)
+	if err := m.list.SendReliable(node, b); err != nil {
+		return fmt.Errorf("send to %s: %w", name, err)
+	}
+	return nil
+}
+
+// Transport adapts one channel of the mesh to what a replicated subsystem needs.
+type Transport struct {
+	Mesh    *Mesh
+	Channel Channel
+}
+
+func (t Transport) Broadcast(msg []byte)                 { t.Mesh.Broadcast(t.Channel, msg) }
+func (t Transport) SendTo(peer string, msg []byte) error { return t.Mesh.SendTo(peer, t.Channel, msg) }
+
+// PeerInfo is a peer's reachability for the data plane.
+type PeerInfo struct {
+	Name  string
+	Addr  netip.Addr
+	Meta  Meta
+	State string
+}
+
+// Members returns every peer ever seen, this one included, sorted by name.
+func (m *Mesh) Members() []PeerInfo {
+	live := m.liveStates()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]PeerInfo, 0, len(m.peers))
+	for name, p := range m.peers {
+		addr, _ := netip.AddrFromSlice(p.node.Addr)
+		out = append(out, PeerInfo{Name: name, Addr: addr.Unmap(), Meta: p.meta, State: stateOf(p, live)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// AliveNames returns the names of alive members, this one included, sorted.
+func (m *Mesh) AliveNames() []string {
+	var out []string
+	for _, n := range m.list.Members() {
+		if n.State == memberlist.StateAlive {
+			out = append(out, n.Name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// IsAlive reports whether name is an alive member.
+func (m *Mesh) IsAlive(name string) bool {
+	for _, n := range m.list.Members() {
+		if n.Name == name {
+			return n.State == memberlist.StateAlive
+		}
+	}
+	return false
+}
+
+// liveStates reads memberlist's current view (it knows suspects; events do not).
+func (m *Mesh) liveStates() map[string]memberlist.NodeStateType {
+	live := map[string]memberlist.NodeStateType{}
+	for _, n := range m.list.Members() {
+		live[n.Name] = n.State
+	}
+	return live
+}
+
+func stateOf(p *peer, live map[string]memberlist.NodeStateType) string {
+	if st, ok := live[p.node.Name]; ok {
+		switch st {
+		case memberlist.StateAlive:
+			return api.StateAlive
+		case memberlist.StateSuspect:
+			return api.StateSuspect
+		}
+	}
+	if p.state == api.StateLeft {
+		return api.StateLeft
+	}
+	return api.StateDead
+}
+
+// Peers is the `weft status peers` view.
+func (m *Mesh) Peers() []api.Peer {
+	live := m.liveStates()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]api.Peer, 0, len(m.peers))
+	for name, p := range m.peers {
+		out = append(out, api.Peer{
+			Name:     name,
+			Address:  p.node.Address(),
+			DataPort: int(p.meta.DataPort),
+			State:    stateOf(p, live),
+			Local:    name == m.cfg.Name,
+			Version:  p.meta.Version,
+			Protocol: int(p.meta.Protocol),
+			Since:    p.since,
+		})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Local != out[j].Local {
+			return out[i].Local
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out
+}
+
+// Targets lists the addresses this agent keeps joining, sorted.
+func (m *Mesh) Targets() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []string
+	for a, t := range m.targets {
+		if t.explicit {
+			out = append(out, a)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Counts returns members known and alive, this one included.
+func (m *Mesh) Counts() (known, alive int) {
+	m.mu.Lock()
+	known = len(m.peers)
+	m.mu.Unlock()
+	return known, len(m.AliveNames())
+}
+
+func (m *Mesh) notifyChange() {
+	m.mu.Lock()
+	fs := append([]func(){}, m.onChange...)
+	m.mu.Unlock()
+	for _, f := range fs {
+		f()
+	}
+}
+
+type broadcast []byte
+
+func (b broadcast) Invalidates(memberlist.Broadcast) bool { return false }
+func (b broadcast) Message() []byte                       { return b }
+func (b broadcast) Finished()                             {}

@@ -1,0 +1,122 @@
+package mesh
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// Protocol versions this build speaks. A peer announcing a protocol outside
+// [ProtocolMin, ProtocolMax] is refused at the gossip layer, so two builds that
+// cannot exchange data never half-join.
+const (
+	ProtocolMin = 1
+	ProtocolMax = 1
+)
+
+// metaFormat is the version of the metadata encoding itself.
+const metaFormat = 1
+
+// MaxMetaSize is memberlist's limit for node metadata.
+const MaxMetaSize = 512
+
+// Meta is what a peer announces about itself in its gossip node metadata:
+// what others need to reach its data plane.
+type Meta struct {
+	Protocol  uint8  // wire protocol version of the data plane
+	DataPort  uint16 // UDP port of the data plane
+	Encrypted bool   // this peer encrypts (has a password)
+	PublicKey []byte // long-term X25519 key, 0 or 32 bytes
+	Version   string // software version, informational
+}
+
+// Errors of the metadata decoder.
+var (
+	ErrMetaShort   = errors.New("node metadata truncated")
+	ErrMetaFormat  = errors.New("node metadata of unknown format")
+	ErrMetaTooBig  = errors.New("node metadata larger than memberlist allows")
+	ErrMetaInvalid = errors.New("node metadata invalid")
+)
+
+const flagEncrypted = 1 << 0
+
+// Encode lays Meta out as:
+//
+//	[0] format  [1] protocol  [2:4] data port (big endian)  [4] flags
+//	[5] key length (0|32)  key  [.] version length  version
+//
+// It returns ErrMetaTooBig rather than a slice memberlist would reject.
+func (m Meta) Encode() ([]byte, error) {
+	if n := len(m.PublicKey); n != 0 && n != 32 {
+		return nil, fmt.Errorf("%w: public key of %d bytes, want 32", ErrMetaInvalid, n)
+	}
+	if len(m.Version) > 255 {
+		return nil, fmt.Errorf("%w: version string of %d bytes", ErrMetaTooBig, len(m.Version))
+	}
+	size := 6 + len(m.PublicKey) + 1 + len(m.Version)
+	if size > MaxMetaSize {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrMetaTooBig, size, MaxMetaSize)
+	}
+	b := make([]byte, 0, size)
+	b = append(b, metaFormat, m.Protocol)
+	b = binary.BigEndian.AppendUint16(b, m.DataPort)
+	var flags byte
+	if m.Encrypted {
+		flags |= flagEncrypted
+	}
+	b = append(b, flags, byte(len(m.PublicKey)))
+	b = append(b, m.PublicKey...)
+	b = append(b, byte(len(m.Version)))
+	b = append(b, m.Version...)
+	return b, nil
+}
+
+// DecodeMeta parses metadata announced by a peer; it never trusts a length.
+func DecodeMeta(b []byte) (Meta, error) {
+	var m Meta
+	if len(b) > MaxMetaSize {
+		return m, fmt.Errorf("%w: %d bytes", ErrMetaTooBig, len(b))
+	}
+	if len(b) < 6 {
+		return m, fmt.Errorf("%w: %d bytes, need at least 6", ErrMetaShort, len(b))
+	}
+	if b[0] != metaFormat {
+		return m, fmt.Errorf("%w: %d", ErrMetaFormat, b[0])
+	}
+	m.Protocol = b[1]
+	m.DataPort = binary.BigEndian.Uint16(b[2:4])
+	m.Encrypted = b[4]&flagEncrypted != 0
+	keyLen := int(b[5])
+	if keyLen != 0 && keyLen != 32 {
+		return m, fmt.Errorf("%w: public key length %d", ErrMetaInvalid, keyLen)
+	}
+	rest := b[6:]
+	if len(rest) < keyLen+1 {
+		return m, fmt.Errorf("%w: public key", ErrMetaShort)
+	}
+	if keyLen > 0 {
+		m.PublicKey = append([]byte(nil), rest[:keyLen]...)
+	}
+	rest = rest[keyLen:]
+	verLen := int(rest[0])
+	rest = rest[1:]
+	if len(rest) < verLen {
+		return m, fmt.Errorf("%w: version string", ErrMetaShort)
+	}
+	m.Version = string(rest[:verLen])
+	if m.DataPort == 0 {
+		return m, fmt.Errorf("%w: data port 0", ErrMetaInvalid)
+	}
+	return m, nil
+}
+
+// Compatible says why a peer's metadata rules it out, or nil.
+func (m Meta) Compatible(encrypted bool) error {
+	if m.Protocol < ProtocolMin || m.Protocol > ProtocolMax {
+		return fmt.Errorf("incompatible protocol version %d (this build speaks %d..%d): upgrade the older side", m.Protocol, ProtocolMin, ProtocolMax)
+	}
+	if m.Encrypted != encrypted {
+		return fmt.Errorf("encryption mismatch (peer encrypted=%v, this peer encrypted=%v): give every peer the same password", m.Encrypted, encrypted)
+	}
+	return nil
+}
