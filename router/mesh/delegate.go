@@ -267,6 +267,10 @@ func (w memberlistLogger) Write(p []byte) (int, error) {
 		}
 	}
 	line = strings.TrimPrefix(line, "memberlist: ")
+	if strings.Contains(line, "use of closed network connection") {
+		// Probes racing our own shutdown: noise, not an error.
+		level = slog.LevelDebug
+	}
 	if why := explain(line); why != "" {
 		w.log.Error(why+": refused its gossip", "detail", line)
 		return len(p), nil

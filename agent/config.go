@@ -1,0 +1,121 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/weftnet/weft/router/mesh"
+)
+
+// Defaults of the user-facing contract (DESIGN.md).
+const (
+	DefaultPort        = 6783
+	DefaultRange       = "10.32.0.0/12"
+	DefaultStateDir    = "/var/lib/weft"
+	DefaultRunDir      = "/run/weft"
+	DefaultMetricsAddr = ":6782"
+	DefaultHTTPAddr    = "127.0.0.1:6784"
+	DefaultBridge      = "weft"
+	DefaultTUN         = "weft-tun"
+)
+
+// Config is everything the agent needs, decoded once from flags and
+// environment and validated by Validate before anything starts.
+type Config struct {
+	Name        string
+	Host        netip.Addr // underlay address to bind and advertise
+	Port        int        // gossip; data is Port+1
+	Peers       []string   // host or host:port to keep joining
+	Range       netip.Prefix
+	IPAMInit    string // raw --ipalloc-init, parsed by ipam
+	Password    []byte // nil: no encryption
+	MTU         int    // 0: underlay MTU minus overhead
+	StateDir    string
+	RunDir      string
+	MetricsAddr string // "" disables metrics
+	HTTPAddr    string // "" disables health
+	Bridge      string
+	TUN         string
+	Kube        bool   // take peers and bootstrap from the Kubernetes API
+	Kubeconfig  string // "" = in-cluster
+	CNIConfDir  string // where to write 10-weft.conflist once ready ("" = do not)
+	// NoDataplane runs membership, IPAM and the API without touching the
+	// host network (no bridge, TUN or routes): for tests of the control plane
+	// and for observers.
+	NoDataplane bool
+
+	// Timing of gossip; the zero value means mesh.DefaultTiming.
+	Timing mesh.Timing
+	// RekeyAfter overrides the session rekey interval (tests).
+	RekeyAfter time.Duration
+}
+
+// Validate checks every field and returns one error naming each bad one.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(flag, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("--%s: %s", flag, fmt.Sprintf(format, args...)))
+	}
+	if c.Name == "" {
+		bad("name", "empty (and the host name could not be read)")
+	} else if len(c.Name) > 128 || strings.ContainsAny(c.Name, " \t\n/,=") {
+		bad("name", "%q: at most 128 characters, without spaces, '/', ',' or '='", c.Name)
+	}
+	if !c.Host.IsValid() {
+		bad("host", "no underlay address (none given and no default route found)")
+	} else if !c.Host.Is4() {
+		bad("host", "%s: weft needs an IPv4 underlay address", c.Host)
+	}
+	if c.Port < 1 || c.Port > 65534 {
+		bad("port", "%d: must be 1..65534 (data uses port+1)", c.Port)
+	}
+	for _, p := range c.Peers {
+		if _, err := mesh.NormalizeTarget(p, c.Port); err != nil {
+			errs = append(errs, fmt.Errorf("peer argument: %w", err))
+		}
+	}
+	if !c.Range.IsValid() || !c.Range.Addr().Is4() {
+		bad("ipalloc-range", "must be an IPv4 CIDR such as 10.32.0.0/12")
+	} else if c.Range.Masked() != c.Range {
+		bad("ipalloc-range", "%s has host bits set; did you mean %s?", c.Range, c.Range.Masked())
+	} else if c.Range.Bits() > 30 {
+		bad("ipalloc-range", "%s is too small; use /30 or larger", c.Range)
+	}
+	if c.Password != nil && len(c.Password) == 0 {
+		bad("password", "empty password; omit the flag to run without encryption")
+	}
+	if c.MTU != 0 && (c.MTU < 576 || c.MTU > 65000) {
+		bad("mtu", "%d: must be 576..65000, or 0 for automatic", c.MTU)
+	}
+	for flag, dir := range map[string]string{"state-dir": c.StateDir, "run-dir": c.RunDir} {
+		if dir == "" || !filepath.IsAbs(dir) {
+			bad(flag, "%q: must be an absolute path", dir)
+		}
+	}
+	if len(c.Bridge) == 0 || len(c.Bridge) > 15 {
+		bad("bridge", "%q: link names are 1..15 characters", c.Bridge)
+	}
+	if len(c.TUN) == 0 || len(c.TUN) > 15 {
+		bad("tun", "%q: link names are 1..15 characters", c.TUN)
+	}
+	return errors.Join(errs...)
+}
+
+// ReadPasswordFile reads --password-file, trimming one trailing newline so
+// `echo secret > file` works as expected.
+func ReadPasswordFile(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--password-file: %w", err)
+	}
+	b = []byte(strings.TrimRight(string(b), "\r\n"))
+	if len(b) == 0 {
+		return nil, fmt.Errorf("--password-file %s: file is empty", path)
+	}
+	return b, nil
+}

@@ -1,0 +1,155 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/weftnet/weft/api"
+)
+
+func reportCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "report",
+		Usage: "print everything the agent knows as JSON (stable field names)",
+		Flags: []cli.Flag{runDirFlag()},
+		Action: func(c *cli.Context) error {
+			cl, ctx, cancel := client(c)
+			defer cancel()
+			r, err := cl.Report(ctx)
+			if err != nil {
+				return explain(cl, err)
+			}
+			enc := json.NewEncoder(c.App.Writer)
+			enc.SetIndent("", "  ")
+			return enc.Encode(r)
+		},
+	}
+}
+
+func psCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "ps",
+		Usage: "list the containers on this host with their weft addresses",
+		Flags: []cli.Flag{runDirFlag()},
+		Action: func(c *cli.Context) error {
+			cl, ctx, cancel := client(c)
+			defer cancel()
+			cs, err := cl.Containers(ctx)
+			if err != nil {
+				return explain(cl, err)
+			}
+			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "CONTAINER\tIFACE\tADDRESS\tCREATED")
+			for _, ct := range cs {
+				id := ct.ContainerID
+				if len(id) > 12 && !isHostEntry(id) {
+					id = id[:12]
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", id, ct.IfName, ct.Address, ct.Created.Format(time.RFC3339))
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func isHostEntry(id string) bool { return len(id) > 5 && id[:5] == "weft:" }
+
+func peersArgs(c *cli.Context) ([]string, error) {
+	if !c.Args().Present() {
+		return nil, errors.New("name at least one PEER (host or host:port)")
+	}
+	return c.Args().Slice(), nil
+}
+
+func connectCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "connect",
+		Usage:     "add peers this agent keeps joining",
+		ArgsUsage: "PEER...",
+		Flags:     []cli.Flag{runDirFlag()},
+		Action: func(c *cli.Context) error {
+			peers, err := peersArgs(c)
+			if err != nil {
+				return err
+			}
+			cl, ctx, cancel := client(c)
+			defer cancel()
+			return explain(cl, cl.Connect(ctx, peers))
+		},
+	}
+}
+
+func forgetCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "forget",
+		Usage:     "stop joining peers (peers already in the mesh stay until they leave)",
+		ArgsUsage: "PEER...",
+		Flags:     []cli.Flag{runDirFlag()},
+		Action: func(c *cli.Context) error {
+			peers, err := peersArgs(c)
+			if err != nil {
+				return err
+			}
+			cl, ctx, cancel := client(c)
+			defer cancel()
+			return explain(cl, cl.Forget(ctx, peers))
+		},
+	}
+}
+
+func rmpeerCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "rmpeer",
+		Usage:     "take over the address ranges of a peer that is gone for good",
+		ArgsUsage: "NAME",
+		Description: "Run on one live host only. Refuses while NAME is alive. The ranges of NAME\n" +
+			"become this host's; addresses in use there are lost, so stop its pods first.",
+		Flags: []cli.Flag{runDirFlag()},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return errors.New("name exactly one peer")
+			}
+			cl, ctx, cancel := client(c)
+			defer cancel()
+			r, err := cl.Rmpeer(ctx, c.Args().First())
+			if err != nil {
+				return explain(cl, err)
+			}
+			fmt.Fprintf(c.App.Writer, "took over %d addresses of %s\n", r.Reclaimed, c.Args().First())
+			return nil
+		},
+	}
+}
+
+func resetCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "reset",
+		Usage: "hand this host's address ranges to a live peer, remove weft's host network and stop the agent",
+		Flags: []cli.Flag{runDirFlag()},
+		Action: func(c *cli.Context) error {
+			cl, ctx, cancel := client(c)
+			defer cancel()
+			if err := cl.Reset(ctx); err != nil {
+				return explain(cl, err)
+			}
+			fmt.Fprintln(c.App.Writer, "reset: ranges handed over, agent stopping")
+			return nil
+		},
+	}
+}
+
+func versionCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "version",
+		Usage: "print the version of this binary",
+		Action: func(c *cli.Context) error {
+			fmt.Fprintf(c.App.Writer, "weft %s\n", api.Version)
+			return nil
+		},
+	}
+}

@@ -1,0 +1,127 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/weftnet/weft/agent"
+)
+
+func launchCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "launch",
+		Usage:     "run the weft agent on this host in the foreground",
+		ArgsUsage: "[PEER...]",
+		Description: "Runs the agent until SIGINT or SIGTERM. PEER is host or host:port of any other agent;\n" +
+			"the agents find all the others from there. Peers that are not up yet are retried.\n" +
+			"Every flag can also be given by its environment variable.",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "name", EnvVars: []string{"WEFT_NAME"}, Usage: "this peer's name, unique in the mesh (default: host name)"},
+			&cli.StringFlag{Name: "host", EnvVars: []string{"WEFT_HOST"}, Usage: "underlay address to bind and advertise (default: address of the default-route interface)"},
+			&cli.IntFlag{Name: "port", EnvVars: []string{"WEFT_PORT"}, Value: agent.DefaultPort, Usage: "gossip port, TCP and UDP; the data plane uses UDP port+1"},
+			&cli.StringFlag{Name: "ipalloc-range", EnvVars: []string{"IPALLOC_RANGE"}, Value: agent.DefaultRange, Usage: "pod address range of the whole mesh"},
+			&cli.StringFlag{Name: "ipalloc-init", EnvVars: []string{"IPALLOC_INIT"}, Usage: "how the address ring is created: seed=NAME,NAME,... | consensus=N | observer (default: consensus=number of PEERs+1)"},
+			&cli.StringFlag{Name: "password", EnvVars: []string{"WEFT_PASSWORD"}, Usage: "encrypt gossip and data with keys derived from this password"},
+			&cli.StringFlag{Name: "password-file", EnvVars: []string{"WEFT_PASSWORD_FILE"}, Usage: "read the password from this file"},
+			&cli.IntFlag{Name: "mtu", EnvVars: []string{"WEFT_MTU"}, Usage: "overlay MTU (default: underlay MTU minus weft's overhead)"},
+			&cli.StringFlag{Name: "state-dir", EnvVars: []string{"WEFT_STATE_DIR"}, Value: agent.DefaultStateDir, Usage: "what must survive a restart (address ring, identity)"},
+			runDirFlag(),
+			&cli.StringFlag{Name: "metrics-addr", EnvVars: []string{"WEFT_METRICS_ADDR"}, Value: agent.DefaultMetricsAddr, Usage: "listen address of Prometheus /metrics (empty: off)"},
+			&cli.StringFlag{Name: "http-addr", EnvVars: []string{"WEFT_HTTP_ADDR"}, Value: agent.DefaultHTTPAddr, Usage: "listen address of /healthz and /readyz (empty: off)"},
+			&cli.StringFlag{Name: "log-format", EnvVars: []string{"WEFT_LOG_FORMAT"}, Value: "text", Usage: "text or json"},
+			&cli.StringFlag{Name: "log-level", EnvVars: []string{"WEFT_LOG_LEVEL"}, Value: "info", Usage: "debug, info, warn or error"},
+		},
+		Action: launch,
+	}
+}
+
+func launch(c *cli.Context) error {
+	log, err := newLogger(c.String("log-format"), c.String("log-level"))
+	if err != nil {
+		return err
+	}
+	cfg, err := launchConfig(c)
+	if err != nil {
+		return err
+	}
+	a, err := agent.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	log.Info("starting weft", "name", cfg.Name, "host", cfg.Host, "port", cfg.Port, "range", cfg.Range,
+		"encryption", cfg.Password != nil)
+	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return a.Run(ctx)
+}
+
+// launchConfig decodes flags and environment into a validated agent.Config.
+func launchConfig(c *cli.Context) (agent.Config, error) {
+	cfg := agent.Config{
+		Name:        c.String("name"),
+		Port:        c.Int("port"),
+		Peers:       c.Args().Slice(),
+		IPAMInit:    c.String("ipalloc-init"),
+		MTU:         c.Int("mtu"),
+		StateDir:    c.String("state-dir"),
+		RunDir:      c.String("run-dir"),
+		MetricsAddr: c.String("metrics-addr"),
+		HTTPAddr:    c.String("http-addr"),
+		Bridge:      agent.DefaultBridge,
+		TUN:         agent.DefaultTUN,
+	}
+	if cfg.Name == "" {
+		cfg.Name, _ = os.Hostname()
+	}
+	if h := c.String("host"); h != "" {
+		addr, err := netip.ParseAddr(h)
+		if err != nil {
+			return cfg, fmt.Errorf("--host %q: not an IP address", h)
+		}
+		cfg.Host = addr
+	} else if addr, err := defaultHost(); err == nil {
+		cfg.Host = addr
+	} else {
+		return cfg, fmt.Errorf("--host not given and %w", err)
+	}
+	r, err := netip.ParsePrefix(c.String("ipalloc-range"))
+	if err != nil {
+		return cfg, fmt.Errorf("--ipalloc-range %q: not a CIDR", c.String("ipalloc-range"))
+	}
+	cfg.Range = r
+	switch pw, file := c.String("password"), c.String("password-file"); {
+	case pw != "" && file != "":
+		return cfg, fmt.Errorf("--password and --password-file: give only one")
+	case pw != "":
+		cfg.Password = []byte(pw)
+	case file != "":
+		if cfg.Password, err = agent.ReadPasswordFile(file); err != nil {
+			return cfg, err
+		}
+	}
+	return cfg, cfg.Validate()
+}
+
+func newLogger(format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+var _ = context.Background
