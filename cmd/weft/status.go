@@ -81,6 +81,9 @@ func statusCommand() *cli.Command {
 
 // explain turns "cannot reach the agent" into advice naming the socket.
 func explain(cl *api.Client, err error) error {
+	if err == nil {
+		return nil
+	}
 	if api.Code(err) == "" {
 		return fmt.Errorf("no weft agent answers on %s (is `weft launch` running, with the same --run-dir?): %w", cl.Socket, err)
 	}

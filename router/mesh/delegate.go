@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -21,7 +22,7 @@ import (
 // memberlist; membership changes are handed to a goroutine instead.
 type delegate struct {
 	m    *Mesh
-	meta []byte
+	meta atomic.Pointer[[]byte] // encoded Meta of this peer
 
 	refusedMu sync.Mutex
 	refused   map[string]string // peer -> last reason logged, so a refusal is logged once
@@ -29,11 +30,12 @@ type delegate struct {
 
 // NodeMeta implements memberlist.Delegate.
 func (d *delegate) NodeMeta(limit int) []byte {
-	if len(d.meta) > limit {
+	meta := *d.meta.Load()
+	if len(meta) > limit {
 		// Encode already checked MaxMetaSize; memberlist's limit is the same.
 		return nil
 	}
-	return d.meta
+	return meta
 }
 
 // NotifyMsg implements memberlist.Delegate: a user message, tagged by channel.
@@ -121,10 +123,11 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 func (d *delegate) NotifyJoin(n *memberlist.Node) { d.record(n, api.StateAlive) }
 
 // NotifyLeave implements memberlist.EventDelegate; memberlist says "leave" for
-// both a graceful leave and a failure.
+// both a graceful leave and a failure (and n.State is not updated), so a
+// leave is recognised by the Leaving flag the peer announced first.
 func (d *delegate) NotifyLeave(n *memberlist.Node) {
 	st := api.StateDead
-	if n.State == memberlist.StateLeft {
+	if meta, err := DecodeMeta(n.Meta); err == nil && meta.Leaving {
 		st = api.StateLeft
 	}
 	d.record(n, st)

@@ -83,11 +83,12 @@ type Config struct {
 
 // Mesh is this agent's view of the mesh.
 type Mesh struct {
-	cfg     Config
-	log     *slog.Logger
-	list    *memberlist.Memberlist
-	queue   *memberlist.TransmitLimitedQueue
-	started time.Time
+	cfg      Config
+	log      *slog.Logger
+	list     *memberlist.Memberlist
+	delegate *delegate
+	queue    *memberlist.TransmitLimitedQueue
+	started  time.Time
 
 	mu       sync.Mutex
 	handlers map[Channel]Handler
@@ -134,7 +135,9 @@ func New(cfg Config) (*Mesh, error) {
 		started:  time.Now(),
 		changed:  make(chan struct{}, 1),
 	}
-	d := &delegate{m: m, meta: meta}
+	d := &delegate{m: m}
+	d.meta.Store(&meta)
+	m.delegate = d
 
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Name
@@ -206,6 +209,14 @@ func (m *Mesh) leave() {
 	m.mu.Lock()
 	m.closing = true
 	m.mu.Unlock()
+	leaving := m.cfg.Meta
+	leaving.Leaving = true
+	if b, err := leaving.Encode(); err == nil {
+		m.delegate.meta.Store(&b)
+		if err := m.list.UpdateNode(time.Second); err != nil {
+			m.log.Debug("announcing leave", "err", err)
+		}
+	}
 	if err := m.list.Leave(2 * time.Second); err != nil {
 		m.log.Warn("leaving the mesh", "err", err)
 	} else {

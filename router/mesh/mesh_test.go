@@ -74,7 +74,7 @@ func startMesh(t *testing.T, name string, key []byte, sink *logSink) (*Mesh, int
 	port := freePort(t)
 	cfg := Config{
 		Name: name, Bind: netip.MustParseAddr("127.0.0.1"), Port: port,
-		Meta: Meta{Protocol: ProtocolMin, DataPort: uint16(port + 1), Encrypted: key != nil, Version: "test"},
+		Meta:      Meta{Protocol: ProtocolMin, DataPort: uint16(port + 1), Encrypted: key != nil, Version: "test"},
 		SecretKey: key, Timing: fastTiming(),
 	}
 	if sink != nil {

@@ -28,6 +28,9 @@ type Meta struct {
 	Encrypted bool   // this peer encrypts (has a password)
 	PublicKey []byte // long-term X25519 key, 0 or 32 bytes
 	Version   string // software version, informational
+	// Leaving is announced just before a clean shutdown, so that peers can
+	// tell a leave from a failure (memberlist reports both alike).
+	Leaving bool
 }
 
 // Errors of the metadata decoder.
@@ -38,7 +41,10 @@ var (
 	ErrMetaInvalid = errors.New("node metadata invalid")
 )
 
-const flagEncrypted = 1 << 0
+const (
+	flagEncrypted = 1 << 0
+	flagLeaving   = 1 << 1
+)
 
 // Encode lays Meta out as:
 //
@@ -64,6 +70,9 @@ func (m Meta) Encode() ([]byte, error) {
 	if m.Encrypted {
 		flags |= flagEncrypted
 	}
+	if m.Leaving {
+		flags |= flagLeaving
+	}
 	b = append(b, flags, byte(len(m.PublicKey)))
 	b = append(b, m.PublicKey...)
 	b = append(b, byte(len(m.Version)))
@@ -86,6 +95,7 @@ func DecodeMeta(b []byte) (Meta, error) {
 	m.Protocol = b[1]
 	m.DataPort = binary.BigEndian.Uint16(b[2:4])
 	m.Encrypted = b[4]&flagEncrypted != 0
+	m.Leaving = b[4]&flagLeaving != 0
 	keyLen := int(b[5])
 	if keyLen != 0 && keyLen != 32 {
 		return m, fmt.Errorf("%w: public key length %d", ErrMetaInvalid, keyLen)

@@ -1,0 +1,60 @@
+# weft — see README.md. Every target installs what it needs on a fresh Debian
+# machine (run as root for test, demo and bench: they create network namespaces).
+
+GO       ?= go
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -s -w -X github.com/weftnet/weft/api.Version=$(VERSION)
+BIN      := $(CURDIR)/bin
+TOOLS    := $(CURDIR)/.cache/tools
+APT_PKGS := iproute2 iperf3 nftables tcpdump procps containernetworking-plugins
+CNITOOL_VERSION := v1.3.0
+
+export CGO_ENABLED = 0
+export WEFT_BIN_DIR = $(BIN)
+export PATH := $(TOOLS):$(PATH)
+
+.PHONY: all build test unit e2e demo bench lint deps fuzz clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/weft ./cmd/weft
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/weft-cni ./cmd/weft-cni
+
+# deps installs the system packages and tools the tests, the demo and the
+# benchmarks use, only when they are missing.
+deps:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@test -x $(TOOLS)/cnitool || GOBIN=$(TOOLS) CGO_ENABLED=0 $(GO) install github.com/containernetworking/cni/cnitool@$(CNITOOL_VERSION)
+
+test: deps build lint
+	$(GO) test -count=1 -timeout 20m ./...
+
+# unit runs only the tests that need neither root nor network namespaces.
+unit:
+	$(GO) test -count=1 -short ./...
+
+lint:
+	@fmt=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$fmt" ]; then echo "gofmt needed:"; echo "$$fmt"; exit 1; fi
+	$(GO) vet ./...
+
+# fuzz runs every fuzz target briefly beyond its seed corpus.
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+			$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime 10s $$pkg || exit 1; \
+		done; \
+	done
+
+demo: deps build
+	$(GO) run ./test/demo
+
+bench: deps build
+	$(GO) run ./test/bench
+
+clean:
+	rm -rf $(BIN) $(CURDIR)/.cache
