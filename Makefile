@@ -6,7 +6,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X github.com/weftnet/weft/api.Version=$(VERSION)
 BIN      := $(CURDIR)/bin
 TOOLS    := $(CURDIR)/.cache/tools
-APT_PKGS := iproute2 iperf3 nftables tcpdump procps containernetworking-plugins
+APT_PKGS := iproute2 iputils-ping iperf3 nftables tcpdump procps containernetworking-plugins
 CNITOOL_VERSION := v1.3.0
 
 export CGO_ENABLED = 0

@@ -10,12 +10,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/weftnet/weft/api"
+	"github.com/weftnet/weft/ipam"
 	"github.com/weftnet/weft/router/crypto"
 	"github.com/weftnet/weft/router/mesh"
 )
@@ -26,17 +28,26 @@ type Agent struct {
 	log     *slog.Logger
 	started time.Time
 
-	keys *crypto.PasswordKeys // nil without a password
-	mesh *mesh.Mesh
+	keys     *crypto.PasswordKeys // nil without a password
+	identity crypto.Identity
+	mesh     *mesh.Mesh
+	ipam     *ipam.IPAM
+	routes   *routes
+	dp       *dataplane // nil with NoDataplane
+	kube     *kubeSide  // nil outside Kubernetes
 
 	joined atomic.Int32 // alive peers last logged, to log changes once
-	ready  atomic.Bool
 
-	resetOnce sync.Once
-	reset     chan struct{} // closed by `weft reset` to stop the agent
+	mu       sync.Mutex
+	hostAddr netip.Addr // this host's overlay address (bridge, pods' gateway)
+	blocker  string     // why not ready, for /readyz and status
+
+	stop     context.CancelFunc // ends Run, used by reset
+	resetErr chan error
 }
 
-// New validates cfg and prepares the agent; Run starts it.
+// New validates cfg, derives keys and loads persistent state; Run starts it.
+// A corrupt state file is an error here, before anything touches the network.
 func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -49,7 +60,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 			return nil, fmt.Errorf("create %s: %w", dir, err)
 		}
 	}
-	a := &Agent{cfg: cfg, log: log, reset: make(chan struct{})}
+	a := &Agent{cfg: cfg, log: log, blocker: "starting"}
 	if cfg.Password != nil {
 		// Slow on purpose (Argon2id): done once, here.
 		keys, err := crypto.DerivePasswordKeys(cfg.Password)
@@ -57,6 +68,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 			return nil, fmt.Errorf("password: %w", err)
 		}
 		a.keys = &keys
+		if a.identity, err = crypto.LoadOrCreateIdentity(cfg.StateDir); err != nil {
+			return nil, err
+		}
 	}
 	return a, nil
 }
@@ -67,72 +81,222 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.started = time.Now()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	a.stop = cancel
 
 	apiSrv, err := a.serveAPI()
 	if err != nil {
 		return err
 	}
 	defer apiSrv.close()
-
-	var healthSrv *httpServer
 	if a.cfg.HTTPAddr != "" {
-		if healthSrv, err = a.serveHealth(); err != nil {
+		healthSrv, err := a.serveHealth()
+		if err != nil {
 			return err
 		}
 		defer healthSrv.close()
 	}
+	if a.cfg.MetricsAddr != "" {
+		metricsSrv, err := a.serveMetrics()
+		if err != nil {
+			return err
+		}
+		defer metricsSrv.close()
+	}
 
+	meta := mesh.Meta{
+		Protocol:  mesh.ProtocolMax,
+		DataPort:  uint16(a.cfg.Port + 1),
+		Encrypted: a.keys != nil,
+		Version:   api.Version,
+	}
+	if a.keys != nil {
+		pub := a.identity.Public()
+		meta.PublicKey = pub[:]
+	}
 	m, err := mesh.New(mesh.Config{
-		Name: a.cfg.Name,
-		Bind: a.cfg.Host,
-		Port: a.cfg.Port,
-		Meta: mesh.Meta{
-			Protocol:  mesh.ProtocolMax,
-			DataPort:  uint16(a.cfg.Port + 1),
-			Encrypted: a.cfg.Password != nil,
-			Version:   api.Version,
-		},
-		SecretKey: a.gossipKey(),
-		Timing:    a.cfg.Timing,
-		Logger:    a.log,
+		Name: a.cfg.Name, Bind: a.cfg.Host, Port: a.cfg.Port, Meta: meta,
+		SecretKey: a.gossipKey(), Timing: a.cfg.Timing, Logger: a.log,
 	})
 	if err != nil {
 		return err
 	}
 	a.mesh = m
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	goRun := func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() }
+
+	if a.cfg.Kube {
+		if a.kube, err = a.startKube(ctx); err != nil {
+			m.Shutdown()
+			return err
+		}
+	}
+	init, err := a.ipamInit(ctx)
+	if err != nil {
+		m.Shutdown()
+		return err
+	}
+	a.ipam, err = ipam.New(ipam.Config{
+		Name: a.cfg.Name, Range: a.cfg.Range, Init: init, StateDir: a.cfg.StateDir,
+		Transport: mesh.Transport{Mesh: m, Channel: mesh.ChannelIPAM},
+		Logger:    a.log.With("component", "ipam"),
+		Alive:     m.IsAlive,
+	})
+	if err != nil {
+		m.Shutdown()
+		return err
+	}
+	a.routes = newRoutes(a.cfg.Name, a.ipam)
+	m.Handle(mesh.ChannelIPAM, a.ipam)
 	m.OnChange(a.membershipChanged)
+	goRun(func() { a.ipam.Run(ctx) })
+
+	if !a.cfg.NoDataplane {
+		if a.dp, err = a.startDataplane(ctx, goRun); err != nil {
+			m.Shutdown()
+			return err
+		}
+	}
 	if len(a.cfg.Peers) > 0 {
 		a.log.Info("joining peers", "peers", a.cfg.Peers)
 		if err := m.Connect(a.cfg.Peers); err != nil {
+			m.Shutdown()
 			return err
 		}
-	} else {
+	} else if !a.cfg.Kube {
 		a.log.Info("no peers given; waiting for others to join this host")
 	}
-	a.ready.Store(true)
-
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); m.Run(ctx) }()
-
-	select {
-	case <-ctx.Done():
-		a.log.Info("shutting down")
-	case <-a.reset:
-		a.log.Info("reset: leaving the mesh")
+	goRun(func() { m.Run(ctx) })
+	goRun(func() { a.becomeReady(ctx) })
+	if a.kube != nil {
+		goRun(func() { a.kube.run(ctx, a) })
 	}
-	cancel()
-	wg.Wait()
+
+	<-ctx.Done()
+	a.log.Info("shutting down")
 	return nil
 }
 
-// membershipChanged logs the alive count when it changes.
+// ipamInit decides how the ring is bootstrapped: the flag, or in Kubernetes
+// the seed recorded once for the whole cluster.
+func (a *Agent) ipamInit(ctx context.Context) (ipam.Init, error) {
+	if a.kube != nil && a.cfg.IPAMInit == "" {
+		seeds, err := a.kube.cluster.BootstrapRing(ctx, a.cfg.Name)
+		if err != nil {
+			return ipam.Init{}, fmt.Errorf("bootstrap the address ring through the API server: %w", err)
+		}
+		return ipam.Init{Mode: "seed", Seeds: seeds}, nil
+	}
+	init, err := ipam.ParseInit(a.cfg.IPAMInit, len(a.cfg.Peers)+1)
+	if err != nil {
+		return init, fmt.Errorf("--ipalloc-init: %w", err)
+	}
+	return init, nil
+}
+
+// membershipChanged runs on a mesh goroutine after every membership change.
 func (a *Agent) membershipChanged() {
+	members := a.mesh.Members()
+	a.routes.update(members)
+	if a.dp != nil {
+		a.dp.peersChanged(members)
+	}
+	a.ipam.PeersChanged()
 	_, alive := a.mesh.Counts()
 	others := int32(alive - 1)
 	if old := a.joined.Swap(others); old != others {
 		a.log.Info(fmt.Sprintf("joined %d %s", others, plural(int(others), "peer", "peers")), "peers", others)
 	}
+}
+
+// becomeReady waits until IPAM can allocate, gives this host its overlay
+// address and sets up the host network, then keeps the kernel's routes in
+// step with the ranges this host owns.
+func (a *Agent) becomeReady(ctx context.Context) {
+	a.setBlocker("waiting for the address ring (" + a.ipam.Status().State + ")")
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for !a.ipam.Ready() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			a.setBlocker("waiting for the address ring (" + a.ipam.Status().State + ")")
+		}
+	}
+	if a.dp == nil {
+		a.setBlocker("")
+		a.log.Info("ready: IPAM can allocate")
+		return
+	}
+	for {
+		addr, err := a.hostAddress(ctx)
+		if err == nil {
+			err = a.dp.setupHost(addr, a.ipam.OwnedPrefixes())
+		}
+		if err == nil {
+			a.mu.Lock()
+			a.hostAddr = addr
+			a.mu.Unlock()
+			break
+		}
+		a.setBlocker("host network: " + err.Error())
+		a.log.Warn("setting up the host network, will retry", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(2 * time.Second):
+		}
+	}
+	a.setBlocker("")
+	a.log.Info("ready: pods can be attached", "address", a.HostAddr(), "bridge", a.cfg.Bridge, "mtu", a.dp.mtu)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.ipam.Changes():
+			if err := a.dp.host.SyncLocalRanges(a.ipam.OwnedPrefixes()); err != nil {
+				a.log.Warn("routing this host's ranges to the bridge", "err", err)
+			}
+		}
+	}
+}
+
+// hostAddrID is the IPAM container ID under which this host's own overlay
+// address is allocated.
+const hostAddrID = "weft:host"
+
+func (a *Agent) hostAddress(ctx context.Context) (netip.Addr, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	addr, err := a.ipam.Allocate(ctx, hostAddrID, a.cfg.Bridge, "")
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("allocate this host's overlay address: %w", err)
+	}
+	return addr, nil
+}
+
+func (a *Agent) setBlocker(why string) {
+	a.mu.Lock()
+	a.blocker = why
+	a.mu.Unlock()
+}
+
+// HostAddr is this host's overlay address, invalid until ready.
+func (a *Agent) HostAddr() netip.Addr {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.hostAddr
+}
+
+// Ready reports whether this host can network pods.
+func (a *Agent) Ready() bool { return a.notReadyReason() == "" }
+
+func (a *Agent) notReadyReason() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.blocker
 }
 
 func (a *Agent) gossipKey() []byte {
@@ -142,16 +306,13 @@ func (a *Agent) gossipKey() []byte {
 	return a.keys.Gossip[:]
 }
 
-// Ready reports whether this agent can serve pods.
-func (a *Agent) Ready() bool { return a.ready.Load() }
-
 func (a *Agent) status() api.Status {
 	st := api.Status{
 		Version:    api.Version,
 		Name:       a.cfg.Name,
 		Host:       a.cfg.Host.String(),
 		Port:       a.cfg.Port,
-		Encryption: a.cfg.Password != nil,
+		Encryption: a.keys != nil,
 		Protocol:   mesh.ProtocolMax,
 		Uptime:     time.Since(a.started).Round(time.Second),
 		Ready:      a.Ready(),
@@ -160,10 +321,20 @@ func (a *Agent) status() api.Status {
 		st.Peers, st.Alive = a.mesh.Counts()
 		st.Targets = len(a.mesh.Targets())
 	}
+	if a.ipam != nil {
+		s := a.ipam.Status()
+		st.IPAM = &s.IPAMSummary
+	}
+	if a.dp != nil {
+		st.Datapath, st.MTU = a.dp.router.Datapath(), a.dp.mtu
+		for _, c := range a.connections() {
+			if c.State == connEstablished {
+				st.Connected++
+			}
+		}
+	}
 	return st
 }
-
-var errNoMesh = errors.New("gossip is still starting")
 
 func plural(n int, one, many string) string {
 	if n == 1 {
@@ -171,3 +342,5 @@ func plural(n int, one, many string) string {
 	}
 	return many
 }
+
+var errNoMesh = errors.New("gossip is still starting")

@@ -30,6 +30,7 @@ func newApp() *cli.App {
 			rmpeerCommand(),
 			resetCommand(),
 			versionCommand(),
+			installCNICommand(),
 		},
 	}
 }

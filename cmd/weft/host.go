@@ -1,9 +1,9 @@
 package main
 
 import (
-	"errors"
+	"github.com/weftnet/weft/router/hostnet"
 	"net/netip"
 )
 
-// TEMPORARY until router/hostnet lands.
-func defaultHost() (netip.Addr, error) { return netip.Addr{}, errors.New("no default route") }
+// defaultHost is the address of the default-route interface (--host default).
+func defaultHost() (netip.Addr, error) { return hostnet.DefaultRouteAddr() }

@@ -1,17 +1,18 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/weftnet/weft/agent"
+	"github.com/weftnet/weft/kube"
 )
 
 func launchCommand() *cli.Command {
@@ -35,6 +36,10 @@ func launchCommand() *cli.Command {
 			runDirFlag(),
 			&cli.StringFlag{Name: "metrics-addr", EnvVars: []string{"WEFT_METRICS_ADDR"}, Value: agent.DefaultMetricsAddr, Usage: "listen address of Prometheus /metrics (empty: off)"},
 			&cli.StringFlag{Name: "http-addr", EnvVars: []string{"WEFT_HTTP_ADDR"}, Value: agent.DefaultHTTPAddr, Usage: "listen address of /healthz and /readyz (empty: off)"},
+			&cli.BoolFlag{Name: "kube", EnvVars: []string{"WEFT_KUBE"}, Usage: "take peers and the address ring from the Kubernetes API (default: on when running in a cluster)"},
+			&cli.StringFlag{Name: "kubeconfig", EnvVars: []string{"KUBECONFIG"}, Usage: "kubeconfig for --kube outside a pod (default: in-cluster)"},
+			&cli.StringFlag{Name: "cni-conf-dir", EnvVars: []string{"WEFT_CNI_CONF_DIR"}, Usage: "write 10-weft.conflist here once the agent is ready (Kubernetes)"},
+			&cli.DurationFlag{Name: "rekey-after", EnvVars: []string{"WEFT_REKEY_AFTER"}, Value: 2 * time.Minute, Usage: "age at which encrypted sessions are replaced"},
 			&cli.StringFlag{Name: "log-format", EnvVars: []string{"WEFT_LOG_FORMAT"}, Value: "text", Usage: "text or json"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{"WEFT_LOG_LEVEL"}, Value: "info", Usage: "debug, info, warn or error"},
 		},
@@ -76,6 +81,13 @@ func launchConfig(c *cli.Context) (agent.Config, error) {
 		HTTPAddr:    c.String("http-addr"),
 		Bridge:      agent.DefaultBridge,
 		TUN:         agent.DefaultTUN,
+		Kube:        c.Bool("kube"),
+		Kubeconfig:  c.String("kubeconfig"),
+		CNIConfDir:  c.String("cni-conf-dir"),
+		RekeyAfter:  c.Duration("rekey-after"),
+	}
+	if !c.IsSet("kube") && kube.InCluster() {
+		cfg.Kube = true
 	}
 	if cfg.Name == "" {
 		cfg.Name, _ = os.Hostname()
@@ -123,5 +135,3 @@ func newLogger(format, level string) (*slog.Logger, error) {
 	}
 	return nil, fmt.Errorf("--log-format %q: want text or json", format)
 }
-
-var _ = context.Background

@@ -512,3 +512,11 @@ type broadcast []byte
 func (b broadcast) Invalidates(memberlist.Broadcast) bool { return false }
 func (b broadcast) Message() []byte                       { return b }
 func (b broadcast) Finished()                             {}
+
+// Shutdown stops gossip without leaving, for a start that is abandoned
+// before Run.
+func (m *Mesh) Shutdown() {
+	if err := m.list.Shutdown(); err != nil {
+		m.log.Debug("stopping gossip", "err", err)
+	}
+}

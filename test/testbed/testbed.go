@@ -376,3 +376,23 @@ func lastLine(s string) string {
 	}
 	return s
 }
+
+// WaitReady waits until every given host's agent can network pods.
+func WaitReady(ctx context.Context, timeout time.Duration, hosts ...*Host) error {
+	return Eventually(ctx, timeout, func() error {
+		for _, h := range hosts {
+			st, err := h.Client().Status(ctx)
+			if err != nil {
+				return fmt.Errorf("%s: %w", h.Name, err)
+			}
+			if !st.Ready {
+				ipam := ""
+				if st.IPAM != nil {
+					ipam = st.IPAM.State
+				}
+				return fmt.Errorf("%s not ready (IPAM: %s)", h.Name, ipam)
+			}
+		}
+		return nil
+	})
+}

@@ -34,8 +34,17 @@ var (
 // and returns their directory. WEFT_BIN_DIR overrides (e.g. `make` output).
 func Binaries(t testing.TB) string {
 	t.Helper()
+	dir, err := BuildBinaries()
+	if err != nil {
+		t.Fatalf("build binaries: %v", err)
+	}
+	return dir
+}
+
+// BuildBinaries is Binaries for programs (demo, bench).
+func BuildBinaries() (string, error) {
 	if d := os.Getenv("WEFT_BIN_DIR"); d != "" {
-		return d
+		return d, nil
 	}
 	buildOnce.Do(func() {
 		root, err := ModuleRoot()
@@ -57,10 +66,7 @@ func Binaries(t testing.TB) string {
 			}
 		}
 	})
-	if buildErr != nil {
-		t.Fatalf("build binaries: %v", buildErr)
-	}
-	return binDir
+	return binDir, buildErr
 }
 
 type buildError struct {

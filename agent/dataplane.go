@@ -1,0 +1,130 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+
+	"github.com/weftnet/weft/router"
+	"github.com/weftnet/weft/router/crypto"
+	"github.com/weftnet/weft/router/hostnet"
+	"github.com/weftnet/weft/router/mesh"
+	"github.com/weftnet/weft/router/tun"
+	"github.com/weftnet/weft/router/udp"
+)
+
+// dataplane is the TUN, the UDP socket, the forwarder, the optional crypto
+// and the host network (bridge, routes, masquerade) of one host.
+type dataplane struct {
+	a      *Agent
+	mtu    int
+	tun    tun.Device
+	conn   udp.Conn
+	router *router.Router
+	crypto *crypto.Manager // nil without a password
+	host   *hostnet.Host   // nil until the host has its overlay address
+}
+
+// startDataplane opens the devices and starts forwarding. Routes to the TUN
+// come later, once this host has an overlay address (setupHost).
+func (a *Agent) startDataplane(ctx context.Context, goRun func(func())) (*dataplane, error) {
+	encrypted := a.keys != nil
+	mtu := a.cfg.MTU
+	if mtu == 0 {
+		underlay, err := hostnet.UnderlayMTU(a.cfg.Host)
+		if err != nil {
+			return nil, fmt.Errorf("find the underlay MTU (or give --mtu): %w", err)
+		}
+		mtu = underlay - router.Overhead(encrypted)
+		a.log.Info("overlay MTU from the underlay", "underlay_mtu", underlay, "overhead", router.Overhead(encrypted), "mtu", mtu)
+	}
+	dev, desc, err := tun.Open(a.cfg.TUN, mtu, a.log.With("component", "tun"))
+	if err != nil {
+		return nil, fmt.Errorf("open TUN %s: %w", a.cfg.TUN, err)
+	}
+	dataAddr := netip.AddrPortFrom(a.cfg.Host, uint16(a.cfg.Port+1))
+	conn, err := udp.Listen(dataAddr, a.log.With("component", "udp"))
+	if err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("data plane socket %s: %w", dataAddr, err)
+	}
+	dp := &dataplane{a: a, mtu: mtu, tun: dev, conn: conn}
+	cfg := router.Config{TUN: dev, Conn: conn, Routes: a.routes, MTU: mtu, Logger: a.log.With("component", "router")}
+	if encrypted {
+		dp.crypto, err = crypto.NewManager(crypto.Config{
+			Identity: a.identity,
+			PSK:      a.keys.PSK,
+			// The router exists by the time the first handshake is sent.
+			Send:       func(to netip.AddrPort, msg []byte) error { return dp.router.SendHandshake(to, msg) },
+			RekeyAfter: a.cfg.RekeyAfter,
+			Logger:     a.log.With("component", "crypto"),
+		})
+		if err != nil {
+			conn.Close()
+			dev.Close()
+			return nil, err
+		}
+		cfg.Crypto = dp.crypto
+	}
+	if dp.router, err = router.New(cfg); err != nil {
+		conn.Close()
+		dev.Close()
+		return nil, err
+	}
+	a.log.Info("data plane up", "tun", a.cfg.TUN, "datapath", dp.router.Datapath()+" ("+desc+")", "listen", dataAddr, "mtu", mtu, "encrypted", encrypted)
+	goRun(func() {
+		if err := dp.router.Run(ctx); err != nil && ctx.Err() == nil {
+			a.log.Error("data plane stopped", "err", err)
+		}
+	})
+	if dp.crypto != nil {
+		goRun(func() { dp.crypto.Run(ctx) })
+	}
+	goRun(func() {
+		<-ctx.Done()
+		// Closing the TUN removes its routes; the bridge and the pods stay,
+		// so a relaunch does not disturb running pods.
+		conn.Close()
+		dev.Close()
+	})
+	return dp, nil
+}
+
+// setupHost makes the bridge, addresses, routes and masquerade; idempotent.
+func (dp *dataplane) setupHost(addr netip.Addr, local []netip.Prefix) error {
+	h, err := hostnet.Setup(hostnet.Config{
+		Bridge: dp.a.cfg.Bridge, TUN: dp.a.cfg.TUN, Range: dp.a.cfg.Range,
+		HostAddr: addr, MTU: dp.mtu, Logger: dp.a.log.With("component", "hostnet"),
+	})
+	if err != nil {
+		return err
+	}
+	if err := h.RouteOverlay(); err != nil {
+		return err
+	}
+	if err := h.SyncLocalRanges(local); err != nil {
+		return err
+	}
+	dp.host = h
+	return nil
+}
+
+// peersChanged tells crypto where every peer is and what its key is.
+func (dp *dataplane) peersChanged(members []mesh.PeerInfo) {
+	if dp.crypto == nil {
+		return
+	}
+	for _, m := range members {
+		if m.Name == dp.a.cfg.Name {
+			continue
+		}
+		ep, ok := dp.a.routes.endpoint(m.Name)
+		if !ok || len(m.Meta.PublicKey) != 32 {
+			if m.State == "dead" || m.State == "left" {
+				dp.crypto.RemovePeer(m.Name)
+			}
+			continue
+		}
+		dp.crypto.SetPeer(m.Name, [32]byte(m.Meta.PublicKey), ep)
+	}
+}

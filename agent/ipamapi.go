@@ -1,0 +1,210 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/weftnet/weft/api"
+	"github.com/weftnet/weft/ipam"
+	"github.com/weftnet/weft/router/crypto"
+	"github.com/weftnet/weft/router/hostnet"
+)
+
+// allocateTimeout bounds an allocation that waits for a donation when the
+// caller (the CNI shim) gave no deadline of its own.
+const allocateTimeout = 20 * time.Second
+
+// ipamRoutes serves address management to the CNI shim and the CLI.
+func (a *Agent) ipamRoutes(get, post route) {
+	get(api.PathIPAM, func(*http.Request) (any, error) {
+		if a.ipam == nil {
+			return nil, notReady(errNoMesh)
+		}
+		return a.ipam.Status(), nil
+	})
+	get(api.PathContainers, func(*http.Request) (any, error) { return a.containers(), nil })
+	get(api.PathNetwork, func(*http.Request) (any, error) {
+		gw, err := a.gateway()
+		if err != nil {
+			return nil, err
+		}
+		return api.Network{Bridge: a.cfg.Bridge, Gateway: gw.String(), Range: a.cfg.Range.String(), MTU: a.dp.mtu}, nil
+	})
+	allocate := func(claim bool) func(r *http.Request) (any, error) {
+		return func(r *http.Request) (any, error) {
+			var req api.AllocateRequest
+			if err := decode(r, &req); err != nil {
+				return nil, err
+			}
+			if req.ContainerID == "" || req.IfName == "" {
+				return nil, badRequest(errors.New("container_id and ifname are required"))
+			}
+			if req.ContainerID == hostAddrID {
+				return nil, badRequest(fmt.Errorf("container ID %q is reserved", hostAddrID))
+			}
+			gw, err := a.gateway()
+			if err != nil {
+				return nil, err
+			}
+			ctx, cancel := context.WithTimeout(r.Context(), allocateTimeout)
+			defer cancel()
+			var addr netip.Addr
+			if claim {
+				if addr, err = netip.ParseAddr(req.Address); err != nil {
+					return nil, badRequest(fmt.Errorf("address %q: %w", req.Address, err))
+				}
+				err = a.ipam.Claim(ctx, req.ContainerID, req.IfName, req.Netns, addr)
+			} else {
+				addr, err = a.ipam.Allocate(ctx, req.ContainerID, req.IfName, req.Netns)
+			}
+			if err != nil {
+				return nil, ipamError(err)
+			}
+			return api.AllocateResponse{
+				Address: netip.PrefixFrom(addr, 32).String(),
+				Gateway: gw.String(),
+				Routes:  []string{"0.0.0.0/0"},
+				MTU:     a.dp.mtu,
+			}, nil
+		}
+	}
+	post(api.PathAllocate, allocate(false))
+	post(api.PathClaim, allocate(true))
+	post(api.PathRelease, func(r *http.Request) (any, error) {
+		var req api.ReleaseRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		if req.ContainerID == "" || req.ContainerID == hostAddrID {
+			return nil, badRequest(errors.New("container_id missing or reserved"))
+		}
+		if a.ipam == nil {
+			return nil, notReady(errNoMesh)
+		}
+		return struct{}{}, ipamError(a.ipam.Release(req.ContainerID, req.IfName))
+	})
+	post(api.PathGC, func(r *http.Request) (any, error) {
+		var req api.GCRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		if a.ipam == nil {
+			return nil, notReady(errNoMesh)
+		}
+		// This host's own address is never garbage.
+		valid := []ipam.Attachment{{ContainerID: hostAddrID, IfName: a.cfg.Bridge}}
+		for _, v := range req.Valid {
+			valid = append(valid, ipam.Attachment{ContainerID: v.ContainerID, IfName: v.IfName})
+		}
+		released, err := a.ipam.GC(valid)
+		if err != nil {
+			return nil, ipamError(err)
+		}
+		resp := api.GCResponse{Released: []api.Attachment{}}
+		for _, r := range released {
+			resp.Released = append(resp.Released, api.Attachment{ContainerID: r.ContainerID, IfName: r.IfName})
+		}
+		return resp, nil
+	})
+	post(api.PathRmpeer, func(r *http.Request) (any, error) {
+		var req api.RmpeerRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		if a.ipam == nil {
+			return nil, notReady(errNoMesh)
+		}
+		if req.Name == a.cfg.Name {
+			return nil, badRequest(errors.New("rmpeer names another peer; to remove this one, run `weft reset` here"))
+		}
+		n, err := a.ipam.RemovePeer(req.Name)
+		if err != nil {
+			return nil, ipamError(err)
+		}
+		a.log.Info("took over a removed peer's addresses", "peer", req.Name, "addresses", n)
+		return api.RmpeerResponse{Reclaimed: n}, nil
+	})
+	post(api.PathReset, func(r *http.Request) (any, error) {
+		return struct{}{}, a.reset(r.Context())
+	})
+}
+
+// gateway is this host's overlay address, or not-ready before it has one.
+func (a *Agent) gateway() (netip.Addr, error) {
+	if a.dp == nil {
+		return netip.Addr{}, notReady(errors.New("this agent runs without a data plane"))
+	}
+	gw := a.HostAddr()
+	if !gw.IsValid() {
+		return gw, notReady(fmt.Errorf("not ready: %s", a.notReadyReason()))
+	}
+	return gw, nil
+}
+
+// ipamError maps IPAM's sentinel errors to API codes.
+func ipamError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ipam.ErrNotReady), errors.Is(err, context.DeadlineExceeded):
+		return notReady(err)
+	case errors.Is(err, ipam.ErrExhausted):
+		return exhausted(err)
+	case errors.Is(err, ipam.ErrNotFound):
+		return notFound(err)
+	case errors.Is(err, ipam.ErrConflict), errors.Is(err, ipam.ErrPeerAlive):
+		return conflict(err)
+	}
+	return err
+}
+
+func (a *Agent) ipamStatus() *api.IPAMStatus {
+	if a.ipam == nil {
+		return nil
+	}
+	s := a.ipam.Status()
+	return &s
+}
+
+func (a *Agent) containers() []api.Container {
+	out := []api.Container{}
+	if a.ipam == nil {
+		return out
+	}
+	for _, al := range a.ipam.Allocations() {
+		out = append(out, api.Container{ContainerID: al.ContainerID, IfName: al.IfName,
+			Address: al.Addr.String(), Netns: al.Netns, Created: al.Created})
+	}
+	return out
+}
+
+// reset hands this host's ranges to a live peer, removes the host network
+// and the state, and stops the agent.
+func (a *Agent) reset(ctx context.Context) error {
+	if a.ipam == nil {
+		return notReady(errNoMesh)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := a.ipam.HandOver(ctx); err != nil {
+		return fmt.Errorf("hand this host's ranges to a live peer: %w", err)
+	}
+	if a.dp != nil {
+		if err := hostnet.Teardown(a.cfg.Bridge, a.log); err != nil {
+			a.log.Warn("removing the host network", "err", err)
+		}
+	}
+	if a.dp != nil && a.dp.crypto != nil {
+		// A new identity next time: nothing of this host's past remains.
+		_ = os.Remove(filepath.Join(a.cfg.StateDir, crypto.IdentityFile))
+	}
+	a.log.Info("reset: ranges handed over, host network removed; stopping")
+	a.stop()
+	return nil
+}

@@ -1,0 +1,119 @@
+package agent
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metric descriptions. The values are read from the components at scrape
+// time, so the data path pays nothing for metrics.
+var (
+	descPeers = prometheus.NewDesc("weft_peers", "Members of the mesh as this agent sees them, by state (this agent included).",
+		[]string{"state"}, nil)
+	descGossipMembers = prometheus.NewDesc("weft_gossip_members", "Alive members of the gossip mesh, this agent included.", nil, nil)
+	descConnections   = prometheus.NewDesc("weft_connections", "Data-plane connections to remote peers, by state and encryption.",
+		[]string{"state", "encryption"}, nil)
+	descTxPackets = prometheus.NewDesc("weft_peer_tx_packets_total", "Packets sent to a peer.", []string{"peer"}, nil)
+	descTxBytes   = prometheus.NewDesc("weft_peer_tx_bytes_total", "Bytes of inner packets sent to a peer.", []string{"peer"}, nil)
+	descRxPackets = prometheus.NewDesc("weft_peer_rx_packets_total", "Packets received from a peer.", []string{"peer"}, nil)
+	descRxBytes   = prometheus.NewDesc("weft_peer_rx_bytes_total", "Bytes of inner packets received from a peer.", []string{"peer"}, nil)
+	descDrops     = prometheus.NewDesc("weft_dropped_packets_total", "Packets the data plane refused, by reason.", []string{"reason"}, nil)
+	descCrypto    = prometheus.NewDesc("weft_crypto_events_total", "Handshake and decryption events (failures by reason, rekeys, ...).", []string{"event"}, nil)
+	descOwned     = prometheus.NewDesc("weft_ipam_addresses_owned", "Addresses of the range owned, by peer reachability as seen from here.",
+		[]string{"peer", "reachable"}, nil)
+	descInUse      = prometheus.NewDesc("weft_ipam_addresses_in_use", "Addresses allocated to containers on this host.", nil, nil)
+	descUnreach    = prometheus.NewDesc("weft_ipam_addresses_unreachable", "Addresses owned by peers that are not reachable (candidates for rmpeer).", nil, nil)
+	descReady      = prometheus.NewDesc("weft_ready", "1 when this host can network pods.", nil, nil)
+	descDatapathUp = prometheus.NewDesc("weft_mtu", "Overlay MTU of this host.", nil, nil)
+)
+
+type collector struct{ a *Agent }
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	a := c.a
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	ready := 0.0
+	if a.Ready() {
+		ready = 1
+	}
+	gauge(descReady, ready)
+	if a.mesh != nil {
+		byState := map[string]int{"alive": 0, "suspect": 0, "dead": 0, "left": 0}
+		for _, p := range a.mesh.Peers() {
+			byState[p.State]++
+		}
+		for st, n := range byState {
+			gauge(descPeers, float64(n), st)
+		}
+		_, alive := a.mesh.Counts()
+		gauge(descGossipMembers, float64(alive))
+	}
+	if a.dp != nil {
+		gauge(descDatapathUp, float64(a.dp.mtu))
+		conns := map[[2]string]int{}
+		for _, cn := range a.connections() {
+			enc := "none"
+			if cn.Encrypted {
+				enc = "encrypted"
+			}
+			conns[[2]string{cn.State, enc}]++
+		}
+		for k, n := range conns {
+			gauge(descConnections, float64(n), k[0], k[1])
+		}
+		for _, s := range a.dp.router.Stats() {
+			counter(descTxPackets, s.TxPackets, s.Peer)
+			counter(descTxBytes, s.TxBytes, s.Peer)
+			counter(descRxPackets, s.RxPackets, s.Peer)
+			counter(descRxBytes, s.RxBytes, s.Peer)
+		}
+		for why, n := range a.dp.router.Drops() {
+			counter(descDrops, n, why)
+		}
+		if a.dp.crypto != nil {
+			for ev, n := range a.dp.crypto.Counters() {
+				counter(descCrypto, n, ev)
+			}
+		}
+	}
+	if a.ipam != nil {
+		st := a.ipam.Status()
+		var unreachable uint64
+		for _, e := range st.Entries {
+			gauge(descOwned, float64(e.Owned), e.Name, fmt.Sprint(e.Reachable))
+			if e.Local {
+				gauge(descInUse, float64(e.InUse))
+			}
+			if !e.Reachable {
+				unreachable += e.Owned
+			}
+		}
+		gauge(descUnreach, float64(unreachable))
+	}
+}
+
+// serveMetrics serves Prometheus /metrics on --metrics-addr.
+func (a *Agent) serveMetrics() (*httpServer, error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collector{a}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ln, err := net.Listen("tcp", a.cfg.MetricsAddr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-addr: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	a.log.Info("metrics listening", "address", ln.Addr().String())
+	return serve(ln, mux), nil
+}
