@@ -157,6 +157,9 @@ func (b *Bed) plug(ctx context.Context, ns, port string, addr netip.Addr) error 
 	return nil
 }
 
+// AddNetns creates an extra namespace that Close deletes.
+func (b *Bed) AddNetns(ctx context.Context, name string) error { return b.addNetns(ctx, name) }
+
 func (b *Bed) addNetns(ctx context.Context, name string) error {
 	if err := b.run(ctx, "ip", "netns", "add", name); err != nil {
 		return err

@@ -1,0 +1,368 @@
+// Package hostnet sets up the host side of weft: the bridge pods attach to,
+// the routes that send this host's ranges to the bridge and the rest of the
+// overlay to the TUN, the sysctls forwarding needs, and the masquerade of
+// pod traffic leaving the overlay.
+//
+// Everything is idempotent and works in the network namespace of the calling
+// thread, so an agent relaunched over running pods converges to the same
+// state without disturbing them.
+package hostnet
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// RouteProtocol marks the routes weft owns ("proto 87" in `ip route`), so
+// they can be told from everyone else's and removed on reset. 87 is 'W'; it
+// is not among the numbers iproute2 and the common routing daemons use.
+const RouteProtocol netlink.RouteProtocol = 87
+
+// OverlayMetric is the metric of the whole-range route to the TUN. It loses
+// to the bridge route of a local range with the same prefix (metric 0).
+const OverlayMetric = 1000
+
+// Config is the host network weft sets up.
+type Config struct {
+	Bridge   string       // bridge pods attach to, e.g. "weft"
+	TUN      string       // TUN device of the data plane, e.g. "weft-tun"; created by the data plane
+	Range    netip.Prefix // the whole overlay range
+	HostAddr netip.Addr   // this host's overlay address: /32 on the bridge, the pods' gateway
+	MTU      int          // bridge MTU (overlay MTU); 0 leaves it
+	Logger   *slog.Logger
+}
+
+func (c *Config) validate() error {
+	if err := checkLinkName("Bridge", c.Bridge); err != nil {
+		return err
+	}
+	if err := checkLinkName("TUN", c.TUN); err != nil {
+		return err
+	}
+	if !c.Range.IsValid() || !c.Range.Addr().Is4() {
+		return fmt.Errorf("hostnet: Range %v is not an IPv4 prefix", c.Range)
+	}
+	c.Range = c.Range.Masked()
+	if !c.HostAddr.Is4() || !c.Range.Contains(c.HostAddr) {
+		return fmt.Errorf("hostnet: HostAddr %v is not inside Range %v", c.HostAddr, c.Range)
+	}
+	if c.MTU != 0 && (c.MTU < 68 || c.MTU > 65535) {
+		return fmt.Errorf("hostnet: MTU %d is outside 68..65535", c.MTU)
+	}
+	return nil
+}
+
+func checkLinkName(field, name string) error {
+	if name == "" || len(name) >= unix.IFNAMSIZ {
+		return fmt.Errorf("hostnet: %s name %q must have 1..%d characters", field, name, unix.IFNAMSIZ-1)
+	}
+	return nil
+}
+
+// Host is the set-up host network; its methods keep it in step.
+type Host struct {
+	cfg Config
+	log *slog.Logger
+}
+
+func discardIfNil(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return l
+}
+
+// Setup brings the host network to the state cfg describes: bridge up with
+// HostAddr/32 (replacing a stale weft address), IPv4 forwarding on, loose
+// reverse-path filtering and no ICMP redirects on the bridge, and the
+// masquerade table. Running it
+// again with pods attached changes nothing they depend on.
+func Setup(cfg Config) (*Host, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	h := &Host{cfg: cfg, log: discardIfNil(cfg.Logger)}
+	br, err := h.ensureBridge()
+	if err != nil {
+		return nil, err
+	}
+	if err := h.ensureHostAddr(br); err != nil {
+		return nil, err
+	}
+	if err := writeSysctl("/proc/sys/net/ipv4/ip_forward", "1"); err != nil {
+		return nil, err
+	}
+	if err := setRPFilterLoose(cfg.Bridge); err != nil {
+		return nil, err
+	}
+	// Pod to pod on this host goes in and out of the bridge through the
+	// host's routing; a redirect would teach pods to bypass the gateway.
+	if err := writeSysctl("/proc/sys/net/ipv4/conf/"+cfg.Bridge+"/send_redirects", "0"); err != nil {
+		return nil, err
+	}
+	if err := ensureMasquerade(cfg.Range, cfg.Bridge); err != nil {
+		return nil, err
+	}
+	h.log.Info("host network ready", "bridge", cfg.Bridge, "host_addr", cfg.HostAddr, "range", cfg.Range, "mtu", cfg.MTU)
+	return h, nil
+}
+
+func (h *Host) ensureBridge() (netlink.Link, error) {
+	name := h.cfg.Bridge
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		if !isNotFound(err) {
+			return nil, fmt.Errorf("hostnet: look up bridge %s: %w", name, err)
+		}
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name = name
+		attrs.MTU = h.cfg.MTU
+		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil && !errors.Is(err, unix.EEXIST) {
+			return nil, fmt.Errorf("hostnet: create bridge %s: %w", name, err)
+		}
+		h.log.Info("created bridge", "bridge", name)
+		if link, err = netlink.LinkByName(name); err != nil {
+			return nil, fmt.Errorf("hostnet: look up new bridge %s: %w", name, err)
+		}
+	}
+	if link.Type() != "bridge" {
+		return nil, fmt.Errorf("hostnet: link %s is a %s, not a bridge", name, link.Type())
+	}
+	if h.cfg.MTU != 0 && link.Attrs().MTU != h.cfg.MTU {
+		if err := netlink.LinkSetMTU(link, h.cfg.MTU); err != nil {
+			return nil, fmt.Errorf("hostnet: set MTU %d on %s: %w", h.cfg.MTU, name, err)
+		}
+	}
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		if err := netlink.LinkSetUp(link); err != nil {
+			return nil, fmt.Errorf("hostnet: set %s up: %w", name, err)
+		}
+	}
+	return link, nil
+}
+
+// ensureHostAddr leaves exactly HostAddr/32 among the bridge's addresses in
+// Range. An address outside Range is someone else's and stays.
+func (h *Host) ensureHostAddr(br netlink.Link) error {
+	want := netip.PrefixFrom(h.cfg.HostAddr, 32)
+	addrs, err := netlink.AddrList(br, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("hostnet: list addresses of %s: %w", h.cfg.Bridge, err)
+	}
+	have := false
+	for _, a := range addrs {
+		p := ipNetToPrefix(a.IPNet)
+		switch {
+		case p == want:
+			have = true
+		case h.cfg.Range.Contains(p.Addr()):
+			if err := netlink.AddrDel(br, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+				return fmt.Errorf("hostnet: remove stale address %s from %s: %w", p, h.cfg.Bridge, err)
+			}
+			h.log.Info("removed stale bridge address", "bridge", h.cfg.Bridge, "addr", p)
+		}
+	}
+	if have {
+		return nil
+	}
+	if err := netlink.AddrAdd(br, &netlink.Addr{IPNet: prefixToIPNet(want)}); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("hostnet: add %s to %s: %w", want, h.cfg.Bridge, err)
+	}
+	return nil
+}
+
+// SyncLocalRanges makes the routes "prefix dev <bridge> scope link proto 87"
+// exactly prefixes: missing ones are added, weft routes on the bridge not in
+// the list are removed; routes of anyone else are left alone.
+func (h *Host) SyncLocalRanges(prefixes []netip.Prefix) error {
+	want := make(map[netip.Prefix]bool, len(prefixes))
+	for _, p := range prefixes {
+		if !p.IsValid() || !p.Addr().Is4() {
+			return fmt.Errorf("hostnet: local range %v is not an IPv4 prefix", p)
+		}
+		want[p.Masked()] = true
+	}
+	br, err := netlink.LinkByName(h.cfg.Bridge)
+	if err != nil {
+		return fmt.Errorf("hostnet: look up bridge %s: %w", h.cfg.Bridge, err)
+	}
+	routes, err := weftRoutes(br.Attrs().Index)
+	if err != nil {
+		return err
+	}
+	have := make(map[netip.Prefix]bool, len(routes))
+	for _, r := range routes {
+		dst := routeDst(r)
+		if want[dst] && r.Scope == netlink.SCOPE_LINK {
+			have[dst] = true
+			continue
+		}
+		if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("hostnet: remove stale route %s dev %s: %w", dst, h.cfg.Bridge, err)
+		}
+		h.log.Info("removed local range route", "prefix", dst)
+	}
+	for p := range want {
+		if have[p] {
+			continue
+		}
+		r := &netlink.Route{
+			LinkIndex: br.Attrs().Index,
+			Dst:       prefixToIPNet(p),
+			Scope:     netlink.SCOPE_LINK,
+			Protocol:  RouteProtocol,
+			Table:     unix.RT_TABLE_MAIN,
+		}
+		if err := netlink.RouteReplace(r); err != nil {
+			return fmt.Errorf("hostnet: route %s dev %s: %w", p, h.cfg.Bridge, err)
+		}
+		h.log.Info("added local range route", "prefix", p)
+	}
+	return nil
+}
+
+// RouteOverlay routes the whole overlay range to the TUN ("Range dev <TUN>
+// src HostAddr metric 1000 proto 87") and loosens reverse-path filtering on
+// it, since packets from remote pods arrive there. Call it once the data
+// plane has created the TUN; calling it again changes nothing.
+func (h *Host) RouteOverlay() error {
+	tun, err := netlink.LinkByName(h.cfg.TUN)
+	if err != nil {
+		return fmt.Errorf("hostnet: look up TUN %s (does the data plane run?): %w", h.cfg.TUN, err)
+	}
+	if err := setRPFilterLoose(h.cfg.TUN); err != nil {
+		return err
+	}
+	routes, err := weftRoutes(tun.Attrs().Index)
+	if err != nil {
+		return err
+	}
+	for _, r := range routes {
+		if routeDst(r) != h.cfg.Range || r.Priority != OverlayMetric {
+			if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+				return fmt.Errorf("hostnet: remove stale overlay route %s: %w", routeDst(r), err)
+			}
+		}
+	}
+	r := &netlink.Route{
+		LinkIndex: tun.Attrs().Index,
+		Dst:       prefixToIPNet(h.cfg.Range),
+		Src:       net.IP(h.cfg.HostAddr.AsSlice()),
+		Priority:  OverlayMetric,
+		Protocol:  RouteProtocol,
+		Table:     unix.RT_TABLE_MAIN,
+	}
+	if err := netlink.RouteReplace(r); err != nil {
+		return fmt.Errorf("hostnet: route %s dev %s: %w", h.cfg.Range, h.cfg.TUN, err)
+	}
+	return nil
+}
+
+// SetMTU changes the bridge MTU, e.g. when the underlay's changes. Running
+// pods keep theirs until they are re-created.
+func (h *Host) SetMTU(mtu int) error {
+	if mtu < 68 || mtu > 65535 {
+		return fmt.Errorf("hostnet: MTU %d is outside 68..65535", mtu)
+	}
+	br, err := netlink.LinkByName(h.cfg.Bridge)
+	if err != nil {
+		return fmt.Errorf("hostnet: look up bridge %s: %w", h.cfg.Bridge, err)
+	}
+	if br.Attrs().MTU != mtu {
+		if err := netlink.LinkSetMTU(br, mtu); err != nil {
+			return fmt.Errorf("hostnet: set MTU %d on %s: %w", mtu, h.cfg.Bridge, err)
+		}
+	}
+	h.cfg.MTU = mtu
+	return nil
+}
+
+// Teardown removes what Setup and the route methods made: the bridge (with
+// its address and local range routes), every route marked as weft's, and the
+// masquerade table. Pods attached to the bridge lose their network. Nothing
+// left to remove is success.
+func Teardown(bridge string, log *slog.Logger) error {
+	log = discardIfNil(log)
+	var errs []error
+	if link, err := netlink.LinkByName(bridge); err == nil {
+		if link.Type() != "bridge" {
+			errs = append(errs, fmt.Errorf("hostnet: link %s is a %s, not a bridge: not deleting it", bridge, link.Type()))
+		} else if err := netlink.LinkDel(link); err != nil && !isNotFound(err) {
+			errs = append(errs, fmt.Errorf("hostnet: delete bridge %s: %w", bridge, err))
+		} else {
+			log.Info("deleted bridge", "bridge", bridge)
+		}
+	} else if !isNotFound(err) {
+		errs = append(errs, fmt.Errorf("hostnet: look up bridge %s: %w", bridge, err))
+	}
+	routes, err := weftRoutes(0)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, r := range routes {
+		if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("hostnet: delete route %s: %w", routeDst(r), err))
+		}
+	}
+	if err := deleteMasquerade(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// weftRoutes lists the IPv4 routes of the main table marked as weft's,
+// on one link (linkIndex > 0) or on all.
+func weftRoutes(linkIndex int) ([]netlink.Route, error) {
+	filter := &netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN, LinkIndex: linkIndex}
+	mask := netlink.RT_FILTER_PROTOCOL | netlink.RT_FILTER_TABLE
+	if linkIndex > 0 {
+		mask |= netlink.RT_FILTER_OIF
+	}
+	var routes []netlink.Route
+	var err error
+	for range 5 { // a dump interrupted by a concurrent change is incomplete
+		routes, err = netlink.RouteListFiltered(netlink.FAMILY_V4, filter, mask)
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("hostnet: list weft routes: %w", err)
+	}
+	return slices.DeleteFunc(routes, func(r netlink.Route) bool { return r.Protocol != RouteProtocol }), nil
+}
+
+func isNotFound(err error) bool {
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV)
+}
+
+func prefixToIPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+func ipNetToPrefix(n *net.IPNet) netip.Prefix {
+	if n == nil {
+		return netip.Prefix{}
+	}
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}
+	}
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones)
+}
+
+func routeDst(r netlink.Route) netip.Prefix {
+	if r.Dst == nil {
+		return netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+	}
+	return ipNetToPrefix(r.Dst)
+}

@@ -1,0 +1,330 @@
+// Command bench prints weft's benchmark tables in one run, each figure beside
+// its baseline measured in the same run, because the machine is shared and
+// noisy and only ratios taken together mean something:
+//
+//   - throughput (one TCP stream, iperf3) and latency (ping RTT) pod to pod
+//     across two simulated hosts, plaintext and encrypted, beside the bare
+//     underlay between the same two hosts;
+//   - CNI ADD and DEL latency of weft-cni beside the reference bridge plugin
+//     with host-local IPAM;
+//   - time for 3, 10 and 30 agents to form one mesh.
+//
+// Run it as root with `make bench`.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/weftnet/weft/test/cnitest"
+	"github.com/weftnet/weft/test/testbed"
+)
+
+var (
+	seconds = flag.Int("t", 5, "seconds per iperf3 run")
+	runs    = flag.Int("runs", 3, "iperf3 runs per datapath (the median is shown)")
+	cycles  = flag.Int("cni-cycles", 50, "CNI ADD/DEL cycles per plugin")
+	only    = flag.String("only", "", "run only: throughput, cni or mesh")
+)
+
+func main() {
+	flag.Parse()
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "make bench needs root: it creates network namespaces")
+		os.Exit(1)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	bin, err := testbed.BuildBinaries()
+	if err != nil {
+		fail(err)
+	}
+	for _, b := range []struct {
+		name string
+		run  func(context.Context, string) error
+	}{{"throughput", throughput}, {"cni", cniLatency}, {"mesh", meshConvergence}} {
+		if *only != "" && *only != b.name {
+			continue
+		}
+		if err := b.run(ctx, bin); err != nil {
+			fail(fmt.Errorf("%s: %w", b.name, err))
+		}
+	}
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "bench:", err)
+	os.Exit(1)
+}
+
+// result of one datapath.
+type result struct {
+	name string
+	mtu  int
+	gbps float64
+	rtt  time.Duration
+}
+
+func throughput(ctx context.Context, bin string) error {
+	fmt.Printf("\nThroughput and latency, one TCP stream, iperf3 %d s × %d runs (median), two simulated hosts sharing this machine's CPUs\n\n", *seconds, *runs)
+	var rs []result
+
+	bare, err := measureBed(ctx, bin, "bare underlay (veth + bridge)", nil, true)
+	if err != nil {
+		return err
+	}
+	rs = append(rs, bare)
+	plain, err := measureBed(ctx, bin, "weft, plaintext", nil, false)
+	if err != nil {
+		return err
+	}
+	rs = append(rs, plain)
+	enc, err := measureBed(ctx, bin, "weft, encrypted (AES-256-GCM)", []string{"--password", "bench"}, false)
+	if err != nil {
+		return err
+	}
+	rs = append(rs, enc)
+
+	fmt.Printf("%-34s %6s %10s %12s %10s\n", "datapath", "MTU", "Gbit/s", "× underlay", "RTT ms")
+	for _, r := range rs {
+		fmt.Printf("%-34s %6d %10.2f %12.2f %10.3f\n", r.name, r.mtu, r.gbps, r.gbps/bare.gbps, float64(r.rtt)/float64(time.Millisecond))
+	}
+	return nil
+}
+
+// measureBed brings up two hosts; with bare it measures host to host on the
+// underlay, else pod to pod through weft launched with extra.
+func measureBed(ctx context.Context, bin, name string, extra []string, bare bool) (result, error) {
+	dir, err := os.MkdirTemp("", "weft-bench-")
+	if err != nil {
+		return result{}, err
+	}
+	defer os.RemoveAll(dir)
+	bed, err := testbed.New(ctx, testbed.Options{Hosts: 2, Dir: dir, BinDir: bin, Prefix: "wbn"})
+	if err != nil {
+		return result{}, err
+	}
+	defer bed.Close()
+	h1, h2 := bed.Hosts[0], bed.Hosts[1]
+	srcNS, dstNS, dst := h1.Netns, h2.Netns, h2.Addr
+	mtu := 1500
+	if !bare {
+		args := append([]string{"--ipalloc-init", "consensus=2"}, extra...)
+		if err := h1.Launch(args); err != nil {
+			return result{}, err
+		}
+		if err := h2.Launch(args, h1.Target()); err != nil {
+			return result{}, err
+		}
+		if err := testbed.WaitReady(ctx, 30*time.Second, h1, h2); err != nil {
+			return result{}, err
+		}
+		p1, err := h1.AddPod(ctx, "p1")
+		if err != nil {
+			return result{}, err
+		}
+		p2, err := h2.AddPod(ctx, "p1")
+		if err != nil {
+			return result{}, err
+		}
+		srcNS, dstNS, dst = p1.Netns, p2.Netns, p2.Addr
+		st, err := h1.Client().Status(ctx)
+		if err != nil {
+			return result{}, err
+		}
+		mtu = st.MTU
+		name += " [" + st.Datapath + "]"
+	}
+	// Warm up: first packets wait for ARP and, encrypted, a handshake.
+	if err := testbed.Eventually(ctx, 10*time.Second, func() error { return testbed.Ping(ctx, srcNS, dst, 1) }); err != nil {
+		return result{}, err
+	}
+	var gbps []float64
+	for i := 0; i < *runs; i++ {
+		g, err := iperf(ctx, srcNS, dstNS, dst)
+		if err != nil {
+			return result{}, err
+		}
+		gbps = append(gbps, g)
+	}
+	sort.Float64s(gbps)
+	rtt, err := pingRTT(ctx, srcNS, dst)
+	if err != nil {
+		return result{}, err
+	}
+	return result{name: name, mtu: mtu, gbps: gbps[len(gbps)/2], rtt: rtt}, nil
+}
+
+// iperf runs one bounded iperf3 measurement from srcNS to an iperf3 server
+// started in dstNS, and stops the server by its pid.
+func iperf(ctx context.Context, srcNS, dstNS string, dst netip.Addr) (float64, error) {
+	srv := exec.Command("ip", "netns", "exec", dstNS, "iperf3", "-s", "-1", "-B", dst.String())
+	if err := srv.Start(); err != nil {
+		return 0, fmt.Errorf("iperf3 server: %w (apt-get install -y iperf3)", err)
+	}
+	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
+	var out []byte
+	err := testbed.Eventually(ctx, 10*time.Second, func() error {
+		cctx, cancel := context.WithTimeout(ctx, time.Duration(*seconds+15)*time.Second)
+		defer cancel()
+		var err error
+		out, err = exec.CommandContext(cctx, "ip", "netns", "exec", srcNS, "iperf3", "-c", dst.String(),
+			"-t", strconv.Itoa(*seconds), "-J").Output()
+		if err != nil && len(out) > 0 && regexp.MustCompile(`Connection refused`).Match(out) {
+			return err // server not listening yet
+		}
+		if err != nil {
+			return errors.Join(err, errors.New(string(out)))
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	var r struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		return 0, fmt.Errorf("iperf3 output: %w", err)
+	}
+	return r.End.SumReceived.BitsPerSecond / 1e9, nil
+}
+
+var rttRE = regexp.MustCompile(`= [\d.]+/([\d.]+)/`)
+
+// pingRTT is the average of 50 pings 20 ms apart.
+func pingRTT(ctx context.Context, ns string, dst netip.Addr) (time.Duration, error) {
+	out, err := testbed.Exec(ctx, ns, "ping", "-c", "50", "-i", "0.02", "-q", dst.String())
+	if err != nil {
+		return 0, err
+	}
+	m := rttRE.FindStringSubmatch(out)
+	if m == nil {
+		return 0, fmt.Errorf("no RTT in ping output: %s", out)
+	}
+	ms, _ := strconv.ParseFloat(m[1], 64)
+	return time.Duration(ms * float64(time.Millisecond)), nil
+}
+
+// cniLatency times ADD and DEL of weft-cni against a real agent beside the
+// reference bridge plugin with host-local IPAM, interleaved in one host.
+func cniLatency(ctx context.Context, bin string) error {
+	ref := "/usr/lib/cni"
+	if _, err := os.Stat(filepath.Join(ref, "bridge")); err != nil {
+		return fmt.Errorf("reference plugins not found in %s (apt-get install -y containernetworking-plugins)", ref)
+	}
+	dir, err := os.MkdirTemp("", "weft-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	bed, err := testbed.New(ctx, testbed.Options{Hosts: 1, Dir: dir, BinDir: bin, Prefix: "wbn"})
+	if err != nil {
+		return err
+	}
+	defer bed.Close()
+	h := bed.Hosts[0]
+	if err := h.Launch([]string{"--ipalloc-init", "consensus=1"}); err != nil {
+		return err
+	}
+	if err := testbed.WaitReady(ctx, 30*time.Second, h); err != nil {
+		return err
+	}
+	// One pod made through the test bed writes the weft conflist; its
+	// namespace then serves as the netns the cycles attach and detach.
+	pod, err := h.AddPod(ctx, "bench")
+	if err != nil {
+		return err
+	}
+	if err := pod.Delete(ctx); err != nil {
+		return err
+	}
+	weftPod, refPod := h.Netns+"-cw", h.Netns+"-cr"
+	for _, ns := range []string{weftPod, refPod} {
+		if err := bed.AddNetns(ctx, ns); err != nil {
+			return err
+		}
+	}
+	refConf := filepath.Join(dir, "ref.d")
+	if err := cnitest.WriteConflist(refConf, "ref", "1.0.0", map[string]any{
+		"type": "bridge", "bridge": "cnibr0", "isGateway": true,
+		"ipam": map[string]any{"type": "host-local", "dataDir": filepath.Join(dir, "host-local"),
+			"ranges": [][]map[string]string{{{"subnet": "10.99.0.0/24"}}}},
+	}); err != nil {
+		return err
+	}
+	hostNS := "/var/run/netns/" + h.Netns
+	ls, err := cnitest.BenchCompare(ctx, *cycles, []cnitest.Bench{
+		{Runtime: cnitest.Runtime{CNIPath: bin, NetconfDir: filepath.Join(h.Dir, "net.d"), HostNetns: hostNS},
+			Network: testbed.NetworkName, Netns: "/var/run/netns/" + weftPod},
+		{Runtime: cnitest.Runtime{CNIPath: ref, NetconfDir: refConf, HostNetns: hostNS},
+			Network: "ref", Netns: "/var/run/netns/" + refPod},
+	})
+	if err != nil {
+		return err
+	}
+	ls[0].Network, ls[1].Network = "weft-cni (real agent)", "bridge + host-local"
+	fmt.Printf("\nCNI ADD/DEL latency, %d interleaved cycles each, plugin exec to exit\n\n", *cycles)
+	for _, l := range ls {
+		fmt.Println(l.String())
+	}
+	return nil
+}
+
+// meshConvergence times how long n fresh agents, each given only the first,
+// take until every one sees all n alive.
+func meshConvergence(ctx context.Context, bin string) error {
+	fmt.Printf("\nMesh formation: n agents launched at once, each given only host1\n\n%-8s %12s\n", "agents", "converged")
+	for _, n := range []int{3, 10, 30} {
+		d, err := converge(ctx, bin, n)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("%-8d %12s\n", n, d.Round(10*time.Millisecond))
+	}
+	return nil
+}
+
+func converge(ctx context.Context, bin string, n int) (time.Duration, error) {
+	dir, err := os.MkdirTemp("", "weft-bench-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(dir)
+	bed, err := testbed.New(ctx, testbed.Options{Hosts: n, Dir: dir, BinDir: bin, Prefix: "wbn"})
+	if err != nil {
+		return 0, err
+	}
+	defer bed.Close()
+	start := time.Now()
+	for i, h := range bed.Hosts {
+		var peers []string
+		if i > 0 {
+			peers = []string{bed.Hosts[0].Target()}
+		}
+		if err := h.Launch([]string{"--ipalloc-init", "observer"}, peers...); err != nil {
+			return 0, err
+		}
+	}
+	if err := testbed.WaitAlive(ctx, 60*time.Second, n, bed.Hosts...); err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
+}
