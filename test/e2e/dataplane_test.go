@@ -70,3 +70,67 @@ func TestPodsReachEachOther(t *testing.T) {
 		}
 	}
 }
+
+// Across hosts: TCP keeps the client pod's own address (no NAT), 100 MB
+// arrive byte-identical, a host reaches a pod on another host, and traffic
+// to the outside world is masqueraded behind the host's underlay address.
+func TestAcrossHostsNoNATAndMasquerade(t *testing.T) {
+	bed := threeHosts(t, testbed.Options{Outside: true})
+	ps := pods(t, bed, 1)
+	p1, p2, p3 := ps[0], ps[1], ps[2]
+
+	seen := transfer(t, p1.Netns, p3.Netns, p3.Addr.String()+":5001", 100<<20)
+	if seen != p1.Addr.String() {
+		t.Errorf("server pod saw client %s, want the client pod's own %s", seen, p1.Addr)
+	}
+	if seen := transfer(t, p2.Netns, p1.Netns, p1.Addr.String()+":5002", 1<<20); seen != p2.Addr.String() {
+		t.Errorf("server pod saw client %s, want %s", seen, p2.Addr)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// host1 (its own namespace, not a pod) to a pod on host2 and back.
+	if err := testbed.Ping(ctx, bed.Hosts[0].Netns, p2.Addr, 2); err != nil {
+		t.Errorf("host1 -> pod on host2: %v", err)
+	}
+	// The outside world has no route to the pod range: only a masqueraded
+	// packet gets an answer, and its source is host2's underlay address.
+	if seen := transfer(t, p2.Netns, bed.Outside, testbed.OutsideAddr.String()+":5003", 1<<16); seen != bed.Hosts[1].Addr.String() {
+		t.Errorf("outside saw %s, want host2's underlay address %s (masquerade)", seen, bed.Hosts[1].Addr)
+	}
+}
+
+// With a 1400-byte underlay, weft derives a smaller overlay MTU and TCP
+// (DF set, as Linux does) flows across hosts.
+func TestSmallUnderlayMTU(t *testing.T) {
+	bed := testbed.Start(t, testbed.Options{Hosts: 2})
+	ctx := context.Background()
+	for _, h := range bed.Hosts {
+		if err := h.SetUnderlayMTU(ctx, 1400); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h1, h2 := bed.Hosts[0], bed.Hosts[1]
+	launch(t, h1, []string{"--ipalloc-init", "consensus=2"})
+	launch(t, h2, []string{"--ipalloc-init", "consensus=2"}, h1.Target())
+	if err := testbed.WaitReady(ctx, 30*time.Second, h1, h2); err != nil {
+		t.Fatal(err)
+	}
+	st, err := h1.Client().Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.MTU <= 0 || st.MTU > 1400-36 {
+		t.Fatalf("overlay MTU %d with a 1400-byte underlay, want at most %d", st.MTU, 1400-36)
+	}
+	ps := pods(t, bed, 1)
+	transfer(t, ps[0].Netns, ps[1].Netns, ps[1].Addr.String()+":5004", 20<<20)
+	// A full-size packet with DF crosses; one byte more is refused.
+	full := st.MTU - 28
+	if _, err := ps[0].Exec(ctx, "ping", "-c", "1", "-W", "2", "-M", "do", "-s", sprintf("%d", full), ps[1].Addr.String()); err != nil {
+		t.Errorf("full-size DF ping: %v", err)
+	}
+	if _, err := ps[0].Exec(ctx, "ping", "-c", "1", "-W", "2", "-M", "do", "-s", sprintf("%d", full+1), ps[1].Addr.String()); err == nil {
+		t.Errorf("a DF ping one byte over the MTU %d went through", st.MTU)
+	}
+}

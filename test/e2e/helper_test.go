@@ -1,0 +1,142 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The test binary doubles as a tiny TCP server and client that run inside
+// namespaces (ip netns exec <ns> <test binary>), so transfers need no tools
+// beyond the test itself. The helper is selected by WEFT_E2E_HELPER.
+func TestMain(m *testing.M) {
+	switch os.Getenv("WEFT_E2E_HELPER") {
+	case "":
+		os.Exit(m.Run())
+	case "server":
+		exit(serveOnce(os.Getenv("WEFT_E2E_ADDR")))
+	case "client":
+		n, _ := strconv.ParseInt(os.Getenv("WEFT_E2E_BYTES"), 10, 64)
+		exit(sendOnce(os.Getenv("WEFT_E2E_ADDR"), n))
+	}
+}
+
+func exit(err error) {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// serveOnce accepts one connection (within 60 s), tells the client which
+// address it sees, hashes everything it receives and answers the digest.
+func serveOnce(addr string) error {
+	ln, err := net.Listen("tcp4", addr)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	fmt.Println("listening") // the parent waits for this line
+	_ = ln.(*net.TCPListener).SetDeadline(time.Now().Add(60 * time.Second))
+	c, err := ln.Accept()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(120 * time.Second))
+	remote := c.RemoteAddr().(*net.TCPAddr).IP.String()
+	if _, err := fmt.Fprintf(c, "%s\n", remote); err != nil {
+		return err
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, c); err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(c, "%s\n", hex.EncodeToString(h.Sum(nil)))
+	return err
+}
+
+// sendOnce sends n deterministic pseudo-random bytes and prints what the
+// server saw: "seen=<client address> match=<true|false>".
+func sendOnce(addr string, n int64) error {
+	c, err := net.DialTimeout("tcp4", addr, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(120 * time.Second))
+	r := bufio.NewReader(c)
+	seen, err := r.ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("read the address the server sees: %w", err)
+	}
+	h := sha256.New()
+	src := io.LimitReader(rand.NewChaCha8([32]byte{'w', 'e', 'f', 't'}), n)
+	if _, err := io.Copy(io.MultiWriter(c, h), src); err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	_ = c.(*net.TCPConn).CloseWrite()
+	digest, err := r.ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("read digest: %w", err)
+	}
+	fmt.Printf("seen=%s match=%v\n", strings.TrimSpace(seen), strings.TrimSpace(digest) == hex.EncodeToString(h.Sum(nil)))
+	return nil
+}
+
+// transfer sends n bytes over TCP from namespace clientNS to a server in
+// serverNS listening on addr:port and returns the client address the server
+// saw; it fails the test unless the bytes arrived identical.
+func transfer(t *testing.T, clientNS, serverNS, addr string, n int64) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := exec.CommandContext(ctx, "ip", "netns", "exec", serverNS, self)
+	srv.Env = append(os.Environ(), "WEFT_E2E_HELPER=server", "WEFT_E2E_ADDR="+addr)
+	stdout, err := srv.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr strings.Builder
+	srv.Stderr = &serr
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != "listening" {
+		t.Fatalf("server in %s did not start: %v %s", serverNS, err, serr.String())
+	}
+	cl := exec.CommandContext(ctx, "ip", "netns", "exec", clientNS, self)
+	cl.Env = append(os.Environ(), "WEFT_E2E_HELPER=client", "WEFT_E2E_ADDR="+addr, fmt.Sprintf("WEFT_E2E_BYTES=%d", n))
+	out, err := cl.CombinedOutput()
+	if err != nil {
+		t.Fatalf("transfer %s -> %s: %v: %s (server: %s)", clientNS, addr, err, out, serr.String())
+	}
+	fields := map[string]string{}
+	for _, f := range strings.Fields(string(out)) {
+		if k, v, ok := strings.Cut(f, "="); ok {
+			fields[k] = v
+		}
+	}
+	if fields["match"] != "true" {
+		t.Fatalf("transfer %s -> %s: data arrived altered: %s", clientNS, addr, out)
+	}
+	return fields["seen"]
+}
