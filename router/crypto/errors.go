@@ -6,15 +6,20 @@ import "errors"
 // never allocates; compare with errors.Is or ==.
 var (
 	// ErrNoSession: there is no usable session to the peer (none yet, or it
-	// expired). The caller drops or queues the packet and calls Initiate.
+	// expired). The caller drops the packet; the Manager has already asked
+	// for a handshake.
 	ErrNoSession = errors.New("no session with peer")
 	// ErrUnknownPeer: the peer name was never added, or was removed.
 	ErrUnknownPeer = errors.New("unknown peer")
 	// ErrShortBuffer: the caller's buffer lacks headroom or tailroom.
 	ErrShortBuffer = errors.New("buffer too short for header and tag")
+	// ErrShort: the datagram is too short to hold an encrypted header and tag.
+	ErrShort = errors.New("encrypted message too short")
 	// ErrMalformed: the bytes are not a message of the expected type and size.
 	ErrMalformed = errors.New("malformed message")
-	// ErrUnknownIndex: the receiver index names no live session or handshake.
+	// ErrUnknownSession: the receiver index names no live session.
+	ErrUnknownSession = errors.New("unknown receiver session index")
+	// ErrUnknownIndex: a handshake response names no handshake in flight.
 	ErrUnknownIndex = errors.New("unknown receiver index")
 	// ErrAuth: the AEAD tag did not verify (tampered, forged or wrong key).
 	ErrAuth = errors.New("message authentication failed")
@@ -33,7 +38,6 @@ var (
 	ErrRateLimited         = errors.New("handshake rate limit exceeded")
 	ErrUnknownPeerKey      = errors.New("handshake from a public key that is not a known peer")
 	ErrCipherMismatch      = errors.New("responder chose a cipher the initiator did not offer")
-	ErrHandshakePending    = errors.New("a handshake with this peer is already in flight")
 	ErrSimultaneousDropped = errors.New("initiation dropped: our own initiation to this peer wins the tie-break")
 )
 
@@ -50,6 +54,7 @@ const (
 	FailRateLimited
 	FailUnknownPeer
 	FailUnknownIndex
+	FailTimeout
 	numFailReasons
 )
 
@@ -62,6 +67,7 @@ var failReasonNames = [numFailReasons]string{
 	FailRateLimited:        "rate-limited",
 	FailUnknownPeer:        "unknown-peer",
 	FailUnknownIndex:       "unknown-index",
+	FailTimeout:            "timeout",
 }
 
 func (r FailReason) String() string {
