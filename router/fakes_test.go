@@ -1,0 +1,351 @@
+package router
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/weftnet/weft/router/udp"
+	"github.com/weftnet/weft/router/wire"
+)
+
+// fakeTUN is an in-memory tun.Device: tests inject packets the "kernel"
+// sends with inject and see what the router wrote on written.
+type fakeTUN struct {
+	in      chan []byte
+	written chan []byte
+	batch   int
+	mtu     int
+	once    sync.Once
+	closed  chan struct{}
+}
+
+func newFakeTUN(batch, mtu int) *fakeTUN {
+	return &fakeTUN{in: make(chan []byte, 1024), written: make(chan []byte, 1024), batch: batch, mtu: mtu, closed: make(chan struct{})}
+}
+
+func (f *fakeTUN) inject(pkt []byte) { f.in <- pkt }
+
+func (f *fakeTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	var p []byte
+	select {
+	case p = <-f.in:
+	case <-f.closed:
+		return 0, os.ErrClosed
+	}
+	n := 0
+	for {
+		sizes[n] = copy(bufs[n][offset:], p)
+		n++
+		if n == len(bufs) {
+			return n, nil
+		}
+		select {
+		case p = <-f.in:
+		default:
+			return n, nil
+		}
+	}
+}
+
+func (f *fakeTUN) Write(bufs [][]byte, offset int) (int, error) {
+	total := 0
+	for _, b := range bufs {
+		if offset < 10 {
+			return total, errors.New("fake tun: offset below headroom")
+		}
+		f.written <- bytes.Clone(b[offset:])
+		total += len(b) - offset
+	}
+	return total, nil
+}
+
+func (f *fakeTUN) BatchSize() int { return f.batch }
+func (f *fakeTUN) MTU() int       { return f.mtu }
+func (f *fakeTUN) Name() string   { return "fake-tun" }
+func (f *fakeTUN) Close() error {
+	f.once.Do(func() { close(f.closed) })
+	return nil
+}
+
+// expectWritten returns the next packet the router wrote to f, failing the
+// test when none comes within the deadline.
+func (f *fakeTUN) expectWritten(t *testing.T) []byte {
+	t.Helper()
+	select {
+	case p := <-f.written:
+		return p
+	case <-time.After(5 * time.Second):
+		t.Fatal("no packet written to the TUN within 5s")
+		return nil
+	}
+}
+
+func (f *fakeTUN) expectNothingWritten(t *testing.T) {
+	t.Helper()
+	select {
+	case p := <-f.written:
+		t.Fatalf("unexpected packet written to the TUN: % x", p)
+	default:
+	}
+}
+
+// datagram is one datagram in flight on the fake network.
+type datagram struct {
+	from netip.AddrPort
+	data []byte
+}
+
+// fakeNet connects fakeConns by address, like nebula's in-memory harness.
+type fakeNet struct {
+	mu    sync.Mutex
+	conns map[netip.AddrPort]*fakeConn
+}
+
+func (n *fakeNet) listen(addr netip.AddrPort) *fakeConn {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.conns == nil {
+		n.conns = map[netip.AddrPort]*fakeConn{}
+	}
+	c := &fakeConn{net: n, local: addr, in: make(chan datagram, 1024), closed: make(chan struct{})}
+	n.conns[addr] = c
+	return c
+}
+
+// fakeConn is an in-memory udp.Conn. It records what was sent as sent
+// (messages as the router built them) when record is set.
+type fakeConn struct {
+	net    *fakeNet
+	local  netip.AddrPort
+	in     chan datagram
+	once   sync.Once
+	closed chan struct{}
+
+	mu     sync.Mutex
+	record bool
+	sent   []udp.Message
+}
+
+// deliver queues a datagram for c as if it came from 'from'.
+func (c *fakeConn) deliver(from netip.AddrPort, data []byte) {
+	c.in <- datagram{from: from, data: bytes.Clone(data)}
+}
+
+func (c *fakeConn) ReadBatch(msgs []udp.Message) (int, error) {
+	var d datagram
+	select {
+	case d = <-c.in:
+	case <-c.closed:
+		return 0, net.ErrClosed
+	}
+	n := 0
+	for {
+		msgs[n].N = copy(msgs[n].Buf, d.data)
+		msgs[n].Addr = d.from
+		msgs[n].SegSize = 0
+		n++
+		if n == len(msgs) {
+			return n, nil
+		}
+		select {
+		case d = <-c.in:
+		default:
+			return n, nil
+		}
+	}
+}
+
+func (c *fakeConn) WriteBatch(msgs []udp.Message) error {
+	select {
+	case <-c.closed:
+		return net.ErrClosed
+	default:
+	}
+	if c.record {
+		c.mu.Lock()
+		for _, m := range msgs {
+			cp := udp.Message{Addr: m.Addr, N: m.N, Buf: bytes.Clone(m.Buf), SegSize: m.SegSize}
+			for _, p := range m.Parts {
+				cp.Parts = append(cp.Parts, bytes.Clone(p))
+			}
+			c.sent = append(c.sent, cp)
+		}
+		c.mu.Unlock()
+	}
+	if c.net == nil {
+		return nil
+	}
+	for _, m := range msgs {
+		c.net.mu.Lock()
+		dst := c.net.conns[m.Addr]
+		c.net.mu.Unlock()
+		if dst == nil {
+			continue // like UDP: nobody listening, silently gone
+		}
+		if m.Parts != nil {
+			for _, p := range m.Parts {
+				dst.deliver(c.local, p)
+			}
+			continue
+		}
+		dst.deliver(c.local, m.Buf[:m.N])
+	}
+	return nil
+}
+
+func (c *fakeConn) LocalAddr() netip.AddrPort { return c.local }
+func (c *fakeConn) Datapath() string          { return "fake-udp" }
+func (c *fakeConn) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return nil
+}
+
+func (c *fakeConn) takeSent() []udp.Message {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.sent
+	c.sent = nil
+	return s
+}
+
+// staticRoutes is a fixed table: a slice scan allocates nothing.
+type staticRoutes struct {
+	local []netip.Prefix
+	peers []routeEntry
+}
+
+type routeEntry struct {
+	prefix netip.Prefix
+	name   string
+	ep     netip.AddrPort
+}
+
+func (s *staticRoutes) Lookup(dst netip.Addr) (string, netip.AddrPort, bool) {
+	for _, e := range s.peers {
+		if e.prefix.Contains(dst) {
+			return e.name, e.ep, true
+		}
+	}
+	return "", netip.AddrPort{}, false
+}
+
+func (s *staticRoutes) IsLocal(dst netip.Addr) bool {
+	for _, p := range s.local {
+		if p.Contains(dst) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *staticRoutes) PeerAt(src netip.AddrPort) (string, bool) {
+	for _, e := range s.peers {
+		if e.ep == src {
+			return e.name, true
+		}
+	}
+	return "", false
+}
+
+// xorCrypto is a stand-in for router/crypto that exercises the framing
+// contract: header and counter in the headroom, a 16-byte "tag" in the
+// tailroom. It is not encryption.
+type xorCrypto struct {
+	mu         sync.Mutex
+	counter    uint64
+	noSession  map[string]bool
+	handshakes [][]byte
+	sender     string // the peer name Open reports; the session knows it
+}
+
+func (x *xorCrypto) Overhead() int { return wire.CounterLen + wire.TagLen }
+
+func (x *xorCrypto) Seal(peer string, msg []byte, plainLen int) (int, error) {
+	if x.noSession[peer] {
+		return 0, errors.New("no session")
+	}
+	n := wire.EncryptedHeaderLen + plainLen + wire.TagLen
+	if cap(msg) < n {
+		return 0, errors.New("short buffer")
+	}
+	msg = msg[:n]
+	x.counter++
+	wire.PutEncrypted(msg, 7, x.counter)
+	for i := wire.EncryptedHeaderLen; i < n-wire.TagLen; i++ {
+		msg[i] ^= 0x5a
+	}
+	for i := n - wire.TagLen; i < n; i++ {
+		msg[i] = 0xee
+	}
+	return n, nil
+}
+
+func (x *xorCrypto) Open(from netip.AddrPort, msg []byte) ([]byte, string, error) {
+	if _, err := wire.DecodeEncrypted(msg); err != nil {
+		return nil, "", err
+	}
+	tag := msg[len(msg)-wire.TagLen:]
+	for _, b := range tag {
+		if b != 0xee {
+			return nil, "", errors.New("bad tag")
+		}
+	}
+	plain := msg[wire.EncryptedHeaderLen : len(msg)-wire.TagLen]
+	for i := range plain {
+		plain[i] ^= 0x5a
+	}
+	if x.sender == "" {
+		return plain, "peer-from-session", nil
+	}
+	return plain, x.sender, nil
+}
+
+func (x *xorCrypto) HandleHandshake(from netip.AddrPort, msg []byte) {
+	x.mu.Lock()
+	x.handshakes = append(x.handshakes, bytes.Clone(msg))
+	x.mu.Unlock()
+}
+
+// mkIPv4 builds an IPv4/UDP packet with payloadLen bytes of payload; df sets
+// the Don't Fragment bit.
+func mkIPv4(src, dst string, payloadLen int, df bool) []byte {
+	p := make([]byte, 28+payloadLen)
+	p[0] = 0x45
+	binary.BigEndian.PutUint16(p[2:4], uint16(len(p)))
+	binary.BigEndian.PutUint16(p[4:6], 0x1234)
+	if df {
+		p[6] = 0x40
+	}
+	p[8] = 64
+	p[9] = 17
+	s, d := netip.MustParseAddr(src).As4(), netip.MustParseAddr(dst).As4()
+	copy(p[12:16], s[:])
+	copy(p[16:20], d[:])
+	binary.BigEndian.PutUint16(p[10:12], checksum(p[:20], 0))
+	binary.BigEndian.PutUint16(p[20:22], 40000)
+	binary.BigEndian.PutUint16(p[22:24], 7)
+	binary.BigEndian.PutUint16(p[24:26], uint16(8+payloadLen))
+	for i := 28; i < len(p); i++ {
+		p[i] = byte(i)
+	}
+	return p
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

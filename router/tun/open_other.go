@@ -1,0 +1,18 @@
+//go:build !linux
+
+package tun
+
+import (
+	"log/slog"
+)
+
+// Open creates the TUN device with water, the only device on this platform.
+// The MTU and link state are left to the operating system's tools.
+func Open(name string, mtu int, log *slog.Logger) (Device, string, error) {
+	d, err := openWater(name, mtu)
+	if err != nil {
+		return nil, "", err
+	}
+	orDiscard(log).Info("tun open", "name", d.Name(), "datapath", DatapathWater)
+	return d, DatapathWater, nil
+}
