@@ -142,6 +142,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		Transport: mesh.Transport{Mesh: m, Channel: mesh.ChannelIPAM},
 		Logger:    a.log.With("component", "ipam"),
 		Alive:     m.IsAlive,
+		Peers:     m.AliveNames,
 	})
 	if err != nil {
 		m.Shutdown()

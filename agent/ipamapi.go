@@ -190,10 +190,16 @@ func (a *Agent) reset(ctx context.Context) error {
 	if a.ipam == nil {
 		return notReady(errNoMesh)
 	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 50*time.Second)
 	defer cancel()
-	if err := a.ipam.HandOver(ctx); err != nil {
-		return fmt.Errorf("hand this host's ranges to a live peer: %w", err)
+	if alive := a.mesh.AliveNames(); len(alive) <= 1 {
+		// The last host: nobody to hand over to; the ring ends with it.
+		a.log.Warn("reset: no live peer to take this host's ranges; they are dropped with its state")
+		if err := a.ipam.Forget(); err != nil {
+			return fmt.Errorf("remove this host's address state: %w", err)
+		}
+	} else if err := a.ipam.HandOver(ctx); err != nil {
+		return ipamError(fmt.Errorf("hand this host's ranges to a live peer: %w", err))
 	}
 	if a.dp != nil {
 		if err := hostnet.Teardown(a.cfg.Bridge, a.log); err != nil {

@@ -62,7 +62,7 @@ type Status struct {
 	Uptime     time.Duration `json:"uptime_ns"`
 	Ready      bool          `json:"ready"`
 	IPAM       *IPAMSummary  `json:"ipam,omitempty"`
-	Datapath   string        `json:"datapath,omitempty"` // e.g. "tun-offload+udp-gso", "water+udp"
+	Datapath   string        `json:"datapath,omitempty"` // e.g. "tun-offload+udp-gso", "tun-water+udp-mmsg"
 	MTU        int           `json:"mtu,omitempty"`
 }
 
@@ -96,8 +96,8 @@ type Connection struct {
 	Cipher     string            `json:"cipher,omitempty"`
 	Datapath   string            `json:"datapath,omitempty"`
 	MTU        int               `json:"mtu"`
-	LastHeard  time.Time         `json:"last_heard"`
-	LastRekey  time.Time         `json:"last_rekey,omitempty"`
+	LastHeard  time.Time         `json:"last_heard,omitzero"`
+	LastRekey  time.Time         `json:"last_rekey,omitzero"`
 	TxPackets  uint64            `json:"tx_packets"`
 	TxBytes    uint64            `json:"tx_bytes"`
 	RxPackets  uint64            `json:"rx_packets"`

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -132,8 +133,12 @@ func resetCommand() *cli.Command {
 		Usage: "hand this host's address ranges to a live peer, remove weft's host network and stop the agent",
 		Flags: []cli.Flag{runDirFlag()},
 		Action: func(c *cli.Context) error {
-			cl, ctx, cancel := client(c)
+			cl, _, cancel := client(c)
+			cancel()
+			// The agent may wait for several peers in turn to take the ranges.
+			ctx, cancel := context.WithTimeout(c.Context, 60*time.Second)
 			defer cancel()
+			cl = api.NewClient(cl.Socket, 60*time.Second)
 			if err := cl.Reset(ctx); err != nil {
 				return explain(cl, err)
 			}

@@ -161,6 +161,9 @@ func writeConnections(w io.Writer, cs []api.Connection, now time.Time) {
 		enc := "none"
 		if c.Encrypted {
 			enc = c.Cipher
+			if enc == "" {
+				enc = "pending"
+			}
 			if !c.LastRekey.IsZero() {
 				enc += ", rekeyed " + ago(now, c.LastRekey)
 			}

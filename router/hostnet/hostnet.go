@@ -240,6 +240,11 @@ func (h *Host) RouteOverlay() error {
 	if err := setRPFilterLoose(h.cfg.TUN); err != nil {
 		return err
 	}
+	// weft carries IPv4 only; without this the kernel sends IPv6 router
+	// solicitations into the TUN, which the data plane can only drop.
+	if err := writeSysctl("/proc/sys/net/ipv6/conf/"+h.cfg.TUN+"/disable_ipv6", "1"); err != nil {
+		h.log.Debug("disabling IPv6 on the TUN", "err", err)
+	}
 	routes, err := weftRoutes(tun.Attrs().Index)
 	if err != nil {
 		return err
