@@ -12,29 +12,31 @@ import (
 // and waits until all can network pods.
 func threeHosts(t *testing.T, opts testbed.Options, extra ...string) *testbed.Bed {
 	t.Helper()
-	opts.Hosts = 3
+	if opts.Hosts < 3 {
+		opts.Hosts = 3
+	}
 	bed := testbed.Start(t, opts)
 	args := append([]string{"--ipalloc-init", "consensus=3"}, extra...)
-	for i, h := range bed.Hosts {
+	for i, h := range bed.Hosts[:3] {
 		var peers []string
 		if i > 0 {
 			peers = []string{bed.Hosts[0].Target()}
 		}
 		launch(t, h, args, peers...)
 	}
-	if err := testbed.WaitReady(context.Background(), 30*time.Second, bed.Hosts...); err != nil {
+	if err := testbed.WaitReady(context.Background(), 30*time.Second, bed.Hosts[:3]...); err != nil {
 		t.Fatal(err)
 	}
 	return bed
 }
 
-// pods starts n pods on every host.
+// pods starts n pods on each of the first three hosts.
 func pods(t *testing.T, bed *testbed.Bed, n int) []*testbed.Pod {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	var out []*testbed.Pod
-	for _, h := range bed.Hosts {
+	for _, h := range bed.Hosts[:3] {
 		for i := 0; i < n; i++ {
 			p, err := h.AddPod(ctx, sprintf("p%d", i+1))
 			if err != nil {

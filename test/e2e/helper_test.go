@@ -4,15 +4,19 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -28,7 +32,11 @@ func TestMain(m *testing.M) {
 		exit(serveOnce(os.Getenv("WEFT_E2E_ADDR")))
 	case "client":
 		n, _ := strconv.ParseInt(os.Getenv("WEFT_E2E_BYTES"), 10, 64)
-		exit(sendOnce(os.Getenv("WEFT_E2E_ADDR"), n))
+		exit(sendOnce(os.Getenv("WEFT_E2E_ADDR"), n, os.Getenv("WEFT_E2E_PATTERN")))
+	case "get":
+		exit(get(os.Getenv("WEFT_E2E_URL")))
+	case "inject":
+		exit(inject(os.Getenv("WEFT_E2E_SRC"), os.Getenv("WEFT_E2E_DST"), os.Getenv("WEFT_E2E_PAYLOAD")))
 	}
 }
 
@@ -68,9 +76,9 @@ func serveOnce(addr string) error {
 	return err
 }
 
-// sendOnce sends n deterministic pseudo-random bytes and prints what the
-// server saw: "seen=<client address> match=<true|false>".
-func sendOnce(addr string, n int64) error {
+// sendOnce sends n deterministic pseudo-random bytes (or pattern repeated)
+// and prints what the server saw: "seen=<client address> match=<true|false>".
+func sendOnce(addr string, n int64, pattern string) error {
 	c, err := net.DialTimeout("tcp4", addr, 10*time.Second)
 	if err != nil {
 		return err
@@ -83,7 +91,10 @@ func sendOnce(addr string, n int64) error {
 		return fmt.Errorf("read the address the server sees: %w", err)
 	}
 	h := sha256.New()
-	src := io.LimitReader(rand.NewChaCha8([32]byte{'w', 'e', 'f', 't'}), n)
+	var src io.Reader = io.LimitReader(rand.NewChaCha8([32]byte{'w', 'e', 'f', 't'}), n)
+	if pattern != "" {
+		src = io.LimitReader(repeat(pattern), n)
+	}
 	if _, err := io.Copy(io.MultiWriter(c, h), src); err != nil {
 		return fmt.Errorf("send: %w", err)
 	}
@@ -96,10 +107,97 @@ func sendOnce(addr string, n int64) error {
 	return nil
 }
 
+// repeat is an endless reader of one string.
+type repeat string
+
+func (r repeat) Read(b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		n += copy(b[n:], r)
+	}
+	return n, nil
+}
+
+// get prints the body of an HTTP GET (for servers inside a namespace).
+func get(url string) error {
+	c := &http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, err = io.Copy(os.Stdout, resp.Body)
+	return err
+}
+
+// inject sends one UDP datagram with a forged source through a raw socket,
+// as an attacker on the underlay could.
+func inject(src, dst, payloadHex string) error {
+	s, err := netip.ParseAddrPort(src)
+	if err != nil {
+		return err
+	}
+	d, err := netip.ParseAddrPort(dst)
+	if err != nil {
+		return err
+	}
+	payload, err := hex.DecodeString(payloadHex)
+	if err != nil {
+		return err
+	}
+	pkt := make([]byte, 28+len(payload))
+	pkt[0], pkt[8], pkt[9] = 0x45, 64, 17 // IPv4, TTL, UDP
+	binary.BigEndian.PutUint16(pkt[2:], uint16(len(pkt)))
+	copy(pkt[12:16], s.Addr().AsSlice())
+	copy(pkt[16:20], d.Addr().AsSlice())
+	var sum uint32
+	for i := 0; i < 20; i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(pkt[i:]))
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	binary.BigEndian.PutUint16(pkt[10:], ^uint16(sum))
+	binary.BigEndian.PutUint16(pkt[20:], s.Port())
+	binary.BigEndian.PutUint16(pkt[22:], d.Port())
+	binary.BigEndian.PutUint16(pkt[24:], uint16(8+len(payload))) // checksum 0: none, allowed for IPv4
+	copy(pkt[28:], payload)
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_RAW, syscall.IPPROTO_RAW)
+	if err != nil {
+		return err
+	}
+	defer syscall.Close(fd)
+	return syscall.Sendto(fd, pkt, 0, &syscall.SockaddrInet4{Addr: d.Addr().As4()})
+}
+
+// inNetns runs the test binary as a helper inside namespace ns.
+func inNetns(t *testing.T, ns string, env ...string) string {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns, self)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("helper %v in %s: %v: %s", env, ns, err, out)
+	}
+	return string(out)
+}
+
 // transfer sends n bytes over TCP from namespace clientNS to a server in
 // serverNS listening on addr:port and returns the client address the server
 // saw; it fails the test unless the bytes arrived identical.
 func transfer(t *testing.T, clientNS, serverNS, addr string, n int64) string {
+	t.Helper()
+	return transferPattern(t, clientNS, serverNS, addr, n, "")
+}
+
+// transferPattern is transfer of a repeated pattern ("" = random bytes).
+func transferPattern(t *testing.T, clientNS, serverNS, addr string, n int64, pattern string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -124,7 +222,8 @@ func transfer(t *testing.T, clientNS, serverNS, addr string, n int64) string {
 		t.Fatalf("server in %s did not start: %v %s", serverNS, err, serr.String())
 	}
 	cl := exec.CommandContext(ctx, "ip", "netns", "exec", clientNS, self)
-	cl.Env = append(os.Environ(), "WEFT_E2E_HELPER=client", "WEFT_E2E_ADDR="+addr, fmt.Sprintf("WEFT_E2E_BYTES=%d", n))
+	cl.Env = append(os.Environ(), "WEFT_E2E_HELPER=client", "WEFT_E2E_ADDR="+addr, fmt.Sprintf("WEFT_E2E_BYTES=%d", n),
+		"WEFT_E2E_PATTERN="+pattern)
 	out, err := cl.CombinedOutput()
 	if err != nil {
 		t.Fatalf("transfer %s -> %s: %v: %s (server: %s)", clientNS, addr, err, out, serr.String())
