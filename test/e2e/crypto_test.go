@@ -211,3 +211,19 @@ func TestPlaintextCaptureSeesMarker(t *testing.T) {
 		t.Fatal("plaintext transfer: marker not in the capture; the capture check proves nothing")
 	}
 }
+
+// Sessions are rekeyed under a long transfer without losing the connection.
+func TestRekeyDuringTransfer(t *testing.T) {
+	bed := threeHosts(t, testbed.Options{}, "--password", "rekey", "--rekey-after", "3s")
+	ps := pods(t, bed, 1)
+	before := metric(t, bed.Hosts[0], `weft_crypto_events_total{event="rekeys"}`) +
+		metric(t, bed.Hosts[1], `weft_crypto_events_total{event="rekeys"}`)
+	start := time.Now()
+	transferPattern(t, ps[0].Netns, ps[1].Netns, ps[1].Addr.String()+":5007", 1<<40, "", "WEFT_E2E_SECONDS=15")
+	after := metric(t, bed.Hosts[0], `weft_crypto_events_total{event="rekeys"}`) +
+		metric(t, bed.Hosts[1], `weft_crypto_events_total{event="rekeys"}`)
+	t.Logf("%s transfer, %v rekeys between host1 and host2", time.Since(start).Round(time.Second), after-before)
+	if after-before < 2 {
+		t.Errorf("only %v rekeys during a 15 s transfer with --rekey-after 3s", after-before)
+	}
+}

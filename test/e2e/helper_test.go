@@ -95,6 +95,9 @@ func sendOnce(addr string, n int64, pattern string) error {
 	if pattern != "" {
 		src = io.LimitReader(repeat(pattern), n)
 	}
+	if secs, _ := strconv.Atoi(os.Getenv("WEFT_E2E_SECONDS")); secs > 0 {
+		src = &paced{r: src, until: time.Now().Add(time.Duration(secs) * time.Second)}
+	}
 	if _, err := io.Copy(io.MultiWriter(c, h), src); err != nil {
 		return fmt.Errorf("send: %w", err)
 	}
@@ -116,6 +119,20 @@ func (r repeat) Read(b []byte) (int, error) {
 		n += copy(b[n:], r)
 	}
 	return n, nil
+}
+
+// paced spreads a transfer over a duration: 64 KiB every 10 ms until then.
+type paced struct {
+	r     io.Reader
+	until time.Time
+}
+
+func (p *paced) Read(b []byte) (int, error) {
+	if time.Now().After(p.until) {
+		return 0, io.EOF
+	}
+	time.Sleep(10 * time.Millisecond)
+	return p.r.Read(b[:min(len(b), 64<<10)])
 }
 
 // get prints the body of an HTTP GET (for servers inside a namespace).
@@ -197,7 +214,7 @@ func transfer(t *testing.T, clientNS, serverNS, addr string, n int64) string {
 }
 
 // transferPattern is transfer of a repeated pattern ("" = random bytes).
-func transferPattern(t *testing.T, clientNS, serverNS, addr string, n int64, pattern string) string {
+func transferPattern(t *testing.T, clientNS, serverNS, addr string, n int64, pattern string, env ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -224,6 +241,7 @@ func transferPattern(t *testing.T, clientNS, serverNS, addr string, n int64, pat
 	cl := exec.CommandContext(ctx, "ip", "netns", "exec", clientNS, self)
 	cl.Env = append(os.Environ(), "WEFT_E2E_HELPER=client", "WEFT_E2E_ADDR="+addr, fmt.Sprintf("WEFT_E2E_BYTES=%d", n),
 		"WEFT_E2E_PATTERN="+pattern)
+	cl.Env = append(cl.Env, env...)
 	out, err := cl.CombinedOutput()
 	if err != nil {
 		t.Fatalf("transfer %s -> %s: %v: %s (server: %s)", clientNS, addr, err, out, serr.String())
