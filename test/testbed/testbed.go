@@ -218,7 +218,7 @@ func (h *Host) Exec(ctx context.Context, args ...string) (string, error) {
 
 // Client talks to this host's agent.
 func (h *Host) Client() *api.Client {
-	return api.NewClient(api.SocketPath(h.RunDir), 5*time.Second)
+	return api.NewClient(api.SocketPath(h.RunDir), 30*time.Second)
 }
 
 // Target is the gossip address other hosts join.

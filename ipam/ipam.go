@@ -1,0 +1,690 @@
+// Package ipam splits the mesh's pod address range between peers and hands
+// out addresses to containers.
+//
+// The split is a ring (see ring.go): a CRDT of range keys, each written only
+// by its owner, merged by version. Peers carry it over the mesh: changed keys
+// as small broadcasts, the whole ring through push/pull. The ring is created
+// once, by a fixed seed list, by single-decree Paxos among a quorum of peers
+// (paxos.go), or learnt from others (observer). Allocation is local to the
+// ranges a peer owns; a peer that runs out asks another for a donation.
+package ipam
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Errors at the API boundary; the agent maps them to api.Code* values.
+var (
+	ErrNotReady     = errors.New("IPAM not ready")
+	ErrExhausted    = errors.New("address range exhausted")
+	ErrNotFound     = errors.New("not found")
+	ErrPeerAlive    = errors.New("peer is alive")
+	ErrConflict     = errors.New("address conflict")
+	ErrRingMismatch = errors.New("IPAM ring mismatch")
+)
+
+// HostContainerID is the container ID under which the agent allocates
+// addresses for the host itself (the bridge gateway). GC never releases it.
+const HostContainerID = "weft:host"
+
+// Transport carries IPAM messages between peers (mesh.Transport).
+type Transport interface {
+	Broadcast(msg []byte)
+	SendTo(peer string, msg []byte) error
+}
+
+// Config of one peer's IPAM.
+type Config struct {
+	Name      string
+	Range     netip.Prefix
+	Init      Init
+	StateDir  string // "" = no persistence (tests)
+	Transport Transport
+	Logger    *slog.Logger
+	// Alive is membership's view of a peer (mesh.IsAlive); nil = all alive.
+	Alive func(name string) bool
+	// Peers lists the alive members, this one included or not (mesh.AliveNames).
+	// Consensus proposes to them; nil = the peers heard from so far.
+	Peers func() []string
+	Clock func() time.Time // nil = time.Now
+}
+
+// Timing of the background work; zero fields take defaults.
+const (
+	tickInterval     = 200 * time.Millisecond
+	paxosTimeout     = 2 * time.Second // a proposal not chosen by then is retried higher
+	rankDelay        = 300 * time.Millisecond
+	getStateInterval = 2 * time.Second
+	refusalMemory    = 2 * time.Second // a donor that said no is skipped this long
+	saveInterval     = 5 * time.Second // others' ring changes are saved this often
+)
+
+// IPAM is one peer's address manager. All methods are safe for concurrent use.
+type IPAM struct {
+	cfg      Config
+	log      *slog.Logger
+	size     uint64
+	rangeStr string
+	store    *store // nil: no persistence
+	now      func() time.Time
+
+	owners  atomic.Pointer[ownerTable]
+	changes chan struct{}
+	kick    chan struct{} // PeersChanged: run a tick now
+	// announce: membership changed, broadcast our own entries at the next tick.
+	announce atomic.Bool
+
+	// donationRetry is how often a waiting Allocate asks again; tests shorten it.
+	donationRetry time.Duration
+
+	mu     sync.Mutex
+	ring   *ring // nil until created or learnt
+	allocs map[Attachment]*Allocation
+	used   []uint64 // sorted offsets of allocs
+	left   bool     // handed everything over; no more allocation
+	dirty  bool     // own free counts changed since the last broadcast
+	// persistPending: others' entries changed since the last save.
+	persistPending bool
+	lastSave       time.Time
+	wake           chan struct{}
+	outbox         []outMsg
+	reported       map[uint64]bool // allocations already reported as lost, by offset
+
+	acceptor  persistedAcceptor
+	proposal  *proposal
+	maxRound  uint64
+	nextTry   time.Time // earliest next proposal
+	heard     map[string]bool
+	refused   map[string]time.Time  // donors that had nothing, when
+	asked     map[string]askedDonor // donors asked while this peer had no space
+	lastGet   time.Time
+	acks      map[uint64]chan struct{}
+	nonce     uint64
+	rng       *rand.Rand
+	mismatchN int // ring mismatches logged (rate limit)
+}
+
+type outMsg struct {
+	to  string // "" = broadcast
+	msg []byte
+}
+
+// New validates cfg and restores this peer's state from cfg.StateDir.
+func New(cfg Config) (*IPAM, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	if cfg.Alive == nil {
+		cfg.Alive = func(string) bool { return true }
+	}
+	if err := validName(cfg.Name); err != nil {
+		return nil, fmt.Errorf("ipam: %w", err)
+	}
+	size, err := rangeSize(cfg.Range)
+	if err != nil {
+		return nil, fmt.Errorf("ipam: %w", err)
+	}
+	if cfg.Transport == nil {
+		return nil, errors.New("ipam: no transport")
+	}
+	switch cfg.Init.Mode {
+	case ModeSeed:
+		cfg.Init.Seeds = slices.Clone(cfg.Init.Seeds)
+		sort.Strings(cfg.Init.Seeds)
+		if err := validNames(cfg.Init.Seeds, "seeds"); err != nil {
+			return nil, fmt.Errorf("ipam: seed list: %w", err)
+		}
+	case ModeConsensus:
+		if cfg.Init.Quorum < 1 {
+			return nil, fmt.Errorf("ipam: consensus needs at least 1 peer, got %d", cfg.Init.Quorum)
+		}
+	case ModeObserver:
+	default:
+		return nil, fmt.Errorf("ipam: unknown init mode %q", cfg.Init.Mode)
+	}
+	p := &IPAM{
+		cfg:           cfg,
+		log:           cfg.Logger.With("component", "ipam"),
+		size:          size,
+		rangeStr:      cfg.Range.String(),
+		now:           cfg.Clock,
+		changes:       make(chan struct{}, 1),
+		kick:          make(chan struct{}, 1),
+		donationRetry: time.Second,
+		allocs:        map[Attachment]*Allocation{},
+		wake:          make(chan struct{}),
+		reported:      map[uint64]bool{},
+		heard:         map[string]bool{},
+		refused:       map[string]time.Time{},
+		asked:         map[string]askedDonor{},
+		acks:          map[uint64]chan struct{}{},
+		rng:           rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+	}
+	if cfg.StateDir != "" {
+		if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+			return nil, fmt.Errorf("ipam: state dir: %w", err)
+		}
+		p.store = newStore(cfg.StateDir)
+		st, err := p.store.load()
+		if err != nil {
+			return nil, err
+		}
+		if st != nil {
+			if err := p.restore(st); err != nil {
+				return nil, fmt.Errorf("IPAM state %s: %w", p.store.path(), err)
+			}
+		}
+	}
+	if p.ring == nil && cfg.Init.Mode == ModeSeed {
+		p.ring = newSeededRing(p.rangeStr, size, cfg.Init.Seeds)
+	}
+	if p.ring != nil && cfg.Init.Mode == ModeSeed && p.ring.ID != ringID(p.rangeStr, cfg.Init.Seeds) {
+		p.log.Warn("ring restored from state was seeded differently from --ipalloc-init; keeping the state",
+			"state_seeds", p.ring.Seeds, "init_seeds", cfg.Init.Seeds)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.refreshOwnLocked()
+	p.publishLocked()
+	p.checkLostLocked()
+	if err := p.persistLocked(); err != nil {
+		return nil, err
+	}
+	p.outbox = nil // nothing to say before Run; push/pull will carry the ring
+	return p, nil
+}
+
+func (p *IPAM) restore(st *persisted) error {
+	if st.Name != p.cfg.Name {
+		return fmt.Errorf("belongs to peer %q, not %q (each peer needs its own --state-dir)", st.Name, p.cfg.Name)
+	}
+	if st.Range != p.rangeStr {
+		return fmt.Errorf("is for range %s but --ipalloc-range is %s (use the old range, or move the state away to start afresh)", st.Range, p.rangeStr)
+	}
+	if st.Ring != nil {
+		p.ring = st.Ring.toRing()
+	}
+	for _, a := range st.Allocations {
+		a := a
+		off, _ := offsetOf(p.cfg.Range, a.Addr)
+		p.allocs[Attachment{a.ContainerID, a.IfName}] = &a
+		p.used = insertSorted(p.used, off)
+	}
+	if st.Paxos != nil {
+		p.acceptor = *st.Paxos
+		p.maxRound = max(st.Paxos.Promised.Round, st.Paxos.Accepted.Round)
+	}
+	p.log.Info("restored IPAM state", "file", p.store.path(), "allocations", len(st.Allocations), "ring", st.Ring != nil)
+	return nil
+}
+
+// Run does the background work until ctx ends: consensus rounds, broadcasts
+// of changed free counts, asking for the ring when this peer has none.
+func (p *IPAM) Run(ctx context.Context) {
+	t := time.NewTicker(tickInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-p.kick:
+		}
+		p.tick()
+	}
+}
+
+// PeersChanged tells IPAM that membership changed.
+func (p *IPAM) PeersChanged() {
+	// A peer may be back from a partition: tell it about our ranges at the
+	// next tick rather than at the next push/pull. No lock: membership may
+	// call this from its own callbacks.
+	p.announce.Store(true)
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (p *IPAM) tick() {
+	p.mu.Lock()
+	now := p.now()
+	if p.ring == nil && !p.left {
+		if p.cfg.Init.Mode == ModeConsensus {
+			p.consensusTickLocked(now)
+		}
+		if p.ring == nil {
+			p.askForRingLocked(now, getStateInterval)
+		}
+	}
+	if p.persistPending && now.Sub(p.lastSave) >= saveInterval {
+		if err := p.persistLocked(); err != nil {
+			p.log.Error("could not persist IPAM state", "err", err)
+		}
+	}
+	if p.announce.Swap(false) {
+		p.dirty = true
+	}
+	if p.ring != nil && p.dirty {
+		p.dirty = false
+		idx, _ := p.ring.ownedBy(p.cfg.Name)
+		var es []entry
+		for _, i := range idx {
+			es = append(es, p.ring.entries[i])
+		}
+		p.broadcastEntriesLocked(es)
+	}
+	p.flushUnlock()
+}
+
+// askForRingLocked asks one alive peer at random for its ring, at most once
+// per interval: someone may have one already.
+func (p *IPAM) askForRingLocked(now time.Time, interval time.Duration) {
+	if now.Sub(p.lastGet) < interval {
+		return
+	}
+	if peers := p.alivePeersLocked(); len(peers) > 0 {
+		p.lastGet = now
+		p.sendLocked(peers[p.rng.IntN(len(peers))], &message{Type: msgGetState})
+	}
+}
+
+// alivePeersLocked lists the other alive peers.
+func (p *IPAM) alivePeersLocked() []string {
+	var names []string
+	if p.cfg.Peers != nil {
+		names = p.cfg.Peers()
+	} else {
+		for n := range p.heard {
+			names = append(names, n)
+		}
+	}
+	out := names[:0:0]
+	for _, n := range names {
+		if n != p.cfg.Name && p.cfg.Alive(n) {
+			out = append(out, n)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// sendLocked queues a message; flushUnlock sends it after the lock is
+// released, so a slow TCP send never blocks the IPAM.
+func (p *IPAM) sendLocked(to string, m *message) {
+	m.From = p.cfg.Name
+	p.outbox = append(p.outbox, outMsg{to: to, msg: encodeMessage(m)})
+}
+
+func (p *IPAM) broadcastLocked(m *message) { p.sendLocked("", m) }
+
+// broadcastEntriesLocked gossips ring entries in chunks small enough for
+// memberlist's UDP packets.
+func (p *IPAM) broadcastEntriesLocked(es []entry) {
+	for len(es) > 0 {
+		n, size := 0, 0
+		for n < len(es) && (n == 0 || size+entryWireSize(es[n]) <= broadcastBudget) {
+			size += entryWireSize(es[n])
+			n++
+		}
+		p.broadcastLocked(&message{Type: msgRing, RingID: p.ring.ID, Entries: toWire(es[:n])})
+		es = es[n:]
+	}
+}
+
+func (p *IPAM) flushUnlock() {
+	out := p.outbox
+	p.outbox = nil
+	p.mu.Unlock()
+	for _, o := range out {
+		if o.to == "" {
+			p.cfg.Transport.Broadcast(o.msg)
+			continue
+		}
+		if err := p.cfg.Transport.SendTo(o.to, o.msg); err != nil {
+			p.log.Debug("ipam message not sent", "to", o.to, "err", err)
+		}
+	}
+}
+
+// persistLocked writes the state file (a no-op without StateDir).
+func (p *IPAM) persistLocked() error {
+	if p.store == nil || p.left {
+		return nil
+	}
+	st := &persisted{Format: stateFormat, Name: p.cfg.Name, Range: p.rangeStr, Allocations: p.allocationsLocked()}
+	if p.ring != nil {
+		st.Ring = &persistedRing{ID: p.ring.ID, Seeds: p.ring.Seeds, Size: p.ring.Size, Entries: toWire(p.ring.entries)}
+	}
+	if p.acceptor.Promised != (ballot{}) {
+		a := p.acceptor
+		st.Paxos = &a
+	}
+	if err := p.store.save(st); err != nil {
+		return err
+	}
+	p.persistPending, p.lastSave = false, p.now()
+	return nil
+}
+
+// publishLocked swaps in a new owner snapshot and wakes whoever waits for the
+// ring: Allocate callers, and the agent via Changes when ownership moved.
+func (p *IPAM) publishLocked() {
+	close(p.wake)
+	p.wake = make(chan struct{})
+	if p.ring == nil {
+		return
+	}
+	t := newOwnerTable(p.cfg.Range, p.ring.spans())
+	if t.equal(p.owners.Load()) {
+		return
+	}
+	p.owners.Store(t)
+	select {
+	case p.changes <- struct{}{}:
+	default:
+	}
+}
+
+// refreshOwnLocked rewrites the free count of every own key that changed (a
+// version bump each, as only the owner writes) and trims their ends to what
+// they effectively own, so this peer's own keys never overlap.
+func (p *IPAM) refreshOwnLocked() (changed []entry) {
+	if p.ring == nil || p.left {
+		return nil
+	}
+	idx, ends := p.ring.ownedBy(p.cfg.Name)
+	for k, i := range idx {
+		e := p.ring.entries[i]
+		free := freeIn(e.Start, ends[k], p.size, p.used)
+		if free != e.Free || ends[k] != e.End {
+			changed = append(changed, p.ring.set(e.Start, ends[k], p.cfg.Name, free))
+		}
+	}
+	if len(changed) > 0 {
+		p.dirty = true
+	}
+	return changed
+}
+
+// checkLostLocked reports allocations in ranges another peer now owns: two
+// peers believed they owned the same addresses (rmpeer of a live peer, or an
+// old state restored). It cannot be fixed here; the operator must know.
+func (p *IPAM) checkLostLocked() error {
+	t := p.owners.Load()
+	if t == nil {
+		return nil
+	}
+	var lost []string
+	for _, a := range p.allocs {
+		off, _ := offsetOf(p.cfg.Range, a.Addr)
+		owner, ok := t.lookup(off)
+		if !ok || owner == p.cfg.Name || p.reported[off] {
+			continue
+		}
+		p.reported[off] = true
+		lost = append(lost, fmt.Sprintf("%s (container %s) now owned by %s", a.Addr, a.ContainerID, owner))
+	}
+	if len(lost) == 0 {
+		return nil
+	}
+	sort.Strings(lost)
+	err := fmt.Errorf("%w: %d addresses allocated here are owned by other peers, so they may be given out twice (was this peer removed with rmpeer while it was alive?): %v",
+		ErrConflict, len(lost), lost)
+	p.log.Error("IPAM conflict", "err", err)
+	return err
+}
+
+// mergeLocked folds remote entries into the ring, logs what needs an
+// operator's attention, republishes, persists and gossips our own changes.
+func (p *IPAM) mergeLocked(from string, es []entry) error {
+	for _, e := range es {
+		if err := e.validate(p.size); err != nil {
+			return fmt.Errorf("%w from %s: %v", ErrBadMessage, from, err)
+		}
+	}
+	ours := false // does the merge touch our own ranges?
+	for _, e := range es {
+		i, ok := p.ring.find(e.Start)
+		if !ok {
+			ours = ours || e.Owner == p.cfg.Name
+			continue
+		}
+		cur := p.ring.entries[i]
+		if !wins(e, cur) {
+			continue
+		}
+		ours = ours || e.Owner == p.cfg.Name || cur.Owner == p.cfg.Name
+		if cur.Owner == p.cfg.Name && e.Owner != p.cfg.Name && !p.left {
+			p.log.Warn("a peer took over a range this peer owned (rmpeer while this peer was down or partitioned?); accepting it",
+				"from", from, "start", addrAt(p.cfg.Range, e.Start), "new_owner", e.Owner, "version", e.Version, "our_version", cur.Version)
+		} else if e.Owner == p.cfg.Name && cur.Owner == p.cfg.Name && e.Version > cur.Version+1 && p.store != nil {
+			p.log.Info("peer has a newer version of a range this peer owns (state older than what was gossiped); accepting it",
+				"from", from, "start", addrAt(p.cfg.Range, e.Start), "version", e.Version, "our_version", cur.Version)
+		}
+	}
+	changed, conflicts := p.ring.merge(es)
+	var errs []error
+	for _, c := range conflicts {
+		err := fmt.Errorf("%w: %s (from %s); kept %q on every peer; one of them was removed with rmpeer while alive or restored an old state",
+			ErrConflict, c, from, winnerOf(c).Owner)
+		p.log.Error("IPAM ring conflict", "err", err)
+		errs = append(errs, err)
+	}
+	if !changed {
+		return errors.Join(errs...)
+	}
+	p.refreshOwnLocked()
+	p.publishLocked()
+	if err := p.checkLostLocked(); err != nil {
+		errs = append(errs, err)
+	}
+	if !ours {
+		// Others' ranges can be learnt again from gossip: write them with
+		// the next periodic save instead of an fsync per broadcast.
+		p.persistPending = true
+		return errors.Join(errs...)
+	}
+	if err := p.persistLocked(); err != nil {
+		p.log.Error("could not persist IPAM state after a merge", "err", err)
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func winnerOf(c conflict) entry {
+	if wins(c.Remote, c.Local) {
+		return c.Remote
+	}
+	return c.Local
+}
+
+// adoptLocked takes a ring learnt from a peer (or chosen by consensus) when
+// this peer has none.
+func (p *IPAM) adoptLocked(r *ring, how string) {
+	p.ring = r
+	p.proposal = nil
+	p.log.Info("IPAM ring created", "how", how, "seeds", len(r.Seeds), "ring", r.ID)
+	p.refreshOwnLocked()
+	p.publishLocked()
+	p.checkLostLocked()
+	if err := p.persistLocked(); err != nil {
+		p.log.Error("could not persist IPAM state", "err", err)
+	}
+}
+
+func (p *IPAM) mismatchErr(from, remoteID string, remoteSeeds []string) error {
+	return fmt.Errorf("%w: peer %s has a ring seeded by %v (ring %s), this peer's was seeded by %v (ring %s); "+
+		"the two sides were started apart and can never share addresses. Run `weft reset` on the peers of one side "+
+		"(they hand their ranges over and forget their state), then launch them again with the same --ipalloc-init",
+		ErrRingMismatch, from, remoteSeeds, remoteID, p.ring.Seeds, p.ring.ID)
+}
+
+// LocalState is this peer's ring for a push/pull exchange.
+func (p *IPAM) LocalState() []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return encodeMessage(p.stateMsgLocked())
+}
+
+func (p *IPAM) stateMsgLocked() *message {
+	m := &message{Type: msgState, From: p.cfg.Name, Range: p.rangeStr, Size: p.size}
+	if p.ring != nil && !p.left {
+		m.RingID, m.Seeds, m.Entries = p.ring.ID, p.ring.Seeds, toWire(p.ring.entries)
+	}
+	return m
+}
+
+// MergeState merges a peer's full ring. A ring seeded differently is refused
+// with ErrRingMismatch, whose message says how to recover.
+func (p *IPAM) MergeState(buf []byte) error {
+	m, err := decodeMessage(buf)
+	if err != nil {
+		return err
+	}
+	if m.Type != msgState {
+		return fmt.Errorf("%w: push/pull state of type %q", ErrBadMessage, m.Type)
+	}
+	p.mu.Lock()
+	err = p.mergeStateLocked(m)
+	p.flushUnlock()
+	return err
+}
+
+func (p *IPAM) mergeStateLocked(m *message) error {
+	if m.Range != p.rangeStr || m.Size != p.size {
+		return fmt.Errorf("%w: peer %s uses range %s, this peer %s; every peer needs the same --ipalloc-range",
+			ErrRingMismatch, m.From, m.Range, p.rangeStr)
+	}
+	if p.left || m.RingID == "" {
+		return nil // we are leaving, or the peer has no ring yet
+	}
+	if m.RingID != ringID(m.Range, m.Seeds) {
+		return fmt.Errorf("%w: state from %s: ring ID does not match its seeds", ErrBadMessage, m.From)
+	}
+	es := fromWire(m.Entries)
+	if p.ring == nil {
+		if p.cfg.Init.Mode == ModeSeed {
+			return errors.New("ipam: seed mode without a ring") // New always seeds
+		}
+		r := &ring{ID: m.RingID, Seeds: m.Seeds, Size: m.Size, entries: es}
+		if err := r.validate(); err != nil {
+			return fmt.Errorf("%w: state from %s: %v", ErrBadMessage, m.From, err)
+		}
+		p.adoptLocked(r, "learnt from "+m.From)
+		return nil
+	}
+	if m.RingID != p.ring.ID {
+		return p.mismatchErr(m.From, m.RingID, m.Seeds)
+	}
+	return p.mergeLocked(m.From, es)
+}
+
+// HandleMessage handles a broadcast or direct message from a peer.
+func (p *IPAM) HandleMessage(msg []byte) {
+	m, err := decodeMessage(msg)
+	if err != nil {
+		p.log.Warn("dropped IPAM message", "err", err)
+		return
+	}
+	if m.From == p.cfg.Name {
+		return // our own broadcast echoed back
+	}
+	p.mu.Lock()
+	p.heard[m.From] = true
+	if err := p.handleLocked(m); err != nil {
+		if errors.Is(err, ErrRingMismatch) {
+			p.mismatchN++
+			if p.mismatchN%100 != 1 {
+				err = nil // said it already; keep the log readable
+			}
+		}
+		if err != nil {
+			p.log.Error("IPAM message from peer", "from", m.From, "type", m.Type, "err", err)
+		}
+	}
+	p.flushUnlock()
+}
+
+func (p *IPAM) handleLocked(m *message) error {
+	switch m.Type {
+	case msgRing:
+		if p.left {
+			return nil
+		}
+		if p.ring == nil {
+			// A ring exists somewhere: fetch all of it (rate-limited).
+			if now := p.now(); now.Sub(p.lastGet) >= time.Second/2 {
+				p.lastGet = now
+				p.sendLocked(m.From, &message{Type: msgGetState})
+			}
+			return nil
+		}
+		if m.RingID != p.ring.ID {
+			return p.mismatchErr(m.From, m.RingID, nil)
+		}
+		return p.mergeLocked(m.From, fromWire(m.Entries))
+	case msgGetState:
+		if p.ring != nil && !p.left {
+			p.sendLocked(m.From, p.stateMsgLocked())
+		}
+		return nil
+	case msgState:
+		if m.RingID == "" {
+			return nil
+		}
+		return p.mergeStateLocked(m)
+	case msgPrepare, msgAccept:
+		return p.handleAcceptorLocked(m)
+	case msgPromise, msgAccepted:
+		p.handleProposerLocked(m)
+		return nil
+	case msgChosen:
+		return p.handleChosenLocked(m)
+	case msgDonReq:
+		return p.handleDonationRequestLocked(m.From)
+	case msgNoDon:
+		p.refused[m.From] = p.now()
+		p.publishLocked() // wake waiters to try another donor
+		return nil
+	case msgHandOver:
+		return p.handleHandOverLocked(m)
+	case msgAck:
+		if ch, ok := p.acks[m.Nonce]; ok {
+			delete(p.acks, m.Nonce)
+			close(ch)
+		}
+		return nil
+	}
+	return nil
+}
+
+func insertSorted(s []uint64, v uint64) []uint64 {
+	i := sort.Search(len(s), func(i int) bool { return s[i] >= v })
+	s = append(s, 0)
+	copy(s[i+1:], s[i:])
+	s[i] = v
+	return s
+}
+
+func removeSorted(s []uint64, v uint64) []uint64 {
+	i := sort.Search(len(s), func(i int) bool { return s[i] >= v })
+	if i < len(s) && s[i] == v {
+		s = append(s[:i], s[i+1:]...)
+	}
+	return s
+}

@@ -1,0 +1,111 @@
+package ipam
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+
+	"github.com/weftnet/weft/api"
+)
+
+// Ready reports whether Allocate can succeed now: this peer owns free space,
+// or the ring exists and an alive peer has free space to donate.
+func (p *IPAM) Ready() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.readyLocked()
+}
+
+func (p *IPAM) readyLocked() bool {
+	if p.ring == nil || p.left {
+		return false
+	}
+	for name, free := range p.freeByPeerLocked() {
+		if free > 0 && (name == p.cfg.Name || p.cfg.Alive(name)) {
+			return true
+		}
+	}
+	return false
+}
+
+// stateLocked is the one-line IPAM state of `weft status`.
+func (p *IPAM) stateLocked() string {
+	switch {
+	case p.left:
+		return "left (ranges handed over)"
+	case p.ring == nil && p.cfg.Init.Mode == ModeConsensus:
+		return fmt.Sprintf("awaiting consensus (%d of %d known, quorum %d)",
+			len(p.alivePeersLocked())+1, p.cfg.Init.Quorum, majority(p.cfg.Init.Quorum))
+	case p.ring == nil:
+		return "observer (awaiting the ring from a peer)"
+	case p.readyLocked():
+		return "ready"
+	case p.ringCompleteLocked() && sumFree(p.freeByPeerLocked()) == 0:
+		return "exhausted"
+	default:
+		return "idle (no free space here and no alive peer with free space)"
+	}
+}
+
+func sumFree(m map[string]uint64) (n uint64) {
+	for _, f := range m {
+		n += f
+	}
+	return n
+}
+
+// Status is `weft status ipam`: per owner, sorted, the local peer first.
+func (p *IPAM) Status() api.IPAMStatus {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := api.IPAMStatus{
+		IPAMSummary: api.IPAMSummary{State: p.stateLocked(), Range: p.rangeStr, Ready: p.readyLocked()},
+		Mode:        p.cfg.Init.Mode,
+	}
+	if p.ring == nil {
+		return st
+	}
+	shares := map[string]*api.IPAMPeerShare{}
+	var prefixes = map[string][]netip.Prefix{}
+	free := p.freeByPeerLocked()
+	for _, s := range p.ring.spans() {
+		sh := shares[s.Owner]
+		if sh == nil {
+			sh = &api.IPAMPeerShare{Name: s.Owner, Local: s.Owner == p.cfg.Name,
+				Reachable: s.Owner == p.cfg.Name || p.cfg.Alive(s.Owner), Free: free[s.Owner]}
+			shares[s.Owner] = sh
+		}
+		sh.Owned += s.End - s.Start
+		prefixes[s.Owner] = cidrCover(prefixes[s.Owner], p.cfg.Range, s.Start, s.End)
+	}
+	for name, sh := range shares {
+		sh.Share = float64(sh.Owned) / float64(p.size)
+		reservedOwned := uint64(0)
+		for _, off := range []uint64{0, p.size - 1} {
+			if reserved(off, p.size) {
+				if t := p.owners.Load(); t != nil {
+					if o, ok := t.lookup(off); ok && o == name {
+						reservedOwned++
+					}
+				}
+			}
+		}
+		if sh.Local {
+			sh.InUse = uint64(len(p.allocs))
+		} else if sh.Owned >= reservedOwned+sh.Free {
+			sh.InUse = sh.Owned - reservedOwned - sh.Free
+		}
+		for _, pf := range prefixes[name] {
+			sh.Ranges = append(sh.Ranges, pf.String())
+		}
+		st.Entries = append(st.Entries, *sh)
+	}
+	sort.Slice(st.Entries, func(i, j int) bool {
+		a, b := st.Entries[i], st.Entries[j]
+		if a.Local != b.Local {
+			return a.Local
+		}
+		return a.Name < b.Name
+	})
+	return st
+}

@@ -1,0 +1,211 @@
+package ipam
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// StateFileName is the IPAM state file inside --state-dir.
+const StateFileName = "ipam.json"
+
+const stateFormat = 1
+
+// persisted is the state file: everything this peer must not forget across a
+// restart. The ring is there so that our own entries come back at the version
+// we last published; allocations so that every container keeps its address;
+// paxos so that an acceptor never breaks a promise it made before a crash.
+type persisted struct {
+	Format      int                `json:"format"`
+	Name        string             `json:"name"`
+	Range       string             `json:"range"`
+	Ring        *persistedRing     `json:"ring,omitempty"`
+	Allocations []Allocation       `json:"allocations"`
+	Paxos       *persistedAcceptor `json:"paxos,omitempty"`
+	Left        bool               `json:"left,omitempty"` // handed everything over (weft reset)
+}
+
+type persistedRing struct {
+	ID      string      `json:"id"`
+	Seeds   []string    `json:"seeds"`
+	Size    uint64      `json:"size"`
+	Entries []wireEntry `json:"entries"`
+}
+
+type persistedAcceptor struct {
+	Promised ballot   `json:"promised"`
+	Accepted ballot   `json:"accepted"`
+	Value    []string `json:"value,omitempty"`
+}
+
+// tempFile is the part of *os.File the store writes through; tests swap it to
+// simulate a full disk.
+type tempFile interface {
+	Write([]byte) (int, error)
+	Sync() error
+	Close() error
+	Name() string
+}
+
+// store reads and atomically replaces the state file.
+type store struct {
+	dir      string
+	openTemp func(dir string) (tempFile, error)
+}
+
+func newStore(dir string) *store {
+	return &store{dir: dir, openTemp: func(dir string) (tempFile, error) {
+		return os.CreateTemp(dir, "."+StateFileName+".tmp-*")
+	}}
+}
+
+func (s *store) path() string { return filepath.Join(s.dir, StateFileName) }
+
+// load returns nil, nil when there is no state file yet.
+func (s *store) load() (*persisted, error) {
+	b, err := os.ReadFile(s.path())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading IPAM state %s: %w", s.path(), err)
+	}
+	p, err := decodeState(b)
+	if err != nil {
+		return nil, fmt.Errorf("IPAM state %s is corrupt (move it away to start this peer afresh; its allocations are then forgotten): %w", s.path(), err)
+	}
+	return p, nil
+}
+
+// decodeState parses and validates a state file.
+func decodeState(b []byte) (*persisted, error) {
+	var p persisted
+	if err := json.Unmarshal(b, &p); err != nil {
+		return nil, err
+	}
+	if p.Format != stateFormat {
+		return nil, fmt.Errorf("format %d, want %d", p.Format, stateFormat)
+	}
+	if err := validName(p.Name); err != nil {
+		return nil, err
+	}
+	pfx, err := netip.ParsePrefix(p.Range)
+	if err != nil {
+		return nil, fmt.Errorf("range: %w", err)
+	}
+	size, err := rangeSize(pfx)
+	if err != nil {
+		return nil, err
+	}
+	if p.Ring != nil {
+		r := p.Ring.toRing()
+		if r.Size != size {
+			return nil, fmt.Errorf("ring of %d addresses for range %s of %d", r.Size, p.Range, size)
+		}
+		if err := validNames(r.Seeds, "ring seeds"); err != nil {
+			return nil, err
+		}
+		if r.ID != ringID(p.Range, r.Seeds) {
+			return nil, fmt.Errorf("ring ID %q does not match its seeds", r.ID)
+		}
+		if err := r.validate(); err != nil {
+			return nil, fmt.Errorf("ring: %w", err)
+		}
+	}
+	seen := map[netip.Addr]bool{}
+	for _, a := range p.Allocations {
+		if a.ContainerID == "" {
+			return nil, errors.New("allocation without container ID")
+		}
+		if !pfx.Contains(a.Addr) {
+			return nil, fmt.Errorf("allocation %s of %s outside range %s", a.Addr, a.ContainerID, p.Range)
+		}
+		if seen[a.Addr] {
+			return nil, fmt.Errorf("address %s allocated twice", a.Addr)
+		}
+		seen[a.Addr] = true
+	}
+	if p.Paxos != nil && p.Paxos.Value != nil {
+		if err := validNames(p.Paxos.Value, "accepted paxos value"); err != nil {
+			return nil, err
+		}
+	}
+	return &p, nil
+}
+
+func (pr *persistedRing) toRing() *ring {
+	return &ring{ID: pr.ID, Seeds: pr.Seeds, Size: pr.Size, entries: fromWire(pr.Entries)}
+}
+
+// save replaces the state file atomically: a crash leaves the old or the new
+// file, never a torn one, and a failed write leaves the old one in place.
+func (s *store) save(p *persisted) error {
+	b, err := json.Marshal(p)
+	if err != nil {
+		return fmt.Errorf("encoding IPAM state: %w", err)
+	}
+	f, err := s.openTemp(s.dir)
+	if err != nil {
+		return fmt.Errorf("writing IPAM state in %s: %w", s.dir, err)
+	}
+	tmp := f.Name()
+	fail := func(err error) error {
+		f.Close()
+		os.Remove(tmp)
+		return fmt.Errorf("writing IPAM state %s: %w", s.path(), err)
+	}
+	if _, err := f.Write(b); err != nil {
+		return fail(err)
+	}
+	if err := f.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("writing IPAM state %s: %w", s.path(), err)
+	}
+	if err := os.Rename(tmp, s.path()); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("writing IPAM state %s: %w", s.path(), err)
+	}
+	return syncDir(s.dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("syncing %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", dir, err)
+	}
+	return nil
+}
+
+func (s *store) remove() error {
+	if err := os.Remove(s.path()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("removing IPAM state: %w", err)
+	}
+	return syncDir(s.dir)
+}
+
+// Allocation is one container interface's address on this peer.
+type Allocation struct {
+	ContainerID string     `json:"container_id"`
+	IfName      string     `json:"ifname"`
+	Netns       string     `json:"netns,omitempty"`
+	Addr        netip.Addr `json:"addr"`
+	Created     time.Time  `json:"created"`
+}
+
+// Attachment names one container interface.
+type Attachment struct {
+	ContainerID string `json:"container_id"`
+	IfName      string `json:"ifname"`
+}
