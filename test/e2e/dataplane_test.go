@@ -136,3 +136,56 @@ func TestSmallUnderlayMTU(t *testing.T) {
 		t.Errorf("a DF ping one byte over the MTU %d went through", st.MTU)
 	}
 }
+
+// Killing and relaunching an agent leaves its pods alone: they keep their
+// addresses and traffic flows again within seconds of the relaunch. Bad
+// datagrams are dropped and counted meanwhile.
+func TestAgentRelaunchKeepsPods(t *testing.T) {
+	bed := threeHosts(t, testbed.Options{})
+	ps := pods(t, bed, 1)
+	p1, p2 := ps[0], ps[1]
+	h2 := bed.Hosts[1]
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := testbed.Ping(ctx, p1.Netns, p2.Addr, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := h2.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	launch(t, h2, []string{"--ipalloc-init", "consensus=3"}, bed.Hosts[0].Target())
+	relaunched := time.Now()
+	if err := testbed.Eventually(ctx, 5*time.Second, func() error { return testbed.Ping(ctx, p1.Netns, p2.Addr, 1) }); err != nil {
+		t.Fatalf("traffic to host2's pod after relaunch: %v", err)
+	}
+	t.Logf("traffic flows again %s after the relaunch", time.Since(relaunched).Round(10*time.Millisecond))
+	cs, err := h2.Client().Containers(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, c := range cs {
+		found = found || c.Address == p2.Addr.String()
+	}
+	if !found {
+		t.Errorf("host2 no longer lists its pod's address %s: %+v", p2.Addr, cs)
+	}
+
+	// From an endpoint that is no peer, and a malformed header from a peer's.
+	h1, h3 := bed.Hosts[0], bed.Hosts[2]
+	dst := h2.Addr.String() + ":6784"
+	inNetns(t, h3.Netns, "WEFT_E2E_HELPER=inject", "WEFT_E2E_SRC="+h3.Addr.String()+":4000", "WEFT_E2E_DST="+dst,
+		"WEFT_E2E_PAYLOAD=0101000000000001450000")
+	inNetns(t, h1.Netns, "WEFT_E2E_HELPER=inject", "WEFT_E2E_SRC="+h1.Addr.String()+":6784", "WEFT_E2E_DST="+dst,
+		"WEFT_E2E_PAYLOAD=09ff00000000")
+	if err := testbed.Eventually(ctx, 5*time.Second, func() error {
+		unknown := metric(t, h2, `weft_dropped_packets_total{reason="unknown-peer"}`)
+		bad := metric(t, h2, `weft_dropped_packets_total{reason="bad-header"}`)
+		if unknown < 1 || bad < 1 {
+			return errorf("drops: unknown-peer %v, bad-header %v", unknown, bad)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
