@@ -6,14 +6,14 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X github.com/weftnet/weft/api.Version=$(VERSION)
 BIN      := $(CURDIR)/bin
 TOOLS    := $(CURDIR)/.cache/tools
-APT_PKGS := iproute2 iputils-ping iperf3 nftables tcpdump procps containernetworking-plugins
+APT_PKGS := iproute2 iputils-ping iperf3 nftables tcpdump procps containernetworking-plugins etcd-server
 CNITOOL_VERSION := v1.3.0
 
 export CGO_ENABLED = 0
 export WEFT_BIN_DIR = $(BIN)
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: all build test unit e2e demo bench lint deps fuzz clean
+.PHONY: all build test unit e2e demo bench lint deps fuzz clean k8s-bins
 
 all: build
 
@@ -31,7 +31,14 @@ deps:
 	fi
 	@test -x $(TOOLS)/cnitool || GOBIN=$(TOOLS) CGO_ENABLED=0 $(GO) install github.com/containernetworking/cni/cnitool@$(CNITOOL_VERSION)
 
-test: deps build lint
+# k8s-bins builds kube-apiserver and kubectl from the Go module proxy for the
+# Kubernetes tests (about 8 minutes the first time; cached in K8S_DIR).
+K8S_DIR ?= /var/cache/weft-k8s
+export K8S_DIR
+k8s-bins:
+	CMDS="kube-apiserver kubectl" test/kubeapi/k8s/build.sh
+
+test: deps build lint k8s-bins
 	$(GO) test -count=1 -timeout 20m ./...
 
 # unit runs only the tests that need neither root nor network namespaces.
@@ -53,8 +60,13 @@ fuzz:
 demo: deps build
 	$(GO) run ./test/demo
 
+# bench prints every table in one run: datapath throughput and RTT beside the
+# bare underlay, CNI ADD/DEL latency beside bridge+host-local, IPAM
+# allocation latency, mesh formation time, then the micro-benchmarks of the
+# hot paths (ring lookup and merge, sealing and opening, forwarding).
 bench: deps build
 	$(GO) run ./test/bench
+	$(GO) test -run '^$$' -bench . -benchtime 2000x -benchmem ./ipam ./router ./router/crypto
 
 clean:
 	rm -rf $(BIN) $(CURDIR)/.cache

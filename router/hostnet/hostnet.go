@@ -99,14 +99,12 @@ func Setup(cfg Config) (*Host, error) {
 	if err := writeSysctl("/proc/sys/net/ipv4/ip_forward", "1"); err != nil {
 		return nil, err
 	}
-	if err := setRPFilterLoose(cfg.Bridge); err != nil {
-		return nil, err
-	}
+	// The rest is tuning, not correctness: in an unprivileged container
+	// /proc/sys is read-only, and weft still works with the defaults.
+	h.tune(setRPFilterLoose(cfg.Bridge))
 	// Pod to pod on this host goes in and out of the bridge through the
 	// host's routing; a redirect would teach pods to bypass the gateway.
-	if err := writeSysctl("/proc/sys/net/ipv4/conf/"+cfg.Bridge+"/send_redirects", "0"); err != nil {
-		return nil, err
-	}
+	h.tune(writeSysctl("/proc/sys/net/ipv4/conf/"+cfg.Bridge+"/send_redirects", "0"))
 	if err := ensureMasquerade(cfg.Range, cfg.Bridge); err != nil {
 		return nil, err
 	}
@@ -237,14 +235,10 @@ func (h *Host) RouteOverlay() error {
 	if err != nil {
 		return fmt.Errorf("hostnet: look up TUN %s (does the data plane run?): %w", h.cfg.TUN, err)
 	}
-	if err := setRPFilterLoose(h.cfg.TUN); err != nil {
-		return err
-	}
+	h.tune(setRPFilterLoose(h.cfg.TUN))
 	// weft carries IPv4 only; without this the kernel sends IPv6 router
 	// solicitations into the TUN, which the data plane can only drop.
-	if err := writeSysctl("/proc/sys/net/ipv6/conf/"+h.cfg.TUN+"/disable_ipv6", "1"); err != nil {
-		h.log.Debug("disabling IPv6 on the TUN", "err", err)
-	}
+	h.tune(writeSysctl("/proc/sys/net/ipv6/conf/"+h.cfg.TUN+"/disable_ipv6", "1"))
 	routes, err := weftRoutes(tun.Attrs().Index)
 	if err != nil {
 		return err
@@ -268,6 +262,13 @@ func (h *Host) RouteOverlay() error {
 		return fmt.Errorf("hostnet: route %s dev %s: %w", h.cfg.Range, h.cfg.TUN, err)
 	}
 	return nil
+}
+
+// tune logs a sysctl that could not be set and carries on.
+func (h *Host) tune(err error) {
+	if err != nil {
+		h.log.Warn("kernel setting left as it is (read-only /proc/sys?)", "err", err)
+	}
 }
 
 // SetMTU changes the bridge MTU, e.g. when the underlay's changes. Running

@@ -29,6 +29,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/weftnet/weft/api"
 	"github.com/weftnet/weft/test/cnitest"
 	"github.com/weftnet/weft/test/testbed"
 )
@@ -37,7 +38,7 @@ var (
 	seconds = flag.Int("t", 5, "seconds per iperf3 run")
 	runs    = flag.Int("runs", 3, "iperf3 runs per datapath (the median is shown)")
 	cycles  = flag.Int("cni-cycles", 50, "CNI ADD/DEL cycles per plugin")
-	only    = flag.String("only", "", "run only: throughput, cni or mesh")
+	only    = flag.String("only", "", "run only: throughput, cni, ipam or mesh")
 )
 
 func main() {
@@ -55,7 +56,7 @@ func main() {
 	for _, b := range []struct {
 		name string
 		run  func(context.Context, string) error
-	}{{"throughput", throughput}, {"cni", cniLatency}, {"mesh", meshConvergence}} {
+	}{{"throughput", throughput}, {"cni", cniLatency}, {"ipam", ipamLatency}, {"mesh", meshConvergence}} {
 		if *only != "" && *only != b.name {
 			continue
 		}
@@ -72,42 +73,47 @@ func fail(err error) {
 
 // result of one datapath.
 type result struct {
-	name string
-	mtu  int
-	gbps float64
-	rtt  time.Duration
+	name  string
+	mtu   int
+	gbps  float64 // one stream
+	gbps4 float64 // four streams
+	rtt   time.Duration
 }
 
 func throughput(ctx context.Context, bin string) error {
 	fmt.Printf("\nThroughput and latency, one TCP stream, iperf3 %d s × %d runs (median), two simulated hosts sharing this machine's CPUs\n\n", *seconds, *runs)
 	var rs []result
 
-	bare, err := measureBed(ctx, bin, "bare underlay (veth + bridge)", nil, true)
-	if err != nil {
-		return err
+	for _, c := range []struct {
+		name  string
+		extra []string
+		env   []string
+		bare  bool
+	}{
+		{"bare underlay (veth + bridge)", nil, nil, true},
+		{"weft plaintext", nil, nil, false},
+		{"weft encrypted", []string{"--password", "bench"}, nil, false},
+		{"weft plaintext, water TUN only", nil, []string{"WEFT_DATAPATH=water"}, false},
+	} {
+		r, err := measureBed(ctx, bin, c.name, c.extra, c.env, c.bare)
+		if err != nil {
+			return err
+		}
+		rs = append(rs, r)
 	}
-	rs = append(rs, bare)
-	plain, err := measureBed(ctx, bin, "weft, plaintext", nil, false)
-	if err != nil {
-		return err
-	}
-	rs = append(rs, plain)
-	enc, err := measureBed(ctx, bin, "weft, encrypted (AES-256-GCM)", []string{"--password", "bench"}, false)
-	if err != nil {
-		return err
-	}
-	rs = append(rs, enc)
-
-	fmt.Printf("%-34s %6s %10s %12s %10s\n", "datapath", "MTU", "Gbit/s", "× underlay", "RTT ms")
+	bare := rs[0]
+	fmt.Printf("%-58s %5s %9s %8s %9s %8s %8s\n", "datapath", "MTU", "1 stream", "× bare", "4 streams", "× bare", "RTT ms")
 	for _, r := range rs {
-		fmt.Printf("%-34s %6d %10.2f %12.2f %10.3f\n", r.name, r.mtu, r.gbps, r.gbps/bare.gbps, float64(r.rtt)/float64(time.Millisecond))
+		fmt.Printf("%-58s %5d %9.2f %8.2f %9.2f %8.2f %8.3f\n", r.name, r.mtu, r.gbps, r.gbps/bare.gbps,
+			r.gbps4, r.gbps4/bare.gbps4, float64(r.rtt)/float64(time.Millisecond))
 	}
+	fmt.Println("(Gbit/s; × bare is the ratio to the bare underlay measured in this run)")
 	return nil
 }
 
 // measureBed brings up two hosts; with bare it measures host to host on the
 // underlay, else pod to pod through weft launched with extra.
-func measureBed(ctx context.Context, bin, name string, extra []string, bare bool) (result, error) {
+func measureBed(ctx context.Context, bin, name string, extra, env []string, bare bool) (result, error) {
 	dir, err := os.MkdirTemp("", "weft-bench-")
 	if err != nil {
 		return result{}, err
@@ -123,6 +129,7 @@ func measureBed(ctx context.Context, bin, name string, extra []string, bare bool
 	mtu := 1500
 	if !bare {
 		args := append([]string{"--ipalloc-init", "consensus=2"}, extra...)
+		h1.Env, h2.Env = env, env
 		if err := h1.Launch(args); err != nil {
 			return result{}, err
 		}
@@ -146,31 +153,42 @@ func measureBed(ctx context.Context, bin, name string, extra []string, bare bool
 			return result{}, err
 		}
 		mtu = st.MTU
-		name += " [" + st.Datapath + "]"
+		name += " [" + st.Datapath
+		if cs, err := h1.Client().Connections(ctx); err == nil && len(cs) > 0 && cs[0].Cipher != "" {
+			name += ", " + cs[0].Cipher
+		}
+		name += "]"
 	}
 	// Warm up: first packets wait for ARP and, encrypted, a handshake.
 	if err := testbed.Eventually(ctx, 10*time.Second, func() error { return testbed.Ping(ctx, srcNS, dst, 1) }); err != nil {
 		return result{}, err
 	}
-	var gbps []float64
-	for i := 0; i < *runs; i++ {
-		g, err := iperf(ctx, srcNS, dstNS, dst)
-		if err != nil {
-			return result{}, err
+	median := func(streams int) (float64, error) {
+		var gbps []float64
+		for i := 0; i < *runs; i++ {
+			g, err := iperf(ctx, srcNS, dstNS, dst, streams)
+			if err != nil {
+				return 0, err
+			}
+			gbps = append(gbps, g)
 		}
-		gbps = append(gbps, g)
+		sort.Float64s(gbps)
+		return gbps[len(gbps)/2], nil
 	}
-	sort.Float64s(gbps)
-	rtt, err := pingRTT(ctx, srcNS, dst)
-	if err != nil {
-		return result{}, err
+	r := result{name: name, mtu: mtu}
+	if r.gbps, err = median(1); err != nil {
+		return r, err
 	}
-	return result{name: name, mtu: mtu, gbps: gbps[len(gbps)/2], rtt: rtt}, nil
+	if r.gbps4, err = median(4); err != nil {
+		return r, err
+	}
+	r.rtt, err = pingRTT(ctx, srcNS, dst)
+	return r, err
 }
 
 // iperf runs one bounded iperf3 measurement from srcNS to an iperf3 server
 // started in dstNS, and stops the server by its pid.
-func iperf(ctx context.Context, srcNS, dstNS string, dst netip.Addr) (float64, error) {
+func iperf(ctx context.Context, srcNS, dstNS string, dst netip.Addr, streams int) (float64, error) {
 	srv := exec.Command("ip", "netns", "exec", dstNS, "iperf3", "-s", "-1", "-B", dst.String())
 	if err := srv.Start(); err != nil {
 		return 0, fmt.Errorf("iperf3 server: %w (apt-get install -y iperf3)", err)
@@ -182,7 +200,7 @@ func iperf(ctx context.Context, srcNS, dstNS string, dst netip.Addr) (float64, e
 		defer cancel()
 		var err error
 		out, err = exec.CommandContext(cctx, "ip", "netns", "exec", srcNS, "iperf3", "-c", dst.String(),
-			"-t", strconv.Itoa(*seconds), "-J").Output()
+			"-t", strconv.Itoa(*seconds), "-P", strconv.Itoa(streams), "-J").Output()
 		if err != nil && len(out) > 0 && regexp.MustCompile(`Connection refused`).Match(out) {
 			return err // server not listening yet
 		}
@@ -328,3 +346,82 @@ func converge(ctx context.Context, bin string, n int) (time.Duration, error) {
 	}
 	return time.Since(start), nil
 }
+
+// ipamLatency times allocations through the agent's API: on a host that owns
+// free space, and on one that must first ask its peer for a donation. The
+// range is small so that donations recur (each gives half the donor's free
+// space).
+func ipamLatency(ctx context.Context, bin string) error {
+	dir, err := os.MkdirTemp("", "weft-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	bed, err := testbed.New(ctx, testbed.Options{Hosts: 2, Dir: dir, BinDir: bin, Prefix: "wbn"})
+	if err != nil {
+		return err
+	}
+	defer bed.Close()
+	h1, h2 := bed.Hosts[0], bed.Hosts[1]
+	args := []string{"--ipalloc-init", "seed=host1", "--ipalloc-range", "10.50.0.0/23"}
+	if err := h1.Launch(args); err != nil {
+		return err
+	}
+	if err := h2.Launch(args, h1.Target()); err != nil {
+		return err
+	}
+	if err := testbed.WaitReady(ctx, 30*time.Second, h1, h2); err != nil {
+		return err
+	}
+	owned := func(h *testbed.Host) uint64 {
+		st, err := h.Client().IPAM(ctx)
+		if err != nil {
+			return 0
+		}
+		for _, e := range st.Entries {
+			if e.Local {
+				return e.Owned
+			}
+		}
+		return 0
+	}
+	var local, donated []time.Duration
+	for i := 0; i < 240; i++ {
+		h := h1
+		if i%2 == 1 {
+			h = h2
+		}
+		before := owned(h)
+		t0 := time.Now()
+		if _, err := h.Client().Allocate(ctx, api.AllocateRequest{ContainerID: fmt.Sprintf("bench-%d", i), IfName: "eth0"}); err != nil {
+			return fmt.Errorf("allocation %d on %s: %w", i, h.Name, err)
+		}
+		d := time.Since(t0)
+		if owned(h) != before {
+			donated = append(donated, d)
+		} else {
+			local = append(local, d)
+		}
+	}
+	fmt.Printf("\nIPAM allocation latency through the local API (range /23, host2 owns only what host1 donates)\n\n")
+	fmt.Printf("%-26s %5s %10s %10s\n", "allocation", "n", "p50 ms", "p99 ms")
+	for _, row := range []struct {
+		name string
+		d    []time.Duration
+	}{{"from own free space", local}, {"waiting for a donation", donated}} {
+		p50, p99 := pct(row.d, 0.5), pct(row.d, 0.99)
+		fmt.Printf("%-26s %5d %10.2f %10.2f\n", row.name, len(row.d), ms(p50), ms(p99))
+	}
+	return nil
+}
+
+func pct(d []time.Duration, q float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[min(len(s)-1, int(q*float64(len(s))))]
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -65,6 +65,8 @@ type Host struct {
 	StateDir string
 	RunDir   string
 	LogPath  string
+	// Env is added to the agent's environment at the next Launch.
+	Env []string
 
 	mu   sync.Mutex
 	proc *exec.Cmd
@@ -244,6 +246,7 @@ func (h *Host) Launch(extra []string, peers ...string) error {
 	args = append(args, peers...)
 	cmd := exec.Command("ip", args...) // ip netns exec execs weft in place: the pid is weft's
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), h.Env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
