@@ -14,8 +14,10 @@ import (
 // use the first file in lexical order.
 const CNIConfigName = "10-weft.conflist"
 
-// CNIVersion is the spec version written into the conflist.
-const CNIVersion = "1.1.0"
+// CNIVersion is the spec version written into the conflist. 1.0.0, not
+// 1.1.0: the CNI library of containerd 1.6 and 1.7 cannot read 1.1.0 results
+// ("unsupported CNI result version"), and weft-cni speaks both.
+const CNIVersion = "1.0.0"
 
 // cniConfList is the on-disk shape of 10-weft.conflist.
 type cniConfList struct {

@@ -25,7 +25,7 @@ func TestWriteCNIConfig(t *testing.T) {
 	if err := json.Unmarshal(b, &list); err != nil {
 		t.Fatalf("conflist is not JSON: %v\n%s", err, b)
 	}
-	if list.CNIVersion != "1.1.0" || list.Name != "weft" || len(list.Plugins) != 1 {
+	if list.CNIVersion != CNIVersion || list.Name != "weft" || len(list.Plugins) != 1 {
 		t.Fatalf("conflist = %s", b)
 	}
 	p := list.Plugins[0]

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -30,13 +32,13 @@ func threeHosts(t *testing.T, opts testbed.Options, extra ...string) *testbed.Be
 	return bed
 }
 
-// pods starts n pods on each of the first three hosts.
+// pods starts n pods on each of the first (up to) three hosts.
 func pods(t *testing.T, bed *testbed.Bed, n int) []*testbed.Pod {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	var out []*testbed.Pod
-	for _, h := range bed.Hosts[:3] {
+	for _, h := range bed.Hosts[:min(3, len(bed.Hosts))] {
 		for i := 0; i < n; i++ {
 			p, err := h.AddPod(ctx, sprintf("p%d", i+1))
 			if err != nil {
@@ -81,9 +83,25 @@ func TestAcrossHostsNoNATAndMasquerade(t *testing.T) {
 	ps := pods(t, bed, 1)
 	p1, p2, p3 := ps[0], ps[1], ps[2]
 
+	h1, h3 := bed.Hosts[0], bed.Hosts[2]
+	txBefore := metric(t, h1, `weft_peer_tx_bytes_total{peer="host3"}`)
+	rxBefore := metric(t, h3, `weft_peer_rx_bytes_total{peer="host1"}`)
 	seen := transfer(t, p1.Netns, p3.Netns, p3.Addr.String()+":5001", 100<<20)
 	if seen != p1.Addr.String() {
 		t.Errorf("server pod saw client %s, want the client pod's own %s", seen, p1.Addr)
+	}
+	// The metrics moved with the traffic: at least the 100 MB of payload.
+	if d := metric(t, h1, `weft_peer_tx_bytes_total{peer="host3"}`) - txBefore; d < 100<<20 {
+		t.Errorf("host1's tx bytes to host3 grew by %.0f, want at least 100 MiB", d)
+	}
+	if d := metric(t, h3, `weft_peer_rx_bytes_total{peer="host1"}`) - rxBefore; d < 100<<20 {
+		t.Errorf("host3's rx bytes from host1 grew by %.0f, want at least 100 MiB", d)
+	}
+	for _, m := range []string{"weft_ready 1", `weft_peers{state="alive"} 3`, "weft_gossip_members 3"} {
+		name, want, _ := strings.Cut(m, " ")
+		if got := metric(t, h1, name); fmt.Sprint(got) != want {
+			t.Errorf("metric %s = %v, want %s", name, got, want)
+		}
 	}
 	if seen := transfer(t, p2.Netns, p1.Netns, p1.Addr.String()+":5002", 1<<20); seen != p2.Addr.String() {
 		t.Errorf("server pod saw client %s, want %s", seen, p2.Addr)

@@ -1,0 +1,77 @@
+//go:build kubecluster
+
+package e2e
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/weftnet/weft/test/kubecluster"
+	"github.com/weftnet/weft/test/testbed"
+)
+
+// TestKubeCluster is the operator's path on a real three-node cluster (see
+// test/kubecluster): nodes NotReady without a pod network; `kubectl apply -f
+// prog/kube/weft.yaml`; nodes Ready; six pods spread over the nodes reach
+// each other and a host-network pod; a new pod's first cross-node answer;
+// `kubectl rollout restart ds/weft` keeps pods connected; a deleted Node's
+// ranges are reclaimed. About 3 minutes with the Kubernetes binaries cached;
+// run by `make test-kube` (build tag kubecluster), not by `make test`.
+func TestKubeCluster(t *testing.T) {
+	testbed.RequireRoot(t)
+	if err := kubecluster.Check(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal(err)
+		}
+		t.Skipf("KUBERNETES CLUSTER TEST NOT RUN: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	// Short: unix socket paths of containerd and kubelet live below it.
+	dir, err := os.MkdirTemp("", "wkc-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	began := time.Now()
+	c, err := kubecluster.Start(ctx, kubecluster.Options{Dir: dir, Logger: log})
+	if err != nil {
+		os.RemoveAll(dir)
+		if errors.Is(err, kubecluster.ErrUnavailable) && os.Getenv("CI") != "true" {
+			t.Skipf("KUBERNETES CLUSTER TEST NOT RUN: %v", err)
+		}
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("teardown: %v", err)
+		}
+	})
+	t.Logf("cluster up in %s", time.Since(began).Round(100*time.Millisecond))
+
+	s := &kubecluster.Scenario{C: c,
+		Say:  t.Logf,
+		Show: func(title, text string) { t.Logf("%s\n%s", title, text) },
+	}
+	r, err := s.Run(ctx)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, c.Diagnose())
+	}
+	t.Logf("MEASURED: kubectl apply -> all nodes Ready %s; pod created -> first cross-node answer %s; "+
+		"6 pods all-pairs %s; rollout restart %s (longest pair silence %s); Node deleted -> ranges reclaimed %s",
+		r.ApplyToReady.Round(100*time.Millisecond), r.FirstCrossNode.Round(time.Millisecond),
+		r.DeployToReach.Round(100*time.Millisecond), r.RolloutRestart.Round(100*time.Millisecond),
+		r.MaxGapInRestart.Round(100*time.Millisecond), r.ReclaimAfterDrop.Round(100*time.Millisecond))
+}
+
+// testWriter sends slog lines to t.Log.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Log(string(b))
+	return len(b), nil
+}

@@ -1,0 +1,136 @@
+package kubecluster
+
+import (
+	"archive/tar"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+)
+
+// Image names the nodes' containerd must hold. The sandbox image is what
+// containerd's CRI asks for by default; the probe image is the workload.
+const (
+	PauseImage = "registry.k8s.io/pause:3.10"
+	ProbeImage = "docker.io/weftnet/netprobe:test"
+	WeftImage  = "ghcr.io/weftnet/weft:latest" // the name prog/kube/weft.yaml uses
+)
+
+// imageFile is one file of a single-layer image.
+type imageFile struct {
+	path string // inside the image, without leading slash
+	data []byte
+	mode int64
+}
+
+// writeDockerArchive writes a single-layer image in the `docker save` layout
+// (manifest.json, config, layer.tar), which `ctr images import` reads. No
+// registry and no network: the image is just a tar of a tar.
+func writeDockerArchive(out, ref string, entrypoint []string, files []imageFile) error {
+	var layer bytes.Buffer
+	lw := tar.NewWriter(&layer)
+	epoch := time.Unix(0, 0)
+	dirs := map[string]bool{}
+	for _, f := range files {
+		if d := filepath.Dir(f.path); d != "." && !dirs[d] {
+			dirs[d] = true
+			if err := lw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: 0o755, ModTime: epoch}); err != nil {
+				return err
+			}
+		}
+		if err := lw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: f.path, Mode: f.mode, Size: int64(len(f.data)), ModTime: epoch}); err != nil {
+			return err
+		}
+		if _, err := lw.Write(f.data); err != nil {
+			return err
+		}
+	}
+	if err := lw.Close(); err != nil {
+		return err
+	}
+	layerSum := sha256.Sum256(layer.Bytes())
+	layerHex := hex.EncodeToString(layerSum[:])
+	config, err := json.Marshal(map[string]any{
+		"architecture": "amd64",
+		"os":           "linux",
+		"created":      epoch.UTC().Format(time.RFC3339),
+		"config":       map[string]any{"Entrypoint": entrypoint},
+		"rootfs":       map[string]any{"type": "layers", "diff_ids": []string{"sha256:" + layerHex}},
+	})
+	if err != nil {
+		return err
+	}
+	configSum := sha256.Sum256(config)
+	configName := hex.EncodeToString(configSum[:]) + ".json"
+	manifest, err := json.Marshal([]map[string]any{{
+		"Config": configName, "RepoTags": []string{ref}, "Layers": []string{layerHex + "/layer.tar"},
+	}})
+	if err != nil {
+		return err
+	}
+	f, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	tw := tar.NewWriter(f)
+	for _, e := range []struct {
+		name string
+		data []byte
+	}{{configName, config}, {layerHex + "/layer.tar", layer.Bytes()}, {"manifest.json", manifest}} {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: e.name, Mode: 0o644, Size: int64(len(e.data)), ModTime: epoch}); err != nil {
+			f.Close()
+			return err
+		}
+		if _, err := tw.Write(e.data); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// buildImages writes the three image tarballs into dir and returns their
+// paths: the pause and probe images from test/kubecluster/netprobe, and the
+// weft image from this checkout through prog/image/build.sh (the shipping
+// path, so the test also proves the image build).
+func buildImages(root, dir string, logf func(string, ...any)) ([]string, error) {
+	probeBin := filepath.Join(dir, "netprobe")
+	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", probeBin, "./test/kubecluster/netprobe")
+	build.Dir = root
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("build netprobe: %w\n%s", err, out)
+	}
+	bin, err := os.ReadFile(probeBin)
+	if err != nil {
+		return nil, err
+	}
+	files := []imageFile{{path: "netprobe", data: bin, mode: 0o755}}
+	pause := filepath.Join(dir, "pause-image.tar")
+	if err := writeDockerArchive(pause, PauseImage, []string{"/netprobe", "pause"}, files); err != nil {
+		return nil, fmt.Errorf("pause image: %w", err)
+	}
+	probe := filepath.Join(dir, "netprobe-image.tar")
+	if err := writeDockerArchive(probe, ProbeImage, []string{"/netprobe"}, files); err != nil {
+		return nil, fmt.Errorf("probe image: %w", err)
+	}
+	weft := filepath.Join(dir, "weft-image.tar")
+	start := time.Now()
+	cmd := exec.Command(filepath.Join(root, "prog", "image", "build.sh"), weft)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "IMAGE="+WeftImage)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("prog/image/build.sh: %w\n%s", err, out)
+	}
+	logf("built the weft image from this checkout with prog/image/build.sh in %s", time.Since(start).Round(100*time.Millisecond))
+	return []string{pause, probe, weft}, nil
+}

@@ -1,0 +1,452 @@
+package kubecluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/weftnet/weft/api"
+)
+
+// ProbePort is where every probe pod (and the host-network probe) serves.
+const ProbePort = 7777
+
+// probeDir is the probe pods' hostPath: under the node's own /run, so it is
+// per node without another bind mount.
+const probeDir = "/run/netprobe"
+
+// probesYAML is the workload: six probe pods spread evenly over the nodes,
+// and one probe in the host network of the last node.
+const probesYAML = `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: netprobe, namespace: default}
+spec:
+  replicas: %[1]d
+  selector: {matchLabels: {app: netprobe}}
+  template:
+    metadata: {labels: {app: netprobe}}
+    spec:
+      automountServiceAccountToken: false
+      terminationGracePeriodSeconds: 2
+      topologySpreadConstraints:
+      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: netprobe}}}
+      containers:
+      - name: probe
+        image: %[2]s
+        imagePullPolicy: Never
+        args: [probe, --listen, ":%[3]d", --peers-file, %[4]s/peers, --results-dir, %[4]s/results]
+        env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
+        volumeMounts: [{name: probe, mountPath: %[4]s}]
+      volumes: [{name: probe, hostPath: {path: %[4]s, type: DirectoryOrCreate}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: hostprobe, namespace: default, labels: {app: hostprobe}}
+spec:
+  hostNetwork: true
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 2
+  nodeSelector: {kubernetes.io/hostname: %[5]s}
+  containers:
+  - name: probe
+    image: %[2]s
+    imagePullPolicy: Never
+    args: [probe, --name, hostprobe, --listen, ":%[3]d", --results-dir, %[4]s/results]
+    volumeMounts: [{name: probe, mountPath: %[4]s}]
+  volumes: [{name: probe, hostPath: {path: %[4]s, type: DirectoryOrCreate}}]
+`
+
+// firstPacketYAML is one probe pod on the first node that probes the given
+// peers every 20 ms from its start: the first answer is the first packet
+// across nodes.
+const firstPacketYAML = `apiVersion: v1
+kind: Pod
+metadata: {name: firstpacket, namespace: default, labels: {app: firstpacket}}
+spec:
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 2
+  nodeSelector: {kubernetes.io/hostname: %[1]s}
+  containers:
+  - name: probe
+    image: %[2]s
+    imagePullPolicy: Never
+    args: [probe, --name, firstpacket, --interval, 20ms, --timeout, 500ms, --peers, "%[3]s", --results-dir, %[4]s/results]
+    volumeMounts: [{name: probe, mountPath: %[4]s}]
+  volumes: [{name: probe, hostPath: {path: %[4]s, type: DirectoryOrCreate}}]
+`
+
+// ProbeReport is a probe pod's results file (see ./netprobe).
+type ProbeReport struct {
+	Name    string                  `json:"name"`
+	Updated time.Time               `json:"updated"`
+	Peers   map[string]*ProbeResult `json:"peers"`
+}
+
+// ProbeResult is one pod's view of one peer.
+type ProbeResult struct {
+	Addr    string    `json:"addr"`
+	Answer  string    `json:"answer"`
+	FirstOK time.Time `json:"first_ok"`
+	LastOK  time.Time `json:"last_ok"`
+	MaxGap  float64   `json:"max_gap_seconds"`
+	Fails   int       `json:"fails"`
+	LastErr string    `json:"last_err"`
+}
+
+// Results are the scenario's measurements.
+type Results struct {
+	ApplyToReady     time.Duration // kubectl apply of weft.yaml to every Node Ready
+	DeployToReach    time.Duration // Deployment created to every pod answering every other
+	FirstCrossNode   time.Duration // pod created to its first answer from a pod on another node
+	RolloutRestart   time.Duration // rollout restart of the DaemonSet until rolled out
+	MaxGapInRestart  time.Duration // longest any pod pair went without an answer, over the probes' life (the restart dominates it)
+	ReclaimAfterDrop time.Duration // Node deleted to its ranges owned by the others
+	Pods             []PodStatus
+}
+
+// Scenario narrates and runs the operator's path through weft on Kubernetes.
+type Scenario struct {
+	C    *Cluster
+	Say  func(format string, args ...any) // one line of narration
+	Show func(title, text string)         // command output worth showing
+}
+
+func (s *Scenario) show(ctx context.Context, args ...string) {
+	out, err := s.C.Kubectl(ctx, args...)
+	if err != nil {
+		out = []byte(err.Error())
+	}
+	s.Show("$ kubectl "+strings.Join(args, " "), string(out))
+}
+
+// Run does the whole scenario, stopping at the first step that fails.
+func (s *Scenario) Run(ctx context.Context) (*Results, error) {
+	c, r := s.C, &Results{}
+	last := c.Nodes[len(c.Nodes)-1]
+
+	s.Say("1. The nodes have registered but have no pod network: kubelet reports them NotReady.")
+	nodes, err := c.GetNodes(ctx)
+	if err != nil {
+		return r, err
+	}
+	for _, n := range nodes {
+		if n.Ready || !strings.Contains(n.ReadyMessage, "network") {
+			return r, fmt.Errorf("before weft, %s: want NotReady for lack of a network, got ready=%v %q", n.Name, n.Ready, n.ReadyMessage)
+		}
+	}
+	s.show(ctx, "get", "nodes", "-o", "wide")
+
+	s.Say("2. kubectl apply -f prog/kube/weft.yaml (the file as shipped, unmodified).")
+	manifest := filepath.Join(c.Root, "prog", "kube", "weft.yaml")
+	start := time.Now()
+	out, err := c.Kubectl(ctx, "apply", "-f", manifest)
+	if err != nil {
+		return r, err
+	}
+	s.Show("$ kubectl apply -f prog/kube/weft.yaml", string(out))
+	err = c.WaitNodes(ctx, 3*time.Minute, func(nodes []NodeStatus) error {
+		for _, n := range nodes {
+			if !n.Ready {
+				return fmt.Errorf("%s not Ready: %s", n.Name, n.ReadyMessage)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return r, err
+	}
+	r.ApplyToReady = time.Since(start)
+	s.Say("   every node Ready %s after the apply", r.ApplyToReady.Round(100*time.Millisecond))
+	if err := c.WaitNodes(ctx, 30*time.Second, func(nodes []NodeStatus) error {
+		for _, n := range nodes {
+			if !n.NetworkSet {
+				return fmt.Errorf("%s: NetworkUnavailable not False", n.Name)
+			}
+		}
+		return nil
+	}); err != nil {
+		return r, err
+	}
+	s.show(ctx, "get", "nodes,pods", "-n", "weft-system", "-o", "wide")
+
+	s.Say("3. A Deployment of 6 probe pods spread over the nodes, and a host-network probe on %s.", last.Name)
+	start = time.Now()
+	if _, err := c.KubectlStdin(ctx, fmt.Appendf(nil, probesYAML, 6, ProbeImage, ProbePort, probeDir, last.Name), "apply", "-f", "-"); err != nil {
+		return r, err
+	}
+	pods, err := c.WaitPods(ctx, 2*time.Minute, "default", "app=netprobe", func(pods []PodStatus) error {
+		return allRunning(pods, 6)
+	})
+	if err != nil {
+		return r, err
+	}
+	if err := spreadEvenly(pods, c.Nodes); err != nil {
+		return r, err
+	}
+	if _, err := c.WaitPods(ctx, time.Minute, "default", "app=hostprobe", func(pods []PodStatus) error {
+		return allRunning(pods, 1)
+	}); err != nil {
+		return r, err
+	}
+	r.Pods = pods
+	s.show(ctx, "get", "pods", "-o", "wide")
+
+	s.Say("4. Every probe pod connects to every other by pod address, and to the host-network probe on %s.", last.Name)
+	peers := map[string]string{"hostprobe": fmt.Sprintf("%s:%d", last.IP, ProbePort)}
+	for _, p := range pods {
+		peers[p.Name] = fmt.Sprintf("%s:%d", p.IP, ProbePort)
+	}
+	if err := c.writePeers(peers); err != nil {
+		return r, err
+	}
+	if err := c.waitAllReach(ctx, 2*time.Minute, pods, peers, time.Time{}); err != nil {
+		return r, err
+	}
+	r.DeployToReach = time.Since(start)
+	s.Say("   all %d pairs answer (%s after the Deployment was created)", len(pods)*(len(pods)-1)+len(pods), r.DeployToReach.Round(100*time.Millisecond))
+
+	s.Say("5. A new pod on %s probes the pods on the other nodes every 20 ms from its start.", c.Nodes[0].Name)
+	var targets []string
+	for _, p := range pods {
+		if p.Node != c.Nodes[0].Name {
+			targets = append(targets, fmt.Sprintf("%s=%s:%d", p.Name, p.IP, ProbePort))
+		}
+	}
+	created := time.Now()
+	if _, err := c.KubectlStdin(ctx, fmt.Appendf(nil, firstPacketYAML, c.Nodes[0].Name, ProbeImage, strings.Join(targets, ","), probeDir), "apply", "-f", "-"); err != nil {
+		return r, err
+	}
+	if err := c.wait(ctx, time.Minute, "first cross-node answer", func() error {
+		rep, err := readReport(filepath.Join(c.Nodes[0].RunDir(), "netprobe", "results", "firstpacket.json"))
+		if err != nil {
+			return err
+		}
+		var first time.Time
+		for _, pr := range rep.Peers {
+			if !pr.FirstOK.IsZero() && (first.IsZero() || pr.FirstOK.Before(first)) {
+				first = pr.FirstOK
+			}
+		}
+		if first.IsZero() {
+			return errors.New("no answer yet")
+		}
+		r.FirstCrossNode = first.Sub(created)
+		return nil
+	}); err != nil {
+		return r, err
+	}
+	s.Say("   first answer from another node %s after the pod was created", r.FirstCrossNode.Round(time.Millisecond))
+	if _, err := c.Kubectl(ctx, "delete", "pod", "firstpacket", "--wait=false"); err != nil {
+		return r, err
+	}
+
+	s.Say("6. kubectl rollout restart ds/weft: agents restart one node at a time; the running pods keep their addresses.")
+	start = time.Now()
+	if _, err := c.Kubectl(ctx, "-n", "weft-system", "rollout", "restart", "ds/weft"); err != nil {
+		return r, err
+	}
+	if _, err := c.Kubectl(ctx, "-n", "weft-system", "rollout", "status", "ds/weft", "--timeout=4m"); err != nil {
+		return r, err
+	}
+	r.RolloutRestart = time.Since(start)
+	restarted := time.Now()
+	after, err := c.GetPods(ctx, "default", "app=netprobe")
+	if err != nil {
+		return r, err
+	}
+	if err := samePods(pods, after); err != nil {
+		return r, err
+	}
+	if err := c.waitAllReach(ctx, time.Minute, pods, peers, restarted); err != nil {
+		return r, err
+	}
+	r.MaxGapInRestart = c.maxGap(pods)
+	s.Say("   rolled out in %s; every pair answers again; longest silence of any pair so far: %s",
+		r.RolloutRestart.Round(100*time.Millisecond), r.MaxGapInRestart.Round(100*time.Millisecond))
+
+	s.Say("7. %s dies and its Node is deleted: the other agents take over its address ranges.", last.Name)
+	before, err := c.ipam(ctx, c.Nodes[0])
+	if err != nil {
+		return r, err
+	}
+	s.Show("$ weft status ipam (on "+c.Nodes[0].Name+")", formatIPAM(before))
+	if err := c.StopNode(last); err != nil {
+		return r, err
+	}
+	start = time.Now()
+	if _, err := c.Kubectl(ctx, "delete", "node", last.Name); err != nil {
+		return r, err
+	}
+	var final api.IPAMStatus
+	err = c.wait(ctx, 3*time.Minute, "ranges of "+last.Name+" reclaimed", func() error {
+		for _, n := range c.Nodes[:len(c.Nodes)-1] {
+			st, err := c.ipam(ctx, n)
+			if err != nil {
+				return err
+			}
+			for _, e := range st.Entries {
+				if e.Name == last.Name && e.Owned > 0 {
+					return fmt.Errorf("%s still sees %s owning %d addresses", n.Name, last.Name, e.Owned)
+				}
+			}
+			final = st
+		}
+		return nil
+	})
+	if err != nil {
+		return r, err
+	}
+	r.ReclaimAfterDrop = time.Since(start)
+	s.Show("$ weft status ipam (on "+c.Nodes[0].Name+")", formatIPAM(final))
+	s.Say("   reclaimed %s after the Node was deleted", r.ReclaimAfterDrop.Round(100*time.Millisecond))
+	return r, nil
+}
+
+func allRunning(pods []PodStatus, want int) error {
+	if len(pods) != want {
+		return fmt.Errorf("%d pods, want %d", len(pods), want)
+	}
+	for _, p := range pods {
+		if p.Phase != "Running" || p.IP == "" {
+			return fmt.Errorf("pod %s: %s ip=%q", p.Name, p.Phase, p.IP)
+		}
+	}
+	return nil
+}
+
+func spreadEvenly(pods []PodStatus, nodes []*Node) error {
+	per := map[string]int{}
+	for _, p := range pods {
+		per[p.Node]++
+	}
+	for _, n := range nodes {
+		if per[n.Name] != len(pods)/len(nodes) {
+			return fmt.Errorf("pods per node %v: want %d on each", per, len(pods)/len(nodes))
+		}
+	}
+	return nil
+}
+
+func samePods(before, after []PodStatus) error {
+	key := func(ps []PodStatus) []string {
+		var k []string
+		for _, p := range ps {
+			k = append(k, p.UID+" "+p.IP+" "+p.Node)
+			if p.Restarts > 0 {
+				k = append(k, p.Name+" restarted")
+			}
+		}
+		sort.Strings(k)
+		return k
+	}
+	if !slices.Equal(key(before), key(after)) {
+		return fmt.Errorf("probe pods changed across the weft restart: before %v, after %v", key(before), key(after))
+	}
+	return nil
+}
+
+// writePeers gives every node's probe pods the same peers file.
+func (c *Cluster) writePeers(peers map[string]string) error {
+	var b strings.Builder
+	for name, addr := range peers {
+		fmt.Fprintf(&b, "%s %s\n", name, addr)
+	}
+	for _, n := range c.Nodes {
+		dir := filepath.Join(n.RunDir(), "netprobe")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		tmp := filepath.Join(dir, ".peers.tmp")
+		if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, "peers")); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func readReport(path string) (*ProbeReport, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var r ProbeReport
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &r, nil
+}
+
+func (c *Cluster) report(p PodStatus) (*ProbeReport, error) {
+	n := c.Node(p.Node)
+	if n == nil {
+		return nil, fmt.Errorf("pod %s on unknown node %q", p.Name, p.Node)
+	}
+	return readReport(filepath.Join(n.RunDir(), "netprobe", "results", p.Name+".json"))
+}
+
+// waitAllReach waits until every pod has had an answer after since from
+// every peer (pods and the host-network probe).
+func (c *Cluster) waitAllReach(ctx context.Context, timeout time.Duration, pods []PodStatus, peers map[string]string, since time.Time) error {
+	return c.wait(ctx, timeout, "every pod reaching every peer", func() error {
+		var missing []string
+		for _, p := range pods {
+			rep, err := c.report(p)
+			if err != nil {
+				return err
+			}
+			for name := range peers {
+				if name == p.Name {
+					continue
+				}
+				pr := rep.Peers[name]
+				switch {
+				case pr == nil:
+					missing = append(missing, p.Name+"->"+name+" (not probed yet)")
+				case pr.LastOK.IsZero() || pr.LastOK.Before(since):
+					missing = append(missing, fmt.Sprintf("%s->%s (%s)", p.Name, name, pr.LastErr))
+				}
+			}
+		}
+		if len(missing) > 0 {
+			return fmt.Errorf("%d pairs without an answer: %s", len(missing), strings.Join(missing, "; "))
+		}
+		return nil
+	})
+}
+
+func (c *Cluster) maxGap(pods []PodStatus) time.Duration {
+	var g float64
+	for _, p := range pods {
+		rep, err := c.report(p)
+		if err != nil {
+			continue
+		}
+		for _, pr := range rep.Peers {
+			g = max(g, pr.MaxGap)
+		}
+	}
+	return time.Duration(g * float64(time.Second))
+}
+
+// ipam asks node n's weft agent (through its weft.sock) for its ring view.
+func (c *Cluster) ipam(ctx context.Context, n *Node) (api.IPAMStatus, error) {
+	return api.NewClient(api.SocketPath(n.WeftRunDir()), 5*time.Second).IPAM(ctx)
+}
+
+func formatIPAM(st api.IPAMStatus) string {
+	var b strings.Builder
+	for _, e := range st.Entries {
+		fmt.Fprintf(&b, "%-8s owns %8d addresses (%5.1f%%)\n", e.Name, e.Owned, e.Share*100)
+	}
+	return b.String()
+}
