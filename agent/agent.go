@@ -140,7 +140,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.ipam, err = ipam.New(ipam.Config{
 		Name: a.cfg.Name, Range: a.cfg.Range, Init: init, StateDir: a.cfg.StateDir,
 		Transport: mesh.Transport{Mesh: m, Channel: mesh.ChannelIPAM},
-		Logger:    a.log.With("component", "ipam"),
+		Logger:    a.log,
 		Alive:     m.IsAlive,
 		Peers:     m.AliveNames,
 	})

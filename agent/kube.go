@@ -2,8 +2,10 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/weftnet/weft/api"
@@ -31,9 +33,11 @@ func (a *Agent) startKube(ctx context.Context) (*kubeSide, error) {
 }
 
 func (k *kubeSide) run(ctx context.Context, a *Agent) {
+	var nodesElsewhere atomic.Bool // other Nodes exist, so there is a mesh to join
 	go func() {
 		var current []string
 		err := k.cluster.WatchPeers(ctx, func(addrs []string) {
+			nodesElsewhere.Store(len(addrs) > 0)
 			var gone []string
 			for _, old := range current {
 				if !slices.Contains(addrs, old) {
@@ -59,7 +63,14 @@ func (k *kubeSide) run(ctx context.Context, a *Agent) {
 			names = append(names, e.Name)
 		}
 		return names
-	}, a.ipam.RemovePeer)
+	}, func(name string) (uint64, error) {
+		// A relaunched agent must not reclaim from the ring it saved before
+		// it went down: donations made meanwhile would be overridden.
+		if nodesElsewhere.Load() && len(a.mesh.AliveNames()) < 2 {
+			return 0, errors.New("not joined to the mesh yet; reclaim postponed")
+		}
+		return a.ipam.RemovePeer(name)
+	})
 
 	// Once ready: tell Kubernetes, then offer the CNI config, so pods created
 	// earlier got "try again" rather than a half-working network.

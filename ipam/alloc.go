@@ -436,7 +436,7 @@ func (p *IPAM) RemovePeer(name string) (uint64, error) {
 	var n uint64
 	for k, i := range idx {
 		e := p.ring.entries[i]
-		changed = append(changed, p.ring.set(e.Start, ends[k], p.cfg.Name, freeIn(e.Start, ends[k], p.size, p.used)))
+		changed = append(changed, p.ring.takeOver(e.Start, ends[k], p.cfg.Name, freeIn(e.Start, ends[k], p.size, p.used)))
 		n += ends[k] - e.Start
 	}
 	if n == 0 {

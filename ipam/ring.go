@@ -174,6 +174,18 @@ func (r *ring) set(start, end uint64, owner string, free uint64) entry {
 	return e
 }
 
+// takeOver is set for a range taken from a peer that is gone (rmpeer,
+// reclaim). It starts a new epoch in the version's high 32 bits, so the
+// takeover beats every write the dead owner made, including ones that reached
+// only some peers before it died; ordinary changes count in the low bits.
+func (r *ring) takeOver(start, end uint64, owner string, free uint64) entry {
+	e := r.set(start, end, owner, free)
+	e.Version = (e.Version>>32 + 1) << 32
+	i, _ := r.find(start)
+	r.entries[i] = e
+	return e
+}
+
 // spans resolves the keys into who owns what: each key owns from its Start up
 // to its End or the next key, whichever comes first. Gaps are unknown.
 func (r *ring) spans() []span {

@@ -52,6 +52,9 @@ func WriteCNIConfig(dir string, socket string, mtu int) error {
 		return fmt.Errorf("kube: encode CNI config: %w", err)
 	}
 	b = append(b, '\n')
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("kube: CNI config dir: %w", err)
+	}
 	if err := writeFileAtomic(filepath.Join(dir, CNIConfigName), 0o644, func(w io.Writer) error {
 		_, err := w.Write(b)
 		return err

@@ -52,8 +52,12 @@ func TestWriteCNIConfig(t *testing.T) {
 			t.Errorf("WriteCNIConfig(%q, %d) accepted", tc.sock, tc.mtu)
 		}
 	}
-	if WriteCNIConfig(filepath.Join(dir, "missing"), "/s", 0) == nil {
-		t.Error("write into a missing dir succeeded")
+	// The directory is created: a node without CNI config yet still gets one.
+	if err := WriteCNIConfig(filepath.Join(dir, "missing"), "/s", 0); err != nil {
+		t.Errorf("write into a missing dir: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "missing", CNIConfigName)); err != nil {
+		t.Error(err)
 	}
 }
 

@@ -167,7 +167,10 @@ func New(cfg Config) (*Mesh, error) {
 		return nil, fmt.Errorf("start gossip on %s:%d: %w", cfg.Bind, cfg.Port, err)
 	}
 	m.list = list
-	m.queue = &memberlist.TransmitLimitedQueue{NumNodes: list.NumMembers, RetransmitMult: mc.RetransmitMult}
+	// Subsystem broadcasts (ring changes) matter more than memberlist's own
+	// chatter and a lost one is only repaired at the next push/pull: send
+	// each more often than memberlist's default.
+	m.queue = &memberlist.TransmitLimitedQueue{NumNodes: list.NumMembers, RetransmitMult: 3 * mc.RetransmitMult}
 	m.log.Info("listening for gossip", "address", net.JoinHostPort(cfg.Bind.String(), strconv.Itoa(cfg.Port)),
 		"encrypted", len(cfg.SecretKey) > 0)
 	return m, nil

@@ -23,10 +23,11 @@ type pki struct {
 	SAPub, SAKey          string
 }
 
-// genPKI writes a throw-away CA, the apiserver's serving cert for 127.0.0.1,
+// genPKI writes a throw-away CA, the apiserver's serving cert for 127.0.0.1
+// and serveIP,
 // an admin client cert in system:masters and the service-account signing
 // key into dir. ECDSA P-256 keeps it fast (openssl RSA would take seconds).
-func genPKI(dir string) (*pki, error) {
+func genPKI(dir string, serveIP net.IP) (*pki, error) {
 	p := &pki{
 		CACert: filepath.Join(dir, "ca.crt"), CAKey: filepath.Join(dir, "ca.key"),
 		ServingCert: filepath.Join(dir, "apiserver.crt"), ServingK: filepath.Join(dir, "apiserver.key"),
@@ -78,7 +79,7 @@ func genPKI(dir string) (*pki, error) {
 	if err := leaf(p.ServingCert, p.ServingK, 2, &x509.Certificate{
 		Subject:     pkix.Name{CommonName: "kube-apiserver"},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv4(10, 96, 0, 1)},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv4(10, 96, 0, 1), serveIP},
 		DNSNames:    []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"},
 	}); err != nil {
 		return nil, err

@@ -1,5 +1,8 @@
 // Package kubeapi runs a real Kubernetes control plane for tests: etcd (the
 // Debian etcd-server package) and kube-apiserver on loopback, with kubectl.
+// StartIn runs them inside a test-bed network namespace instead, the
+// apiserver on that namespace's address, so agents in other namespaces reach
+// it as they would a real control plane.
 //
 // kube-apiserver and kubectl v1.36.3 are built from the Go module proxy by
 // k8s/build.sh into $K8S_DIR/bin (default /var/cache/weft-k8s, which persists
@@ -18,6 +21,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,6 +46,9 @@ type APIServer struct {
 	URL        string // https://127.0.0.1:PORT
 	Kubeconfig string // admin (system:masters) kubeconfig
 	CACert     string
+	AdminCert  string // admin client certificate and key (PEM files)
+	AdminKey   string
+	Netns      string // namespace etcd and the apiserver run in, "" = the test's own
 
 	binDir string
 }
@@ -102,12 +109,40 @@ func haveBinaries(bin string) bool {
 	return true
 }
 
+// Options say where the control plane runs.
+type Options struct {
+	// Netns is the network namespace (a name under /var/run/netns) that etcd
+	// and kube-apiserver run in, started with `ip netns exec`; "" runs them
+	// in the test's own namespace. etcd always listens on loopback.
+	Netns string
+	// Addr is the IPv4 address kube-apiserver binds, serves its certificate
+	// for and advertises; default 127.0.0.1. With Netns it is usually that
+	// namespace's underlay address, so agents in other namespaces reach it.
+	Addr string
+}
+
 // Start builds (or finds) the binaries, starts etcd and kube-apiserver on
 // free loopback ports and waits until the apiserver is ready or ctx is done.
 // Everything is stopped in t.Cleanup: the apiserver before etcd (the other
 // way round it hangs on shutdown), each by the pid this function started.
 func Start(ctx context.Context, t testing.TB) (*APIServer, error) {
 	t.Helper()
+	return StartIn(ctx, t, Options{})
+}
+
+// StartIn is Start inside a network namespace and on a given address. The
+// test process reaches the apiserver through DialContext, Client and
+// Kubectl, which enter the namespace for it.
+func StartIn(ctx context.Context, t testing.TB, opts Options) (*APIServer, error) {
+	t.Helper()
+	addr := netip.MustParseAddr("127.0.0.1")
+	if opts.Addr != "" {
+		a, err := netip.ParseAddr(opts.Addr)
+		if err != nil || !a.Is4() {
+			return nil, fmt.Errorf("kubeapi: Options.Addr %q: want an IPv4 address", opts.Addr)
+		}
+		addr = a
+	}
 	etcdBin, err := exec.LookPath("etcd")
 	if err != nil {
 		return nil, fmt.Errorf("%w: etcd not in PATH (apt-get install etcd-server)", ErrUnavailable)
@@ -117,21 +152,31 @@ func Start(ctx context.Context, t testing.TB) (*APIServer, error) {
 		return nil, err
 	}
 	dir := t.TempDir()
-	s := &APIServer{Dir: dir, binDir: bin}
-	p, err := genPKI(dir)
+	s := &APIServer{Dir: dir, Netns: opts.Netns, binDir: bin}
+	if opts.Netns != "" {
+		// etcd needs loopback; a fresh namespace has it down.
+		if out, err := exec.CommandContext(ctx, "ip", "-n", opts.Netns, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("kubeapi: loopback up in %s: %w: %s", opts.Netns, err, bytes.TrimSpace(out))
+		}
+	}
+	p, err := genPKI(dir, net.IP(addr.AsSlice()))
 	if err != nil {
 		return nil, fmt.Errorf("kubeapi: certificates: %w", err)
 	}
 	s.CACert = p.CACert
-	ports, err := freePorts(3)
+	etcdPorts, err := freePorts(opts.Netns, "127.0.0.1", 2)
 	if err != nil {
 		return nil, fmt.Errorf("kubeapi: free ports: %w", err)
 	}
-	etcdURL := "http://127.0.0.1:" + strconv.Itoa(ports[0])
-	peerURL := "http://127.0.0.1:" + strconv.Itoa(ports[1])
-	s.URL = "https://127.0.0.1:" + strconv.Itoa(ports[2])
+	apiPort, err := freePorts(opts.Netns, addr.String(), 1)
+	if err != nil {
+		return nil, fmt.Errorf("kubeapi: free port on %s: %w", addr, err)
+	}
+	etcdURL := "http://127.0.0.1:" + strconv.Itoa(etcdPorts[0])
+	peerURL := "http://127.0.0.1:" + strconv.Itoa(etcdPorts[1])
+	s.URL = "https://" + net.JoinHostPort(addr.String(), strconv.Itoa(apiPort[0]))
 
-	etcd, err := startProcess(t, filepath.Join(dir, "etcd.log"), etcdBin,
+	etcd, err := s.startProcess(t, filepath.Join(dir, "etcd.log"), etcdBin,
 		"--name", "weft", "--data-dir", filepath.Join(dir, "etcd"),
 		"--listen-client-urls", etcdURL, "--advertise-client-urls", etcdURL,
 		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
@@ -142,9 +187,9 @@ func Start(ctx context.Context, t testing.TB) (*APIServer, error) {
 	// Registered first, so it runs after the apiserver's stop (t.Cleanup is LIFO).
 	t.Cleanup(func() { etcd.stop(t) })
 
-	api, err := startProcess(t, filepath.Join(dir, "apiserver.log"), filepath.Join(bin, "kube-apiserver"),
+	api, err := s.startProcess(t, filepath.Join(dir, "apiserver.log"), filepath.Join(bin, "kube-apiserver"),
 		"--etcd-servers="+etcdURL,
-		"--bind-address=127.0.0.1", "--secure-port="+strconv.Itoa(ports[2]), "--advertise-address=127.0.0.1",
+		"--bind-address="+addr.String(), "--secure-port="+strconv.Itoa(apiPort[0]), "--advertise-address="+addr.String(),
 		"--tls-cert-file="+p.ServingCert, "--tls-private-key-file="+p.ServingK,
 		"--client-ca-file="+p.CACert,
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
@@ -159,12 +204,13 @@ func Start(ctx context.Context, t testing.TB) (*APIServer, error) {
 	}
 	t.Cleanup(func() { api.stop(t) })
 
+	s.AdminCert, s.AdminKey = p.AdminCert, p.AdminKey
 	s.Kubeconfig = filepath.Join(dir, "admin.kubeconfig")
 	if err := s.writeKubeconfig(s.Kubeconfig, "admin", fmt.Sprintf("client-certificate: %s\n    client-key: %s", p.AdminCert, p.AdminKey)); err != nil {
 		return nil, err
 	}
 	if err := s.waitReady(ctx, p, api); err != nil {
-		return nil, fmt.Errorf("%w\napiserver log:\n%s", err, tailFile(api.logPath, 3000))
+		return nil, fmt.Errorf("%w\napiserver log:\n%s\netcd log:\n%s", err, tailFile(api.logPath, 3000), tailFile(etcd.logPath, 1500))
 	}
 	return s, nil
 }
@@ -178,7 +224,11 @@ func (s *APIServer) Kubectl(args ...string) ([]byte, error) {
 // KubectlAs runs kubectl with another kubeconfig (for example one from
 // TokenKubeconfig).
 func (s *APIServer) KubectlAs(kubeconfig string, args ...string) ([]byte, error) {
-	cmd := exec.Command(filepath.Join(s.binDir, "kubectl"), append([]string{"--kubeconfig", kubeconfig}, args...)...)
+	argv := append([]string{filepath.Join(s.binDir, "kubectl"), "--kubeconfig", kubeconfig}, args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	if s.Netns != "" {
+		cmd = exec.Command("ip", append([]string{"netns", "exec", s.Netns}, argv...)...)
+	}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return out, fmt.Errorf("kubectl %v: %w\n%s", args, err, out)
@@ -233,6 +283,7 @@ func (s *APIServer) waitReady(ctx context.Context, p *pki, api *process) error {
 	roots.AppendCertsFromPEM(caPEM)
 	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}},
+		DialContext:     s.DialContext,
 	}}
 	defer hc.CloseIdleConnections()
 	tick := time.NewTicker(200 * time.Millisecond)
@@ -266,12 +317,17 @@ type process struct {
 	err     error // valid after exited is closed
 }
 
-func startProcess(t testing.TB, logPath, path string, args ...string) (*process, error) {
+// startProcess starts path with args, inside s.Netns when set (`ip netns
+// exec` execs the program in place, so the pid is the program's own).
+func (s *APIServer) startProcess(t testing.TB, logPath, path string, args ...string) (*process, error) {
 	logf, err := os.Create(logPath)
 	if err != nil {
 		return nil, fmt.Errorf("kubeapi: log file: %w", err)
 	}
 	cmd := exec.Command(path, args...)
+	if s.Netns != "" {
+		cmd = exec.Command("ip", append([]string{"netns", "exec", s.Netns, path}, args...)...)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// If the test binary dies (timeout panic), the kernel kills the child.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -303,25 +359,6 @@ func (p *process) stop(t testing.TB) {
 		_ = p.cmd.Process.Kill()
 		<-p.exited
 	}
-}
-
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 // pkgDir is this source directory, to find k8s/build.sh from any test.
