@@ -17,6 +17,8 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/weftnet/weft/api"
+
+	"github.com/weftnet/weft/internal/nlconv"
 )
 
 // AgentTimeout bounds every call to the agent. ADD and STATUS must answer
@@ -205,12 +207,12 @@ func result(conf *Config, args *skel.CmdArgs, a Attachment, links Links) *curren
 		},
 		IPs: []*current.IPConfig{{
 			Interface: &podIf,
-			Address:   *prefixToIPNet(a.Address),
+			Address:   *nlconv.IPNet(a.Address),
 			Gateway:   net.IP(a.Gateway.AsSlice()),
 		}},
 	}
 	for _, r := range a.Routes {
-		res.Routes = append(res.Routes, &types.Route{Dst: *prefixToIPNet(r), GW: net.IP(a.Gateway.AsSlice())})
+		res.Routes = append(res.Routes, &types.Route{Dst: *nlconv.IPNet(r), GW: net.IP(a.Gateway.AsSlice())})
 	}
 	return res
 }
@@ -322,7 +324,7 @@ func expectedFromResult(prev *current.Result, args *skel.CmdArgs) (Attachment, e
 		return a, fmt.Errorf("no address on interface %s", args.IfName)
 	}
 	for _, r := range prev.Routes {
-		a.Routes = append(a.Routes, ipNetToPrefix(&r.Dst))
+		a.Routes = append(a.Routes, nlconv.Prefix(&r.Dst))
 	}
 	return a, nil
 }

@@ -9,7 +9,9 @@ import (
 	"slices"
 
 	"github.com/vishvananda/netlink"
+
 	"github.com/vishvananda/netns"
+	"github.com/weftnet/weft/internal/nlconv"
 	"golang.org/x/sys/unix"
 )
 
@@ -119,7 +121,7 @@ func configurePod(pod *netlink.Handle, a Attachment) (netlink.Link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("find %s in pod: %w", a.IfName, err)
 	}
-	if err := pod.AddrAdd(link, &netlink.Addr{IPNet: prefixToIPNet(a.Address)}); err != nil {
+	if err := pod.AddrAdd(link, &netlink.Addr{IPNet: nlconv.IPNet(a.Address)}); err != nil {
 		return nil, fmt.Errorf("add address %s to %s: %w", a.Address, a.IfName, err)
 	}
 	if err := pod.LinkSetUp(link); err != nil {
@@ -136,13 +138,13 @@ func configurePod(pod *netlink.Handle, a Attachment) (netlink.Link, error) {
 	gw := net.IP(a.Gateway.AsSlice())
 	if err := pod.RouteAdd(&netlink.Route{
 		LinkIndex: idx,
-		Dst:       prefixToIPNet(netip.PrefixFrom(a.Gateway, a.Gateway.BitLen())),
+		Dst:       nlconv.IPNet(netip.PrefixFrom(a.Gateway, a.Gateway.BitLen())),
 		Scope:     netlink.SCOPE_LINK,
 	}); err != nil {
 		return nil, fmt.Errorf("add route to gateway %s: %w", a.Gateway, err)
 	}
 	for _, r := range a.Routes {
-		if err := pod.RouteAdd(&netlink.Route{LinkIndex: idx, Dst: prefixToIPNet(r), Gw: gw}); err != nil {
+		if err := pod.RouteAdd(&netlink.Route{LinkIndex: idx, Dst: nlconv.IPNet(r), Gw: gw}); err != nil {
 			return nil, fmt.Errorf("add route %s via %s: %w", r, a.Gateway, err)
 		}
 	}
@@ -219,7 +221,7 @@ func (NetlinkPodNetwork) Check(a Attachment) error {
 	if err != nil {
 		return fmt.Errorf("list addresses of %s: %w", a.IfName, err)
 	}
-	if !slices.ContainsFunc(addrs, func(ad netlink.Addr) bool { return ipNetToPrefix(ad.IPNet) == a.Address }) {
+	if !slices.ContainsFunc(addrs, func(ad netlink.Addr) bool { return nlconv.Prefix(ad.IPNet) == a.Address }) {
 		return fmt.Errorf("interface %s in pod lacks address %s", a.IfName, a.Address)
 	}
 
@@ -229,14 +231,14 @@ func (NetlinkPodNetwork) Check(a Attachment) error {
 	}
 	gwPrefix := netip.PrefixFrom(a.Gateway, a.Gateway.BitLen())
 	if !slices.ContainsFunc(routes, func(r netlink.Route) bool {
-		return routeDst(r) == gwPrefix && r.Scope == netlink.SCOPE_LINK
+		return nlconv.RouteDst(r) == gwPrefix && r.Scope == netlink.SCOPE_LINK
 	}) {
 		return fmt.Errorf("pod lacks link route to gateway %s on %s", a.Gateway, a.IfName)
 	}
 	for _, want := range a.Routes {
 		if !slices.ContainsFunc(routes, func(r netlink.Route) bool {
 			gw, _ := netip.AddrFromSlice(r.Gw)
-			return routeDst(r) == want && gw.Unmap() == a.Gateway
+			return nlconv.RouteDst(r) == want && gw.Unmap() == a.Gateway
 		}) {
 			return fmt.Errorf("pod lacks route %s via %s on %s", want, a.Gateway, a.IfName)
 		}
@@ -274,29 +276,4 @@ func retryDump[T any](dump func() ([]T, error)) ([]T, error) {
 		}
 	}
 	return nil, err
-}
-
-func prefixToIPNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
-}
-
-func ipNetToPrefix(n *net.IPNet) netip.Prefix {
-	if n == nil {
-		return netip.Prefix{}
-	}
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones)
-}
-
-// routeDst is the route's destination; the kernel reports a default route
-// with no destination.
-func routeDst(r netlink.Route) netip.Prefix {
-	if r.Dst == nil {
-		return netip.PrefixFrom(netip.IPv4Unspecified(), 0)
-	}
-	return ipNetToPrefix(r.Dst)
 }

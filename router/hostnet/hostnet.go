@@ -17,6 +17,8 @@ import (
 	"slices"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/weftnet/weft/internal/nlconv"
 	"golang.org/x/sys/unix"
 )
 
@@ -156,7 +158,7 @@ func (h *Host) ensureHostAddr(br netlink.Link) error {
 	}
 	have := false
 	for _, a := range addrs {
-		p := ipNetToPrefix(a.IPNet)
+		p := nlconv.Prefix(a.IPNet)
 		switch {
 		case p == want:
 			have = true
@@ -170,7 +172,7 @@ func (h *Host) ensureHostAddr(br netlink.Link) error {
 	if have {
 		return nil
 	}
-	if err := netlink.AddrAdd(br, &netlink.Addr{IPNet: prefixToIPNet(want)}); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := netlink.AddrAdd(br, &netlink.Addr{IPNet: nlconv.IPNet(want)}); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("hostnet: add %s to %s: %w", want, h.cfg.Bridge, err)
 	}
 	return nil
@@ -197,7 +199,7 @@ func (h *Host) SyncLocalRanges(prefixes []netip.Prefix) error {
 	}
 	have := make(map[netip.Prefix]bool, len(routes))
 	for _, r := range routes {
-		dst := routeDst(r)
+		dst := nlconv.RouteDst(r)
 		if want[dst] && r.Scope == netlink.SCOPE_LINK {
 			have[dst] = true
 			continue
@@ -213,7 +215,7 @@ func (h *Host) SyncLocalRanges(prefixes []netip.Prefix) error {
 		}
 		r := &netlink.Route{
 			LinkIndex: br.Attrs().Index,
-			Dst:       prefixToIPNet(p),
+			Dst:       nlconv.IPNet(p),
 			Scope:     netlink.SCOPE_LINK,
 			Protocol:  RouteProtocol,
 			Table:     unix.RT_TABLE_MAIN,
@@ -244,15 +246,15 @@ func (h *Host) RouteOverlay() error {
 		return err
 	}
 	for _, r := range routes {
-		if routeDst(r) != h.cfg.Range || r.Priority != OverlayMetric {
+		if nlconv.RouteDst(r) != h.cfg.Range || r.Priority != OverlayMetric {
 			if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
-				return fmt.Errorf("hostnet: remove stale overlay route %s: %w", routeDst(r), err)
+				return fmt.Errorf("hostnet: remove stale overlay route %s: %w", nlconv.RouteDst(r), err)
 			}
 		}
 	}
 	r := &netlink.Route{
 		LinkIndex: tun.Attrs().Index,
-		Dst:       prefixToIPNet(h.cfg.Range),
+		Dst:       nlconv.IPNet(h.cfg.Range),
 		Src:       net.IP(h.cfg.HostAddr.AsSlice()),
 		Priority:  OverlayMetric,
 		Protocol:  RouteProtocol,
@@ -314,7 +316,7 @@ func Teardown(bridge string, log *slog.Logger) error {
 	}
 	for _, r := range routes {
 		if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
-			errs = append(errs, fmt.Errorf("hostnet: delete route %s: %w", routeDst(r), err))
+			errs = append(errs, fmt.Errorf("hostnet: delete route %s: %w", nlconv.RouteDst(r), err))
 		}
 	}
 	if err := deleteMasquerade(); err != nil {
@@ -348,27 +350,4 @@ func weftRoutes(linkIndex int) ([]netlink.Route, error) {
 func isNotFound(err error) bool {
 	var nf netlink.LinkNotFoundError
 	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV)
-}
-
-func prefixToIPNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
-}
-
-func ipNetToPrefix(n *net.IPNet) netip.Prefix {
-	if n == nil {
-		return netip.Prefix{}
-	}
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones)
-}
-
-func routeDst(r netlink.Route) netip.Prefix {
-	if r.Dst == nil {
-		return netip.PrefixFrom(netip.IPv4Unspecified(), 0)
-	}
-	return ipNetToPrefix(r.Dst)
 }

@@ -21,6 +21,8 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/weftnet/weft/test/cnitest"
+
+	"github.com/weftnet/weft/internal/nlconv"
 )
 
 func requireRoot(t *testing.T) {
@@ -83,7 +85,7 @@ func bridgeAddrs(t *testing.T, name string) []string {
 	}
 	var out []string
 	for _, a := range addrs {
-		out = append(out, ipNetToPrefix(a.IPNet).String())
+		out = append(out, nlconv.Prefix(a.IPNet).String())
 	}
 	slices.Sort(out)
 	return out
@@ -192,7 +194,7 @@ func routesOn(t *testing.T, dev string) []string {
 	}
 	var out []string
 	for _, r := range rs {
-		s := routeDst(r).String()
+		s := nlconv.RouteDst(r).String()
 		if r.Protocol == RouteProtocol {
 			s += " weft"
 		}
@@ -239,7 +241,7 @@ func TestSyncLocalRangesAndOverlayRoute(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if len(rs) != 1 || routeDst(rs[0]) != cfg.Range || rs[0].Priority != OverlayMetric || rs[0].Src.String() != "10.32.0.1" {
+		if len(rs) != 1 || nlconv.RouteDst(rs[0]) != cfg.Range || rs[0].Priority != OverlayMetric || rs[0].Src.String() != "10.32.0.1" {
 			t.Fatalf("TUN routes %+v, want one %s src 10.32.0.1 metric %d", rs, cfg.Range, OverlayMetric)
 		}
 		if v := readSysctl(t, "/proc/sys/net/ipv4/conf/weft-tun/rp_filter"); v != "2" {

@@ -8,6 +8,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/internal/nlconv"
 )
 
 // UnderlayMTU is the MTU of the link that carries host: the link holding host
@@ -20,7 +22,7 @@ func UnderlayMTU(host netip.Addr) (int, error) {
 		return 0, fmt.Errorf("hostnet: list addresses: %w", err)
 	}
 	for _, a := range addrs {
-		if ipNetToPrefix(a.IPNet).Addr() != host {
+		if nlconv.Prefix(a.IPNet).Addr() != host {
 			continue
 		}
 		link, err := netlink.LinkByIndex(a.LinkIndex)
@@ -58,7 +60,7 @@ func DefaultRouteAddr() (netip.Addr, error) {
 	}
 	var best *netlink.Route
 	for i, r := range routes {
-		if routeDst(r).Bits() != 0 || r.LinkIndex == 0 {
+		if nlconv.RouteDst(r).Bits() != 0 || r.LinkIndex == 0 {
 			continue
 		}
 		if best == nil || r.Priority < best.Priority {
@@ -81,7 +83,7 @@ func DefaultRouteAddr() (netip.Addr, error) {
 	}
 	for _, a := range addrs {
 		if a.Scope == unix.RT_SCOPE_UNIVERSE {
-			return ipNetToPrefix(a.IPNet).Addr(), nil
+			return nlconv.Prefix(a.IPNet).Addr(), nil
 		}
 	}
 	return netip.Addr{}, fmt.Errorf("hostnet: default route's link %s has no global IPv4 address", link.Attrs().Name)
