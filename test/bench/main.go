@@ -15,7 +15,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"net/netip"
@@ -26,6 +25,7 @@ import (
 	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -153,15 +153,16 @@ func measureBed(ctx context.Context, bin, name string, extra, env []string, bare
 			return result{}, err
 		}
 		mtu = st.MTU
-		name += " [" + st.Datapath
-		if cs, err := h1.Client().Connections(ctx); err == nil && len(cs) > 0 && cs[0].Cipher != "" {
-			name += ", " + cs[0].Cipher
-		}
-		name += "]"
+		name += " [" + st.Datapath + "]"
 	}
 	// Warm up: first packets wait for ARP and, encrypted, a handshake.
 	if err := testbed.Eventually(ctx, 10*time.Second, func() error { return testbed.Ping(ctx, srcNS, dst, 1) }); err != nil {
 		return result{}, err
+	}
+	if !bare {
+		if cs, err := h1.Client().Connections(ctx); err == nil && len(cs) > 0 && cs[0].Cipher != "" {
+			name = strings.TrimSuffix(name, "]") + ", " + cs[0].Cipher + "]"
+		}
 	}
 	median := func(streams int) (float64, error) {
 		var gbps []float64
@@ -194,26 +195,28 @@ func iperf(ctx context.Context, srcNS, dstNS string, dst netip.Addr, streams int
 		return 0, fmt.Errorf("iperf3 server: %w (apt-get install -y iperf3)", err)
 	}
 	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
+	// Retry only while the server is not listening yet; any other failure
+	// is reported as it is.
 	var out []byte
-	err := testbed.Eventually(ctx, 10*time.Second, func() error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
 		cctx, cancel := context.WithTimeout(ctx, time.Duration(*seconds+15)*time.Second)
-		defer cancel()
 		var err error
 		out, err = exec.CommandContext(cctx, "ip", "netns", "exec", srcNS, "iperf3", "-c", dst.String(),
 			"-t", strconv.Itoa(*seconds), "-P", strconv.Itoa(streams), "-J").Output()
-		if err != nil && len(out) > 0 && regexp.MustCompile(`Connection refused`).Match(out) {
-			return err // server not listening yet
+		cancel()
+		refused := strings.Contains(string(out), "Connection refused")
+		if err == nil && !refused {
+			break
 		}
-		if err != nil {
-			return errors.Join(err, errors.New(string(out)))
+		if !refused || time.Now().After(deadline) {
+			return 0, fmt.Errorf("iperf3 %d streams to %s: %w: %s", streams, dst, err, tailOf(out))
 		}
-		return nil
-	})
-	if err != nil {
-		return 0, err
+		time.Sleep(100 * time.Millisecond) // the server is starting; poll again
 	}
 	var r struct {
-		End struct {
+		Error string `json:"error"`
+		End   struct {
 			SumReceived struct {
 				BitsPerSecond float64 `json:"bits_per_second"`
 			} `json:"sum_received"`
@@ -222,7 +225,17 @@ func iperf(ctx context.Context, srcNS, dstNS string, dst netip.Addr, streams int
 	if err := json.Unmarshal(out, &r); err != nil {
 		return 0, fmt.Errorf("iperf3 output: %w", err)
 	}
+	if r.Error != "" || r.End.SumReceived.BitsPerSecond == 0 {
+		return 0, fmt.Errorf("iperf3 %d streams to %s: no data received: %s", streams, dst, r.Error)
+	}
 	return r.End.SumReceived.BitsPerSecond / 1e9, nil
+}
+
+func tailOf(b []byte) string {
+	if len(b) > 600 {
+		b = b[len(b)-600:]
+	}
+	return string(b)
 }
 
 var rttRE = regexp.MustCompile(`= [\d.]+/([\d.]+)/`)
@@ -363,7 +376,7 @@ func ipamLatency(ctx context.Context, bin string) error {
 	}
 	defer bed.Close()
 	h1, h2 := bed.Hosts[0], bed.Hosts[1]
-	args := []string{"--ipalloc-init", "seed=host1", "--ipalloc-range", "10.50.0.0/23"}
+	args := []string{"--ipalloc-init", "seed=host1", "--ipalloc-range", "10.50.0.0/24"}
 	if err := h1.Launch(args); err != nil {
 		return err
 	}
@@ -385,25 +398,28 @@ func ipamLatency(ctx context.Context, bin string) error {
 		}
 		return 0
 	}
+	// host2 allocates until the range is exhausted: most allocations come
+	// from space it holds, and each time that runs out it waits for host1
+	// to donate half of what is left.
 	var local, donated []time.Duration
-	for i := 0; i < 240; i++ {
-		h := h1
-		if i%2 == 1 {
-			h = h2
-		}
-		before := owned(h)
+	for i := 0; i < 300; i++ {
+		before := owned(h2)
 		t0 := time.Now()
-		if _, err := h.Client().Allocate(ctx, api.AllocateRequest{ContainerID: fmt.Sprintf("bench-%d", i), IfName: "eth0"}); err != nil {
-			return fmt.Errorf("allocation %d on %s: %w", i, h.Name, err)
-		}
+		_, err := h2.Client().Allocate(ctx, api.AllocateRequest{ContainerID: fmt.Sprintf("bench-%d", i), IfName: "eth0"})
 		d := time.Since(t0)
-		if owned(h) != before {
+		if api.Code(err) == api.CodeExhausted {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("allocation %d: %w", i, err)
+		}
+		if owned(h2) != before {
 			donated = append(donated, d)
 		} else {
 			local = append(local, d)
 		}
 	}
-	fmt.Printf("\nIPAM allocation latency through the local API (range /23, host2 owns only what host1 donates)\n\n")
+	fmt.Printf("\nIPAM allocation latency through the local API (range /24 seeded to host1; host2 allocates until it is exhausted)\n\n")
 	fmt.Printf("%-26s %5s %10s %10s\n", "allocation", "n", "p50 ms", "p99 ms")
 	for _, row := range []struct {
 		name string
