@@ -78,6 +78,10 @@ func (p *IPAM) Status() api.IPAMStatus {
 		sh.Owned += s.End - s.Start
 		prefixes[s.Owner] = cidrCover(prefixes[s.Owner], p.cfg.Range, s.Start, s.End)
 	}
+	if shares[p.cfg.Name] == nil {
+		// An observer, or a peer whose ranges were taken: still list it, owning nothing.
+		shares[p.cfg.Name] = &api.IPAMPeerShare{Name: p.cfg.Name, Local: true, Reachable: true}
+	}
 	for name, sh := range shares {
 		sh.Share = float64(sh.Owned) / float64(p.size)
 		reservedOwned := uint64(0)
