@@ -26,18 +26,9 @@ import (
 	"github.com/weftnet/weft/api"
 	"github.com/weftnet/weft/router/hostnet"
 	"github.com/weftnet/weft/test/cnitest"
-)
 
-func requireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("this test needs root (network namespaces); CI=true makes a skip a failure")
-	}
-	t.Skip("SKIPPED: this test needs root to create network namespaces")
-}
+	"github.com/weftnet/weft/internal/roottest"
+)
 
 var (
 	overlayRange = netip.MustParsePrefix("10.32.0.0/12")
@@ -122,7 +113,7 @@ func TestMain(m *testing.M) {
 
 func newE2EHost(t testing.TB) *e2eHost {
 	t.Helper()
-	requireRoot(t)
+	roottest.Require(t)
 	ctx := context.Background()
 	cnitool, installed, err := cnitest.EnsureCnitoolInstalled(ctx)
 	if err != nil {

@@ -29,21 +29,9 @@ import (
 
 	"github.com/weftnet/weft/router/tun"
 	"github.com/weftnet/weft/router/udp"
-)
 
-// requireRoot skips (or, under CI=true, fails) tests that need network
-// namespaces.
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	msg := "SKIPPING: this test needs root to create network namespaces, TUN devices and veth pairs"
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg + " (CI=true: a skip is a failure)")
-	}
-	t.Skip(msg)
-}
+	"github.com/weftnet/weft/internal/roottest"
+)
 
 func run(t *testing.T, args ...string) string {
 	t.Helper()
@@ -109,7 +97,7 @@ type dpTestbed struct {
 // newTestbed creates wdp-<rand>-a/b. routerMTU 0 = the TUN MTU.
 func newTestbed(t *testing.T, tunMTU, routerMTU int, encrypted bool) *dpTestbed {
 	t.Helper()
-	requireRoot(t)
+	roottest.Require(t)
 	if encrypted && setupTestCrypto == nil {
 		t.Skip("encrypted variant: build with -tags weftcrypto to use router/crypto")
 	}

@@ -68,27 +68,18 @@ func peersArgs(c *cli.Context) ([]string, error) {
 }
 
 func connectCommand() *cli.Command {
-	return &cli.Command{
-		Name:      "connect",
-		Usage:     "add peers this agent keeps joining",
-		ArgsUsage: "PEER...",
-		Flags:     []cli.Flag{runDirFlag()},
-		Action: func(c *cli.Context) error {
-			peers, err := peersArgs(c)
-			if err != nil {
-				return err
-			}
-			cl, ctx, cancel := client(c)
-			defer cancel()
-			return explain(cl, cl.Connect(ctx, peers))
-		},
-	}
+	return peersCommand("connect", "add peers this agent keeps joining", (*api.Client).Connect)
 }
 
 func forgetCommand() *cli.Command {
+	return peersCommand("forget", "stop joining peers (peers already in the mesh stay until they leave)", (*api.Client).Forget)
+}
+
+// peersCommand is a command that sends a list of PEER arguments to the agent.
+func peersCommand(name, usage string, call func(*api.Client, context.Context, []string) error) *cli.Command {
 	return &cli.Command{
-		Name:      "forget",
-		Usage:     "stop joining peers (peers already in the mesh stay until they leave)",
+		Name:      name,
+		Usage:     usage,
 		ArgsUsage: "PEER...",
 		Flags:     []cli.Flag{runDirFlag()},
 		Action: func(c *cli.Context) error {
@@ -98,7 +89,7 @@ func forgetCommand() *cli.Command {
 			}
 			cl, ctx, cancel := client(c)
 			defer cancel()
-			return explain(cl, cl.Forget(ctx, peers))
+			return explain(cl, call(cl, ctx, peers))
 		},
 	}
 }

@@ -23,18 +23,9 @@ import (
 	"github.com/weftnet/weft/test/cnitest"
 
 	"github.com/weftnet/weft/internal/nlconv"
-)
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("this test needs root (network namespaces); CI=true makes a skip a failure")
-	}
-	t.Skip("SKIPPED: this test needs root to create network namespaces")
-}
+	"github.com/weftnet/weft/internal/roottest"
+)
 
 func run(t *testing.T, args ...string) {
 	t.Helper()
@@ -132,7 +123,7 @@ func TestMasqueradeExprsMask(t *testing.T) {
 }
 
 func TestSetupIsIdempotentAndReplacesStaleAddress(t *testing.T) {
-	requireRoot(t)
+	roottest.Require(t)
 	_, ns := newNetns(t, "")
 	cfg := testConfig()
 	in(t, ns, func() error {
@@ -205,7 +196,7 @@ func routesOn(t *testing.T, dev string) []string {
 }
 
 func TestSyncLocalRangesAndOverlayRoute(t *testing.T) {
-	requireRoot(t)
+	roottest.Require(t)
 	_, ns := newNetns(t, "")
 	cfg := testConfig()
 	in(t, ns, func() error {
@@ -268,7 +259,7 @@ func TestSyncLocalRangesAndOverlayRoute(t *testing.T) {
 }
 
 func TestUnderlayMTUAndDefaultRouteAddr(t *testing.T) {
-	requireRoot(t)
+	roottest.Require(t)
 	_, ns := newNetns(t, "")
 	in(t, ns, func() error {
 		if _, err := DefaultRouteAddr(); !errors.Is(err, ErrNoDefaultRoute) {
@@ -294,7 +285,7 @@ func TestUnderlayMTUAndDefaultRouteAddr(t *testing.T) {
 // route back to the overlay: it can only be answered if the host
 // masqueraded it. Pod to host-overlay traffic keeps the pod's source.
 func TestMasquerade(t *testing.T) {
-	requireRoot(t)
+	roottest.Require(t)
 	hostName, hostNS := newNetns(t, "")
 	podName, podNS := newNetns(t, "-pod")
 	outName, _ := newNetns(t, "-out")

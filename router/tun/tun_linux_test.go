@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"os"
 	"os/exec"
 	"runtime"
 	"strings"
@@ -12,19 +11,9 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
-)
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	msg := "SKIPPING: this test needs root to create a network namespace and a TUN device"
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg + " (CI=true: a skip is a failure)")
-	}
-	t.Skip(msg)
-}
+	"github.com/weftnet/weft/internal/roottest"
+)
 
 // newNetns creates wdp-<rand>-t and removes it when the test ends.
 func newNetns(t *testing.T) string {
@@ -65,7 +54,7 @@ func inNetns(t *testing.T, name string, fn func()) {
 }
 
 func TestOpenKinds(t *testing.T) {
-	requireRoot(t)
+	roottest.Require(t)
 	for _, tc := range []struct {
 		env       string
 		datapath  string

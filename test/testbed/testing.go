@@ -8,20 +8,15 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/weftnet/weft/internal/roottest"
 )
 
 // RequireRoot skips t loudly without root, and fails it under CI=true, where
 // a skipped end-to-end test would hide a broken build.
 func RequireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	msg := "END-TO-END TEST NOT RUN: it needs root to create network namespaces (run `make test` as root)"
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg + " — failing because CI=true")
-	}
-	t.Skip(msg)
+	roottest.Require(t)
 }
 
 var (
