@@ -422,7 +422,9 @@ func TestE2EGCFreesExactlyTheInvalidHalf(t *testing.T) {
 
 func TestE2EAddDelCycles(t *testing.T) {
 	h := newE2EHost(t)
-	cycles, budget := 500, 60*time.Second
+	// 500 cycles take about 45 s on an idle 2-core machine; the budget only
+	// bounds a machine that is badly overloaded.
+	cycles, budget := 500, 150*time.Second
 	if testing.Short() {
 		cycles = 50
 	}
@@ -440,7 +442,7 @@ func TestE2EAddDelCycles(t *testing.T) {
 	}
 	t.Logf("%d ADD/DEL cycles through cnitool in %v", done, time.Since(start).Round(time.Millisecond))
 	if done < cycles {
-		t.Logf("NOTE: stopped at the %v budget before %d cycles", budget, cycles)
+		t.Errorf("only %d of %d cycles within %v", done, cycles, budget)
 	}
 	if held := h.agent.Held(); len(held) != 0 {
 		t.Fatalf("allocations left: %v", held)
