@@ -37,6 +37,9 @@ type Agent struct {
 	kube     *kubeSide  // nil outside Kubernetes
 
 	joined atomic.Int32 // alive peers last logged, to log changes once
+	// up is set once mesh, ipam, routes and dp are assigned; the API and
+	// metrics, which start earlier, read those fields only after seeing it.
+	up atomic.Bool
 
 	mu       sync.Mutex
 	hostAddr netip.Addr // this host's overlay address (bridge, pods' gateway)
@@ -159,6 +162,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	a.up.Store(true)
 	if len(a.cfg.Peers) > 0 {
 		a.log.Info("joining peers", "peers", a.cfg.Peers)
 		if err := m.Connect(a.cfg.Peers); err != nil {
@@ -291,6 +295,9 @@ func (a *Agent) HostAddr() netip.Addr {
 	return a.hostAddr
 }
 
+// running reports whether the components exist (see up).
+func (a *Agent) running() bool { return a.up.Load() }
+
 // Ready reports whether this host can network pods.
 func (a *Agent) Ready() bool { return a.notReadyReason() == "" }
 
@@ -318,14 +325,13 @@ func (a *Agent) status() api.Status {
 		Uptime:     time.Since(a.started).Round(time.Second),
 		Ready:      a.Ready(),
 	}
-	if a.mesh != nil {
-		st.Peers, st.Alive = a.mesh.Counts()
-		st.Targets = len(a.mesh.Targets())
+	if !a.running() {
+		return st
 	}
-	if a.ipam != nil {
-		s := a.ipam.Status()
-		st.IPAM = &s.IPAMSummary
-	}
+	st.Peers, st.Alive = a.mesh.Counts()
+	st.Targets = len(a.mesh.Targets())
+	ipamStatus := a.ipam.Status()
+	st.IPAM = &ipamStatus.IPAMSummary
 	if a.dp != nil {
 		st.Datapath, st.MTU = a.dp.router.Datapath(), a.dp.mtu
 		for _, c := range a.connections() {

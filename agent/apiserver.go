@@ -96,7 +96,7 @@ func (a *Agent) apiHandler() http.Handler {
 		if err := decode(r, &req); err != nil {
 			return nil, err
 		}
-		if a.mesh == nil {
+		if !a.running() {
 			return nil, notReady(errNoMesh)
 		}
 		if err := a.mesh.Connect(req.Peers); err != nil {
@@ -109,7 +109,7 @@ func (a *Agent) apiHandler() http.Handler {
 		if err := decode(r, &req); err != nil {
 			return nil, err
 		}
-		if a.mesh == nil {
+		if !a.running() {
 			return nil, notReady(errNoMesh)
 		}
 		if err := a.mesh.Forget(req.Peers); err != nil {
@@ -122,14 +122,14 @@ func (a *Agent) apiHandler() http.Handler {
 }
 
 func (a *Agent) peers() []api.Peer {
-	if a.mesh == nil {
+	if !a.running() {
 		return []api.Peer{}
 	}
 	return a.mesh.Peers()
 }
 
 func (a *Agent) targets() []string {
-	if a.mesh == nil {
+	if !a.running() {
 		return []string{}
 	}
 	t := a.mesh.Targets()

@@ -18,7 +18,7 @@ const (
 // established.
 func (a *Agent) connections() []api.Connection {
 	out := []api.Connection{}
-	if a.mesh == nil || a.dp == nil {
+	if !a.running() || a.dp == nil {
 		return out
 	}
 	stats := map[string]router.PeerStats{}

@@ -23,7 +23,7 @@ const allocateTimeout = 20 * time.Second
 // ipamRoutes serves address management to the CNI shim and the CLI.
 func (a *Agent) ipamRoutes(get, post route) {
 	get(api.PathIPAM, func(*http.Request) (any, error) {
-		if a.ipam == nil {
+		if !a.running() {
 			return nil, notReady(errNoMesh)
 		}
 		return a.ipam.Status(), nil
@@ -84,7 +84,7 @@ func (a *Agent) ipamRoutes(get, post route) {
 		if req.ContainerID == "" || req.ContainerID == hostAddrID {
 			return nil, badRequest(errors.New("container_id missing or reserved"))
 		}
-		if a.ipam == nil {
+		if !a.running() {
 			return nil, notReady(errNoMesh)
 		}
 		return struct{}{}, ipamError(a.ipam.Release(req.ContainerID, req.IfName))
@@ -94,7 +94,7 @@ func (a *Agent) ipamRoutes(get, post route) {
 		if err := decode(r, &req); err != nil {
 			return nil, err
 		}
-		if a.ipam == nil {
+		if !a.running() {
 			return nil, notReady(errNoMesh)
 		}
 		// This host's own address is never garbage.
@@ -117,7 +117,7 @@ func (a *Agent) ipamRoutes(get, post route) {
 		if err := decode(r, &req); err != nil {
 			return nil, err
 		}
-		if a.ipam == nil {
+		if !a.running() {
 			return nil, notReady(errNoMesh)
 		}
 		if req.Name == a.cfg.Name {
@@ -137,6 +137,9 @@ func (a *Agent) ipamRoutes(get, post route) {
 
 // gateway is this host's overlay address, or not-ready before it has one.
 func (a *Agent) gateway() (netip.Addr, error) {
+	if !a.running() {
+		return netip.Addr{}, notReady(errNoMesh)
+	}
 	if a.dp == nil {
 		return netip.Addr{}, notReady(errors.New("this agent runs without a data plane"))
 	}
@@ -165,7 +168,7 @@ func ipamError(err error) error {
 }
 
 func (a *Agent) ipamStatus() *api.IPAMStatus {
-	if a.ipam == nil {
+	if !a.running() {
 		return nil
 	}
 	s := a.ipam.Status()
@@ -174,7 +177,7 @@ func (a *Agent) ipamStatus() *api.IPAMStatus {
 
 func (a *Agent) containers() []api.Container {
 	out := []api.Container{}
-	if a.ipam == nil {
+	if !a.running() {
 		return out
 	}
 	for _, al := range a.ipam.Allocations() {
@@ -187,7 +190,7 @@ func (a *Agent) containers() []api.Container {
 // reset hands this host's ranges to a live peer, removes the host network
 // and the state, and stops the agent.
 func (a *Agent) reset(ctx context.Context) error {
-	if a.ipam == nil {
+	if !a.running() {
 		return notReady(errNoMesh)
 	}
 	ctx, cancel := context.WithTimeout(ctx, 50*time.Second)

@@ -49,7 +49,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ready = 1
 	}
 	gauge(descReady, ready)
-	if a.mesh != nil {
+	if a.running() {
 		byState := map[string]int{"alive": 0, "suspect": 0, "dead": 0, "left": 0}
 		for _, p := range a.mesh.Peers() {
 			byState[p.State]++
@@ -60,7 +60,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		_, alive := a.mesh.Counts()
 		gauge(descGossipMembers, float64(alive))
 	}
-	if a.dp != nil {
+	if a.running() && a.dp != nil {
 		gauge(descDatapathUp, float64(a.dp.mtu))
 		conns := map[[2]string]int{}
 		for _, cn := range a.connections() {
@@ -88,7 +88,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
-	if a.ipam != nil {
+	if a.running() {
 		st := a.ipam.Status()
 		var unreachable uint64
 		for _, e := range st.Entries {
