@@ -41,6 +41,8 @@ type Agent struct {
 	// metrics, which start earlier, read those fields only after seeing it.
 	up atomic.Bool
 
+	pendingAllocs atomic.Int64 // allocation requests in progress, for metrics
+
 	mu       sync.Mutex
 	hostAddr netip.Addr // this host's overlay address (bridge, pods' gateway)
 	blocker  string     // why not ready, for /readyz and status

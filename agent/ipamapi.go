@@ -54,6 +54,8 @@ func (a *Agent) ipamRoutes(get, post route) {
 			}
 			ctx, cancel := context.WithTimeout(r.Context(), allocateTimeout)
 			defer cancel()
+			a.pendingAllocs.Add(1)
+			defer a.pendingAllocs.Add(-1)
 			var addr netip.Addr
 			if claim {
 				if addr, err = netip.ParseAddr(req.Address); err != nil {

@@ -8,6 +8,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/weftnet/weft/router"
 )
 
 // Metric descriptions. The values are read from the components at scrape
@@ -26,10 +28,11 @@ var (
 	descCrypto    = prometheus.NewDesc("weft_crypto_events_total", "Handshake and decryption events (failures by reason, rekeys, ...).", []string{"event"}, nil)
 	descOwned     = prometheus.NewDesc("weft_ipam_addresses_owned", "Addresses of the range owned, by peer reachability as seen from here.",
 		[]string{"peer", "reachable"}, nil)
-	descInUse      = prometheus.NewDesc("weft_ipam_addresses_in_use", "Addresses allocated to containers on this host.", nil, nil)
-	descUnreach    = prometheus.NewDesc("weft_ipam_addresses_unreachable", "Addresses owned by peers that are not reachable (candidates for rmpeer).", nil, nil)
-	descReady      = prometheus.NewDesc("weft_ready", "1 when this host can network pods.", nil, nil)
-	descDatapathUp = prometheus.NewDesc("weft_mtu", "Overlay MTU of this host.", nil, nil)
+	descInUse   = prometheus.NewDesc("weft_ipam_addresses_in_use", "Addresses allocated to containers on this host.", nil, nil)
+	descUnreach = prometheus.NewDesc("weft_ipam_addresses_unreachable", "Addresses owned by peers that are not reachable (candidates for rmpeer).", nil, nil)
+	descReady   = prometheus.NewDesc("weft_ready", "1 when this host can network pods.", nil, nil)
+	descMTU     = prometheus.NewDesc("weft_mtu", "Overlay MTU of this host.", nil, nil)
+	descPending = prometheus.NewDesc("weft_ipam_pending_allocations", "Allocation requests waiting (e.g. for a donation).", nil, nil)
 )
 
 type collector struct{ a *Agent }
@@ -49,6 +52,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ready = 1
 	}
 	gauge(descReady, ready)
+	gauge(descPending, float64(a.pendingAllocs.Load()))
 	if a.running() {
 		byState := map[string]int{"alive": 0, "suspect": 0, "dead": 0, "left": 0}
 		for _, p := range a.mesh.Peers() {
@@ -61,7 +65,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descGossipMembers, float64(alive))
 	}
 	if a.running() && a.dp != nil {
-		gauge(descDatapathUp, float64(a.dp.mtu))
+		gauge(descMTU, float64(a.dp.mtu))
 		conns := map[[2]string]int{}
 		for _, cn := range a.connections() {
 			enc := "none"
@@ -79,8 +83,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			counter(descRxPackets, s.RxPackets, s.Peer)
 			counter(descRxBytes, s.RxBytes, s.Peer)
 		}
-		for why, n := range a.dp.router.Drops() {
-			counter(descDrops, n, why)
+		drops := a.dp.router.Drops()
+		for _, why := range router.DropReasons() {
+			counter(descDrops, drops[why], why)
 		}
 		if a.dp.crypto != nil {
 			for ev, n := range a.dp.crypto.Counters() {

@@ -114,6 +114,10 @@ func (c *counters) peer(name string) *peerCounters {
 	return p
 }
 
+// DropReasons lists every reason a packet can be dropped for, so that metrics
+// can export each one from zero rather than from its first drop.
+func DropReasons() []string { return append([]string(nil), reasonNames[:]...) }
+
 // Drops returns the global drop counters by reason (only non-zero ones).
 func (c *counters) Drops() map[string]uint64 {
 	out := map[string]uint64{}

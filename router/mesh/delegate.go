@@ -233,10 +233,20 @@ func (d *delegate) NotifyConflict(existing, other *memberlist.Node) {
 
 // memberlistLogger turns memberlist's "[LEVEL] memberlist: text" lines into
 // structured logs, and says in plain words what the cryptic ones mean.
-type memberlistLogger struct{ log *slog.Logger }
+type memberlistLogger struct {
+	log *slog.Logger
+
+	mu       sync.Mutex
+	lastSaid map[string]time.Time // explained refusal -> when last logged
+}
+
+// refusalEvery bounds how often one kind of refusal is logged: a host with
+// the wrong password retries every few seconds, and one line a minute says
+// all there is to say.
+const refusalEvery = time.Minute
 
 func newMemberlistLogger(l *slog.Logger) *log.Logger {
-	return log.New(memberlistLogger{l.With("component", "gossip")}, "", 0)
+	return log.New(&memberlistLogger{log: l.With("component", "gossip"), lastSaid: map[string]time.Time{}}, "", 0)
 }
 
 // explanations maps fragments of memberlist's messages to their likely cause.
@@ -259,7 +269,7 @@ func explain(msg string) string {
 	return ""
 }
 
-func (w memberlistLogger) Write(p []byte) (int, error) {
+func (w *memberlistLogger) Write(p []byte) (int, error) {
 	line := strings.TrimSpace(string(p))
 	level := slog.LevelDebug
 	for tag, l := range map[string]slog.Level{"[ERR]": slog.LevelError, "[WARN]": slog.LevelWarn, "[INFO]": slog.LevelDebug, "[DEBUG]": slog.LevelDebug} {
@@ -275,7 +285,18 @@ func (w memberlistLogger) Write(p []byte) (int, error) {
 		level = slog.LevelDebug
 	}
 	if why := explain(line); why != "" {
-		w.log.Error(why+": refused its gossip", "detail", line)
+		w.mu.Lock()
+		now := time.Now()
+		repeat := now.Sub(w.lastSaid[why]) < refusalEvery
+		if !repeat {
+			w.lastSaid[why] = now
+		}
+		w.mu.Unlock()
+		if repeat {
+			w.log.Debug(why+": refused its gossip", "detail", line)
+		} else {
+			w.log.Error(why+": refused its gossip (repeats are logged at most once a minute)", "detail", line)
+		}
 		return len(p), nil
 	}
 	w.log.Log(context.Background(), level, line)
