@@ -39,6 +39,8 @@ import (
 
 	"github.com/weftnet/weft/test/kubeapi"
 	"github.com/weftnet/weft/test/testbed"
+
+	"github.com/weftnet/weft/test/testpki"
 )
 
 // ErrUnavailable wraps every reason a cluster cannot be had on this machine
@@ -180,7 +182,7 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubecluster: test bed: %w", err)
 	}
-	p, err := newPKI(filepath.Join(c.Dir, "pki"))
+	p, err := testpki.New(filepath.Join(c.Dir, "pki"))
 	if err != nil {
 		return nil, fmt.Errorf("kubecluster: pki: %w", err)
 	}
@@ -209,20 +211,20 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	return c, nil
 }
 
-func (c *Cluster) startControlPlane(ctx context.Context, p *pki) error {
+func (c *Cluster) startControlPlane(ctx context.Context, p *testpki.PKI) error {
 	out := c.Bed.Outside
 	apiIP := testbed.OutsideAddr.String()
 	c.APIServer = "https://" + net.JoinHostPort(apiIP, strconv.Itoa(APIServerPort))
-	servingCert, servingKey, err := p.serving("apiserver", net.ParseIP(apiIP), net.IPv4(127, 0, 0, 1), net.IPv4(10, 96, 0, 1))
+	servingCert, servingKey, err := p.Serving("apiserver", net.ParseIP(apiIP), net.IPv4(127, 0, 0, 1), net.IPv4(10, 96, 0, 1))
 	if err != nil {
 		return err
 	}
-	adminCert, adminKey, err := p.client("admin", "admin", "system:masters")
+	adminCert, adminKey, err := p.Client("admin", "admin", "system:masters")
 	if err != nil {
 		return err
 	}
-	c.Kubeconfig = filepath.Join(p.dir, "admin.kubeconfig")
-	if err := p.kubeconfig(c.Kubeconfig, c.APIServer, "admin", adminCert, adminKey); err != nil {
+	c.Kubeconfig = filepath.Join(p.Dir, "admin.kubeconfig")
+	if err := p.Kubeconfig(c.Kubeconfig, c.APIServer, "admin", adminCert, adminKey); err != nil {
 		return err
 	}
 	logs := filepath.Join(c.Dir, "logs")
@@ -275,7 +277,7 @@ func (c *Cluster) startControlPlane(ctx context.Context, p *pki) error {
 		"--kubeconfig="+c.Kubeconfig, "--bind-address=127.0.0.1", "--leader-elect=false")
 }
 
-func (c *Cluster) startNode(ctx context.Context, p *pki, n *Node) error {
+func (c *Cluster) startNode(ctx context.Context, p *testpki.PKI, n *Node) error {
 	for d := range bindDirs {
 		if err := os.MkdirAll(filepath.Join(n.Dir, d), 0o755); err != nil {
 			return err
@@ -301,11 +303,11 @@ func (c *Cluster) startNode(ctx context.Context, p *pki, n *Node) error {
 	if err := os.WriteFile(filepath.Join(n.Dir, "cni-bin", "loopback"), lo, 0o755); err != nil {
 		return err
 	}
-	cert, key, err := p.client("kubelet-"+n.Name, "system:node:"+n.Name, "system:nodes")
+	cert, key, err := p.Client("kubelet-"+n.Name, "system:node:"+n.Name, "system:nodes")
 	if err != nil {
 		return err
 	}
-	if err := p.kubeconfig(filepath.Join(n.Dir, "kubelet.kubeconfig"), c.APIServer, n.Name, cert, key); err != nil {
+	if err := p.Kubeconfig(filepath.Join(n.Dir, "kubelet.kubeconfig"), c.APIServer, n.Name, cert, key); err != nil {
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(n.Dir, "containerd.toml"), []byte(containerdConfig(n)), 0o644); err != nil {

@@ -1,4 +1,7 @@
-package kubecluster
+// Package testpki is a throw-away certificate authority for the tests that
+// run a real Kubernetes control plane: CA, service-account key, serving and
+// client certificates, kubeconfigs.
+package testpki
 
 import (
 	"crypto/ecdsa"
@@ -15,10 +18,10 @@ import (
 	"time"
 )
 
-// pki is a throw-away certificate authority for one cluster. ECDSA P-256
+// PKI is a throw-away certificate authority for one cluster. ECDSA P-256
 // keeps generation in milliseconds.
-type pki struct {
-	dir    string
+type PKI struct {
+	Dir    string // where every file is written
 	CACert string
 	SAKey  string
 	SAPub  string
@@ -28,11 +31,12 @@ type pki struct {
 	serial int64
 }
 
-func newPKI(dir string) (*pki, error) {
+// New writes a CA and a service-account signing key pair into dir.
+func New(dir string) (*PKI, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	p := &pki{dir: dir, CACert: filepath.Join(dir, "ca.crt"), SAKey: filepath.Join(dir, "sa.key"), SAPub: filepath.Join(dir, "sa.pub"), serial: 1}
+	p := &PKI{Dir: dir, CACert: filepath.Join(dir, "ca.crt"), SAKey: filepath.Join(dir, "sa.key"), SAPub: filepath.Join(dir, "sa.pub"), serial: 1}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -69,8 +73,8 @@ func newPKI(dir string) (*pki, error) {
 	return p, writePEM(p.SAPub, "PUBLIC KEY", pub, 0o644)
 }
 
-// issue writes NAME.crt and NAME.key signed by the CA and returns their paths.
-func (p *pki) issue(name string, tmpl *x509.Certificate) (certPath, keyPath string, err error) {
+// Issue writes NAME.crt and NAME.key signed by the CA and returns their paths.
+func (p *PKI) Issue(name string, tmpl *x509.Certificate) (certPath, keyPath string, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return "", "", err
@@ -84,17 +88,17 @@ func (p *pki) issue(name string, tmpl *x509.Certificate) (certPath, keyPath stri
 	if err != nil {
 		return "", "", fmt.Errorf("cert %s: %w", name, err)
 	}
-	certPath, keyPath = filepath.Join(p.dir, name+".crt"), filepath.Join(p.dir, name+".key")
+	certPath, keyPath = filepath.Join(p.Dir, name+".crt"), filepath.Join(p.Dir, name+".key")
 	if err := writePEM(certPath, "CERTIFICATE", der, 0o644); err != nil {
 		return "", "", err
 	}
 	return certPath, keyPath, writeKey(keyPath, key)
 }
 
-// serving issues the apiserver's certificate for its address, loopback and
+// Serving issues the apiserver's certificate for its address, loopback and
 // the kubernetes Service address.
-func (p *pki) serving(name string, ips ...net.IP) (string, string, error) {
-	return p.issue(name, &x509.Certificate{
+func (p *PKI) Serving(name string, ips ...net.IP) (string, string, error) {
+	return p.Issue(name, &x509.Certificate{
 		Subject:     pkix.Name{CommonName: name},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		IPAddresses: ips,
@@ -102,16 +106,16 @@ func (p *pki) serving(name string, ips ...net.IP) (string, string, error) {
 	})
 }
 
-// client issues a client certificate: CN is the user, orgs its groups.
-func (p *pki) client(name, cn string, orgs ...string) (string, string, error) {
-	return p.issue(name, &x509.Certificate{
+// Client issues a client certificate: CN is the user, orgs its groups.
+func (p *PKI) Client(name, cn string, orgs ...string) (string, string, error) {
+	return p.Issue(name, &x509.Certificate{
 		Subject:     pkix.Name{CommonName: cn, Organization: orgs},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	})
 }
 
-// kubeconfig writes a kubeconfig for server with a client certificate.
-func (p *pki) kubeconfig(path, server, user, cert, key string) error {
+// Kubeconfig writes a kubeconfig for server with a client certificate.
+func (p *PKI) Kubeconfig(path, server, user, cert, key string) error {
 	kc := fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters:
