@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/weftnet/weft/router/gso"
 	"github.com/weftnet/weft/router/udp"
 	"github.com/weftnet/weft/router/wire"
 )
@@ -12,7 +13,7 @@ import (
 // discardTUN swallows writes; reads are driven by the benchmark itself.
 type discardTUN struct{ fakeTUN }
 
-func (d *discardTUN) Write(bufs [][]byte, offset int) (int, error) { return len(bufs), nil }
+func (d *discardTUN) Write([][]byte, gso.Offload) error { return nil }
 
 // tagOnlyCrypto writes the encrypted framing but leaves the plaintext alone,
 // so a benchmark can reseal the same batch; it measures framing, not AEAD.
@@ -21,7 +22,7 @@ type tagOnlyCrypto struct{}
 func (tagOnlyCrypto) Overhead() int { return wire.CounterLen + wire.TagLen }
 func (tagOnlyCrypto) Seal(peer string, msg []byte, plainLen int) (int, error) {
 	n := wire.EncryptedHeaderLen + plainLen + wire.TagLen
-	wire.PutEncrypted(msg[:n], 1, 1)
+	wire.PutEncrypted(msg[:n], 1, 1, msg[2])
 	return n, nil
 }
 func (tagOnlyCrypto) Open(netip.AddrPort, []byte) ([]byte, string, error) {
@@ -31,7 +32,7 @@ func (tagOnlyCrypto) HandleHandshake(netip.AddrPort, []byte) {}
 
 func newBenchRouter(b *testing.B, self string, c Crypto) *Router {
 	b.Helper()
-	ft := &discardTUN{fakeTUN: *newFakeTUN(64, 1464)}
+	ft := &discardTUN{fakeTUN: *newFakeTUN(1464)}
 	r, err := New(Config{TUN: ft, Conn: &fakeConn{local: epA, closed: make(chan struct{})}, Routes: routesFor(self), Crypto: c, MTU: 1464})
 	if err != nil {
 		b.Fatal(err)
@@ -39,9 +40,8 @@ func newBenchRouter(b *testing.B, self string, c Crypto) *Router {
 	return r
 }
 
-// BenchmarkForward measures the outbound path without I/O: 64 packets of
-// 1464 bytes per batch (one TSO super-packet's worth) framed into trains.
-// It must not allocate.
+// BenchmarkForward measures the outbound path without I/O: one 64 KiB TCP
+// super-packet cut into 47 segments and framed. It must not allocate.
 func BenchmarkForward(b *testing.B) {
 	for _, tc := range []struct {
 		name string
@@ -49,16 +49,14 @@ func BenchmarkForward(b *testing.B) {
 	}{{"plaintext", nil}, {"sealed-framing", tagOnlyCrypto{}}} {
 		b.Run(tc.name, func(b *testing.B) {
 			r := newBenchRouter(b, "a", tc.c)
-			pkt := mkIPv4("10.40.1.5", "10.40.2.7", 1464-28, true)
-			pkts := make([][]byte, 64)
-			for i := range pkts {
-				pkts[i] = pkt
-			}
-			n := readInto(r, pkts...)
-			b.SetBytes(int64(n * len(pkt)))
+			super := mkTCP("10.40.1.5", "10.40.2.7", 1, 65535-40, true)
+			o := gso.Offload{GSO: gso.TCPv4, SegSize: 1400, HdrLen: 40, NeedsCsum: true, CsumStart: 20, CsumOffset: 16}
+			n := copy(r.tx.buf[r.tx.off:], super)
+			pkt := r.tx.buf[r.tx.off : r.tx.off+n]
+			b.SetBytes(int64(len(super)))
 			b.ReportAllocs()
 			for b.Loop() {
-				if err := r.tx.forward(n); err != nil {
+				if err := r.tx.forward(pkt, o); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -70,16 +68,22 @@ func BenchmarkForward(b *testing.B) {
 }
 
 // BenchmarkReceive measures the inbound path without I/O: one GRO train of
-// 44 datagrams split, checked and queued for the TUN. It must not allocate.
+// 44 segments of a TCP flow checked and joined into one TUN write. It must
+// not allocate.
 func BenchmarkReceive(b *testing.B) {
 	r := newBenchRouter(b, "b", nil)
-	pkt := dataMsg(mkIPv4("10.40.1.5", "10.40.2.7", 1464-28, true))
 	var train []byte
-	for range 44 {
-		train = append(train, pkt...)
+	var seg int
+	for i := range 44 {
+		d := make([]byte, wire.HeaderLen, 1500)
+		wire.PutData(d, 1, wire.FlagCsumPartial)
+		d = append(d, mkTCP("10.40.1.5", "10.40.2.7", uint32(1+i*1400), 1400, true)...)
+		d[wire.HeaderLen+33] = 0x10 // ACK only: PSH would end the run
+		seg = len(d)
+		train = append(train, d...)
 	}
 	msgs := []udp.Message{rxMsg(epA, train)}
-	msgs[0].SegSize = len(pkt)
+	msgs[0].SegSize = seg
 	b.SetBytes(int64(len(train)))
 	b.ReportAllocs()
 	for b.Loop() {
@@ -95,14 +99,17 @@ func BenchmarkReceive(b *testing.B) {
 func TestHotPathsDoNotAllocate(t *testing.T) {
 	r, _, fc := newDirect(t, "a", nil)
 	fc.record = false
-	pkt := mkIPv4("10.40.1.5", "10.40.2.7", 1000, true)
-	n := readInto(r, pkt, pkt, pkt, mkIPv4("10.40.1.5", "10.40.9.9", 10, true))
-	if a := testing.AllocsPerRun(100, func() { _ = r.tx.forward(n) }); a != 0 {
-		t.Fatalf("forward allocates %v per batch", a)
+	super := mkTCP("10.40.1.5", "10.40.2.7", 1, 20000, true)
+	o := gso.Offload{GSO: gso.TCPv4, SegSize: 1348, HdrLen: 40, NeedsCsum: true, CsumStart: 20, CsumOffset: 16}
+	n := copy(r.tx.buf[r.tx.off:], super)
+	pkt := r.tx.buf[r.tx.off : r.tx.off+n]
+	if a := testing.AllocsPerRun(100, func() { _ = r.tx.forward(pkt, o) }); a != 0 {
+		t.Fatalf("forward allocates %v per super-packet", a)
 	}
 	rb, _, _ := newDirect(t, "b", nil)
 	rb.tun = &discardTUN{}
-	msgs := []udp.Message{rxMsg(epA, dataMsg(pkt)), rxMsg(netip.MustParseAddrPort("192.0.2.1:1"), dataMsg(pkt))}
+	one := mkIPv4("10.40.1.5", "10.40.2.7", 1000, true)
+	msgs := []udp.Message{rxMsg(epA, dataMsg(one)), rxMsg(epA, dataMsg(one)), rxMsg(netip.MustParseAddrPort("192.0.2.1:1"), dataMsg(one))}
 	if a := testing.AllocsPerRun(100, func() { _ = rb.rx.receive(msgs, 1) }); a != 0 {
 		t.Fatalf("receive allocates %v per batch", a)
 	}

@@ -11,62 +11,62 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/router/gso"
 	"github.com/weftnet/weft/router/udp"
 	"github.com/weftnet/weft/router/wire"
 )
 
 // fakeTUN is an in-memory tun.Device: tests inject packets the "kernel"
-// sends with inject and see what the router wrote on written.
+// sends with inject and see what the router wrote on written. With
+// offloads (the default) it passes offload metadata both ways, like the
+// Linux offload device; without, it refuses metadata like water.
 type fakeTUN struct {
-	in      chan []byte
-	written chan []byte
-	batch   int
-	mtu     int
-	once    sync.Once
-	closed  chan struct{}
+	in       chan tunPacket
+	written  chan tunPacket
+	mtu      int
+	offloads bool
+	once     sync.Once
+	closed   chan struct{}
 }
 
-func newFakeTUN(batch, mtu int) *fakeTUN {
-	return &fakeTUN{in: make(chan []byte, 1024), written: make(chan []byte, 1024), batch: batch, mtu: mtu, closed: make(chan struct{})}
+// tunPacket is a packet crossing the fake TUN with its offload metadata.
+type tunPacket struct {
+	data []byte
+	o    gso.Offload
 }
 
-func (f *fakeTUN) inject(pkt []byte) { f.in <- pkt }
+func newFakeTUN(mtu int) *fakeTUN {
+	return &fakeTUN{in: make(chan tunPacket, 1024), written: make(chan tunPacket, 1024), mtu: mtu, offloads: true, closed: make(chan struct{})}
+}
 
-func (f *fakeTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	var p []byte
+func (f *fakeTUN) inject(pkt []byte) { f.in <- tunPacket{data: pkt} }
+
+// injectOffload hands the router a packet with metadata, e.g. a super-packet.
+func (f *fakeTUN) injectOffload(pkt []byte, o gso.Offload) { f.in <- tunPacket{data: pkt, o: o} }
+
+func (f *fakeTUN) Read(buf []byte, offset int) ([]byte, gso.Offload, error) {
 	select {
-	case p = <-f.in:
+	case p := <-f.in:
+		n := copy(buf[offset:], p.data)
+		return buf[offset : offset+n], p.o, nil
 	case <-f.closed:
-		return 0, os.ErrClosed
-	}
-	n := 0
-	for {
-		sizes[n] = copy(bufs[n][offset:], p)
-		n++
-		if n == len(bufs) {
-			return n, nil
-		}
-		select {
-		case p = <-f.in:
-		default:
-			return n, nil
-		}
+		return nil, gso.Offload{}, os.ErrClosed
 	}
 }
 
-func (f *fakeTUN) Write(bufs [][]byte, offset int) (int, error) {
-	total := 0
-	for _, b := range bufs {
-		if offset < 10 {
-			return total, errors.New("fake tun: offset below headroom")
-		}
-		f.written <- bytes.Clone(b[offset:])
-		total += len(b) - offset
+func (f *fakeTUN) Write(vec [][]byte, o gso.Offload) error {
+	if !f.offloads && o != (gso.Offload{}) {
+		return errors.New("fake tun: offload metadata on a device without offloads")
 	}
-	return total, nil
+	var b []byte
+	for _, v := range vec {
+		b = append(b, v...)
+	}
+	f.written <- tunPacket{data: b, o: o}
+	return nil
 }
 
-func (f *fakeTUN) BatchSize() int { return f.batch }
+func (f *fakeTUN) Offloads() bool { return f.offloads }
 func (f *fakeTUN) MTU() int       { return f.mtu }
 func (f *fakeTUN) Name() string   { return "fake-tun" }
 func (f *fakeTUN) Close() error {
@@ -78,12 +78,18 @@ func (f *fakeTUN) Close() error {
 // test when none comes within the deadline.
 func (f *fakeTUN) expectWritten(t *testing.T) []byte {
 	t.Helper()
+	return f.expectWrittenOffload(t).data
+}
+
+// expectWrittenOffload is expectWritten with the packet's metadata.
+func (f *fakeTUN) expectWrittenOffload(t *testing.T) tunPacket {
+	t.Helper()
 	select {
 	case p := <-f.written:
 		return p
 	case <-time.After(5 * time.Second):
 		t.Fatal("no packet written to the TUN within 5s")
-		return nil
+		return tunPacket{}
 	}
 }
 
@@ -91,7 +97,7 @@ func (f *fakeTUN) expectNothingWritten(t *testing.T) {
 	t.Helper()
 	select {
 	case p := <-f.written:
-		t.Fatalf("unexpected packet written to the TUN: % x", p)
+		t.Fatalf("unexpected packet written to the TUN: % x", p.data)
 	default:
 	}
 }
@@ -172,8 +178,8 @@ func (c *fakeConn) WriteBatch(msgs []udp.Message) error {
 		c.mu.Lock()
 		for _, m := range msgs {
 			cp := udp.Message{Addr: m.Addr, N: m.N, Buf: bytes.Clone(m.Buf), SegSize: m.SegSize}
-			for _, p := range m.Parts {
-				cp.Parts = append(cp.Parts, bytes.Clone(p))
+			for i := range m.Parts {
+				cp.Parts = append(cp.Parts, m.AppendDatagram(nil, i))
 			}
 			c.sent = append(c.sent, cp)
 		}
@@ -190,8 +196,8 @@ func (c *fakeConn) WriteBatch(msgs []udp.Message) error {
 			continue // like UDP: nobody listening, silently gone
 		}
 		if m.Parts != nil {
-			for _, p := range m.Parts {
-				dst.deliver(c.local, p)
+			for i := range m.Parts {
+				dst.deliver(c.local, m.AppendDatagram(nil, i))
 			}
 			continue
 		}
@@ -277,7 +283,7 @@ func (x *xorCrypto) Seal(peer string, msg []byte, plainLen int) (int, error) {
 	}
 	msg = msg[:n]
 	x.counter++
-	wire.PutEncrypted(msg, 7, x.counter)
+	wire.PutEncrypted(msg, 7, x.counter, msg[2])
 	for i := wire.EncryptedHeaderLen; i < n-wire.TagLen; i++ {
 		msg[i] ^= 0x5a
 	}
@@ -336,6 +342,47 @@ func mkIPv4(src, dst string, payloadLen int, df bool) []byte {
 		p[i] = byte(i)
 	}
 	return p
+}
+
+// mkTCP builds a TCP/IPv4 packet (ACK, PSH) with payloadLen bytes of
+// payload starting at sequence number seq; with partial, its checksum field
+// holds the pseudo-header sum, as the kernel leaves it for offload.
+func mkTCP(src, dst string, seq uint32, payloadLen int, partial bool) []byte {
+	p := make([]byte, 40+payloadLen)
+	p[0] = 0x45
+	binary.BigEndian.PutUint16(p[2:4], uint16(len(p)))
+	binary.BigEndian.PutUint16(p[4:6], 0x1234)
+	p[6] = 0x40
+	p[8] = 64
+	p[9] = 6
+	s, d := netip.MustParseAddr(src).As4(), netip.MustParseAddr(dst).As4()
+	copy(p[12:16], s[:])
+	copy(p[16:20], d[:])
+	binary.BigEndian.PutUint16(p[10:12], checksum(p[:20], 0))
+	tcp := p[20:]
+	binary.BigEndian.PutUint16(tcp[0:2], 40000)
+	binary.BigEndian.PutUint16(tcp[2:4], 5201)
+	binary.BigEndian.PutUint32(tcp[4:8], seq)
+	binary.BigEndian.PutUint32(tcp[8:12], 77)
+	tcp[12] = 5 << 4
+	tcp[13] = 0x18 // ACK, PSH
+	binary.BigEndian.PutUint16(tcp[14:16], 512)
+	for i := 20; i < len(tcp); i++ {
+		tcp[i] = byte(i * 7)
+	}
+	pseudo := gso.Sum(p[12:20], uint64(6+len(tcp)))
+	if partial {
+		binary.BigEndian.PutUint16(tcp[16:18], gso.Fold(pseudo))
+	} else {
+		binary.BigEndian.PutUint16(tcp[16:18], ^gso.Fold(gso.Sum(tcp, pseudo)))
+	}
+	return p
+}
+
+// tcpChecksumOK verifies the TCP checksum of an IPv4 packet without options.
+func tcpChecksumOK(p []byte) bool {
+	tcp := p[20:]
+	return gso.Fold(gso.Sum(tcp, gso.Sum(p[12:20], uint64(6+len(tcp))))) == 0xffff
 }
 
 // waitFor polls cond until it holds or the deadline passes.

@@ -44,7 +44,8 @@ type Crypto interface {
 	// framing; the router reserves at least this much tailroom.
 	Overhead() int
 	// Seal seals in place: msg[:wire.EncryptedHeaderLen] is room for the
-	// header, msg[wire.EncryptedHeaderLen:][:plainLen] the plaintext, and
+	// header, whose flags byte msg[2] the caller sets and Seal keeps (it
+	// is authenticated with the rest of the header), msg[wire.EncryptedHeaderLen:][:plainLen] the plaintext, and
 	// cap(msg) leaves room for the tag. It returns the datagram length.
 	// An error (e.g. no session yet) drops the packet; starting a handshake
 	// is Crypto's business.

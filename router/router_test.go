@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/weftnet/weft/router/gso"
 	"github.com/weftnet/weft/router/udp"
 	"github.com/weftnet/weft/router/wire"
 )
@@ -45,7 +46,7 @@ type testHost struct {
 
 func newHost(t *testing.T, n *fakeNet, name string, ep netip.AddrPort, c Crypto) *testHost {
 	t.Helper()
-	h := &testHost{tun: newFakeTUN(8, 1464), conn: n.listen(ep)}
+	h := &testHost{tun: newFakeTUN(1464), conn: n.listen(ep)}
 	r, err := New(Config{TUN: h.tun, Conn: h.conn, Routes: routesFor(name), Crypto: c, MTU: 1400})
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -109,7 +110,7 @@ func TestForwardBothWays(t *testing.T) {
 // newDirect builds a router whose paths tests drive directly (no Run).
 func newDirect(t testing.TB, self string, c Crypto) (*Router, *fakeTUN, *fakeConn) {
 	t.Helper()
-	ft := newFakeTUN(16, 1464)
+	ft := newFakeTUN(1464)
 	fc := &fakeConn{local: epA, record: true, closed: make(chan struct{})}
 	r, err := New(Config{TUN: ft, Conn: fc, Routes: routesFor(self), Crypto: c, MTU: 1400, LocalID: 0xa})
 	if err != nil {
@@ -118,40 +119,127 @@ func newDirect(t testing.TB, self string, c Crypto) (*Router, *fakeTUN, *fakeCon
 	return r, ft, fc
 }
 
-// readInto places pkts in the tx buffers as the TUN would.
-func readInto(r *Router, pkts ...[]byte) int {
-	for i, p := range pkts {
-		r.tx.sizes[i] = copy(r.tx.bufs[i][r.tx.off:], p)
+// forwardPkts passes pkts through the outbound path as if read from the TUN.
+func forwardPkts(t testing.TB, r *Router, pkts ...[]byte) {
+	t.Helper()
+	for _, p := range pkts {
+		forwardOffload(t, r, p, gso.Offload{})
 	}
-	return len(pkts)
 }
 
-func TestSendGroupsTrainsPerPeer(t *testing.T) {
+func forwardOffload(t testing.TB, r *Router, p []byte, o gso.Offload) {
+	t.Helper()
+	n := copy(r.tx.buf[r.tx.off:], p)
+	if err := r.tx.forward(r.tx.buf[r.tx.off:r.tx.off+n], o); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSendOneDatagramPerPacket(t *testing.T) {
 	r, _, fc := newDirect(t, "a", nil)
 	toB := mkIPv4("10.40.1.5", "10.40.2.7", 1000, true)
 	toC := mkIPv4("10.40.1.5", "10.40.3.7", 1000, true)
-	short := mkIPv4("10.40.1.5", "10.40.2.9", 10, false)
-	n := readInto(r, toB, toB, short, toC, toB)
-	if err := r.tx.forward(n); err != nil {
+	forwardPkts(t, r, toB, toC)
+	sent := fc.takeSent()
+	if len(sent) != 2 || sent[0].Addr != epB || sent[1].Addr != epC || len(sent[0].Parts) != 1 {
+		t.Fatalf("sent = %+v", sent)
+	}
+	h, inner, err := wire.DecodeData(sent[0].Parts[0])
+	if err != nil || h.Index != 0xa || h.Flags != 0 || !bytes.Equal(inner, toB) {
+		t.Fatalf("datagram: header %+v err %v inner % x", h, err, inner)
+	}
+}
+
+// TestSuperPacketCutAndJoined sends a TCP super-packet through the outbound
+// path of one router and the segments through the inbound path of another:
+// the segments must be what the sender's kernel would have sent, and the
+// receiver must join them back into the same super-packet.
+func TestSuperPacketCutAndJoined(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		c    func() Crypto
+	}{{"plaintext", func() Crypto { return nil }}, {"encrypted", func() Crypto { return &xorCrypto{sender: "a"} }}} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, _, fc := newDirect(t, "a", tc.c())
+			const mss = 1348
+			super := mkTCP("10.40.1.5", "10.40.2.7", 1000, 10000, true)
+			o := gso.Offload{GSO: gso.TCPv4, SegSize: mss, HdrLen: 40, NeedsCsum: true, CsumStart: 20, CsumOffset: 16}
+			forwardOffload(t, a, super, o)
+			sent := fc.takeSent()
+			if len(sent) != 1 || sent[0].Addr != epB || len(sent[0].Parts) != 8 {
+				t.Fatalf("sent %d messages (%+v), want one of 8 datagrams", len(sent), sent)
+			}
+			var train []byte
+			for i, d := range sent[0].Parts {
+				train = append(train, d...)
+				if tc.name != "plaintext" {
+					continue
+				}
+				h, seg, err := wire.DecodeData(d)
+				if err != nil || h.Flags != wire.FlagCsumPartial {
+					t.Fatalf("segment %d: header %+v err %v", i, h, err)
+				}
+				want := min(mss, 10000-i*mss)
+				if len(seg) != 40+want || int(binary.BigEndian.Uint16(seg[2:4])) != len(seg) || checksum(seg[:20], 0) != 0 {
+					t.Fatalf("segment %d: %d bytes, ip header % x", i, len(seg), seg[:20])
+				}
+				if seq := binary.BigEndian.Uint32(seg[24:28]); seq != 1000+uint32(i*mss) {
+					t.Fatalf("segment %d: seq %d", i, seq)
+				}
+				if psh := seg[33]&0x08 != 0; psh != (i == 7) {
+					t.Fatalf("segment %d: PSH %v", i, psh)
+				}
+				if !bytes.Equal(seg[40:], super[40+i*mss:40+i*mss+want]) {
+					t.Fatalf("segment %d: payload differs", i)
+				}
+			}
+
+			b, bt, _ := newDirect(t, "b", tc.c())
+			m := rxMsg(epA, train)
+			m.SegSize = len(sent[0].Parts[0])
+			if err := b.rx.receive([]udp.Message{m}, 1); err != nil {
+				t.Fatal(err)
+			}
+			got := bt.expectWrittenOffload(t)
+			bt.expectNothingWritten(t)
+			wantO := gso.Offload{GSO: gso.TCPv4, SegSize: mss, HdrLen: 40, NeedsCsum: true, CsumStart: 20, CsumOffset: 16}
+			if got.o != wantO || len(got.data) != len(super) {
+				t.Fatalf("written %d bytes with %+v, want %d with %+v", len(got.data), got.o, len(super), wantO)
+			}
+			if err := gso.Complete(got.data, got.o); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got.data[40:], super[40:]) || !bytes.Equal(got.data[:16], super[:16]) || checksum(got.data[:20], 0) != 0 {
+				t.Fatalf("joined packet differs:\n got % x\nwant % x", got.data[:40], super[:40])
+			}
+			if !tcpChecksumOK(got.data) {
+				t.Fatal("joined packet's completed TCP checksum does not verify")
+			}
+			if s := b.Stats(); len(s) != 1 || s[0].RxPackets != 8 || s[0].RxBytes != uint64(len(super)+7*40) {
+				t.Fatalf("receiver stats %+v", s)
+			}
+		})
+	}
+}
+
+// TestPartialChecksumCompletedWithoutOffloads: a receiver whose TUN has no
+// offloads computes the checksum the sender left partial.
+func TestPartialChecksumCompletedWithoutOffloads(t *testing.T) {
+	b, bt, _ := newDirect(t, "b", nil)
+	bt.offloads = false
+	pkt := mkTCP("10.40.1.5", "10.40.2.7", 1, 100, true)
+	d := make([]byte, wire.HeaderLen, wire.HeaderLen+len(pkt))
+	wire.PutData(d, 1, wire.FlagCsumPartial)
+	d = append(d, pkt...)
+	if err := b.rx.receive([]udp.Message{rxMsg(epA, d)}, 1); err != nil {
 		t.Fatal(err)
 	}
-	sent := fc.takeSent()
-	want := []struct {
-		ep    netip.AddrPort
-		parts int
-	}{{epB, 3}, {epC, 1}, {epB, 1}}
-	if len(sent) != len(want) {
-		t.Fatalf("sent %d messages, want %d: %+v", len(sent), len(want), sent)
+	got := bt.expectWrittenOffload(t)
+	if got.o != (gso.Offload{}) || !tcpChecksumOK(got.data) {
+		t.Fatalf("written with %+v, checksum ok %v", got.o, tcpChecksumOK(got.data))
 	}
-	for i, w := range want {
-		if sent[i].Addr != w.ep || len(sent[i].Parts) != w.parts {
-			t.Fatalf("message %d to %s with %d parts, want %s with %d", i, sent[i].Addr, len(sent[i].Parts), w.ep, w.parts)
-		}
-	}
-	d := sent[0].Parts[2]
-	h, inner, err := wire.DecodeData(d)
-	if err != nil || h.Index != 0xa || !bytes.Equal(inner, short) {
-		t.Fatalf("third datagram: header %+v err %v inner % x", h, err, inner)
+	if d := b.Drops(); len(d) != 0 {
+		t.Fatalf("drops %v", d)
 	}
 }
 
@@ -160,16 +248,13 @@ func TestSendDrops(t *testing.T) {
 	ipv6 := make([]byte, 40)
 	ipv6[0] = 0x60
 	bigNoDF := mkIPv4("10.40.1.5", "10.40.2.7", 1400, false)
-	n := readInto(r,
+	forwardPkts(t, r,
 		ipv6, // not-ipv4
 		mkIPv4("10.40.1.5", "10.40.9.1", 10, true),   // no-route
 		mkIPv4("10.40.1.5", "10.40.1.77", 10, true),  // own-range
 		mkIPv4("10.40.1.5", "10.40.2.7", 1400, true), // too-big
 		bigNoDF, // too big but fragmentable: sent, the underlay fragments it
 	)
-	if err := r.tx.forward(n); err != nil {
-		t.Fatal(err)
-	}
 	want := map[string]uint64{"not-ipv4": 1, "no-route": 1, "own-range": 1, "too-big": 1}
 	if got := r.Drops(); !equalCounts(got, want) {
 		t.Fatalf("drops = %v, want %v", got, want)
@@ -185,10 +270,7 @@ func TestSendDrops(t *testing.T) {
 func TestSendNoSessionCountsPerPeer(t *testing.T) {
 	c := &xorCrypto{noSession: map[string]bool{"b": true}}
 	r, _, fc := newDirect(t, "a", c)
-	n := readInto(r, mkIPv4("10.40.1.5", "10.40.2.7", 10, true), mkIPv4("10.40.1.5", "10.40.3.7", 10, true))
-	if err := r.tx.forward(n); err != nil {
-		t.Fatal(err)
-	}
+	forwardPkts(t, r, mkIPv4("10.40.1.5", "10.40.2.7", 10, true), mkIPv4("10.40.1.5", "10.40.3.7", 10, true))
 	if got := r.Drops(); !equalCounts(got, map[string]uint64{"no-session": 1}) {
 		t.Fatalf("drops = %v", got)
 	}
@@ -208,9 +290,7 @@ func TestSendNoSessionCountsPerPeer(t *testing.T) {
 func TestTooBigICMP(t *testing.T) {
 	r, ft, _ := newDirect(t, "a", nil)
 	orig := mkIPv4("10.40.1.5", "10.40.2.7", 1500, true)
-	if err := r.tx.forward(readInto(r, orig)); err != nil {
-		t.Fatal(err)
-	}
+	forwardPkts(t, r, orig)
 	icmp := ft.expectWritten(t)
 	if len(icmp) != 20+8+28 {
 		t.Fatalf("icmp length %d, want 56: % x", len(icmp), icmp)
@@ -238,9 +318,7 @@ func TestTooBigICMP(t *testing.T) {
 	icmpErr := bytes.Clone(orig)
 	icmpErr[9] = 1
 	icmpErr[20] = 3
-	if err := r.tx.forward(readInto(r, icmpErr)); err != nil {
-		t.Fatal(err)
-	}
+	forwardPkts(t, r, icmpErr)
 	ft.expectNothingWritten(t)
 }
 
@@ -252,7 +330,7 @@ func rxMsg(from netip.AddrPort, data []byte) udp.Message {
 
 func dataMsg(pkt []byte) []byte {
 	d := make([]byte, wire.HeaderLen+len(pkt))
-	wire.PutData(d, 2)
+	wire.PutData(d, 2, 0)
 	copy(d[wire.HeaderLen:], pkt)
 	return d
 }
@@ -354,7 +432,7 @@ func TestNewValidates(t *testing.T) {
 	if _, err := New(Config{}); err == nil {
 		t.Fatal("New without devices succeeded")
 	}
-	_, err := New(Config{TUN: newFakeTUN(1, 100), Conn: &fakeConn{}, Routes: routesFor("a")})
+	_, err := New(Config{TUN: newFakeTUN(100), Conn: &fakeConn{}, Routes: routesFor("a")})
 	if err == nil {
 		t.Fatal("New with mtu 100 succeeded")
 	}

@@ -5,50 +5,43 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/weftnet/weft/router/tun"
+	"github.com/weftnet/weft/router/gso"
 	"github.com/weftnet/weft/router/udp"
 	"github.com/weftnet/weft/router/wire"
 )
 
 const (
-	rxBatch    = 64  // datagrams (or GRO trains) per socket read
-	tunWBatch  = 128 // packets per TUN write
-	tunWBufCap = 65535
+	rxBatch   = 64  // datagrams (or GRO trains) per socket read
+	rxPending = 256 // inner packets queued for the TUN before a write
 )
 
 // rxPath is the UDP -> TUN direction. Datagrams are received into large
-// buffers (a GRO train holds up to 64 KiB), checked, opened and copied once
-// into TUN write buffers: each packet needs its own headroom for the virtio
-// header, and the device coalesces packets into the spare capacity behind
-// the first of a flow.
+// buffers (a GRO train holds up to 64 KiB) and checked and opened in place;
+// their inner packets are queued by reference in a gso.Coalescer, which
+// joins consecutive segments of a TCP flow into one super-packet per TUN
+// write. Nothing is copied in userspace. The queue is flushed before the
+// receive buffers are reused.
 type rxPath struct {
-	r     *Router
-	msgs  []udp.Message
-	off   int
-	wbufs [][]byte
-	wpkts [][]byte
-	k     int // packets queued in wpkts
-	acc   peerAcc
-	now   int64
+	r       *Router
+	msgs    []udp.Message
+	queue   *gso.Coalescer
+	one     [][]byte // a single packet for a device without offloads
+	acc     peerAcc
+	now     int64
+	writeFn func(vec [][]byte, o gso.Offload) error
 }
 
 func newRxPath(r *Router) *rxPath {
 	x := &rxPath{
 		r:     r,
 		msgs:  make([]udp.Message, rxBatch),
-		off:   tun.Headroom,
-		wbufs: make([][]byte, tunWBatch),
-		wpkts: make([][]byte, tunWBatch),
+		queue: gso.NewCoalescer(rxPending),
+		one:   make([][]byte, 1),
 	}
+	x.writeFn = x.write
 	rbacking := make([]byte, rxBatch*udp.RecvBufSize)
 	for i := range x.msgs {
 		x.msgs[i].Buf = rbacking[i*udp.RecvBufSize : (i+1)*udp.RecvBufSize : (i+1)*udp.RecvBufSize]
-	}
-	// The device checks spare capacity with the offset counted twice.
-	size := tunWBufCap + 2*x.off
-	wbacking := make([]byte, tunWBatch*size)
-	for i := range x.wbufs {
-		x.wbufs[i] = wbacking[i*size : (i+1)*size : (i+1)*size]
 	}
 	return x
 }
@@ -170,12 +163,25 @@ func (x *rxPath) datagram(from netip.AddrPort, name string, pc *peerCounters, d 
 		r.dropPeer(pc, dropNotLocal)
 		return nil
 	}
+	partial := h.Flags&wire.FlagCsumPartial != 0
+	if partial {
+		o, ok := gso.Partial(pkt)
+		if !ok {
+			r.dropPeer(pc, dropBadPacket)
+			return nil
+		}
+		if !r.tun.Offloads() {
+			_ = gso.Complete(pkt, o) // Partial checked the bounds
+			partial = false
+		}
+	}
 	x.acc.count(len(pkt))
-	w := x.wbufs[x.k]
-	copy(w[x.off:], pkt)
-	x.wpkts[x.k] = w[:x.off+len(pkt)]
-	x.k++
-	if x.k == len(x.wpkts) {
+	if !r.tun.Offloads() {
+		x.one[0] = pkt
+		return x.write(x.one, gso.Offload{})
+	}
+	x.queue.Add(pkt, partial)
+	if x.queue.Full() {
 		return x.flush()
 	}
 	return nil
@@ -189,14 +195,17 @@ func (x *rxPath) dropFrom(pc *peerCounters, reason dropReason) {
 	x.r.drop(reason)
 }
 
-// flush writes the queued packets to the TUN in one batch.
+// flush writes the queued packets to the TUN, joined where possible.
 func (x *rxPath) flush() error {
-	if x.k == 0 {
+	if x.queue.Len() == 0 {
 		return nil
 	}
-	_, err := x.r.tun.Write(x.wpkts[:x.k], x.off)
-	x.k = 0
-	if err != nil {
+	return x.queue.Flush(x.writeFn)
+}
+
+// write writes one packet to the TUN. Only a closed TUN is an error.
+func (x *rxPath) write(vec [][]byte, o gso.Offload) error {
+	if err := x.r.tun.Write(vec, o); err != nil {
 		if isClosed(err) {
 			return fmt.Errorf("write tun: %w", err)
 		}

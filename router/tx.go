@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 
-	"github.com/weftnet/weft/router/tun"
+	"github.com/weftnet/weft/router/gso"
 	"github.com/weftnet/weft/router/udp"
 	"github.com/weftnet/weft/router/wire"
 )
@@ -13,49 +13,68 @@ import (
 // gives up: one bad packet is no reason to stop, an error every call is.
 const maxErrStreak = 1000
 
-// txPath is the TUN -> UDP direction. Its buffers belong to its goroutine
-// and are reused for every batch, so forwarding allocates nothing.
-type txPath struct {
-	r     *Router
-	off   int // where packets are read: room for the virtio header and the wire header
-	bufs  [][]byte
-	sizes []int
-	msgs  []udp.Message
-	parts [][]byte // datagrams of msgs, in order; msgs[i].Parts are windows into it
+// txChunk is how many datagrams one socket write carries at most: a
+// super-packet with more segments (a tiny MSS) goes out in several.
+const txChunk = 2 * udp.MaxSegments
 
-	icmpBuf  []byte
-	icmpBufs [][]byte
-	acc      peerAcc
+// txPath is the TUN -> UDP direction. One Read brings one packet or one TCP
+// super-packet of up to 64 KiB. A super-packet is cut into segments without
+// copying its payload: each datagram is a small head (wire header and the
+// segment's IPv4/TCP headers, written into heads) followed by a window into
+// the read buffer, sent as two iovecs. Encrypted segments are sealed in
+// place, so they are copied once into their own buffers (sealBufs). Every
+// buffer belongs to the path's goroutine and is reused: forwarding
+// allocates nothing.
+type txPath struct {
+	r   *Router
+	off int // headroom in front of a read packet: the wire header goes there
+	buf []byte
+
+	headBufs [][]byte // plaintext segment heads, wire.HeaderLen+gso.MaxHdrLen each
+	sealBufs [][]byte // encrypted segments, sealed in place
+	heads    [][]byte
+	parts    [][]byte
+	msg      [1]udp.Message
+
+	icmpBuf []byte
+	icmpVec [][]byte
+	acc     peerAcc
 }
 
 func newTxPath(r *Router) *txPath {
-	batch := max(r.tun.BatchSize(), 1)
-	off := max(tun.Headroom, wire.EncryptedHeaderLen)
-	pktMax := max(r.mtu, r.tun.MTU())
+	off := wire.EncryptedHeaderLen
+	tail := max(r.tailroom, 64)
 	t := &txPath{
 		r:       r,
 		off:     off,
-		bufs:    make([][]byte, batch),
-		sizes:   make([]int, batch),
-		msgs:    make([]udp.Message, batch),
-		parts:   make([][]byte, batch),
-		icmpBuf: make([]byte, off+icmpTooBigMax),
+		buf:     make([]byte, off+gso.MaxPacket+tail),
+		heads:   make([][]byte, txChunk),
+		parts:   make([][]byte, txChunk),
+		icmpBuf: make([]byte, icmpTooBigMax),
+		icmpVec: make([][]byte, 1),
 	}
-	// One backing array keeps the buffers together; each gets tailroom for
-	// the AEAD tag.
-	size := off + pktMax + max(r.tailroom, 64)
-	backing := make([]byte, batch*size)
-	for i := range t.bufs {
-		t.bufs[i] = backing[i*size : (i+1)*size : (i+1)*size]
+	t.headBufs = carve(txChunk, wire.HeaderLen+gso.MaxHdrLen)
+	if r.crypto != nil {
+		t.sealBufs = carve(txChunk, off+r.mtu+tail)
 	}
-	t.icmpBufs = make([][]byte, 1)
 	return t
+}
+
+// carve returns n buffers of size bytes cut from one backing array.
+func carve(n, size int) [][]byte {
+	backing := make([]byte, n*size)
+	bufs := make([][]byte, n)
+	for i := range bufs {
+		bufs[i] = backing[i*size : (i+1)*size : (i+1)*size]
+	}
+	return bufs
 }
 
 func (t *txPath) run() error {
 	streak := 0
 	for {
-		n, err := t.r.tun.Read(t.bufs, t.sizes, t.off)
+		// len covers the largest packet; cap leaves the AEAD tailroom.
+		pkt, o, err := t.r.tun.Read(t.buf[:t.off+gso.MaxPacket], t.off)
 		if err != nil {
 			if isClosed(err) {
 				return fmt.Errorf("read tun: %w", err)
@@ -64,82 +83,142 @@ func (t *txPath) run() error {
 			if streak++; streak > maxErrStreak {
 				return fmt.Errorf("read tun: %d errors in a row, last: %w", streak, err)
 			}
-			if n == 0 {
-				continue
-			}
-		} else {
-			streak = 0
+			continue
 		}
-		if err := t.forward(n); err != nil {
+		streak = 0
+		if err := t.forward(pkt, o); err != nil {
 			return err
 		}
 	}
 }
 
-// forward frames and sends the n packets just read into t.bufs. Only a
-// closed socket or TUN is returned as an error; everything else is counted.
-func (t *txPath) forward(n int) error {
+// forward frames and sends one packet or super-packet read from the TUN.
+// Only a closed socket or TUN is returned as an error; everything else is
+// counted.
+func (t *txPath) forward(pkt []byte, o gso.Offload) error {
 	r := t.r
-	m, p := 0, 0
-	for i := range n {
-		buf := t.bufs[i]
-		pkt, ok := ipv4Packet(buf[t.off : t.off+t.sizes[i]])
-		if !ok {
-			r.drop(dropNotIPv4)
-			continue
+	pkt, ok := ipv4Packet(pkt)
+	if !ok {
+		r.drop(dropNotIPv4)
+		return nil
+	}
+	var seg gso.Segmenter
+	size := len(pkt) // what one datagram will carry
+	if o.GSO != gso.None {
+		var err error
+		if seg, err = gso.NewSegmenter(pkt, o); err != nil {
+			r.drop(dropTunRead)
+			return nil
 		}
-		if len(pkt) > r.mtu && needsTooBig(pkt) {
-			r.drop(dropTooBig)
-			if err := t.sendTooBig(pkt); err != nil {
-				return err
-			}
-			continue
+		size = seg.HdrLen() + seg.SegSize()
+	}
+	if size > r.mtu && (needsTooBig(pkt) || o.GSO != gso.None) {
+		r.drop(dropTooBig)
+		if needsTooBig(pkt) {
+			return t.sendTooBig(pkt)
 		}
-		dst := netip.AddrFrom4([4]byte(pkt[16:20]))
-		if r.routes.IsLocal(dst) {
-			r.drop(dropOwnRange)
-			continue
+		return nil
+	}
+	dst := netip.AddrFrom4([4]byte(pkt[16:20]))
+	if r.routes.IsLocal(dst) {
+		r.drop(dropOwnRange)
+		return nil
+	}
+	peer, ep, ok := r.routes.Lookup(dst)
+	if !ok {
+		r.drop(dropNoRoute)
+		return nil
+	}
+	pc := t.acc.switchTo(r, peer)
+	defer t.acc.flushTx()
+	if o.GSO != gso.None {
+		return t.sendSegments(peer, pc, ep, &seg)
+	}
+
+	var flags uint8
+	if o.NeedsCsum {
+		if gso.IsStandardPartial(pkt, o) {
+			flags = wire.FlagCsumPartial // the receiving kernel completes it
+		} else if gso.Complete(pkt, o) != nil {
+			r.drop(dropTunRead)
+			return nil
 		}
-		peer, ep, ok := r.routes.Lookup(dst)
-		if !ok {
-			r.drop(dropNoRoute)
-			continue
+	}
+	var dgram []byte
+	if r.crypto == nil {
+		start := t.off - wire.HeaderLen
+		wire.PutData(t.buf[start:], r.localID, flags)
+		dgram = t.buf[start : t.off+len(pkt)]
+	} else {
+		start := t.off - wire.EncryptedHeaderLen
+		t.buf[start+2] = flags
+		sealed, err := r.crypto.Seal(peer, t.buf[start:t.off+len(pkt)], len(pkt))
+		if err != nil || sealed < wire.EncryptedHeaderLen || start+sealed > len(t.buf) {
+			r.dropPeer(pc, dropNoSession)
+			return nil
 		}
-		pc := t.acc.switchTo(r, peer)
-		var dgram []byte
+		dgram = t.buf[start : start+sealed]
+	}
+	t.acc.count(len(pkt))
+	t.parts[0] = dgram
+	t.msg[0] = udp.Message{Addr: ep, Parts: t.parts[:1]}
+	return t.send()
+}
+
+// sendSegments cuts a super-packet and sends its segments, txChunk at a time.
+func (t *txPath) sendSegments(peer string, pc *peerCounters, ep netip.AddrPort, seg *gso.Segmenter) error {
+	r := t.r
+	hl := seg.HdrLen()
+	k := 0
+	for i := range seg.Count() {
 		if r.crypto == nil {
-			start := t.off - wire.HeaderLen
-			wire.PutData(buf[start:], r.localID)
-			dgram = buf[start : t.off+len(pkt)]
+			h := t.headBufs[k][:wire.HeaderLen+hl]
+			wire.PutData(h, r.localID, wire.FlagCsumPartial)
+			payload := seg.Segment(i, h[wire.HeaderLen:])
+			t.heads[k], t.parts[k] = h, payload
+			t.acc.count(hl + len(payload))
 		} else {
-			start := t.off - wire.EncryptedHeaderLen
-			sealed, err := r.crypto.Seal(peer, buf[start:t.off+len(pkt)], len(pkt))
-			if err != nil || sealed < wire.EncryptedHeaderLen || start+sealed > len(buf) {
+			b := t.sealBufs[k]
+			const e = wire.EncryptedHeaderLen
+			payload := seg.Segment(i, b[e:e+hl])
+			plain := hl + copy(b[e+hl:], payload)
+			b[2] = wire.FlagCsumPartial
+			sealed, err := r.crypto.Seal(peer, b[:e+plain], plain)
+			if err != nil || sealed < e || sealed > len(b) {
 				r.dropPeer(pc, dropNoSession)
 				continue
 			}
-			dgram = buf[start : start+sealed]
+			t.parts[k] = b[:sealed]
+			t.acc.count(plain)
 		}
-		t.acc.count(len(pkt))
-		t.parts[p] = dgram
-		if m > 0 && t.msgs[m-1].Addr == ep {
-			prev := &t.msgs[m-1]
-			prev.Parts = prev.Parts[:len(prev.Parts)+1]
-		} else {
-			t.msgs[m] = udp.Message{Addr: ep, Parts: t.parts[p : p+1]}
-			m++
+		if k++; k == txChunk {
+			if err := t.sendParts(ep, k); err != nil {
+				return err
+			}
+			k = 0
 		}
-		p++
 	}
-	t.acc.flushTx()
-	if m == 0 {
-		return nil
+	if k > 0 {
+		return t.sendParts(ep, k)
 	}
-	if err := r.conn.WriteBatch(t.msgs[:m]); err != nil {
+	return nil
+}
+
+// sendParts sends the first k prepared datagrams to ep.
+func (t *txPath) sendParts(ep netip.AddrPort, k int) error {
+	t.msg[0] = udp.Message{Addr: ep, Parts: t.parts[:k]}
+	if t.r.crypto == nil {
+		t.msg[0].Heads = t.heads[:k]
+	}
+	return t.send()
+}
+
+func (t *txPath) send() error {
+	if err := t.r.conn.WriteBatch(t.msg[:]); err != nil {
 		if isClosed(err) {
 			return fmt.Errorf("send: %w", err)
 		}
-		r.drop(dropSend)
+		t.r.drop(dropSend)
 	}
 	return nil
 }
@@ -147,9 +226,9 @@ func (t *txPath) forward(n int) error {
 // sendTooBig answers pkt with ICMP "fragmentation needed" through the TUN,
 // so the sender's kernel lowers its path MTU.
 func (t *txPath) sendTooBig(pkt []byte) error {
-	n := buildTooBig(t.icmpBuf[t.off:], pkt, t.r.mtu)
-	t.icmpBufs[0] = t.icmpBuf[:t.off+n]
-	if _, err := t.r.tun.Write(t.icmpBufs, t.off); err != nil {
+	n := buildTooBig(t.icmpBuf, pkt, t.r.mtu)
+	t.icmpVec[0] = t.icmpBuf[:n]
+	if err := t.r.tun.Write(t.icmpVec, gso.Offload{}); err != nil {
 		if isClosed(err) {
 			return fmt.Errorf("write tun: %w", err)
 		}

@@ -703,7 +703,7 @@ func (m *Manager) confirm(kp *keypair) {
 }
 
 // Seal encrypts one packet in place for peer. msg[:16] is room for the
-// header, the plaintext is msg[16:16+plainLen], and cap(msg) must leave room
+// header (msg[2], the flags, is kept as the caller set it), the plaintext is msg[16:16+plainLen], and cap(msg) must leave room
 // for the 16-byte tag. It returns the length of the datagram to send,
 // msg[:n]. With no usable session it returns ErrNoSession and a handshake is
 // started in the background; the caller drops the packet.
@@ -740,7 +740,7 @@ func sealWith(kp *keypair, msg []byte, plainLen int) (int, bool) {
 		kp.rekeyAsked.Store(true)
 	}
 	msg = msg[:wire.EncryptedHeaderLen+plainLen+wire.TagLen]
-	wire.PutEncrypted(msg, kp.remoteIndex, counter)
+	wire.PutEncrypted(msg, kp.remoteIndex, counter, msg[2]) // the caller's flags stay, authenticated
 	// The nonce is the receiver's index and the counter, msg[4:16]: unique
 	// per key (a key serves one index in one direction) and already in the
 	// buffer, so sealing allocates nothing. The header is the AD.

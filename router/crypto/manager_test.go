@@ -161,7 +161,7 @@ func TestWrongPSKRefusedSilentlyAndCounted(t *testing.T) {
 	}
 	// Without the password, nothing can be injected either.
 	forged := make([]byte, 100)
-	wire.PutEncrypted(forged, 1, 0)
+	wire.PutEncrypted(forged, 1, 0, 0)
 	if _, _, err := b.Open(addrA, forged); !errors.Is(err, ErrUnknownSession) {
 		t.Fatalf("forged data: %v", err)
 	}

@@ -1,74 +1,179 @@
 package tun
 
 import (
+	"errors"
 	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
 
-	wgtun "golang.zx2c4.com/wireguard/tun"
+	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/router/gso"
 )
 
-// offloadDevice adapts wireguard-go's Linux TUN, which does the virtio-net
-// header, TSO splitting and GRO coalescing, to Device.
+// ErrShortRead means the kernel handed over less than a virtio-net header.
+var ErrShortRead = errors.New("tun: read shorter than the virtio header")
+
+// offloadDevice is a TUN opened with IFF_VNET_HDR and the checksum and
+// TCP/IPv4 segmentation offloads. Every packet crossing it is preceded by a
+// virtio-net header; Read and Write keep that header in a buffer of their
+// own (readv/writev), so callers' buffers hold only packet bytes.
 type offloadDevice struct {
-	dev  wgtun.Device
-	name string
-	mtu  int
-	done chan struct{}
+	f      *os.File
+	rc     syscall.RawConn
+	name   string
+	mtu    int
+	closed atomic.Bool
+
+	// Read state: Read has one caller at a time (the router's TUN reader).
+	rhdr   [gso.VirtioHdrLen]byte
+	riov   [2]unix.Iovec
+	rn     int
+	rerr   error
+	readFn func(fd uintptr) bool
+
+	// Write state, guarded by wmu: both directions write (ICMP replies).
+	wmu     sync.Mutex
+	whdr    [gso.VirtioHdrLen]byte
+	wiov    [MaxWriteVec + 1]unix.Iovec
+	wcount  int
+	werr    error
+	writeFn func(fd uintptr) bool
 }
 
-// openOffload creates the TUN with IFF_VNET_HDR. ok is false (and the device
-// closed) when the kernel refused TUNSETOFFLOAD, so the caller falls back.
+// offloadFlags are the offloads asked of the kernel: checksums and TSO for
+// IPv4. IPv6 and UDP segmentation stay off, so the kernel never hands over
+// super-packets of a kind weft does not cut.
+const offloadFlags = unix.TUN_F_CSUM | unix.TUN_F_TSO4
+
+// openOffload creates the TUN with IFF_VNET_HDR. ok is false (and nothing
+// left open) when the kernel refused the offloads, so the caller falls back.
 func openOffload(name string, mtu int) (d *offloadDevice, ok bool, err error) {
-	dev, err := wgtun.CreateTUN(name, mtu)
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
-		return nil, false, fmt.Errorf("create offload tun %q: %w", name, err)
+		return nil, false, fmt.Errorf("open /dev/net/tun: %w", err)
 	}
-	if dev.BatchSize() <= 1 { // wireguard-go leaves vnet headers off when offloads fail
-		_ = dev.Close()
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		_ = unix.Close(fd)
+		return nil, false, fmt.Errorf("tun name %q: %w", name, err)
+	}
+	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		_ = unix.Close(fd)
+		return nil, false, fmt.Errorf("create tun %q: %w", name, err)
+	}
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, offloadFlags); err != nil {
+		_ = unix.Close(fd)
 		return nil, false, nil
 	}
-	real, err := dev.Name()
+	f := os.NewFile(uintptr(fd), "/dev/net/tun") // non-blocking: Go's poller waits for it
+	rc, err := f.SyscallConn()
 	if err != nil {
-		_ = dev.Close()
-		return nil, false, fmt.Errorf("name of tun %q: %w", name, err)
+		_ = f.Close()
+		return nil, false, fmt.Errorf("raw conn of tun %q: %w", name, err)
 	}
-	d = &offloadDevice{dev: dev, name: real, mtu: mtu, done: make(chan struct{})}
-	go d.drainEvents()
+	d = &offloadDevice{f: f, rc: rc, name: ifr.Name(), mtu: mtu}
+	d.readFn = d.doRead
+	d.writeFn = d.doWrite
+	d.riov[0].Base = &d.rhdr[0]
+	d.riov[0].SetLen(gso.VirtioHdrLen)
+	d.wiov[0].Base = &d.whdr[0]
+	d.wiov[0].SetLen(gso.VirtioHdrLen)
 	return d, true, nil
 }
 
-// drainEvents consumes link up/down events, which nobody here needs, so that
-// wireguard-go's listeners never block on a full channel.
-func (d *offloadDevice) drainEvents() {
-	for {
-		select {
-		case _, ok := <-d.dev.Events():
-			if !ok {
-				return
-			}
-		case <-d.done:
-			return
-		}
+func (d *offloadDevice) Read(buf []byte, offset int) ([]byte, gso.Offload, error) {
+	b := buf[offset:]
+	if len(b) == 0 {
+		return nil, gso.Offload{}, errors.New("tun read: no room behind the offset")
 	}
+	d.riov[1].Base = &b[0]
+	d.riov[1].SetLen(len(b))
+	d.rn, d.rerr = 0, nil
+	if err := d.rc.Read(d.readFn); err != nil {
+		return nil, gso.Offload{}, d.wrap("read", err)
+	}
+	if d.rerr != nil {
+		return nil, gso.Offload{}, d.wrap("read", d.rerr)
+	}
+	n := d.rn - gso.VirtioHdrLen
+	if n < 0 {
+		return nil, gso.Offload{}, ErrShortRead
+	}
+	o, err := gso.ParseVirtio(d.rhdr[:])
+	return b[:n], o, err
 }
 
-func (d *offloadDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	return d.dev.Read(bufs, sizes, offset)
+func (d *offloadDevice) doRead(fd uintptr) bool {
+	r, _, e := unix.Syscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&d.riov[0])), 2)
+	if e == unix.EAGAIN || e == unix.EINTR {
+		return false
+	}
+	if e != 0 {
+		d.rerr = e
+		return true
+	}
+	d.rn = int(r)
+	return true
 }
 
-func (d *offloadDevice) Write(bufs [][]byte, offset int) (int, error) {
-	return d.dev.Write(bufs, offset)
+func (d *offloadDevice) Write(vec [][]byte, o gso.Offload) error {
+	if len(vec) == 0 || len(vec) > MaxWriteVec {
+		return fmt.Errorf("tun write: %d pieces, want 1..%d", len(vec), MaxWriteVec)
+	}
+	d.wmu.Lock()
+	defer d.wmu.Unlock()
+	o.PutVirtio(d.whdr[:])
+	for i, v := range vec {
+		d.wiov[i+1].Base = unsafe.SliceData(v)
+		d.wiov[i+1].SetLen(len(v))
+	}
+	d.wcount, d.werr = len(vec)+1, nil
+	err := d.rc.Write(d.writeFn)
+	for i := range vec {
+		d.wiov[i+1].Base = nil // do not keep callers' buffers reachable
+	}
+	if err != nil {
+		return d.wrap("write", err)
+	}
+	if d.werr != nil {
+		return d.wrap("write", d.werr)
+	}
+	return nil
 }
 
-func (d *offloadDevice) BatchSize() int   { return d.dev.BatchSize() }
+func (d *offloadDevice) doWrite(fd uintptr) bool {
+	_, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&d.wiov[0])), uintptr(d.wcount))
+	if e == unix.EAGAIN || e == unix.EINTR {
+		return false
+	}
+	if e != 0 {
+		d.werr = e
+	}
+	return true
+}
+
+// wrap names the device in err and turns any error after Close into
+// os.ErrClosed, which is how the router learns to stop.
+func (d *offloadDevice) wrap(op string, err error) error {
+	if d.closed.Load() {
+		return os.ErrClosed
+	}
+	return fmt.Errorf("tun %s %s: %w", op, d.name, err)
+}
+
+func (d *offloadDevice) Offloads() bool   { return true }
 func (d *offloadDevice) MTU() int         { return d.mtu }
 func (d *offloadDevice) Name() string     { return d.name }
 func (d *offloadDevice) Datapath() string { return DatapathOffload }
 
 func (d *offloadDevice) Close() error {
-	select {
-	case <-d.done:
-	default:
-		close(d.done)
+	if d.closed.Swap(true) {
+		return nil
 	}
-	return d.dev.Close()
+	return d.f.Close()
 }

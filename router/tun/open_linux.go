@@ -43,7 +43,7 @@ func Open(name string, mtu int, log *slog.Logger) (Device, string, error) {
 		return nil, "", err
 	}
 	dp := DatapathOf(dev)
-	log.Info("tun open", "name", dev.Name(), "mtu", mtu, "datapath", dp, "batch", dev.BatchSize())
+	log.Info("tun open", "name", dev.Name(), "mtu", mtu, "datapath", dp, "offloads", dev.Offloads())
 	return dev, dp, nil
 }
 

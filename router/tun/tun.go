@@ -1,12 +1,13 @@
-// Package tun is the TUN device of weft's data plane behind a batch interface.
+// Package tun is the TUN device of weft's data plane.
 //
 // Two implementations sit behind Device:
-//   - the offload device (Linux, golang.zx2c4.com/wireguard/tun): IFF_VNET_HDR
-//     and TUNSETOFFLOAD, so one Read hands over a TSO super-packet already
-//     split into MTU-sized packets and one Write coalesces TCP/UDP segments
-//     into GRO super-packets. This is the fast path (about 6x).
-//   - the water device (github.com/songgao/water): one packet per call, the
-//     portable fallback.
+//   - the offload device (Linux): IFF_VNET_HDR with checksum and TCP/IPv4
+//     segmentation offloads. One Read hands over a whole TCP super-packet
+//     (up to 64 KiB) with its virtio-net metadata, and one Write takes a
+//     super-packet assembled from several buffers (writev), so the router
+//     cuts and joins segments without copying them (router/gso).
+//   - the water device (github.com/songgao/water): plain packets, one per
+//     call, the portable fallback.
 //
 // Open picks the offload device and falls back to water when the kernel
 // refuses offloads, or when WEFT_DATAPATH=water forces it.
@@ -15,12 +16,9 @@ package tun
 import (
 	"io"
 	"log/slog"
-)
 
-// Headroom is the minimum offset callers must leave in front of packet data
-// in Read and Write: the offload device puts a 10-byte virtio-net header
-// there. Callers that also frame packets (router) leave more.
-const Headroom = 10
+	"github.com/weftnet/weft/router/gso"
+)
 
 // EnvDatapath names the environment variable that forces the fallback:
 // WEFT_DATAPATH=water.
@@ -32,20 +30,24 @@ const (
 	DatapathWater   = "tun-water"
 )
 
-// Device is a TUN device that moves packets in batches.
+// MaxWriteVec is the most pieces one Write takes.
+const MaxWriteVec = gso.MaxCoalesce + 1
+
+// Device is a TUN device.
 type Device interface {
-	// Read reads one or more packets. Packet i lands at
-	// bufs[i][offset:offset+sizes[i]]; n is the number of packets. Every
-	// bufs[i] must hold offset+MTU bytes. len(bufs) should be BatchSize().
-	Read(bufs [][]byte, sizes []int, offset int) (n int, err error)
-	// Write writes the packets bufs[i][offset:]; offset must be at least
-	// Headroom. The offload device may coalesce packets into the spare
-	// capacity of earlier buffers (give them cap of 64 KiB+2*offset to
-	// allow it) and scribbles over bufs[i][offset-Headroom:offset].
-	// It returns the bytes written; per-packet errors are joined.
-	Write(bufs [][]byte, offset int) (int, error)
-	// BatchSize is the most packets one Read returns (1 for water).
-	BatchSize() int
+	// Read reads one packet into buf[offset:] and returns it with its
+	// offload metadata; buf[:offset] is left for the caller's headers. With
+	// offloads the packet may be a TCP super-packet (o.GSO) or carry a
+	// partial checksum (o.NeedsCsum); buf should then have room for
+	// gso.MaxPacket bytes behind offset. Without offloads o is zero.
+	Read(buf []byte, offset int) (pkt []byte, o gso.Offload, err error)
+	// Write writes one packet, the concatenation of vec (at most
+	// MaxWriteVec pieces), with its metadata. A device without offloads
+	// refuses a non-zero o.
+	Write(vec [][]byte, o gso.Offload) error
+	// Offloads reports whether Read may return, and Write accepts,
+	// super-packets and partial checksums.
+	Offloads() bool
 	MTU() int
 	Name() string
 	Close() error

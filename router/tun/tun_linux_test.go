@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/weftnet/weft/internal/roottest"
+	"github.com/weftnet/weft/router/gso"
 )
 
 // newNetns creates wdp-<rand>-t and removes it when the test ends.
@@ -57,11 +58,11 @@ func TestOpenKinds(t *testing.T) {
 	roottest.Require(t)
 	for _, tc := range []struct {
 		env       string
-		datapath  string
-		batchOver int
+		datapath string
+		offloads bool
 	}{
-		{"", DatapathOffload, 1},
-		{"water", DatapathWater, 0},
+		{"", DatapathOffload, true},
+		{"water", DatapathWater, false},
 	} {
 		t.Run(tc.datapath, func(t *testing.T) {
 			t.Setenv(EnvDatapath, tc.env)
@@ -74,8 +75,8 @@ func TestOpenKinds(t *testing.T) {
 				t.Fatalf("Open: %v", err)
 			}
 			defer dev.Close()
-			if dp != tc.datapath || DatapathOf(dev) != tc.datapath || dev.BatchSize() <= tc.batchOver || dev.Name() != "weft-tun" || dev.MTU() != 1400 {
-				t.Fatalf("datapath %q batch %d name %q mtu %d", dp, dev.BatchSize(), dev.Name(), dev.MTU())
+			if dp != tc.datapath || DatapathOf(dev) != tc.datapath || dev.Offloads() != tc.offloads || dev.Name() != "weft-tun" || dev.MTU() != 1400 {
+				t.Fatalf("datapath %q offloads %v name %q mtu %d", dp, dev.Offloads(), dev.Name(), dev.MTU())
 			}
 			link, err := exec.Command("ip", "-n", ns, "-o", "link", "show", "weft-tun").CombinedOutput()
 			if err != nil || !strings.Contains(string(link), "mtu 1400") || !strings.Contains(string(link), ",UP") {
@@ -99,20 +100,18 @@ func TestOpenKinds(t *testing.T) {
 					t.Errorf("send into tun: %v", err)
 				}
 			})
-			bufs := make([][]byte, dev.BatchSize())
-			for i := range bufs {
-				bufs[i] = make([]byte, Headroom+1400)
-			}
-			sizes := make([]int, len(bufs))
+			buf := make([]byte, 16+gso.MaxPacket)
 			timer := time.AfterFunc(5*time.Second, func() { _ = dev.Close() }) // bounds the loop
 			defer timer.Stop()
 			for {
-				n, err := dev.Read(bufs, sizes, Headroom)
+				p, o, err := dev.Read(buf, 16)
 				if err != nil {
 					t.Fatalf("Read (the datagram never came out within 5s?): %v", err)
 				}
-				p := bufs[0][Headroom : Headroom+sizes[0]]
-				if n == 1 && len(p) == 20+8+5 && p[0]>>4 == 4 && string(p[28:]) == "hello" {
+				if len(p) == 20+8+5 && p[0]>>4 == 4 && string(p[28:]) == "hello" {
+					if o.GSO != gso.None || &p[0] != &buf[16] {
+						t.Fatalf("read %+v at the wrong place", o)
+					}
 					break
 				}
 				// IPv6 router solicitations and the like may come first.

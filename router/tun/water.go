@@ -4,15 +4,24 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 
 	"github.com/songgao/water"
+
+	"github.com/weftnet/weft/router/gso"
 )
 
-// waterDevice is the portable fallback: one packet per Read and one write
-// system call per packet.
+// errNoOffload is returned when offload metadata is written to a device
+// without offloads: the router completes checksums itself for such devices.
+var errNoOffload = errors.New("tun: device has no offloads")
+
+// waterDevice is the portable fallback: plain packets, one system call each.
 type waterDevice struct {
 	ifce *water.Interface
 	mtu  int
+
+	mu     sync.Mutex // guards joined: Write is called from both directions
+	joined []byte
 }
 
 func openWater(name string, mtu int) (*waterDevice, error) {
@@ -25,36 +34,41 @@ func openWater(name string, mtu int) (*waterDevice, error) {
 	return &waterDevice{ifce: ifce, mtu: mtu}, nil
 }
 
-func (d *waterDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	n, err := d.ifce.Read(bufs[0][offset:])
+func (d *waterDevice) Read(buf []byte, offset int) ([]byte, gso.Offload, error) {
+	n, err := d.ifce.Read(buf[offset:])
 	if err != nil {
 		if errors.Is(err, os.ErrClosed) {
-			return 0, os.ErrClosed
+			return nil, gso.Offload{}, os.ErrClosed
 		}
-		return 0, fmt.Errorf("read %s: %w", d.ifce.Name(), err)
+		return nil, gso.Offload{}, fmt.Errorf("read %s: %w", d.ifce.Name(), err)
 	}
-	sizes[0] = n
-	return 1, nil
+	return buf[offset : offset+n], gso.Offload{}, nil
 }
 
-func (d *waterDevice) Write(bufs [][]byte, offset int) (int, error) {
-	total := 0
-	var errs error
-	for _, b := range bufs {
-		n, err := d.ifce.Write(b[offset:])
+func (d *waterDevice) Write(vec [][]byte, o gso.Offload) error {
+	if o != (gso.Offload{}) {
+		return errNoOffload
+	}
+	pkt := vec[0]
+	if len(vec) > 1 {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		d.joined = d.joined[:0]
+		for _, v := range vec {
+			d.joined = append(d.joined, v...)
+		}
+		pkt = d.joined
+	}
+	if _, err := d.ifce.Write(pkt); err != nil {
 		if errors.Is(err, os.ErrClosed) {
-			return total, os.ErrClosed
+			return os.ErrClosed
 		}
-		if err != nil {
-			errs = errors.Join(errs, err)
-			continue
-		}
-		total += n
+		return fmt.Errorf("write %s: %w", d.ifce.Name(), err)
 	}
-	return total, errs
+	return nil
 }
 
-func (d *waterDevice) BatchSize() int   { return 1 }
+func (d *waterDevice) Offloads() bool   { return false }
 func (d *waterDevice) MTU() int         { return d.mtu }
 func (d *waterDevice) Name() string     { return d.ifce.Name() }
 func (d *waterDevice) Close() error     { return d.ifce.Close() }

@@ -20,8 +20,8 @@ import (
 const batchMax = 128
 
 const (
-	ctrlLen    = 64 // room for one UDP_GRO / UDP_SEGMENT control message
-	maxIovPerH = MaxSegments
+	ctrlLen    = 64              // room for one UDP_GRO / UDP_SEGMENT control message
+	maxIovPerH = 2 * MaxSegments // a datagram may be a head and a part
 )
 
 // mmsghdr mirrors struct mmsghdr; x/sys/unix has no type for it.
@@ -54,8 +54,9 @@ type linuxConn struct {
 	wiov    [batchMax * maxIovPerH]unix.Iovec
 	wname   [batchMax]unix.RawSockaddrInet6
 	wctrl   [batchMax][ctrlLen]byte
-	wcount  int // headers filled
-	wsent   int // headers sent so far
+	wstride [batchMax]int // iovecs per datagram of each header
+	wcount  int           // headers filled
+	wsent   int           // headers sent so far
 	werr    error
 	writeFn func(fd uintptr) bool
 }
@@ -223,7 +224,7 @@ func (c *linuxConn) WriteBatch(msgs []Message) error {
 						first = err
 					}
 				}
-				i = c.addParts(m.Addr, m.Parts, i)
+				i = c.addParts(m.Addr, m.Heads, m.Parts, i)
 			}
 			continue
 		}
@@ -271,27 +272,45 @@ func (c *linuxConn) header(addr netip.AddrPort, iovAt int) *mmsghdr {
 // fixed slot of maxIovPerH iovecs, so no bookkeeping is needed.
 func (c *linuxConn) iovStart() int { return c.wcount * maxIovPerH }
 
-// addParts adds one header carrying parts[from:...]: a GSO run of equal-size
-// parts when GSO is on, else a single part. It returns the next index.
-func (c *linuxConn) addParts(addr netip.AddrPort, parts [][]byte, from int) int {
+// addParts adds one header carrying datagrams from index 'from' on: a GSO
+// run of equal-size datagrams when GSO is on, else a single one. Datagram j
+// is heads[j] (when heads is set) followed by parts[j]. It returns the next
+// index.
+func (c *linuxConn) addParts(addr netip.AddrPort, heads, parts [][]byte, from int) int {
 	at := c.iovStart()
 	h := c.header(addr, at)
-	size := len(parts[from])
+	stride := 1
+	if heads != nil {
+		stride = 2
+	}
+	dlen := func(j int) int {
+		if heads != nil {
+			return len(heads[j]) + len(parts[j])
+		}
+		return len(parts[j])
+	}
+	size := dlen(from)
 	n, total := 0, 0
-	for j := from; j < len(parts) && n < maxIovPerH; j++ {
-		l := len(parts[j])
+	for j := from; j < len(parts) && n < MaxSegments; j++ {
+		l := dlen(j)
 		if n > 0 && (!c.gso.Load() || l > size || total+l > MaxDatagram) {
 			break
 		}
-		c.wiov[at+n].Base = unsafe.SliceData(parts[j])
-		c.wiov[at+n].SetLen(l)
+		iov := c.wiov[at+n*stride : at+(n+1)*stride]
+		if heads != nil {
+			iov[0].Base = unsafe.SliceData(heads[j])
+			iov[0].SetLen(len(heads[j]))
+		}
+		iov[stride-1].Base = unsafe.SliceData(parts[j])
+		iov[stride-1].SetLen(len(parts[j]))
 		n++
 		total += l
 		if l < size || l == 0 {
 			break // a shorter datagram ends a GSO train
 		}
 	}
-	h.hdr.SetIovlen(n)
+	h.hdr.SetIovlen(n * stride)
+	c.wstride[c.wcount] = stride
 	if n > 1 {
 		c.setSegment(h, size)
 	}
@@ -311,6 +330,7 @@ func (c *linuxConn) addContiguous(addr netip.AddrPort, b []byte, seg int) []byte
 	c.wiov[at].Base = &b[0]
 	c.wiov[at].SetLen(take)
 	h.hdr.SetIovlen(1)
+	c.wstride[c.wcount] = 1
 	if take > seg {
 		c.setSegment(h, seg)
 	}
@@ -350,7 +370,7 @@ func (c *linuxConn) flush() error {
 			// A train whose datagrams exceed the route MTU is refused as a
 			// whole (EINVAL); one by one the kernel fragments them instead.
 			if gsoMsg && (c.werr == unix.EINVAL || c.werr == unix.EMSGSIZE || c.werr == unix.EIO) {
-				c.werr = c.sendEach(bad)
+				c.werr = c.sendEach(bad, c.wstride[c.wsent])
 			}
 			if c.werr != nil && first == nil {
 				first = fmt.Errorf("udp write: %w", c.werr)
@@ -362,14 +382,15 @@ func (c *linuxConn) flush() error {
 	return first
 }
 
-// sendEach sends the datagrams of GSO message h one sendmsg at a time.
-func (c *linuxConn) sendEach(h *mmsghdr) error {
+// sendEach sends the datagrams of GSO message h, stride iovecs each, one
+// sendmsg at a time.
+func (c *linuxConn) sendEach(h *mmsghdr, stride int) error {
 	iovs := unsafe.Slice(h.hdr.Iov, h.hdr.Iovlen)
 	var first error
-	for i := range iovs {
+	for i := 0; i+stride <= len(iovs); i += stride {
 		one := h.hdr
 		one.Iov = &iovs[i]
-		one.SetIovlen(1)
+		one.SetIovlen(stride)
 		one.Control = nil
 		one.SetControllen(0)
 		var errno syscall.Errno

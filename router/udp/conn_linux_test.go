@@ -105,6 +105,33 @@ func TestLongTrainIsCut(t *testing.T) {
 	}
 }
 
+// TestHeadsAndParts: datagrams made of a head and a part go out as trains
+// (cut where the sum would pass MaxDatagram) and arrive joined.
+func TestHeadsAndParts(t *testing.T) {
+	a, b := listenLoopback(t), listenLoopback(t)
+	const n = 2*MaxSegments + 3
+	heads, parts := make([][]byte, n), make([][]byte, n)
+	var want [][]byte
+	for i := range n {
+		heads[i] = bytes.Repeat([]byte{0xf0 | byte(i%16)}, 60)
+		size := 1412
+		if i == n-1 {
+			size = 300 // the last one is shorter
+		}
+		parts[i] = bytes.Repeat([]byte{byte(i)}, size)
+		want = append(want, append(bytes.Clone(heads[i]), parts[i]...))
+	}
+	if err := a.WriteBatch([]Message{{Addr: b.LocalAddr(), Heads: heads, Parts: parts}}); err != nil {
+		t.Fatalf("WriteBatch: %v", err)
+	}
+	got, _ := received(t, b, n)
+	for i := range want {
+		if !bytes.Equal(got[i], want[i]) {
+			t.Fatalf("datagram %d: %d bytes, want %d", i, len(got[i]), len(want[i]))
+		}
+	}
+}
+
 func TestClosed(t *testing.T) {
 	a := listenLoopback(t)
 	_ = a.Close()

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync"
 )
 
 // portableConn sends and receives one datagram per system call; it exists
@@ -14,6 +15,9 @@ import (
 type portableConn struct {
 	pc    *net.UDPConn
 	local netip.AddrPort
+
+	mu     sync.Mutex // guards joined: WriteBatch may be called concurrently
+	joined []byte
 }
 
 // Listen opens a plain UDP socket on addr.
@@ -41,6 +45,8 @@ func (c *portableConn) ReadBatch(msgs []Message) (int, error) {
 }
 
 func (c *portableConn) WriteBatch(msgs []Message) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	var first error
 	send := func(b []byte, to netip.AddrPort) {
 		if _, err := c.pc.WriteToUDPAddrPort(b, to); err != nil && first == nil {
@@ -49,8 +55,9 @@ func (c *portableConn) WriteBatch(msgs []Message) error {
 	}
 	for _, m := range msgs {
 		if m.Parts != nil {
-			for _, p := range m.Parts {
-				send(p, m.Addr)
+			for i := range m.Parts {
+				c.joined = m.AppendDatagram(c.joined[:0], i)
+				send(c.joined, m.Addr)
 			}
 			continue
 		}

@@ -70,4 +70,16 @@ func TestTrainAboveRouteMTU(t *testing.T) {
 			t.Fatalf("datagram %d: %d bytes, want %d", i, len(got[i]), len(parts[i]))
 		}
 	}
+
+	// The same with each datagram sent as a head and a part.
+	heads := [][]byte{bytes.Repeat([]byte{9}, 50), bytes.Repeat([]byte{8}, 50), bytes.Repeat([]byte{7}, 50)}
+	if err := a.WriteBatch([]Message{{Addr: b.LocalAddr(), Heads: heads, Parts: parts}}); err != nil {
+		t.Fatalf("WriteBatch with heads: %v", err)
+	}
+	got, _ = received(t, b, len(parts))
+	for i := range parts {
+		if want := append(bytes.Clone(heads[i]), parts[i]...); !bytes.Equal(got[i], want) {
+			t.Fatalf("datagram %d with head: %d bytes, want %d", i, len(got[i]), len(want))
+		}
+	}
 }

@@ -45,15 +45,17 @@ const (
 //
 // Send: Addr is the destination. When Parts is nil, Buf[:N] is sent: one
 // datagram, or, with SegSize > 0, a train cut every SegSize bytes. When Parts
-// is set, each part is one datagram (Buf, N and SegSize are ignored); runs of
-// equal-size parts (a shorter last one allowed) go out as one GSO message
-// without being copied together.
+// is set, each part is one datagram (Buf, N and SegSize are ignored), or,
+// when Heads is set too (as long as Parts), datagram i is Heads[i] followed
+// by Parts[i]. Runs of equal-size datagrams (a shorter last one allowed) go
+// out as one GSO message without being copied together.
 type Message struct {
 	Buf     []byte
 	N       int
 	Addr    netip.AddrPort
 	SegSize int
 	Parts   [][]byte
+	Heads   [][]byte
 }
 
 // Conn is a batched UDP socket. ReadBatch is called from one goroutine;
@@ -76,4 +78,14 @@ func orDiscard(log *slog.Logger) *slog.Logger {
 		return slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	return log
+}
+
+// AppendDatagram appends datagram i of a Parts message (Heads[i], when set,
+// then Parts[i]) to dst. For fallbacks and tests; the Linux path never
+// joins them.
+func (m *Message) AppendDatagram(dst []byte, i int) []byte {
+	if m.Heads != nil {
+		dst = append(dst, m.Heads[i]...)
+	}
+	return append(dst, m.Parts[i]...)
 }

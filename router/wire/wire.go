@@ -10,7 +10,10 @@
 //
 //	ver    protocol version, currently 1. A receiver drops other versions.
 //	type   what follows: TypeData (a plaintext IP packet) or TypeEncrypted.
-//	flags  per-message flags; none are defined yet, receivers ignore unknown ones.
+//	flags  per-message flags; receivers ignore unknown ones. FlagCsumPartial:
+//	       the inner packet's TCP/UDP checksum holds only the pseudo-header
+//	       sum, for the receiving kernel to trust as CHECKSUM_PARTIAL (or
+//	       for the receiver to complete).
 //	rsvd   must be zero, so that it can be given a meaning later.
 //	index  TypeData: the sender's 32-bit peer ID (informational only; the
 //	       receiver identifies the sender by the datagram's source address).
@@ -41,6 +44,14 @@ const (
 	CounterLen         = 8             // nonce counter of an encrypted message
 	EncryptedHeaderLen = HeaderLen + 8 // common header + counter
 	TagLen             = 16            // AEAD tag at the end of an encrypted message
+)
+
+// Flags.
+const (
+	// FlagCsumPartial: the inner packet is IPv4 TCP or UDP and its checksum
+	// field holds only the pseudo-header sum. The payload is covered in
+	// transit by the outer UDP checksum or the AEAD tag instead.
+	FlagCsumPartial uint8 = 1 << 0
 )
 
 // Type says what a message carries.
@@ -99,8 +110,8 @@ func (h Header) Put(b []byte) {
 }
 
 // PutData writes the header of a TypeData message with the sender's ID.
-func PutData(b []byte, senderID uint32) {
-	Header{Version: Version, Type: TypeData, Index: senderID}.Put(b)
+func PutData(b []byte, senderID uint32, flags uint8) {
+	Header{Version: Version, Type: TypeData, Flags: flags, Index: senderID}.Put(b)
 }
 
 // Decode parses and checks the common header at the front of msg.
@@ -147,9 +158,9 @@ type EncryptedHeader struct {
 }
 
 // PutEncrypted writes the 16-byte header of a TypeEncrypted message.
-func PutEncrypted(b []byte, receiverIndex uint32, counter uint64) {
+func PutEncrypted(b []byte, receiverIndex uint32, counter uint64, flags uint8) {
 	_ = b[EncryptedHeaderLen-1]
-	Header{Version: Version, Type: TypeEncrypted, Index: receiverIndex}.Put(b)
+	Header{Version: Version, Type: TypeEncrypted, Flags: flags, Index: receiverIndex}.Put(b)
 	binary.BigEndian.PutUint64(b[HeaderLen:EncryptedHeaderLen], counter)
 }
 

@@ -8,7 +8,7 @@ import (
 
 func TestDataRoundTrip(t *testing.T) {
 	msg := make([]byte, HeaderLen+4)
-	PutData(msg, 0xdeadbeef)
+	PutData(msg, 0xdeadbeef, 0)
 	copy(msg[HeaderLen:], "ping")
 	h, inner, err := DecodeData(msg)
 	if err != nil {
@@ -27,7 +27,7 @@ func TestDataRoundTrip(t *testing.T) {
 
 func TestEncryptedRoundTrip(t *testing.T) {
 	msg := make([]byte, EncryptedHeaderLen+3+TagLen)
-	PutEncrypted(msg, 7, 1<<40+5)
+	PutEncrypted(msg, 7, 1<<40+5, 0)
 	h, err := DecodeEncrypted(msg)
 	if err != nil {
 		t.Fatalf("DecodeEncrypted: %v", err)
@@ -110,7 +110,7 @@ func FuzzDecode(f *testing.F) {
 			}
 			if err == nil {
 				back := make([]byte, EncryptedHeaderLen)
-				PutEncrypted(back, eh.Index, eh.Counter)
+				PutEncrypted(back, eh.Index, eh.Counter, eh.Flags)
 				if msg[2] == 0 && !bytes.Equal(back, msg[:EncryptedHeaderLen]) {
 					t.Fatalf("encrypted header re-encoded % x from % x", back, msg[:EncryptedHeaderLen])
 				}
