@@ -57,7 +57,7 @@ func inNetns(t *testing.T, name string, fn func()) {
 func TestOpenKinds(t *testing.T) {
 	roottest.Require(t)
 	for _, tc := range []struct {
-		env       string
+		env      string
 		datapath string
 		offloads bool
 	}{
