@@ -19,7 +19,7 @@ const (
 	dropTooBig                        // outbound: bigger than the MTU with DF set (ICMP sent)
 	dropNoSession                     // outbound: Crypto.Seal refused (no session yet)
 	dropSend                          // outbound: the socket refused the batch
-	dropTunRead                       // outbound: the TUN returned a bad packet
+	dropTunRead                       // outbound: the TUN returned a bad packet or offload metadata
 	dropUnknownPeer                   // inbound: sender endpoint is no known peer
 	dropBadHeader                     // inbound: wire header malformed, wrong version or type
 	dropPlaintext                     // inbound: plaintext data while encryption is on

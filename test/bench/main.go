@@ -23,6 +23,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -37,6 +38,7 @@ import (
 var (
 	seconds = flag.Int("t", 5, "seconds per iperf3 run")
 	runs    = flag.Int("runs", 3, "iperf3 runs per datapath (the median is shown)")
+	procs   = flag.Int("gomaxprocs", 1, "GOMAXPROCS of each agent: each of the two simulated hosts has about one core of this machine (0: Go's default, every core)")
 	cycles  = flag.Int("cni-cycles", 50, "CNI ADD/DEL cycles per plugin")
 	only    = flag.String("only", "", "run only: throughput, cni, ipam or mesh")
 )
@@ -81,7 +83,15 @@ type result struct {
 }
 
 func throughput(ctx context.Context, bin string) error {
-	fmt.Printf("\nThroughput and latency, one TCP stream, iperf3 %d s × %d runs (median), two simulated hosts sharing this machine's CPUs\n\n", *seconds, *runs)
+	fmt.Printf("\nThroughput and latency, one TCP stream, iperf3 %d s × %d runs (median), two simulated hosts sharing this machine's %d CPUs\n", *seconds, *runs, runtime.NumCPU())
+	var agentEnv []string
+	if *procs > 0 {
+		// Two agents with a P per core each would contend for the same
+		// cores; one core's share per simulated host is the fair model.
+		agentEnv = []string{fmt.Sprintf("GOMAXPROCS=%d", *procs)}
+		fmt.Printf("agents run with GOMAXPROCS=%d (one core's share per simulated host; -gomaxprocs 0 for Go's default)\n", *procs)
+	}
+	fmt.Println()
 	var rs []result
 
 	for _, c := range []struct {
@@ -91,10 +101,14 @@ func throughput(ctx context.Context, bin string) error {
 		bare  bool
 	}{
 		{"bare underlay (veth + bridge)", nil, nil, true},
-		{"weft plaintext", nil, nil, false},
-		{"weft encrypted", []string{"--password", "bench"}, nil, false},
-		{"weft plaintext, water TUN only", nil, []string{"WEFT_DATAPATH=water"}, false},
+		{"weft plaintext", nil, agentEnv, false},
+		{"weft encrypted", []string{"--password", "bench"}, agentEnv, false},
+		{"weft plaintext, water TUN only", nil, append([]string{"WEFT_DATAPATH=water"}, agentEnv...), false},
+		{fmt.Sprintf("weft plaintext, Go default GOMAXPROCS=%d", runtime.NumCPU()), nil, nil, false},
 	} {
+		if c.env == nil && !c.bare && *procs == 0 {
+			continue // that row is the plaintext row already
+		}
 		r, err := measureBed(ctx, bin, c.name, c.extra, c.env, c.bare)
 		if err != nil {
 			return err
@@ -102,9 +116,9 @@ func throughput(ctx context.Context, bin string) error {
 		rs = append(rs, r)
 	}
 	bare := rs[0]
-	fmt.Printf("%-58s %5s %9s %8s %9s %8s %8s\n", "datapath", "MTU", "1 stream", "× bare", "4 streams", "× bare", "RTT ms")
+	fmt.Printf("%-62s %5s %9s %8s %9s %8s %8s\n", "datapath", "MTU", "1 stream", "× bare", "4 streams", "× bare", "RTT ms")
 	for _, r := range rs {
-		fmt.Printf("%-58s %5d %9.2f %8.2f %9.2f %8.2f %8.3f\n", r.name, r.mtu, r.gbps, r.gbps/bare.gbps,
+		fmt.Printf("%-62s %5d %9.2f %8.2f %9.2f %8.2f %8.3f\n", r.name, r.mtu, r.gbps, r.gbps/bare.gbps,
 			r.gbps4, r.gbps4/bare.gbps4, float64(r.rtt)/float64(time.Millisecond))
 	}
 	fmt.Println("(Gbit/s; × bare is the ratio to the bare underlay measured in this run)")
