@@ -155,6 +155,38 @@ func TestSmallUnderlayMTU(t *testing.T) {
 	}
 }
 
+// A host on the portable water TUN and one with offloads interoperate: the
+// offload host leaves TCP checksums partial and marks them so; the water
+// host completes them before delivery. Data arrives intact both ways.
+func TestMixedDatapaths(t *testing.T) {
+	bed := testbed.Start(t, testbed.Options{Hosts: 2})
+	ctx := context.Background()
+	h1, h2 := bed.Hosts[0], bed.Hosts[1]
+	h1.Env = []string{"WEFT_DATAPATH=water"}
+	launch(t, h1, []string{"--ipalloc-init", "consensus=2"})
+	launch(t, h2, []string{"--ipalloc-init", "consensus=2"}, h1.Target())
+	if err := testbed.WaitReady(ctx, 30*time.Second, h1, h2); err != nil {
+		t.Fatal(err)
+	}
+	for h, want := range map[*testbed.Host]string{h1: "tun-water", h2: "tun-offload"} {
+		st, err := h.Client().Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(st.Datapath, want) {
+			t.Fatalf("%s datapath %q, want %s", h.Name, st.Datapath, want)
+		}
+	}
+	ps := pods(t, bed, 1)
+	transfer(t, ps[1].Netns, ps[0].Netns, ps[0].Addr.String()+":5006", 20<<20) // offload -> water
+	transfer(t, ps[0].Netns, ps[1].Netns, ps[1].Addr.String()+":5006", 20<<20) // water -> offload
+	for _, h := range []*testbed.Host{h1, h2} {
+		if d := metric(t, h, `weft_dropped_packets_total{reason="bad-packet"}`); d != 0 {
+			t.Errorf("%s dropped %.0f packets as bad", h.Name, d)
+		}
+	}
+}
+
 // Killing and relaunching an agent leaves its pods alone: they keep their
 // addresses and traffic flows again within seconds of the relaunch. Bad
 // datagrams are dropped and counted meanwhile.
