@@ -55,7 +55,9 @@ func (a *Agent) startDataplane(ctx context.Context, goRun func(func())) (*datapl
 			Identity: a.identity,
 			PSK:      a.keys.PSK,
 			// The router exists by the time the first handshake is sent.
-			Send:       func(to netip.AddrPort, msg []byte) error { return dp.router.SendHandshake(to, msg) },
+			Send: func(to netip.AddrPort, msg []byte) error { return dp.router.SendHandshake(to, msg) },
+			// Packets that waited for the session go out once it is up.
+			OnSession:  func(peer string) { dp.router.SessionUp(peer) },
 			RekeyAfter: a.cfg.RekeyAfter,
 			Logger:     a.log.With("component", "crypto"),
 		})

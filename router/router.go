@@ -97,6 +97,12 @@ type Router struct {
 	tx *txPath
 	rx *rxPath
 
+	// Packets waiting for an encrypted session, and the sender that
+	// flushes them (its own buffers: it runs outside the tx goroutine).
+	waiting waitQueue
+	flushMu sync.Mutex
+	flushTx *txPath
+
 	runOnce sync.Once
 }
 
@@ -131,7 +137,11 @@ func New(cfg Config) (*Router, error) {
 	r.datapath = tun.DatapathOf(cfg.TUN) + "+" + cfg.Conn.Datapath()
 	r.initCounters()
 	r.tx = newTxPath(r)
+	r.tx.queueNoSession = cfg.Crypto != nil
 	r.rx = newRxPath(r)
+	if cfg.Crypto != nil {
+		r.flushTx = newTxPath(r)
+	}
 	return r, nil
 }
 

@@ -267,23 +267,46 @@ func TestSendDrops(t *testing.T) {
 	ft.expectNothingWritten(t)
 }
 
-func TestSendNoSessionCountsPerPeer(t *testing.T) {
+// Packets for a peer without a session wait for the handshake instead of
+// being lost; what does not fit is dropped and counted for that peer.
+func TestNoSessionWaitsForHandshake(t *testing.T) {
 	c := &xorCrypto{noSession: map[string]bool{"b": true}}
 	r, _, fc := newDirect(t, "a", c)
-	forwardPkts(t, r, mkIPv4("10.40.1.5", "10.40.2.7", 10, true), mkIPv4("10.40.1.5", "10.40.3.7", 10, true))
-	if got := r.Drops(); !equalCounts(got, map[string]uint64{"no-session": 1}) {
-		t.Fatalf("drops = %v", got)
-	}
-	stats := r.Stats()
-	if len(stats) != 2 || stats[0].Peer != "b" || stats[0].Drops["no-session"] != 1 || stats[1].TxPackets != 1 {
-		t.Fatalf("stats = %+v", stats)
+	first := mkIPv4("10.40.1.5", "10.40.2.7", 10, true)
+	super := mkTCP("10.40.1.5", "10.40.2.7", 1, 5000, true)
+	forwardPkts(t, r, first, mkIPv4("10.40.1.5", "10.40.3.7", 10, true))
+	forwardOffload(t, r, super, gso.Offload{GSO: gso.TCPv4, SegSize: 1348, HdrLen: 40, NeedsCsum: true, CsumStart: 20, CsumOffset: 16})
+	if got := r.Drops(); len(got) != 0 {
+		t.Fatalf("drops = %v, want none: the packets wait", got)
 	}
 	sent := fc.takeSent()
 	if len(sent) != 1 || sent[0].Addr != epC {
-		t.Fatalf("sent = %+v", sent)
+		t.Fatalf("sent = %+v, want only the packet to c", sent)
 	}
-	if l := len(sent[0].Parts[0]); l != wire.EncryptedHeaderLen+38+wire.TagLen {
+
+	delete(c.noSession, "b")
+	r.SessionUp("b")
+	sent = fc.takeSent()
+	if len(sent) != 2 || sent[0].Addr != epB || len(sent[0].Parts) != 1 || len(sent[1].Parts) != 4 {
+		t.Fatalf("after the handshake sent %+v, want the waiting packet then 4 segments", sent)
+	}
+	if l := len(sent[0].Parts[0]); l != wire.EncryptedHeaderLen+len(first)+wire.TagLen {
 		t.Fatalf("sealed datagram is %d bytes", l)
+	}
+	r.SessionUp("b") // nothing left
+	if sent := fc.takeSent(); len(sent) != 0 {
+		t.Fatalf("a second SessionUp sent %+v", sent)
+	}
+
+	// A queue is bounded: beyond it packets are dropped and counted.
+	c.noSession["b"] = true
+	big := mkIPv4("10.40.1.5", "10.40.2.7", 1300, false)
+	for range waitMaxBytes/len(big) + 3 {
+		forwardPkts(t, r, big)
+	}
+	stats := r.Stats()
+	if len(stats) != 2 || stats[0].Peer != "b" || stats[0].Drops["no-session"] != 3 {
+		t.Fatalf("stats = %+v, want 3 no-session drops for b", stats)
 	}
 }
 

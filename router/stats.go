@@ -17,7 +17,7 @@ const (
 	dropOwnRange                      // outbound: destination in this host's own ranges
 	dropNotIPv4                       // outbound: not an IPv4 packet
 	dropTooBig                        // outbound: bigger than the MTU with DF set (ICMP sent)
-	dropNoSession                     // outbound: Crypto.Seal refused (no session yet)
+	dropNoSession                     // outbound: no session yet and the wait queue is full or stale
 	dropSend                          // outbound: the socket refused the batch
 	dropTunRead                       // outbound: the TUN returned a bad packet or offload metadata
 	dropUnknownPeer                   // inbound: sender endpoint is no known peer

@@ -3,6 +3,7 @@ package router
 import (
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/weftnet/weft/router/gso"
 	"github.com/weftnet/weft/router/udp"
@@ -39,6 +40,11 @@ type txPath struct {
 	icmpBuf []byte
 	icmpVec [][]byte
 	acc     peerAcc
+
+	// queueNoSession: a packet for a peer without a session yet waits in
+	// Router.waiting instead of being dropped (the main path only; the
+	// path that flushes that queue drops).
+	queueNoSession bool
 }
 
 func newTxPath(r *Router) *txPath {
@@ -154,7 +160,7 @@ func (t *txPath) forward(pkt []byte, o gso.Offload) error {
 		t.buf[start+2] = flags
 		sealed, err := r.crypto.Seal(peer, t.buf[start:t.off+len(pkt)], len(pkt))
 		if err != nil || sealed < wire.EncryptedHeaderLen || start+sealed > len(t.buf) {
-			r.dropPeer(pc, dropNoSession)
+			t.noSession(peer, pc, pkt, o)
 			return nil
 		}
 		dgram = t.buf[start : start+sealed]
@@ -185,6 +191,10 @@ func (t *txPath) sendSegments(peer string, pc *peerCounters, ep netip.AddrPort, 
 			b[2] = wire.FlagCsumPartial
 			sealed, err := r.crypto.Seal(peer, b[:e+plain], plain)
 			if err != nil || sealed < e || sealed > len(b) {
+				if i == 0 { // no session at all: the whole super-packet waits
+					t.noSession(peer, pc, seg.Packet(), seg.Original())
+					return nil
+				}
 				r.dropPeer(pc, dropNoSession)
 				continue
 			}
@@ -202,6 +212,21 @@ func (t *txPath) sendSegments(peer string, pc *peerCounters, ep netip.AddrPort, 
 		return t.sendParts(ep, k)
 	}
 	return nil
+}
+
+// noSession queues pkt until peer's session is up or, when that is not
+// possible, drops it.
+func (t *txPath) noSession(peer string, pc *peerCounters, pkt []byte, o gso.Offload) {
+	if t.queueNoSession {
+		ok, stale := t.r.waiting.add(peer, pkt, o, time.Now())
+		for range stale {
+			t.r.dropPeer(pc, dropNoSession)
+		}
+		if ok {
+			return
+		}
+	}
+	t.r.dropPeer(pc, dropNoSession)
 }
 
 // sendParts sends the first k prepared datagrams to ep.

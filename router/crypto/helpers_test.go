@@ -130,6 +130,7 @@ type nodeOpts struct {
 	psk        [32]byte
 	disableAES bool
 	rekey      time.Duration
+	onSession  func(peer string)
 }
 
 func (n *testNet) newNode(t testing.TB, addr netip.AddrPort, clock *fakeClock, o nodeOpts) *Manager {
@@ -143,7 +144,7 @@ func (n *testNet) newNode(t testing.TB, addr netip.AddrPort, clock *fakeClock, o
 	}
 	m, err := NewManager(Config{
 		Identity: id, PSK: o.psk, Send: n.sender(addr),
-		RekeyAfter: o.rekey, DisableAES: o.disableAES, Clock: clock.Now,
+		RekeyAfter: o.rekey, DisableAES: o.disableAES, Clock: clock.Now, OnSession: o.onSession,
 	})
 	if err != nil {
 		t.Fatal(err)

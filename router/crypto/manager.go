@@ -58,6 +58,10 @@ type Config struct {
 	// HandshakeRetry: how long to wait for a response before trying again
 	// (default 5 s, or RekeyAfter/4 when that is shorter).
 	HandshakeRetry time.Duration
+	// OnSession, when set, is called without locks held each time a new
+	// session with peer becomes the one to send with: the router then sends
+	// the packets that waited for it. It must not block for long.
+	OnSession func(peer string)
 	// DisableAES makes this host offer only ChaCha20-Poly1305, as a host
 	// without AES hardware does. For tests and benchmarks.
 	DisableAES bool
@@ -609,7 +613,14 @@ func (m *Manager) handleResponse(from netip.AddrPort, msg []byte) error {
 	m.mu.Unlock()
 	m.completed.Add(1)
 	m.sendAll([]outMsg{{from, keepalive}})
+	m.sessionUp(p.name)
 	return nil
+}
+
+func (m *Manager) sessionUp(peer string) {
+	if m.cfg.OnSession != nil {
+		m.cfg.OnSession(peer)
+	}
 }
 
 func (m *Manager) newKeypairLocked(p *peer, keys sessionKeys, local, remote uint32, initiator bool, now time.Time) (*keypair, error) {
@@ -692,13 +703,19 @@ func (m *Manager) dropSessions(kps ...*keypair) {
 func (m *Manager) confirm(kp *keypair) {
 	now := m.cfg.Clock()
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if !kp.unconfirmed.Swap(false) || kp.expired.Load() {
+		m.mu.Unlock()
 		return
 	}
 	p := kp.peer
+	made := false
 	if cur := p.current.Load(); cur == nil || cur.seq < kp.seq {
 		m.makeCurrentLocked(p, kp, now)
+		made = true
+	}
+	m.mu.Unlock()
+	if made {
+		m.sessionUp(p.name)
 	}
 }
 

@@ -6,12 +6,38 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/weftnet/weft/router/wire"
 )
+
+// OnSession tells the data plane on both sides when it may send what waited:
+// the initiator when the response arrives, the responder when the
+// initiator's first message confirms the session.
+func TestOnSessionFiresOnBothSides(t *testing.T) {
+	var mu sync.Mutex
+	var got []string
+	record := func(self string) func(string) {
+		return func(peer string) {
+			mu.Lock()
+			defer mu.Unlock()
+			got = append(got, self+"->"+peer)
+		}
+	}
+	a, _, _, _ := pair(t, nodeOpts{onSession: record("a")}, nodeOpts{onSession: record("b")})
+	mu.Lock()
+	defer mu.Unlock()
+	slices.Sort(got)
+	if !slices.Equal(got, []string{"a->b", "b->a"}) {
+		t.Fatalf("OnSession calls %v, want a->b and b->a", got)
+	}
+	if _, err := a.Seal("b", packet(a, []byte("x")), 1); err != nil {
+		t.Fatalf("Seal after OnSession: %v", err)
+	}
+}
 
 func TestHandshakeAndTrafficBothCiphers(t *testing.T) {
 	cases := []struct {

@@ -24,6 +24,7 @@ const MaxHdrLen = 60 + 60
 // payload as a window into the super-packet.
 type Segmenter struct {
 	pkt    []byte
+	o      Offload
 	ihl    int
 	hdrLen int
 	seg    int
@@ -58,6 +59,7 @@ func NewSegmenter(pkt []byte, o Offload) (Segmenter, error) {
 	}
 	return Segmenter{
 		pkt:    pkt,
+		o:      o,
 		ihl:    ihl,
 		hdrLen: hdrLen,
 		seg:    o.SegSize,
@@ -66,6 +68,11 @@ func NewSegmenter(pkt []byte, o Offload) (Segmenter, error) {
 		id:     binary.BigEndian.Uint16(pkt[4:6]),
 	}, nil
 }
+
+// Packet and Original return the super-packet and its metadata as given.
+// Segment never changes them.
+func (s *Segmenter) Packet() []byte    { return s.pkt }
+func (s *Segmenter) Original() Offload { return s.o }
 
 // Count is the number of segments.
 func (s *Segmenter) Count() int { return s.n }

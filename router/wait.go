@@ -1,0 +1,89 @@
+package router
+
+import (
+	"sync"
+	"time"
+
+	"github.com/weftnet/weft/router/gso"
+)
+
+// Limits of what waits for a session, per peer. A handshake takes one round
+// trip; what does not fit is dropped (no-session) and TCP resends it.
+const (
+	waitMaxBytes = 256 << 10
+	waitMaxAge   = 10 * time.Second // two handshake attempts; older is stale
+)
+
+// waitQueue holds packets for peers whose encrypted session is still being
+// negotiated, so that the first packets of a conversation (a TCP SYN, the
+// first ping) are sent once the handshake completes rather than lost. It is
+// off the hot path: packets are copied in, which allocates.
+type waitQueue struct {
+	mu    sync.Mutex
+	peers map[string]*waiting
+}
+
+type waiting struct {
+	since time.Time
+	bytes int
+	pkts  []queued
+}
+
+type queued struct {
+	data []byte
+	o    gso.Offload
+}
+
+// add queues a copy of pkt for peer. It reports false when the peer's queue
+// is full, and how many stale packets it dropped to make room.
+func (q *waitQueue) add(peer string, pkt []byte, o gso.Offload, now time.Time) (ok bool, stale int) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.peers == nil {
+		q.peers = make(map[string]*waiting)
+	}
+	w := q.peers[peer]
+	if w == nil || now.Sub(w.since) > waitMaxAge {
+		if w != nil {
+			stale = len(w.pkts)
+		}
+		w = &waiting{since: now}
+		q.peers[peer] = w
+	}
+	if w.bytes+len(pkt) > waitMaxBytes {
+		return false, stale
+	}
+	w.pkts = append(w.pkts, queued{data: append([]byte(nil), pkt...), o: o})
+	w.bytes += len(pkt)
+	return true, stale
+}
+
+// take removes and returns what waits for peer.
+func (q *waitQueue) take(peer string) []queued {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	w := q.peers[peer]
+	if w == nil {
+		return nil
+	}
+	delete(q.peers, peer)
+	return w.pkts
+}
+
+// SessionUp sends what waited for peer's session. Fits crypto.Config's
+// OnSession; safe to call from any goroutine, also before Run.
+func (r *Router) SessionUp(peer string) {
+	pkts := r.waiting.take(peer)
+	if len(pkts) == 0 {
+		return
+	}
+	r.flushMu.Lock()
+	defer r.flushMu.Unlock()
+	t := r.flushTx
+	for _, p := range pkts {
+		n := copy(t.buf[t.off:t.off+gso.MaxPacket], p.data)
+		if err := t.forward(t.buf[t.off:t.off+n], p.o); err != nil {
+			return // the socket is closed: the router is stopping
+		}
+	}
+}
