@@ -58,22 +58,32 @@ func (q *waitQueue) add(peer string, pkt []byte, o gso.Offload, now time.Time) (
 	return true, stale
 }
 
-// take removes and returns what waits for peer.
-func (q *waitQueue) take(peer string) []queued {
+// take removes and returns what waits for peer; stale is how many packets
+// waited too long to be worth sending.
+func (q *waitQueue) take(peer string, now time.Time) (pkts []queued, stale int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	w := q.peers[peer]
 	if w == nil {
-		return nil
+		return nil, 0
 	}
 	delete(q.peers, peer)
-	return w.pkts
+	if now.Sub(w.since) > waitMaxAge {
+		return nil, len(w.pkts)
+	}
+	return w.pkts, 0
 }
 
 // SessionUp sends what waited for peer's session. Fits crypto.Config's
 // OnSession; safe to call from any goroutine, also before Run.
 func (r *Router) SessionUp(peer string) {
-	pkts := r.waiting.take(peer)
+	pkts, stale := r.waiting.take(peer, time.Now())
+	if stale > 0 {
+		pc := r.peer(peer)
+		for range stale {
+			r.dropPeer(pc, dropNoSession)
+		}
+	}
 	if len(pkts) == 0 {
 		return
 	}
