@@ -323,18 +323,7 @@ func (x *xorCrypto) HandleHandshake(from netip.AddrPort, msg []byte) {
 // the Don't Fragment bit.
 func mkIPv4(src, dst string, payloadLen int, df bool) []byte {
 	p := make([]byte, 28+payloadLen)
-	p[0] = 0x45
-	binary.BigEndian.PutUint16(p[2:4], uint16(len(p)))
-	binary.BigEndian.PutUint16(p[4:6], 0x1234)
-	if df {
-		p[6] = 0x40
-	}
-	p[8] = 64
-	p[9] = 17
-	s, d := netip.MustParseAddr(src).As4(), netip.MustParseAddr(dst).As4()
-	copy(p[12:16], s[:])
-	copy(p[16:20], d[:])
-	binary.BigEndian.PutUint16(p[10:12], checksum(p[:20], 0))
+	putIPv4(p, 17, src, dst, df)
 	binary.BigEndian.PutUint16(p[20:22], 40000)
 	binary.BigEndian.PutUint16(p[22:24], 7)
 	binary.BigEndian.PutUint16(p[24:26], uint16(8+payloadLen))
@@ -344,21 +333,28 @@ func mkIPv4(src, dst string, payloadLen int, df bool) []byte {
 	return p
 }
 
+// putIPv4 writes a 20-byte IPv4 header for the whole of p.
+func putIPv4(p []byte, proto byte, src, dst string, df bool) {
+	p[0] = 0x45
+	binary.BigEndian.PutUint16(p[2:4], uint16(len(p)))
+	binary.BigEndian.PutUint16(p[4:6], 0x1234)
+	if df {
+		p[6] = 0x40
+	}
+	p[8] = 64
+	p[9] = proto
+	s, d := netip.MustParseAddr(src).As4(), netip.MustParseAddr(dst).As4()
+	copy(p[12:16], s[:])
+	copy(p[16:20], d[:])
+	binary.BigEndian.PutUint16(p[10:12], checksum(p[:20], 0))
+}
+
 // mkTCP builds a TCP/IPv4 packet (ACK, PSH) with payloadLen bytes of
 // payload starting at sequence number seq; with partial, its checksum field
 // holds the pseudo-header sum, as the kernel leaves it for offload.
 func mkTCP(src, dst string, seq uint32, payloadLen int, partial bool) []byte {
 	p := make([]byte, 40+payloadLen)
-	p[0] = 0x45
-	binary.BigEndian.PutUint16(p[2:4], uint16(len(p)))
-	binary.BigEndian.PutUint16(p[4:6], 0x1234)
-	p[6] = 0x40
-	p[8] = 64
-	p[9] = 6
-	s, d := netip.MustParseAddr(src).As4(), netip.MustParseAddr(dst).As4()
-	copy(p[12:16], s[:])
-	copy(p[16:20], d[:])
-	binary.BigEndian.PutUint16(p[10:12], checksum(p[:20], 0))
+	putIPv4(p, 6, src, dst, true)
 	tcp := p[20:]
 	binary.BigEndian.PutUint16(tcp[0:2], 40000)
 	binary.BigEndian.PutUint16(tcp[2:4], 5201)
