@@ -9,9 +9,13 @@ import (
 // Protocol versions this build speaks. A peer announcing a protocol outside
 // [ProtocolMin, ProtocolMax] is refused at the gossip layer, so two builds that
 // cannot exchange data never half-join.
+//
+// History: 1, the first data plane. 2, datagrams may carry inner packets
+// with partial TCP/UDP checksums (wire.FlagCsumPartial), which a build of
+// protocol 1 would deliver unfinished: 1 is refused, not spoken.
 const (
-	ProtocolMin = 1
-	ProtocolMax = 1
+	ProtocolMin = 2
+	ProtocolMax = 2
 )
 
 // metaFormat is the version of the metadata encoding itself.

@@ -10,8 +10,8 @@ import (
 func TestMetaRoundTrip(t *testing.T) {
 	key := bytes.Repeat([]byte{7}, 32)
 	for _, m := range []Meta{
-		{Protocol: 1, DataPort: 6784, Version: "v0.1.0"},
-		{Protocol: 1, DataPort: 1, Encrypted: true, PublicKey: key, Version: ""},
+		{Protocol: 2, DataPort: 6784, Version: "v0.1.0"},
+		{Protocol: 2, DataPort: 1, Encrypted: true, PublicKey: key, Version: ""},
 	} {
 		b, err := m.Encode()
 		if err != nil {
@@ -38,7 +38,7 @@ func TestMetaEncodeErrors(t *testing.T) {
 }
 
 func TestMetaDecodeErrors(t *testing.T) {
-	good, _ := Meta{Protocol: 1, DataPort: 6784, PublicKey: bytes.Repeat([]byte{1}, 32), Version: "v1"}.Encode()
+	good, _ := Meta{Protocol: 2, DataPort: 6784, PublicKey: bytes.Repeat([]byte{1}, 32), Version: "v1"}.Encode()
 	cases := map[string]struct {
 		b    []byte
 		want error
@@ -59,6 +59,9 @@ func TestMetaDecodeErrors(t *testing.T) {
 }
 
 func TestMetaCompatible(t *testing.T) {
+	if err := (Meta{Protocol: 1}).Compatible(false); err == nil || !strings.Contains(err.Error(), "protocol version 1") {
+		t.Fatalf("a protocol-1 peer (no partial checksums) was not refused: %v", err)
+	}
 	if err := (Meta{Protocol: ProtocolMax + 1}).Compatible(false); err == nil || !strings.Contains(err.Error(), "protocol") {
 		t.Fatalf("protocol: %v", err)
 	}
@@ -73,7 +76,7 @@ func TestMetaCompatible(t *testing.T) {
 // FuzzDecodeMeta: metadata comes from any host that can gossip; the decoder
 // must never panic, and what it accepts must survive an encode/decode round trip.
 func FuzzDecodeMeta(f *testing.F) {
-	good, _ := Meta{Protocol: 1, DataPort: 6784, Encrypted: true, PublicKey: bytes.Repeat([]byte{3}, 32), Version: "v0.1.0"}.Encode()
+	good, _ := Meta{Protocol: 2, DataPort: 6784, Encrypted: true, PublicKey: bytes.Repeat([]byte{3}, 32), Version: "v0.1.0"}.Encode()
 	f.Add(good)
 	f.Add([]byte{1, 1, 0x1a, 0x80, 0, 0, 0})
 	f.Add([]byte{})
