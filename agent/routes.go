@@ -61,6 +61,8 @@ func (r *routes) IsLocal(dst netip.Addr) bool {
 	return ok && owner == r.self
 }
 
+func (r *routes) Owner(addr netip.Addr) (string, bool) { return r.ring.Owner(addr) }
+
 func (r *routes) PeerAt(src netip.AddrPort) (string, bool) {
 	name, ok := r.eps.Load().byAddr[src]
 	return name, ok

@@ -223,6 +223,7 @@ func (c *fakeConn) takeSent() []udp.Message {
 
 // staticRoutes is a fixed table: a slice scan allocates nothing.
 type staticRoutes struct {
+	self  string
 	local []netip.Prefix
 	peers []routeEntry
 }
@@ -249,6 +250,14 @@ func (s *staticRoutes) IsLocal(dst netip.Addr) bool {
 		}
 	}
 	return false
+}
+
+func (s *staticRoutes) Owner(addr netip.Addr) (string, bool) {
+	if s.IsLocal(addr) {
+		return s.self, true
+	}
+	name, _, ok := s.Lookup(addr)
+	return name, ok
 }
 
 func (s *staticRoutes) PeerAt(src netip.AddrPort) (string, bool) {

@@ -33,6 +33,9 @@ type Routes interface {
 	Lookup(dst netip.Addr) (peer string, ep netip.AddrPort, ok bool)
 	// IsLocal reports whether dst is in this host's own ranges.
 	IsLocal(dst netip.Addr) bool
+	// Owner returns the host that owns addr in the IPAM ring (this host's
+	// own name included); ok is false outside the ring or in a gap.
+	Owner(addr netip.Addr) (peer string, ok bool)
 	// PeerAt returns the known peer that sends from the underlay endpoint src.
 	PeerAt(src netip.AddrPort) (peer string, ok bool)
 }

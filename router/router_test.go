@@ -27,7 +27,7 @@ func routesFor(self string) *staticRoutes {
 		{netip.MustParsePrefix("10.40.2.0/24"), "b", epB},
 		{netip.MustParsePrefix("10.40.3.0/24"), "c", epC},
 	}
-	r := &staticRoutes{}
+	r := &staticRoutes{self: self}
 	for _, e := range all {
 		if e.name == self {
 			r.local = append(r.local, e.prefix)
@@ -371,6 +371,8 @@ func TestReceiveDrops(t *testing.T) {
 		rxMsg(epA, []byte{1, 1, 0}), // bad-header (short)
 		rxMsg(epA, dataMsg(mkIPv4("10.40.1.5", "10.40.3.7", 50, true))), // not-local
 		rxMsg(epA, truncatedInner),                                      // bad-packet
+		rxMsg(epA, dataMsg(mkIPv4("10.40.3.5", "10.40.2.7", 50, true))), // spoofed-source: c's address from a
+		rxMsg(epA, dataMsg(mkIPv4("10.40.2.5", "10.40.2.7", 50, true))), // spoofed-source: b's own address from a
 		rxMsg(epA, append([]byte{1, 3, 0, 0, 0, 0, 0, 0}, "hs"...)),     // handshake without crypto: bad-header
 		{Buf: make([]byte, 10), N: 0, Addr: epA},                        // truncated
 	}
@@ -381,12 +383,20 @@ func TestReceiveDrops(t *testing.T) {
 		t.Fatalf("written % x", got)
 	}
 	ft.expectNothingWritten(t)
-	want := map[string]uint64{"unknown-peer": 1, "bad-header": 3, "not-local": 1, "bad-packet": 1, "truncated": 1}
+	// A source outside the ring (a client outside the cluster) passes.
+	outside := mkIPv4("192.0.2.77", "10.40.2.7", 50, true)
+	if err := r.rx.receive([]udp.Message{rxMsg(epA, dataMsg(outside))}, 1); err != nil {
+		t.Fatal(err)
+	}
+	if got := ft.expectWritten(t); !bytes.Equal(got, outside) {
+		t.Fatalf("written % x, want the packet from outside the ring", got)
+	}
+	want := map[string]uint64{"unknown-peer": 1, "bad-header": 3, "not-local": 1, "bad-packet": 1, "truncated": 1, "spoofed-source": 2}
 	if got := r.Drops(); !equalCounts(got, want) {
 		t.Fatalf("drops = %v, want %v", got, want)
 	}
 	s := r.Stats()
-	if len(s) != 1 || s[0].Peer != "a" || s[0].RxPackets != 1 || s[0].Drops["not-local"] != 1 || s[0].Drops["bad-header"] != 3 {
+	if len(s) != 1 || s[0].Peer != "a" || s[0].RxPackets != 2 || s[0].Drops["not-local"] != 1 || s[0].Drops["bad-header"] != 3 || s[0].Drops["spoofed-source"] != 2 {
 		t.Fatalf("stats = %+v", s)
 	}
 }
@@ -413,7 +423,7 @@ func TestReceiveSplitsGROTrain(t *testing.T) {
 }
 
 func TestReceiveWithCrypto(t *testing.T) {
-	c := &xorCrypto{}
+	c := &xorCrypto{sender: "a"}
 	r, ft, _ := newDirect(t, "b", c)
 	good := mkIPv4("10.40.1.5", "10.40.2.7", 50, true)
 	sealed := make([]byte, wire.EncryptedHeaderLen+len(good), wire.EncryptedHeaderLen+len(good)+wire.TagLen)

@@ -163,6 +163,14 @@ func (x *rxPath) datagram(from netip.AddrPort, name string, pc *peerCounters, d 
 		r.dropPeer(pc, dropNotLocal)
 		return nil
 	}
+	// A peer speaks for its own ranges only: an overlay source owned by
+	// another host (this one included) is an impersonation. Sources
+	// outside the ring (a client outside the cluster, forwarded to a
+	// pod) are let through.
+	if owner, ok := r.routes.Owner(netip.AddrFrom4([4]byte(pkt[12:16]))); ok && owner != name {
+		r.dropPeer(pc, dropSpoofed)
+		return nil
+	}
 	partial := h.Flags&wire.FlagCsumPartial != 0
 	if partial {
 		o, ok := gso.Partial(pkt)

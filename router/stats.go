@@ -26,6 +26,7 @@ const (
 	dropDecrypt                       // inbound: Crypto.Open refused
 	dropBadPacket                     // inbound: inner packet is no sane IPv4 packet
 	dropNotLocal                      // inbound: destination outside this host's ranges
+	dropSpoofed                       // inbound: source in a range the sender does not own
 	dropTunWrite                      // inbound: the TUN refused a write
 	dropTruncated                     // inbound: datagram did not fit the receive buffer
 	numDropReasons
@@ -45,6 +46,7 @@ var reasonNames = [numDropReasons]string{
 	dropDecrypt:     "decrypt",
 	dropBadPacket:   "bad-packet",
 	dropNotLocal:    "not-local",
+	dropSpoofed:     "spoofed-source",
 	dropTunWrite:    "tun-write",
 	dropTruncated:   "truncated",
 }
