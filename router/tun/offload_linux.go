@@ -109,7 +109,7 @@ func (d *offloadDevice) Read(buf []byte, offset int) ([]byte, gso.Offload, error
 }
 
 func (d *offloadDevice) doRead(fd uintptr) bool {
-	r, _, e := unix.Syscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&d.riov[0])), 2)
+	r, _, e := unix.RawSyscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&d.riov[0])), 2)
 	if e == unix.EAGAIN || e == unix.EINTR {
 		return false
 	}
@@ -147,7 +147,7 @@ func (d *offloadDevice) Write(vec [][]byte, o gso.Offload) error {
 }
 
 func (d *offloadDevice) doWrite(fd uintptr) bool {
-	_, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&d.wiov[0])), uintptr(d.wcount))
+	_, _, e := unix.RawSyscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&d.wiov[0])), uintptr(d.wcount))
 	if e == unix.EAGAIN || e == unix.EINTR {
 		return false
 	}

@@ -9,6 +9,10 @@
 //   - the water device (github.com/songgao/water): plain packets, one per
 //     call, the portable fallback.
 //
+// The offload device's readv and writev are made with RawSyscall, for the
+// reason given in router/udp: the descriptor is non-blocking, and waiting is
+// left to Go's network poller.
+//
 // Open picks the offload device and falls back to water when the kernel
 // refuses offloads, or when WEFT_DATAPATH=water forces it.
 package tun

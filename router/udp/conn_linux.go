@@ -174,7 +174,7 @@ func (c *linuxConn) ReadBatch(msgs []Message) (int, error) {
 
 // doRead runs inside RawConn.Read; false means "would block, wait".
 func (c *linuxConn) doRead(fd uintptr) bool {
-	r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&c.rh[0])), uintptr(c.rcount), unix.MSG_DONTWAIT, 0, 0)
+	r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&c.rh[0])), uintptr(c.rcount), unix.MSG_DONTWAIT, 0, 0)
 	if e == unix.EAGAIN || e == unix.EINTR {
 		return false
 	}
@@ -410,7 +410,7 @@ func (c *linuxConn) sendEach(h *mmsghdr, stride int) error {
 
 // doWrite runs inside RawConn.Write; false means "would block, wait".
 func (c *linuxConn) doWrite(fd uintptr) bool {
-	r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&c.wh[c.wsent])), uintptr(c.wcount-c.wsent), 0, 0, 0)
+	r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&c.wh[c.wsent])), uintptr(c.wcount-c.wsent), 0, 0, 0)
 	if e == unix.EAGAIN || e == unix.EINTR {
 		return false
 	}
