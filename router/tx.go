@@ -148,6 +148,8 @@ func (t *txPath) forward(pkt []byte, o gso.Offload) error {
 		} else if gso.Complete(pkt, o) != nil {
 			r.drop(dropTunRead)
 			return nil
+		} else {
+			o = gso.Offload{} // done: a queued copy must not be completed twice
 		}
 	}
 	var dgram []byte
