@@ -1,6 +1,10 @@
 package router
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+
+	"github.com/weftnet/weft/router/gso"
+)
 
 // IPv4 header fields the data path reads.
 const (
@@ -65,19 +69,7 @@ func buildTooBig(out, pkt []byte, mtu int) int {
 }
 
 // checksum is the Internet checksum (RFC 1071) of b, starting from sum.
-func checksum(b []byte, sum uint32) uint16 {
-	for len(b) >= 2 {
-		sum += uint32(b[0])<<8 | uint32(b[1])
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		sum += uint32(b[0]) << 8
-	}
-	for sum>>16 != 0 {
-		sum = sum&0xffff + sum>>16
-	}
-	return ^uint16(sum)
-}
+func checksum(b []byte, sum uint32) uint16 { return ^gso.Fold(gso.Sum(b, uint64(sum))) }
 
 // ipv4Packet checks that p starts with a sane IPv4 header and returns p cut
 // to the header's total length (links may pad).

@@ -172,19 +172,18 @@ func (x *rxPath) datagram(from netip.AddrPort, name string, pc *peerCounters, d 
 		return nil
 	}
 	partial := h.Flags&wire.FlagCsumPartial != 0
+	var o gso.Offload
 	if partial {
-		o, ok := gso.Partial(pkt)
-		if !ok {
+		if o, ok = gso.Partial(pkt); !ok {
 			r.dropPeer(pc, dropBadPacket)
 			return nil
-		}
-		if !r.tun.Offloads() {
-			_ = gso.Complete(pkt, o) // Partial checked the bounds
-			partial = false
 		}
 	}
 	x.acc.count(len(pkt))
 	if !r.tun.Offloads() {
+		if partial {
+			_ = gso.Complete(pkt, o) // Partial checked the bounds
+		}
 		x.one[0] = pkt
 		return x.write(x.one, gso.Offload{})
 	}

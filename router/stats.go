@@ -90,9 +90,12 @@ func (c *counters) initCounters() {
 func (c *counters) drop(reason dropReason) { c.drops[reason].Add(1) }
 
 // dropPeer counts a drop globally and against a known peer.
-func (c *counters) dropPeer(p *peerCounters, reason dropReason) {
-	c.drops[reason].Add(1)
-	p.drops[reason].Add(1)
+func (c *counters) dropPeer(p *peerCounters, reason dropReason) { c.dropPeerN(p, reason, 1) }
+
+// dropPeerN counts n drops at once.
+func (c *counters) dropPeerN(p *peerCounters, reason dropReason, n int) {
+	c.drops[reason].Add(uint64(n))
+	p.drops[reason].Add(uint64(n))
 }
 
 // peer returns the counters of name, creating them on first use.

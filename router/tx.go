@@ -221,9 +221,7 @@ func (t *txPath) sendSegments(peer string, pc *peerCounters, ep netip.AddrPort, 
 func (t *txPath) noSession(peer string, pc *peerCounters, pkt []byte, o gso.Offload) {
 	if t.queueNoSession {
 		ok, stale := t.r.waiting.add(peer, pkt, o, time.Now())
-		for range stale {
-			t.r.dropPeer(pc, dropNoSession)
-		}
+		t.r.dropPeerN(pc, dropNoSession, stale)
 		if ok {
 			return
 		}

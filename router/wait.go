@@ -79,10 +79,7 @@ func (q *waitQueue) take(peer string, now time.Time) (pkts []queued, stale int) 
 func (r *Router) SessionUp(peer string) {
 	pkts, stale := r.waiting.take(peer, time.Now())
 	if stale > 0 {
-		pc := r.peer(peer)
-		for range stale {
-			r.dropPeer(pc, dropNoSession)
-		}
+		r.dropPeerN(r.peer(peer), dropNoSession, stale)
 	}
 	if len(pkts) == 0 {
 		return
