@@ -19,7 +19,7 @@ import (
 	"github.com/weftnet/weft/api"
 	"github.com/weftnet/weft/ipam"
 	"github.com/weftnet/weft/router/crypto"
-	"github.com/weftnet/weft/router/mesh"
+	"github.com/weftnet/weft/mesh"
 )
 
 // Agent is one running weft host.

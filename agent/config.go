@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/weftnet/weft/router/mesh"
+	"github.com/weftnet/weft/mesh"
 )
 
 // Defaults of the user-facing contract (DESIGN.md).

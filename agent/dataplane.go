@@ -7,8 +7,8 @@ import (
 
 	"github.com/weftnet/weft/router"
 	"github.com/weftnet/weft/router/crypto"
-	"github.com/weftnet/weft/router/hostnet"
-	"github.com/weftnet/weft/router/mesh"
+	"github.com/weftnet/weft/hostnet"
+	"github.com/weftnet/weft/mesh"
 	"github.com/weftnet/weft/router/tun"
 	"github.com/weftnet/weft/router/udp"
 )

@@ -5,7 +5,7 @@ import (
 	"sync/atomic"
 
 	"github.com/weftnet/weft/ipam"
-	"github.com/weftnet/weft/router/mesh"
+	"github.com/weftnet/weft/mesh"
 )
 
 // routes answers the data plane's per-packet questions from the IPAM ring

@@ -24,7 +24,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/weftnet/weft/api"
-	"github.com/weftnet/weft/router/hostnet"
+	"github.com/weftnet/weft/hostnet"
 	"github.com/weftnet/weft/test/cnitest"
 
 	"github.com/weftnet/weft/internal/roottest"

@@ -1,7 +1,7 @@
 package main
 
 import (
-	"github.com/weftnet/weft/router/hostnet"
+	"github.com/weftnet/weft/hostnet"
 	"net/netip"
 )
 

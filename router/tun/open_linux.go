@@ -11,7 +11,7 @@ import (
 // Open creates (or attaches to) the TUN device name with the given MTU, sets
 // the link up and returns it with its datapath description: "tun-offload",
 // or "tun-water" when offloads are unavailable or WEFT_DATAPATH=water.
-// Addresses and routes are not its business (router/hostnet).
+// Addresses and routes are not its business (hostnet).
 func Open(name string, mtu int, log *slog.Logger) (Device, string, error) {
 	log = orDiscard(log)
 	if mtu < 576 || mtu > 65535 {
