@@ -18,8 +18,8 @@ import (
 
 	"github.com/weftnet/weft/api"
 	"github.com/weftnet/weft/ipam"
-	"github.com/weftnet/weft/router/crypto"
 	"github.com/weftnet/weft/mesh"
+	"github.com/weftnet/weft/router/crypto"
 )
 
 // Agent is one running weft host.

@@ -5,10 +5,10 @@ import (
 	"fmt"
 	"net/netip"
 
-	"github.com/weftnet/weft/router"
-	"github.com/weftnet/weft/router/crypto"
 	"github.com/weftnet/weft/hostnet"
 	"github.com/weftnet/weft/mesh"
+	"github.com/weftnet/weft/router"
+	"github.com/weftnet/weft/router/crypto"
 	"github.com/weftnet/weft/router/tun"
 	"github.com/weftnet/weft/router/udp"
 )

@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/api"
+	"github.com/weftnet/weft/hostnet"
 	"github.com/weftnet/weft/ipam"
 	"github.com/weftnet/weft/router/crypto"
-	"github.com/weftnet/weft/hostnet"
 )
 
 // allocateTimeout bounds an allocation that waits for a donation when the
