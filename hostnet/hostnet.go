@@ -31,6 +31,14 @@ const RouteProtocol netlink.RouteProtocol = 87
 // to the bridge route of a local range with the same prefix (metric 0).
 const OverlayMetric = 1000
 
+// FailClosedMetric is the metric of the "unreachable" route for the whole
+// overlay range. It loses to the TUN route while the data plane runs, and
+// outlives the agent: when the TUN goes away (stop, kill -9, restart, crash
+// loop) pod traffic to other hosts meets "unreachable" instead of falling
+// through to the default route and leaving the host unencrypted. Only
+// `weft reset` (Teardown) removes it.
+const FailClosedMetric = 4000
+
 // Config is the host network weft sets up.
 type Config struct {
 	Bridge   string       // bridge pods attach to, e.g. "weft"
@@ -107,6 +115,9 @@ func Setup(cfg Config) (*Host, error) {
 	// Pod to pod on this host goes in and out of the bridge through the
 	// host's routing; a redirect would teach pods to bypass the gateway.
 	h.tune(writeSysctl("/proc/sys/net/ipv4/conf/"+cfg.Bridge+"/send_redirects", "0"))
+	if err := h.ensureFailClosed(); err != nil {
+		return nil, err
+	}
 	if err := ensureMasquerade(cfg.Range, cfg.Bridge); err != nil {
 		return nil, err
 	}
@@ -224,6 +235,22 @@ func (h *Host) SyncLocalRanges(prefixes []netip.Prefix) error {
 			return fmt.Errorf("hostnet: route %s dev %s: %w", p, h.cfg.Bridge, err)
 		}
 		h.log.Info("added local range route", "prefix", p)
+	}
+	return nil
+}
+
+// ensureFailClosed installs the unreachable route for the overlay range (see
+// FailClosedMetric).
+func (h *Host) ensureFailClosed() error {
+	r := &netlink.Route{
+		Dst:      nlconv.IPNet(h.cfg.Range),
+		Type:     unix.RTN_UNREACHABLE,
+		Priority: FailClosedMetric,
+		Protocol: RouteProtocol,
+		Table:    unix.RT_TABLE_MAIN,
+	}
+	if err := netlink.RouteReplace(r); err != nil {
+		return fmt.Errorf("hostnet: fail-closed route unreachable %s metric %d: %w", h.cfg.Range, FailClosedMetric, err)
 	}
 	return nil
 }

@@ -328,3 +328,43 @@ func TestMasquerade(t *testing.T) {
 		t.Fatal("pod reached the outside without masquerade: the test proves nothing")
 	}
 }
+
+// TestFailClosedWithoutTUN: with a default route on the underlay, pod traffic
+// for another host's range goes to the TUN while it exists, and meets
+// "unreachable" once it is gone (agent stopped or killed), never the default
+// route, where it would leave the host unencrypted.
+func TestFailClosedWithoutTUN(t *testing.T) {
+	roottest.Require(t)
+	name, ns := newNetns(t, "")
+	cfg := testConfig()
+	routeGet := func(dst string) (string, error) {
+		out, err := exec.Command("ip", "-n", name, "-4", "route", "get", dst).CombinedOutput()
+		return string(out), err
+	}
+	in(t, ns, func() error {
+		run(t, "ip", "link", "add", "ul0", "type", "veth", "peer", "name", "ul1")
+		run(t, "ip", "addr", "add", "198.18.0.1/24", "dev", "ul0")
+		run(t, "ip", "link", "set", "ul0", "up")
+		run(t, "ip", "link", "set", "ul1", "up")
+		run(t, "ip", "route", "add", "default", "via", "198.18.0.254", "dev", "ul0")
+		h, err := Setup(cfg)
+		if err != nil {
+			return err
+		}
+		run(t, "ip", "tuntap", "add", "weft-tun", "mode", "tun")
+		run(t, "ip", "link", "set", "weft-tun", "up")
+		return h.RouteOverlay()
+	})
+	if out, err := routeGet("10.33.0.5"); err != nil || !strings.Contains(out, "dev weft-tun") {
+		t.Fatalf("with the TUN: route get = %q, %v; want dev weft-tun", out, err)
+	}
+	run(t, "ip", "-n", name, "link", "del", "weft-tun")
+	out, err := routeGet("10.33.0.5")
+	if err == nil || strings.Contains(out, "ul0") || !strings.Contains(out, "No route to host") {
+		t.Fatalf("without the TUN: route get = %q, %v; want unreachable, never the default route", out, err)
+	}
+	// Outside the overlay range the default route still applies.
+	if out, err := routeGet("192.0.2.1"); err != nil || !strings.Contains(out, "dev ul0") {
+		t.Fatalf("outside the overlay: route get = %q, %v", out, err)
+	}
+}

@@ -25,8 +25,15 @@ const marker = "WEFT-PLAINTEXT-MARKER-7f3a"
 // bridge while fn runs and returns the pcap file's bytes.
 func capture(t *testing.T, bed *testbed.Bed, fn func()) []byte {
 	t.Helper()
+	return captureFilter(t, bed, fn, "udp", "port", "6784")
+}
+
+// captureFilter is capture with another tcpdump filter.
+func captureFilter(t *testing.T, bed *testbed.Bed, fn func(), filter ...string) []byte {
+	t.Helper()
 	file := filepath.Join(t.TempDir(), "underlay.pcap")
-	cmd := exec.Command("ip", "netns", "exec", bed.Underlay, "tcpdump", "-i", "br0", "-U", "-n", "-s", "0", "-w", file, "udp", "port", "6784")
+	args := append([]string{"netns", "exec", bed.Underlay, "tcpdump", "-i", "br0", "-U", "-n", "-s", "0", "-w", file}, filter...)
+	cmd := exec.Command("ip", args...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
