@@ -37,12 +37,6 @@ type Config struct {
 	Range       netip.Prefix
 	IPAMInit    string // raw --ipalloc-init, parsed by ipam
 	Password    []byte // nil: no encryption
-	// PasswordInsecure accepts a password shorter than
-	// crypto.MinPasswordLength.
-	PasswordInsecure bool
-	// ClusterName goes into the password's salt beside Range, so that one
-	// password gives other keys in another cluster; the same on every peer.
-	ClusterName string
 	MTU         int    // 0: underlay MTU minus overhead
 	StateDir    string
 	RunDir      string
@@ -62,6 +56,13 @@ type Config struct {
 	Timing mesh.Timing
 	// RekeyAfter overrides the session rekey interval (tests).
 	RekeyAfter time.Duration
+
+	// PasswordInsecure accepts a password shorter than
+	// crypto.MinPasswordLength.
+	PasswordInsecure bool
+	// ClusterName goes into the password's salt beside Range, so that one
+	// password gives other keys in another cluster; the same on every peer.
+	ClusterName string
 }
 
 // Validate checks every field and returns one error naming each bad one.
