@@ -3,6 +3,7 @@ package mesh
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"strings"
 	"sync"
@@ -186,4 +187,57 @@ func TestBroadcastKeyedIsDelivered(t *testing.T) {
 	a.BroadcastKeyed(ChannelIPAM, "10.32.0.0", []byte("entry v1"))
 	a.BroadcastKeyed(ChannelIPAM, "10.32.0.0", []byte("entry v2"))
 	waitFor(t, "keyed broadcast", 5*time.Second, func() bool { return hb.hasMsg("entry v2") })
+}
+
+// Random adds and gets keep the queue's invariants: never above the cap,
+// one queued message per key, and every message accounted for (sent out,
+// replaced, dropped or still queued).
+func TestBroadcastQueueInvariants(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	q := newBroadcastQueue(func() int { return 1 + rng.IntN(50) }, 3, 32)
+	added, replaced, retired := 0, 0, 0
+	for step := range 20000 {
+		if rng.IntN(3) > 0 {
+			key := ""
+			if rng.IntN(2) == 0 {
+				key = fmt.Sprint("k", rng.IntN(40))
+			}
+			q.mu.Lock()
+			_, present := q.byKey[key]
+			q.mu.Unlock()
+			if key != "" && present {
+				replaced++
+			}
+			q.add(key, make([]byte, 1+rng.IntN(300)))
+			added++
+		} else {
+			before := q.len()
+			q.get(2, 1400)
+			retired += before - q.len()
+		}
+		q.mu.Lock()
+		if len(q.items) > q.max {
+			t.Fatalf("step %d: %d queued, cap %d", step, len(q.items), q.max)
+		}
+		keyed := 0
+		for _, it := range q.items {
+			if it.key != "" {
+				keyed++
+				if q.byKey[it.key] != it {
+					t.Fatalf("step %d: key %q maps to another message", step, it.key)
+				}
+			}
+		}
+		if keyed != len(q.byKey) {
+			t.Fatalf("step %d: %d keyed messages, %d keys", step, keyed, len(q.byKey))
+		}
+		n, dropped := len(q.items), int(q.dropped)
+		q.mu.Unlock()
+		if added != replaced+retired+dropped+n {
+			t.Fatalf("step %d: added %d != replaced %d + sent out %d + dropped %d + queued %d", step, added, replaced, retired, dropped, n)
+		}
+	}
+	if q.droppedTotal() == 0 {
+		t.Error("the cap never dropped anything: the test did not fill the queue")
+	}
 }
