@@ -68,7 +68,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	a := &Agent{cfg: cfg, log: log, blocker: "starting"}
 	if cfg.Password != nil {
 		// Slow on purpose (Argon2id): done once, here.
-		keys, err := crypto.DerivePasswordKeys(cfg.Password)
+		keys, err := crypto.DerivePasswordKeys(cfg.Password, crypto.PasswordSalt(cfg.Range.String(), cfg.ClusterName))
 		if err != nil {
 			return nil, fmt.Errorf("password: %w", err)
 		}

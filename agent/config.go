@@ -3,13 +3,16 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/weftnet/weft/mesh"
+	"github.com/weftnet/weft/router/crypto"
 )
 
 // Defaults of the user-facing contract (DESIGN.md).
@@ -53,6 +56,13 @@ type Config struct {
 	Timing mesh.Timing
 	// RekeyAfter overrides the session rekey interval (tests).
 	RekeyAfter time.Duration
+
+	// PasswordInsecure accepts a password shorter than
+	// crypto.MinPasswordLength.
+	PasswordInsecure bool
+	// ClusterName goes into the password's salt beside Range, so that one
+	// password gives other keys in another cluster; the same on every peer.
+	ClusterName string
 }
 
 // Validate checks every field and returns one error naming each bad one.
@@ -88,6 +98,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Password != nil && len(c.Password) == 0 {
 		bad("password", "empty password; omit the flag to run without encryption")
+	} else if err := crypto.CheckPassword(c.Password); c.Password != nil && !c.PasswordInsecure && err != nil {
+		bad("password", "%v; use a longer one (a random one: openssl rand -base64 24), or give --password-insecure to accept it", err)
+	}
+	if len(c.ClusterName) > 253 || strings.IndexFunc(c.ClusterName, func(r rune) bool { return r < ' ' || r == 0x7f }) >= 0 {
+		bad("cluster-name", "%q: at most 253 characters, no control characters", c.ClusterName)
 	}
 	if c.MTU != 0 && (c.MTU < 576 || c.MTU > 65000) {
 		bad("mtu", "%d: must be 576..65000, or 0 for automatic", c.MTU)
@@ -118,4 +133,22 @@ func ReadPasswordFile(path string) ([]byte, error) {
 		return nil, fmt.Errorf("--password-file %s: file is empty", path)
 	}
 	return b, nil
+}
+
+// agentPorts are the ports of this agent that pods must not reach (the
+// host filter): gossip, data, and the metrics and health listeners, as
+// configured.
+func (c *Config) agentPorts() []uint16 {
+	ports := []uint16{uint16(c.Port), uint16(c.Port + 1)}
+	for _, addr := range []string{c.MetricsAddr, c.HTTPAddr} {
+		if addr == "" {
+			continue
+		}
+		if _, p, err := net.SplitHostPort(addr); err == nil {
+			if n, err := strconv.ParseUint(p, 10, 16); err == nil && n > 0 {
+				ports = append(ports, uint16(n))
+			}
+		}
+	}
+	return ports
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -36,6 +37,8 @@ func TestValidateNamesEachBadField(t *testing.T) {
 		{func(c *Config) { c.MTU = 100 }, "--mtu"},
 		{func(c *Config) { c.StateDir = "relative" }, "--state-dir"},
 		{func(c *Config) { c.Password = []byte{} }, "--password"},
+		{func(c *Config) { c.Password = []byte("s3cret pass") }, "--password-insecure"},
+		{func(c *Config) { c.ClusterName = "a\nb" }, "--cluster-name"},
 		{func(c *Config) { c.Peers = []string{"host:99999"} }, "bad port"},
 		{func(c *Config) { c.Bridge = "a-very-long-bridge-name" }, "--bridge"},
 	} {
@@ -52,5 +55,36 @@ func TestReadPasswordFile(t *testing.T) {
 	dir := t.TempDir()
 	if _, err := ReadPasswordFile(dir + "/missing"); err == nil || !strings.Contains(err.Error(), "--password-file") {
 		t.Errorf("missing file: %v", err)
+	}
+}
+
+// A short password is refused unless --password-insecure; 12 characters pass.
+func TestPasswordLength(t *testing.T) {
+	c := validConfig()
+	c.Password = []byte("s3cret pass") // 11
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "shorter than 12") {
+		t.Fatalf("11-character password: %v, want refused", err)
+	}
+	c.PasswordInsecure = true
+	if err := c.Validate(); err != nil {
+		t.Fatalf("11-character password with --password-insecure: %v", err)
+	}
+	c.PasswordInsecure = false
+	c.Password = []byte("s3cret passw")
+	if err := c.Validate(); err != nil {
+		t.Fatalf("12-character password: %v", err)
+	}
+}
+
+// The host filter's ports follow the configuration, not the defaults.
+func TestAgentPorts(t *testing.T) {
+	c := validConfig()
+	c.Port, c.MetricsAddr, c.HTTPAddr = 7000, "10.0.0.1:9100", "127.0.0.1:8080"
+	if got, want := c.agentPorts(), []uint16{7000, 7001, 9100, 8080}; !slices.Equal(got, want) {
+		t.Errorf("agentPorts = %v, want %v", got, want)
+	}
+	c.MetricsAddr, c.HTTPAddr = "", ""
+	if got, want := c.agentPorts(), []uint16{7000, 7001}; !slices.Equal(got, want) {
+		t.Errorf("without metrics and health: agentPorts = %v, want %v", got, want)
 	}
 }

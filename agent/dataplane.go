@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"sync"
 
 	"github.com/weftnet/weft/hostnet"
 	"github.com/weftnet/weft/mesh"
@@ -22,7 +23,11 @@ type dataplane struct {
 	conn   udp.Conn
 	router *router.Router
 	crypto *crypto.Manager // nil without a password
-	host   *hostnet.Host   // nil until the host has its overlay address
+
+	mu        sync.Mutex    // guards host and the peers for the host filter
+	host      *hostnet.Host // nil until the host has its overlay address
+	peerAddrs []netip.Addr  // peers' underlay addresses, for the host filter
+	peerPorts []uint16      // their gossip and data ports
 }
 
 // startDataplane opens the devices and starts forwarding. Routes to the TUN
@@ -91,9 +96,14 @@ func (a *Agent) startDataplane(ctx context.Context, goRun func(func())) (*datapl
 
 // setupHost makes the bridge, addresses, routes and masquerade; idempotent.
 func (dp *dataplane) setupHost(addr netip.Addr, local []netip.Prefix) error {
+	// Held throughout so that a membership change cannot slip between the
+	// peers read here and dp.host being set.
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
 	h, err := hostnet.Setup(hostnet.Config{
 		Bridge: dp.a.cfg.Bridge, TUN: dp.a.cfg.TUN, Range: dp.a.cfg.Range,
 		HostAddr: addr, MTU: dp.mtu, Logger: dp.a.log.With("component", "hostnet"),
+		Ports: append(dp.a.cfg.agentPorts(), dp.peerPorts...), Peers: dp.peerAddrs,
 	})
 	if err != nil {
 		return err
@@ -108,8 +118,10 @@ func (dp *dataplane) setupHost(addr netip.Addr, local []netip.Prefix) error {
 	return nil
 }
 
-// peersChanged tells crypto where every peer is and what its key is.
+// peersChanged tells crypto where every peer is and what its key is, and
+// the host filter which underlay addresses and ports pods must not reach.
 func (dp *dataplane) peersChanged(members []mesh.PeerInfo) {
+	dp.guardPeers(members)
 	if dp.crypto == nil {
 		return
 	}
@@ -125,5 +137,32 @@ func (dp *dataplane) peersChanged(members []mesh.PeerInfo) {
 			continue
 		}
 		dp.crypto.SetPeer(m.Name, [32]byte(m.Meta.PublicKey), ep)
+	}
+}
+
+// guardPeers keeps the host filter's peer set in step with membership. Every
+// peer ever seen stays in it: a dead peer may come back, and its address
+// is an agent's address all the same.
+func (dp *dataplane) guardPeers(members []mesh.PeerInfo) {
+	var addrs []netip.Addr
+	var ports []uint16
+	for _, m := range members {
+		if m.Name == dp.a.cfg.Name || !m.Addr.IsValid() {
+			continue
+		}
+		addrs = append(addrs, m.Addr)
+		if m.Meta.DataPort > 1 {
+			// Gossip is on data port - 1 (the contract), data on DataPort.
+			ports = append(ports, m.Meta.DataPort-1, m.Meta.DataPort)
+		}
+	}
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	dp.peerAddrs, dp.peerPorts = addrs, ports
+	if dp.host == nil {
+		return // setupHost passes them on
+	}
+	if err := dp.host.SetPeers(addrs, ports); err != nil {
+		dp.a.log.Warn("updating the host filter", "err", err)
 	}
 }

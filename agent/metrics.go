@@ -18,6 +18,8 @@ var (
 	descPeers = prometheus.NewDesc("weft_peers", "Members of the mesh as this agent sees them, by state (this agent included).",
 		[]string{"state"}, nil)
 	descGossipMembers = prometheus.NewDesc("weft_gossip_members", "Alive members of the gossip mesh, this agent included.", nil, nil)
+	descBcastQueued   = prometheus.NewDesc("weft_gossip_broadcasts_queued", "Subsystem broadcasts waiting in the gossip queue.", nil, nil)
+	descBcastDropped  = prometheus.NewDesc("weft_gossip_broadcasts_dropped_total", "Subsystem broadcasts dropped because the gossip queue was full.", nil, nil)
 	descConnections   = prometheus.NewDesc("weft_connections", "Data-plane connections to remote peers, by state and encryption.",
 		[]string{"state", "encryption"}, nil)
 	descTxPackets = prometheus.NewDesc("weft_peer_tx_packets_total", "Packets sent to a peer.", []string{"peer"}, nil)
@@ -63,6 +65,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		_, alive := a.mesh.Counts()
 		gauge(descGossipMembers, float64(alive))
+		bs := a.mesh.BroadcastStats()
+		gauge(descBcastQueued, float64(bs.Queued))
+		counter(descBcastDropped, bs.Dropped)
 	}
 	if a.running() && a.dp != nil {
 		gauge(descMTU, float64(a.dp.mtu))

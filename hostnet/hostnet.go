@@ -1,7 +1,8 @@
 // Package hostnet sets up the host side of weft: the bridge pods attach to,
 // the routes that send this host's ranges to the bridge and the rest of the
-// overlay to the TUN, the sysctls forwarding needs, and the masquerade of
-// pod traffic leaving the overlay.
+// overlay to the TUN, the sysctls forwarding needs, the masquerade of
+// pod traffic leaving the overlay, and the filter that keeps pods away from
+// the agents' ports.
 //
 // Everything is idempotent and works in the network namespace of the calling
 // thread, so an agent relaunched over running pods converges to the same
@@ -15,6 +16,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 
@@ -46,7 +48,13 @@ type Config struct {
 	Range    netip.Prefix // the whole overlay range
 	HostAddr netip.Addr   // this host's overlay address: /32 on the bridge, the pods' gateway
 	MTU      int          // bridge MTU (overlay MTU); 0 leaves it
-	Logger   *slog.Logger
+	// Ports are the agent's ports (gossip, data, metrics, health) that pods
+	// may not reach on this host or on a peer (see filter.go); required.
+	Ports []uint16
+	// Peers are the peers' underlay addresses known at Setup; SetPeers
+	// keeps them current.
+	Peers  []netip.Addr
+	Logger *slog.Logger
 }
 
 func (c *Config) validate() error {
@@ -66,6 +74,9 @@ func (c *Config) validate() error {
 	if c.MTU != 0 && (c.MTU < 68 || c.MTU > 65535) {
 		return fmt.Errorf("hostnet: MTU %d is outside 68..65535", c.MTU)
 	}
+	if len(c.Ports) == 0 {
+		return errors.New("hostnet: no agent ports for the host filter")
+	}
 	return nil
 }
 
@@ -80,6 +91,9 @@ func checkLinkName(field, name string) error {
 type Host struct {
 	cfg Config
 	log *slog.Logger
+
+	mu    sync.Mutex
+	guard guard // what the filter's sets hold
 }
 
 func discardIfNil(l *slog.Logger) *slog.Logger {
@@ -92,13 +106,17 @@ func discardIfNil(l *slog.Logger) *slog.Logger {
 // Setup brings the host network to the state cfg describes: bridge up with
 // HostAddr/32 (replacing a stale weft address), IPv4 forwarding on, loose
 // reverse-path filtering and no ICMP redirects on the bridge, and the
-// masquerade table. Running it
+// nftables table (masquerade and host filter). Running it
 // again with pods attached changes nothing they depend on.
 func Setup(cfg Config) (*Host, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	h := &Host{cfg: cfg, log: discardIfNil(cfg.Logger)}
+	g, err := newGuard(cfg.Peers, cfg.Ports)
+	if err != nil {
+		return nil, err
+	}
+	h := &Host{cfg: cfg, log: discardIfNil(cfg.Logger), guard: g}
 	br, err := h.ensureBridge()
 	if err != nil {
 		return nil, err
@@ -118,10 +136,11 @@ func Setup(cfg Config) (*Host, error) {
 	if err := h.ensureFailClosed(); err != nil {
 		return nil, err
 	}
-	if err := ensureMasquerade(cfg.Range, cfg.Bridge); err != nil {
+	if err := installTable(cfg, g); err != nil {
 		return nil, err
 	}
-	h.log.Info("host network ready", "bridge", cfg.Bridge, "host_addr", cfg.HostAddr, "range", cfg.Range, "mtu", cfg.MTU)
+	h.log.Info("host network ready", "bridge", cfg.Bridge, "host_addr", cfg.HostAddr, "range", cfg.Range, "mtu", cfg.MTU,
+		"filtered_ports", g.ports, "peers", len(g.peers))
 	return h, nil
 }
 

@@ -61,6 +61,7 @@ func testConfig() Config {
 		Range:    netip.MustParsePrefix("10.32.0.0/12"),
 		HostAddr: netip.MustParseAddr("10.32.0.1"),
 		MTU:      1376,
+		Ports:    []uint16{6782, 6783, 6784},
 	}
 }
 
@@ -366,5 +367,125 @@ func TestFailClosedWithoutTUN(t *testing.T) {
 	// Outside the overlay range the default route still applies.
 	if out, err := routeGet("192.0.2.1"); err != nil || !strings.Contains(out, "dev ul0") {
 		t.Fatalf("outside the overlay: route get = %q, %v", out, err)
+	}
+}
+
+// listen opens a TCP listener on addr inside namespace nsPath that accepts
+// and closes connections until the test ends.
+func listen(t *testing.T, nsPath, addr string) {
+	t.Helper()
+	var ln net.Listener
+	in(t, nsPath, func() (err error) {
+		ln, err = net.Listen("tcp4", addr)
+		return err
+	})
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+}
+
+// dial reports whether a TCP connection from namespace nsPath to addr is
+// accepted within a second.
+func dial(t *testing.T, nsPath, addr string) bool {
+	t.Helper()
+	ok := false
+	in(t, nsPath, func() error {
+		c, err := net.DialTimeout("tcp4", addr, time.Second)
+		if err == nil {
+			ok = true
+			c.Close()
+		}
+		return nil
+	})
+	return ok
+}
+
+// TestHostFilter: a pod reaches none of the agent's ports on its host's
+// addresses (gateway and underlay), nor on a peer's underlay address once
+// that is in the peer set; it still reaches a peer's other ports, and the
+// peer's agent ports again once the peer is gone from the set.
+func TestHostFilter(t *testing.T) {
+	roottest.Require(t)
+	hostName, hostNS := newNetns(t, "")
+	podName, podNS := newNetns(t, "-pod")
+	peerName, peerNS := newNetns(t, "-peer")
+	cfg := testConfig()
+	var h *Host
+	in(t, hostNS, func() (err error) {
+		if h, err = Setup(cfg); err != nil {
+			return err
+		}
+		return h.SyncLocalRanges([]netip.Prefix{netip.MustParsePrefix("10.32.0.0/24")})
+	})
+	run(t, "ip", "-n", hostName, "link", "add", "vethwetest", "type", "veth", "peer", "name", "eth0", "netns", podName)
+	run(t, "ip", "-n", hostName, "link", "set", "vethwetest", "master", "weft", "up")
+	run(t, "ip", "-n", podName, "addr", "add", "10.32.0.2/32", "dev", "eth0")
+	run(t, "ip", "-n", podName, "link", "set", "eth0", "up")
+	run(t, "ip", "-n", podName, "route", "add", "10.32.0.1", "dev", "eth0", "scope", "link")
+	run(t, "ip", "-n", podName, "route", "add", "default", "via", "10.32.0.1", "dev", "eth0")
+	run(t, "ip", "-n", hostName, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", peerName)
+	run(t, "ip", "-n", hostName, "addr", "add", "198.18.0.1/24", "dev", "ul0")
+	run(t, "ip", "-n", hostName, "link", "set", "ul0", "up")
+	run(t, "ip", "-n", peerName, "addr", "add", "198.18.0.2/24", "dev", "ul0")
+	run(t, "ip", "-n", peerName, "link", "set", "ul0", "up")
+
+	for _, p := range []string{"6782", "6783", "7000"} {
+		listen(t, hostNS, "0.0.0.0:"+p)
+		listen(t, peerNS, "0.0.0.0:"+p)
+	}
+	listen(t, peerNS, "0.0.0.0:6790")
+	// The host itself (no pod) reaches its own ports: the filter is for pods.
+	if !dial(t, hostNS, "198.18.0.1:6783") || !dial(t, hostNS, "10.32.0.1:6783") {
+		t.Fatal("the host cannot reach its own port 6783")
+	}
+	if !dial(t, podNS, "10.32.0.1:7000") || !dial(t, podNS, "198.18.0.2:7000") {
+		t.Fatal("pod cannot reach unfiltered ports on its host and a peer")
+	}
+	for _, a := range []string{"10.32.0.1:6782", "10.32.0.1:6783", "198.18.0.1:6782", "198.18.0.1:6783"} {
+		if dial(t, podNS, a) {
+			t.Errorf("pod reached the agent port %s of its own host", a)
+		}
+	}
+	// Not yet a peer: an ordinary destination.
+	if !dial(t, podNS, "198.18.0.2:6783") {
+		t.Fatal("pod cannot reach 198.18.0.2:6783 before it is a peer")
+	}
+	var err error
+	in(t, hostNS, func() error {
+		err = h.SetPeers([]netip.Addr{netip.MustParseAddr("198.18.0.2")}, []uint16{6790})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"198.18.0.2:6783", "198.18.0.2:6782", "198.18.0.2:6790"} {
+		if dial(t, podNS, a) {
+			t.Errorf("pod reached the peer's agent port %s", a)
+		}
+	}
+	if !dial(t, podNS, "198.18.0.2:7000") {
+		t.Error("pod cannot reach an ordinary port of the peer")
+	}
+	in(t, hostNS, func() error {
+		err = h.SetPeers(nil, nil)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !dial(t, podNS, "198.18.0.2:6783") {
+		t.Error("pod still kept from 198.18.0.2:6783 after it left the peer set")
+	}
+	// Setup again keeps the filter (a relaunch over running pods).
+	in(t, hostNS, func() (err error) { _, err = Setup(cfg); return err })
+	if dial(t, podNS, "198.18.0.1:6783") {
+		t.Error("pod reached its host's port 6783 after a second Setup")
 	}
 }

@@ -11,20 +11,23 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// NftTable is the nftables table ("ip weft") that holds weft's masquerade.
+// NftTable is the nftables table ("ip weft") that holds weft's masquerade
+// and host filter.
 const NftTable = "weft"
 
 var weftTable = &nftables.Table{Family: nftables.TableFamilyIPv4, Name: NftTable}
 
-// ensureMasquerade installs, in one transaction, a fresh table "ip weft"
-// with the single rule
+// installTable installs, in one transaction, a fresh table "ip weft" with
+// the masquerade
 //
 //	postrouting (nat, srcnat): ip saddr Range ip daddr != Range oifname != Bridge masquerade
 //
+// and the host filter (see filter.go) seeded with g.
+//
 // Replacing the whole table makes Setup idempotent and removes rules of an
 // older configuration, and the transaction means there is no moment without
-// the rule. Established connections keep their conntrack NAT bindings.
-func ensureMasquerade(rng netip.Prefix, bridge string) error {
+// the rules. Established connections keep their conntrack NAT bindings.
+func installTable(cfg Config, g guard) error {
 	conn, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("hostnet: nftables: %w", err)
@@ -40,7 +43,10 @@ func ensureMasquerade(rng netip.Prefix, bridge string) error {
 		Hooknum:  nftables.ChainHookPostrouting,
 		Priority: nftables.ChainPriorityNATSource,
 	})
-	conn.AddRule(&nftables.Rule{Table: t, Chain: chain, Exprs: masqueradeExprs(rng, bridge)})
+	conn.AddRule(&nftables.Rule{Table: t, Chain: chain, Exprs: masqueradeExprs(cfg.Range, cfg.Bridge)})
+	if err := addFilter(conn, t, cfg, g); err != nil {
+		return err
+	}
 	if err := conn.Flush(); err != nil {
 		return fmt.Errorf("hostnet: install nftables table ip %s: %w", NftTable, err)
 	}
@@ -51,8 +57,7 @@ func ensureMasquerade(rng netip.Prefix, bridge string) error {
 func masqueradeExprs(rng netip.Prefix, bridge string) []expr.Any {
 	addr := rng.Masked().Addr().As4()
 	mask := prefixMask(rng.Bits())
-	var ifname [unix.IFNAMSIZ]byte
-	copy(ifname[:], bridge) // oifname compares the whole zero-padded name
+	ifname := ifnameBytes(bridge)
 	return []expr.Any{
 		// ip saddr Range
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
@@ -67,6 +72,14 @@ func masqueradeExprs(rng netip.Prefix, bridge string) []expr.Any {
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname[:]},
 		&expr.Masq{},
 	}
+}
+
+// ifnameBytes is name zero-padded to IFNAMSIZ: iifname and oifname compare
+// the whole buffer.
+func ifnameBytes(name string) []byte {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, name)
+	return b
 }
 
 func prefixMask(bits int) [4]byte {

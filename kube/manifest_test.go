@@ -140,9 +140,20 @@ func TestManifest(t *testing.T) {
 	if f := env["WEFT_HOST"].ValueFrom; f == nil || f.FieldRef == nil || f.FieldRef.FieldPath != "status.hostIP" {
 		t.Errorf("WEFT_HOST: %+v", env["WEFT_HOST"])
 	}
-	if f := env["WEFT_PASSWORD"].ValueFrom; f == nil || f.SecretKeyRef == nil || f.SecretKeyRef.Name != "weft-passwd" ||
-		f.SecretKeyRef.Key != "password" || f.SecretKeyRef.Optional == nil || !*f.SecretKeyRef.Optional {
-		t.Errorf("WEFT_PASSWORD: %+v", env["WEFT_PASSWORD"])
+	// The password Secret is required: without it the pod does not start,
+	// rather than running the cluster in plaintext by accident. It holds
+	// WEFT_PASSWORD or, chosen explicitly, WEFT_PLAINTEXT=true.
+	if len(c.EnvFrom) != 1 || c.EnvFrom[0].SecretRef == nil || c.EnvFrom[0].SecretRef.Name != "weft-passwd" ||
+		(c.EnvFrom[0].SecretRef.Optional != nil && *c.EnvFrom[0].SecretRef.Optional) || c.EnvFrom[0].Prefix != "" {
+		t.Errorf("envFrom %+v: want the required Secret weft-passwd, no prefix", c.EnvFrom)
+	}
+	for _, e := range c.Env {
+		if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil && e.ValueFrom.SecretKeyRef.Optional != nil && *e.ValueFrom.SecretKeyRef.Optional {
+			t.Errorf("env %s comes from an optional Secret key", e.Name)
+		}
+	}
+	if _, ok := env["WEFT_PLAINTEXT"]; ok {
+		t.Error("the manifest chooses plaintext itself; that is the operator's choice, in the Secret")
 	}
 	for _, k := range []string{"IPALLOC_RANGE", "WEFT_MTU"} {
 		if _, ok := env[k]; !ok {

@@ -55,7 +55,7 @@ func (d *delegate) NotifyMsg(b []byte) {
 
 // GetBroadcasts implements memberlist.Delegate.
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
-	return d.m.queue.GetBroadcasts(overhead, limit)
+	return d.m.queue.get(overhead, limit)
 }
 
 // LocalState implements memberlist.Delegate: every channel's state as
@@ -157,9 +157,12 @@ func (d *delegate) record(n *memberlist.Node, state string) {
 	// Remember every peer's address so that, once memberlist has forgotten a
 	// dead peer, it is still joined again when it comes back.
 	if n.Name != m.cfg.Name && state == api.StateAlive {
-		if _, ok := m.targets[addr]; !ok {
-			m.targets[addr] = &target{addr: addr}
+		t, ok := m.targets[addr]
+		if !ok {
+			t = &target{addr: addr}
+			m.targets[addr] = t
 		}
+		t.lastAlive = m.now()
 	}
 	closing := m.closing
 	m.mu.Unlock()

@@ -4,8 +4,9 @@
 //
 // memberlist forgets a dead node after a while and never looks for it again,
 // so a partition would stay split. Mesh keeps its own list of join targets
-// (the PEER arguments, `weft connect`, and every peer ever seen) and re-joins
-// those that are not alive, with backoff, for as long as it runs.
+// (the PEER arguments, `weft connect`, and every peer seen) and re-joins
+// those that are not alive, with backoff: the operator's for as long as it
+// runs, learnt ones until they have been dead for Timing.TargetExpiry.
 package mesh
 
 import (
@@ -53,7 +54,21 @@ type Timing struct {
 	RejoinInterval   time.Duration // how often targets that are not alive are joined again
 	RejoinMaxBackoff time.Duration // backoff cap for a target that keeps failing
 	TCPTimeout       time.Duration // dial timeout of a join
+	// TargetExpiry is how long a join target learnt from membership is
+	// re-dialled after it was last alive; then it is dropped. Targets the
+	// operator gave are kept. 0 means DefaultTargetExpiry.
+	TargetExpiry time.Duration
 }
+
+// DefaultTargetExpiry: a host down for longer than ten minutes is more
+// likely gone for good than rebooting; if it comes back it joins by itself
+// (its own targets name a live peer) and is learnt again.
+const DefaultTargetExpiry = 10 * time.Minute
+
+// DefaultMaxBroadcasts caps the queue of subsystem broadcasts. Each is at
+// most one UDP packet (about 1.4 kB); past the cap the most-sent ones are
+// dropped (and counted): push/pull repairs what they carried.
+const DefaultMaxBroadcasts = 1024
 
 // DefaultTiming suits a LAN or a cloud VPC: a dead peer is noticed in about 5 s
 // and a healed partition is whole again within a few seconds of the link.
@@ -67,6 +82,7 @@ func DefaultTiming() Timing {
 		RejoinInterval:   2 * time.Second,
 		RejoinMaxBackoff: 10 * time.Second,
 		TCPTimeout:       3 * time.Second,
+		TargetExpiry:     DefaultTargetExpiry,
 	}
 }
 
@@ -78,7 +94,9 @@ type Config struct {
 	Meta      Meta
 	SecretKey []byte // 32-byte gossip key, nil for none
 	Timing    Timing
-	Logger    *slog.Logger
+	// MaxBroadcasts caps the broadcast queue; 0 means DefaultMaxBroadcasts.
+	MaxBroadcasts int
+	Logger        *slog.Logger
 }
 
 // Mesh is this agent's view of the mesh.
@@ -87,8 +105,9 @@ type Mesh struct {
 	log      *slog.Logger
 	list     *memberlist.Memberlist
 	delegate *delegate
-	queue    *memberlist.TransmitLimitedQueue
+	queue    *broadcastQueue
 	started  time.Time
+	now      func() time.Time // the clock of join targets; tests replace it
 
 	mu       sync.Mutex
 	handlers map[Channel]Handler
@@ -107,11 +126,12 @@ type peer struct {
 }
 
 type target struct {
-	addr     string // host:port
-	explicit bool   // given by the operator, not learned
-	failures int
-	next     time.Time
-	lastErr  string
+	addr      string // host:port
+	explicit  bool   // given by the operator, not learned
+	failures  int
+	next      time.Time
+	lastErr   string
+	lastAlive time.Time // last seen alive, or learnt; expiry counts from here
 }
 
 // New binds the gossip ports and starts memberlist; it does not join anyone yet.
@@ -121,6 +141,12 @@ func New(cfg Config) (*Mesh, error) {
 	}
 	if cfg.Timing == (Timing{}) {
 		cfg.Timing = DefaultTiming()
+	}
+	if cfg.Timing.TargetExpiry <= 0 {
+		cfg.Timing.TargetExpiry = DefaultTargetExpiry
+	}
+	if cfg.MaxBroadcasts <= 0 {
+		cfg.MaxBroadcasts = DefaultMaxBroadcasts
 	}
 	meta, err := cfg.Meta.Encode()
 	if err != nil {
@@ -133,6 +159,7 @@ func New(cfg Config) (*Mesh, error) {
 		peers:    map[string]*peer{},
 		targets:  map[string]*target{},
 		started:  time.Now(),
+		now:      time.Now,
 		changed:  make(chan struct{}, 1),
 	}
 	d := &delegate{m: m}
@@ -170,7 +197,7 @@ func New(cfg Config) (*Mesh, error) {
 	// Subsystem broadcasts (ring changes) matter more than memberlist's own
 	// chatter and a lost one is only repaired at the next push/pull: send
 	// each more often than memberlist's default.
-	m.queue = &memberlist.TransmitLimitedQueue{NumNodes: list.NumMembers, RetransmitMult: 3 * mc.RetransmitMult}
+	m.queue = newBroadcastQueue(list.NumMembers, 3*mc.RetransmitMult, cfg.MaxBroadcasts)
 	m.log.Info("listening for gossip", "address", net.JoinHostPort(cfg.Bind.String(), strconv.Itoa(cfg.Port)),
 		"encrypted", len(cfg.SecretKey) > 0)
 	return m, nil
@@ -298,11 +325,21 @@ func (m *Mesh) rejoin(ctx context.Context) {
 		}
 	}
 	self := net.JoinHostPort(m.cfg.Bind.String(), strconv.Itoa(m.cfg.Port))
-	now := time.Now()
+	now := m.now()
 	var due []*target
 	m.mu.Lock()
-	for _, t := range m.targets {
-		if alive[t.addr] || t.addr == self || now.Before(t.next) {
+	for addr, t := range m.targets {
+		if alive[t.addr] {
+			t.lastAlive = now
+			continue
+		}
+		if !t.explicit && now.Sub(t.lastAlive) > m.cfg.Timing.TargetExpiry {
+			delete(m.targets, addr)
+			m.log.Info("dropped a join target dead for too long", "target", addr,
+				"dead_for", now.Sub(t.lastAlive).Round(time.Second), "expiry", m.cfg.Timing.TargetExpiry)
+			continue
+		}
+		if t.addr == self || now.Before(t.next) {
 			continue
 		}
 		// Mark as in flight so the next tick does not start a second join.
@@ -327,7 +364,7 @@ func (m *Mesh) joinOne(ctx context.Context, t *target) {
 		t.failures++
 		backoff := m.cfg.Timing.RejoinInterval << min(t.failures-1, 4)
 		backoff = min(backoff, m.cfg.Timing.RejoinMaxBackoff)
-		t.next = time.Now().Add(backoff)
+		t.next = m.now().Add(backoff)
 		msg := explainJoinError(err)
 		if msg != t.lastErr || t.failures == 1 {
 			level := slog.LevelWarn
@@ -343,15 +380,39 @@ func (m *Mesh) joinOne(ctx context.Context, t *target) {
 		m.log.Info("joined", "target", t.addr, "peers", m.list.NumMembers())
 	}
 	t.failures, t.lastErr = 0, ""
-	t.next = time.Now().Add(m.cfg.Timing.RejoinInterval)
+	t.lastAlive = m.now()
+	t.next = t.lastAlive.Add(m.cfg.Timing.RejoinInterval)
 }
 
 // Broadcast gossips msg on channel ch to every peer, eventually.
-func (m *Mesh) Broadcast(ch Channel, msg []byte) {
+func (m *Mesh) Broadcast(ch Channel, msg []byte) { m.enqueue(ch, "", msg) }
+
+// BroadcastKeyed is Broadcast of a message that replaces the one on channel
+// ch with the same key still queued: only the latest state of a key (e.g.
+// one ring entry) is worth sending.
+func (m *Mesh) BroadcastKeyed(ch Channel, key string, msg []byte) {
+	m.enqueue(ch, string([]byte{byte(ch)})+key, msg)
+}
+
+func (m *Mesh) enqueue(ch Channel, key string, msg []byte) {
 	b := make([]byte, 1+len(msg))
 	b[0] = byte(ch)
 	copy(b[1:], msg)
-	m.queue.QueueBroadcast(broadcast(b))
+	if dropped := m.queue.add(key, b); dropped > 0 && m.queue.droppedTotal() == uint64(dropped) {
+		m.log.Warn("gossip broadcast queue full: dropping the most-sent broadcasts (push/pull repairs them); further drops are only counted",
+			"cap", m.cfg.MaxBroadcasts)
+	}
+}
+
+// BroadcastStats are the counters of the broadcast queue.
+type BroadcastStats struct {
+	Queued  int    // not yet sent as often as planned
+	Dropped uint64 // dropped by the cap since start
+}
+
+// BroadcastStats reads the broadcast queue's counters.
+func (m *Mesh) BroadcastStats() BroadcastStats {
+	return BroadcastStats{Queued: m.queue.len(), Dropped: m.queue.droppedTotal()}
 }
 
 // SendTo sends msg on channel ch to the named peer over TCP.
@@ -381,8 +442,9 @@ type Transport struct {
 	Channel Channel
 }
 
-func (t Transport) Broadcast(msg []byte)                 { t.Mesh.Broadcast(t.Channel, msg) }
-func (t Transport) SendTo(peer string, msg []byte) error { return t.Mesh.SendTo(peer, t.Channel, msg) }
+func (t Transport) Broadcast(msg []byte)                  { t.Mesh.Broadcast(t.Channel, msg) }
+func (t Transport) BroadcastKeyed(key string, msg []byte) { t.Mesh.BroadcastKeyed(t.Channel, key, msg) }
+func (t Transport) SendTo(peer string, msg []byte) error  { return t.Mesh.SendTo(peer, t.Channel, msg) }
 
 // PeerInfo is a peer's reachability for the data plane.
 type PeerInfo struct {
@@ -509,12 +571,6 @@ func (m *Mesh) notifyChange() {
 		f()
 	}
 }
-
-type broadcast []byte
-
-func (b broadcast) Invalidates(memberlist.Broadcast) bool { return false }
-func (b broadcast) Message() []byte                       { return b }
-func (b broadcast) Finished()                             {}
 
 // Shutdown stops gossip without leaving, for a start that is abandoned
 // before Run.

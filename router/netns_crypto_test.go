@@ -17,7 +17,7 @@ import (
 // run encrypted, with router/crypto's Manager on both hosts.
 func init() {
 	setupTestCrypto = func(t *testing.T, tb *dpTestbed) {
-		keys, err := crypto.DerivePasswordKeys([]byte("weft datapath test"))
+		keys, err := crypto.DerivePasswordKeys([]byte("weft datapath test"), crypto.PasswordSalt("10.32.0.0/12", ""))
 		if err != nil {
 			t.Fatalf("derive keys: %v", err)
 		}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/weftnet/weft/agent"
 	"github.com/weftnet/weft/kube"
+	"github.com/weftnet/weft/router/crypto"
 )
 
 func launchCommand() *cli.Command {
@@ -31,6 +32,9 @@ func launchCommand() *cli.Command {
 			&cli.StringFlag{Name: "ipalloc-init", EnvVars: []string{"IPALLOC_INIT"}, Usage: "how the address ring is created: seed=NAME,NAME,... | consensus=N | observer (default: consensus=number of PEERs+1)"},
 			&cli.StringFlag{Name: "password", EnvVars: []string{"WEFT_PASSWORD"}, Usage: "encrypt gossip and data with keys derived from this password"},
 			&cli.StringFlag{Name: "password-file", EnvVars: []string{"WEFT_PASSWORD_FILE"}, Usage: "read the password from this file"},
+			&cli.BoolFlag{Name: "password-insecure", EnvVars: []string{"WEFT_PASSWORD_INSECURE"}, Usage: fmt.Sprintf("accept a password shorter than %d characters", crypto.MinPasswordLength)},
+			&cli.StringFlag{Name: "cluster-name", EnvVars: []string{"WEFT_CLUSTER_NAME"}, Usage: "name of this mesh, mixed into the keys derived from the password (the same on every host)"},
+			&cli.BoolFlag{Name: "plaintext", EnvVars: []string{"WEFT_PLAINTEXT"}, Usage: "run without encryption on purpose (required in a Kubernetes pod when there is no password)"},
 			&cli.IntFlag{Name: "mtu", EnvVars: []string{"WEFT_MTU"}, Usage: "overlay MTU", DefaultText: "underlay MTU minus weft's overhead"},
 			&cli.StringFlag{Name: "state-dir", EnvVars: []string{"WEFT_STATE_DIR"}, Value: agent.DefaultStateDir, Usage: "what must survive a restart (address ring, identity)"},
 			runDirFlag(),
@@ -85,6 +89,9 @@ func launchConfig(c *cli.Context) (agent.Config, error) {
 		Kubeconfig:  c.String("kubeconfig"),
 		CNIConfDir:  c.String("cni-conf-dir"),
 		RekeyAfter:  c.Duration("rekey-after"),
+
+		PasswordInsecure: c.Bool("password-insecure"),
+		ClusterName:      c.String("cluster-name"),
 	}
 	if !c.IsSet("kube") && kube.InCluster() {
 		cfg.Kube = true
@@ -118,7 +125,24 @@ func launchConfig(c *cli.Context) (agent.Config, error) {
 			return cfg, err
 		}
 	}
+	if err := checkEncryptionChoice(cfg.Password != nil, c.Bool("plaintext"), kube.InCluster()); err != nil {
+		return cfg, err
+	}
 	return cfg, cfg.Validate()
+}
+
+// checkEncryptionChoice refuses to run a pod of the DaemonSet in plaintext
+// unless that was chosen: a Secret with a mistyped key must not quietly
+// leave the whole cluster unencrypted.
+func checkEncryptionChoice(password, plaintext, inCluster bool) error {
+	switch {
+	case password && plaintext:
+		return fmt.Errorf("--plaintext and a password: give only one")
+	case !password && !plaintext && inCluster:
+		return fmt.Errorf("no password in this Kubernetes pod: put WEFT_PASSWORD in the Secret weft-passwd to encrypt, " +
+			"or WEFT_PLAINTEXT=true to run without encryption on purpose")
+	}
+	return nil
 }
 
 func newLogger(format, level string) (*slog.Logger, error) {

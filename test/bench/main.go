@@ -103,7 +103,7 @@ func throughput(ctx context.Context, bin string) error {
 	}{
 		{"bare underlay (veth + bridge)", nil, nil, true, false},
 		{"weft plaintext", nil, agentEnv, false, false},
-		{"weft encrypted", []string{"--password", "bench"}, agentEnv, false, false},
+		{"weft encrypted", []string{"--password", "bench passphrase"}, agentEnv, false, false},
 		{"weft plaintext, water TUN only", nil, append([]string{"WEFT_DATAPATH=water"}, agentEnv...), false, false},
 		{fmt.Sprintf("weft plaintext, Go default GOMAXPROCS=%d", runtime.NumCPU()), nil, nil, false, true},
 	} {

@@ -139,7 +139,7 @@ func metric(t *testing.T, h *testbed.Host, series string) float64 {
 // plaintext; a replayed, a tampered and a forged datagram are dropped and
 // counted; a host with another password reaches nothing.
 func TestEncryptedDataPlane(t *testing.T) {
-	bed := threeHosts(t, testbed.Options{Hosts: 4}, "--password", "s3cret pass")
+	bed := threeHosts(t, testbed.Options{Hosts: 4}, "--password", "s3cret passphrase")
 	ps := pods(t, bed, 1)
 	p1, p2, p3 := ps[0], ps[1], ps[2]
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -200,7 +200,7 @@ func TestEncryptedDataPlane(t *testing.T) {
 
 	// A host with another password is refused and reaches no pod.
 	h4 := bed.Hosts[3]
-	launch(t, h4, []string{"--password", "wrong", "--ipalloc-init", "observer"}, h1.Target())
+	launch(t, h4, []string{"--password", "wrong password", "--ipalloc-init", "observer"}, h1.Target())
 	waitLog(t, h4, 20*time.Second, "different password")
 	if _, err := h4.Exec(ctx, "ping", "-c", "2", "-W", "1", p1.Addr.String()); err == nil {
 		t.Error("a host with the wrong password reached a pod")
@@ -221,7 +221,7 @@ func TestPlaintextCaptureSeesMarker(t *testing.T) {
 
 // Sessions are rekeyed under a long transfer without losing the connection.
 func TestRekeyDuringTransfer(t *testing.T) {
-	bed := threeHosts(t, testbed.Options{}, "--password", "rekey", "--rekey-after", "3s")
+	bed := threeHosts(t, testbed.Options{}, "--password", "rekey passphrase", "--rekey-after", "3s")
 	ps := pods(t, bed, 1)
 	before := metric(t, bed.Hosts[0], `weft_crypto_events_total{event="rekeys"}`) +
 		metric(t, bed.Hosts[1], `weft_crypto_events_total{event="rekeys"}`)

@@ -35,6 +35,10 @@ func TestMain(m *testing.M) {
 		exit(sendOnce(os.Getenv("WEFT_E2E_ADDR"), n, os.Getenv("WEFT_E2E_PATTERN")))
 	case "get":
 		exit(get(os.Getenv("WEFT_E2E_URL")))
+	case "probe":
+		exit(probeTCP(os.Getenv("WEFT_E2E_TARGETS")))
+	case "udp":
+		exit(sendUDP(os.Getenv("WEFT_E2E_SRC"), os.Getenv("WEFT_E2E_TARGETS"), os.Getenv("WEFT_E2E_PAYLOAD")))
 	case "inject":
 		exit(inject(os.Getenv("WEFT_E2E_SRC"), os.Getenv("WEFT_E2E_DST"), os.Getenv("WEFT_E2E_PAYLOAD")))
 	}

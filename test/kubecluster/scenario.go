@@ -2,6 +2,8 @@ package kubecluster
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +23,22 @@ const ProbePort = 7777
 // probeDir is the probe pods' hostPath: under the node's own /run, so it is
 // per node without another bind mount.
 const probeDir = "/run/netprobe"
+
+// passwordSecretYAML is what an operator creates before applying weft.yaml:
+// the namespace and the required Secret, here with a random password.
+const passwordSecretYAML = `apiVersion: v1
+kind: Namespace
+metadata:
+  name: weft-system
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: weft-passwd
+  namespace: weft-system
+stringData:
+  WEFT_PASSWORD: %q
+`
 
 // probesYAML is the workload: six probe pods spread evenly over the nodes,
 // and one probe in the host network of the last node.
@@ -143,9 +161,15 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 	}
 	s.show(ctx, "get", "nodes", "-o", "wide")
 
-	s.Say("2. kubectl apply -f prog/kube/weft.yaml (the file as shipped, unmodified).")
+	s.Say("2. The password Secret (required: encryption, or WEFT_PLAINTEXT=true on purpose), then")
+	s.Say("   kubectl apply -f prog/kube/weft.yaml (the file as shipped, unmodified).")
 	manifest := filepath.Join(c.Root, "prog", "kube", "weft.yaml")
 	start := time.Now()
+	pw := make([]byte, 24)
+	_, _ = rand.Read(pw)
+	if _, err := c.KubectlStdin(ctx, fmt.Appendf(nil, passwordSecretYAML, base64.StdEncoding.EncodeToString(pw)), "apply", "-f", "-"); err != nil {
+		return r, err
+	}
 	out, err := c.Kubectl(ctx, "apply", "-f", manifest)
 	if err != nil {
 		return r, err
