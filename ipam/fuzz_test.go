@@ -21,14 +21,15 @@ func seedMessages() [][]byte {
 		{Type: msgAccept, From: "b", Ballot: &b, Value: []string{"a", "b"}},
 		{Type: msgAccepted, From: "b", Ballot: &b, OK: true},
 		{Type: msgChosen, From: "b", Ballot: &b, Value: []string{"a", "b"}},
-		{Type: msgDonReq, From: "b", RingID: r.ID},
+		{Type: msgDonReq, From: "b", RingID: r.ID, Nonce: 1},
 		{Type: msgNoDon, From: "b"},
 		{Type: msgHandOver, From: "b", RingID: r.ID, Entries: []wireEntry{{Start: 128, End: 256, Owner: "a", Version: 5, Free: 127}}, Nonce: 1},
 		{Type: msgAck, From: "b", Nonce: 1},
 	}
 	var out [][]byte
-	for _, m := range msgs {
-		out = append(out, encodeMessage(m))
+	for i, m := range msgs {
+		m.Inc, m.Seq = 1, uint64(i+1)
+		out = append(out, encodeMessage(m, testSigner(m.From)))
 	}
 	return append(out, nil, []byte{1}, []byte{2, '{', '}'}, []byte("\x01{\"t\":\"ring\",\"f\":\"\"}"))
 }
@@ -42,7 +43,7 @@ func FuzzDecodeMessage(f *testing.F) {
 		if err != nil {
 			return
 		}
-		again, err := decodeMessage(encodeMessage(m))
+		again, err := decodeMessage(encodeMessage(m, testSigner(m.From)))
 		if err != nil {
 			t.Fatalf("re-encoded message does not decode: %v", err)
 		}

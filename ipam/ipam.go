@@ -11,6 +11,7 @@ package ipam
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,6 +33,10 @@ var (
 	ErrPeerAlive    = errors.New("peer is alive")
 	ErrConflict     = errors.New("address conflict")
 	ErrRingMismatch = errors.New("IPAM ring mismatch")
+	ErrPeerSuspect  = errors.New("peer is suspect (slow or briefly unreachable, not dead)")
+	// ErrUnauthenticated: a message not signed by the pinned key of the
+	// peer it names, or a replay of one already seen.
+	ErrUnauthenticated = errors.New("unauthenticated IPAM message")
 )
 
 // HostContainerID is the container ID under which the agent allocates
@@ -54,10 +59,20 @@ type Config struct {
 	Logger    *slog.Logger
 	// Alive is membership's view of a peer (mesh.IsAlive); nil = all alive.
 	Alive func(name string) bool
+	// Reachable: alive or suspect (mesh.Reachable). Such a peer's ranges are
+	// never taken over, by this peer or by anyone this peer listens to;
+	// nil = Alive.
+	Reachable func(name string) bool
 	// Peers lists the alive members, this one included or not (mesh.AliveNames).
 	// Consensus proposes to them; nil = the peers heard from so far.
 	Peers func() []string
 	Clock func() time.Time // nil = time.Now
+	// Signer is this peer's long-term signing key (identity.Signer); every
+	// message and ring entry it writes is signed with it. Required.
+	Signer Signer
+	// PeerKey is the signing key pinned to a peer's name (mesh.PeerKey).
+	// Messages and entries of a peer without one are refused.
+	PeerKey func(name string) (ed25519.PublicKey, bool)
 }
 
 // Timing of the background work; zero fields take defaults.
@@ -105,7 +120,8 @@ type IPAM struct {
 	proposal  *proposal
 	maxRound  uint64
 	nextTry   time.Time // earliest next proposal
-	heard     map[string]bool
+	senders   map[string]*sender    // authenticated peers heard from: replay windows
+	inc, seq  uint64                // this peer's incarnation and last sequence number
 	refused   map[string]time.Time  // donors that had nothing, when
 	asked     map[string]askedDonor // donors asked while this peer had no space
 	lastGet   time.Time
@@ -141,6 +157,9 @@ func New(cfg Config) (*IPAM, error) {
 	if cfg.Transport == nil {
 		return nil, errors.New("ipam: no transport")
 	}
+	if cfg.Signer == nil {
+		return nil, errors.New("ipam: no signing key")
+	}
 	switch cfg.Init.Mode {
 	case ModeSeed:
 		cfg.Init.Seeds = slices.Clone(cfg.Init.Seeds)
@@ -168,7 +187,7 @@ func New(cfg Config) (*IPAM, error) {
 		allocs:        map[Attachment]*Allocation{},
 		wake:          make(chan struct{}),
 		reported:      map[uint64]bool{},
-		heard:         map[string]bool{},
+		senders:       map[string]*sender{},
 		refused:       map[string]time.Time{},
 		asked:         map[string]askedDonor{},
 		acks:          map[uint64]chan struct{}{},
@@ -179,6 +198,9 @@ func New(cfg Config) (*IPAM, error) {
 			return nil, fmt.Errorf("ipam: state dir: %w", err)
 		}
 		p.store = newStore(cfg.StateDir)
+		if p.inc, err = p.store.nextIncarnation(); err != nil {
+			return nil, err
+		}
 		st, err := p.store.load()
 		if err != nil {
 			return nil, err
@@ -188,6 +210,10 @@ func New(cfg Config) (*IPAM, error) {
 				return nil, fmt.Errorf("IPAM state %s: %w", p.store.path(), err)
 			}
 		}
+	}
+	if p.store == nil {
+		// No state: a fresh incarnation each start is enough.
+		p.inc = uint64(time.Now().UnixNano())
 	}
 	if p.ring == nil && cfg.Init.Mode == ModeSeed {
 		p.ring = newSeededRing(p.rangeStr, size, cfg.Init.Seeds)
@@ -226,7 +252,7 @@ func (p *IPAM) restore(st *persisted) error {
 	}
 	if st.Paxos != nil {
 		p.acceptor = *st.Paxos
-		p.maxRound = max(st.Paxos.Promised.Round, st.Paxos.Accepted.Round)
+		p.maxRound = min(max(st.Paxos.Promised.Round, st.Paxos.Accepted.Round), maxRound)
 	}
 	p.log.Info("restored IPAM state", "file", p.store.path(), "allocations", len(st.Allocations), "ring", st.Ring != nil)
 	return nil
@@ -309,7 +335,7 @@ func (p *IPAM) alivePeersLocked() []string {
 	if p.cfg.Peers != nil {
 		names = p.cfg.Peers()
 	} else {
-		for n := range p.heard {
+		for n := range p.senders {
 			names = append(names, n)
 		}
 	}
@@ -326,8 +352,14 @@ func (p *IPAM) alivePeersLocked() []string {
 // sendLocked queues a message; flushUnlock sends it after the lock is
 // released, so a slow TCP send never blocks the IPAM.
 func (p *IPAM) sendLocked(to string, m *message) {
-	m.From = p.cfg.Name
-	p.outbox = append(p.outbox, outMsg{to: to, msg: encodeMessage(m)})
+	p.outbox = append(p.outbox, outMsg{to: to, msg: p.encodeLocked(m)})
+}
+
+// encodeLocked signs m as this peer with the next sequence number.
+func (p *IPAM) encodeLocked(m *message) []byte {
+	p.seq++
+	m.From, m.Inc, m.Seq = p.cfg.Name, p.inc, p.seq
+	return encodeMessage(m, p.cfg.Signer)
 }
 
 func (p *IPAM) broadcastLocked(m *message) { p.sendLocked("", m) }
@@ -412,7 +444,7 @@ func (p *IPAM) refreshOwnLocked() (changed []entry) {
 		e := p.ring.entries[i]
 		free := freeIn(e.Start, ends[k], p.size, p.used)
 		if free != e.Free || ends[k] != e.End {
-			changed = append(changed, p.ring.set(e.Start, ends[k], p.cfg.Name, free))
+			changed = append(changed, p.writeLocked(p.ring, e.Start, ends[k], p.cfg.Name, free, reasonNone))
 		}
 	}
 	if len(changed) > 0 {
@@ -457,6 +489,9 @@ func (p *IPAM) mergeLocked(from string, es []entry) error {
 			return fmt.Errorf("%w from %s: %v", ErrBadMessage, from, err)
 		}
 	}
+	if len(es) > p.ringCapLocked() {
+		return fmt.Errorf("%w from %s: %d ring keys, at most %d for this mesh", ErrBadMessage, from, len(es), p.ringCapLocked())
+	}
 	ours := false // does the merge touch our own ranges?
 	for _, e := range es {
 		i, ok := p.ring.find(e.Start)
@@ -469,7 +504,7 @@ func (p *IPAM) mergeLocked(from string, es []entry) error {
 			continue
 		}
 		ours = ours || e.Owner == p.cfg.Name || cur.Owner == p.cfg.Name
-		if cur.Owner == p.cfg.Name && e.Owner != p.cfg.Name && !p.left {
+		if cur.Owner == p.cfg.Name && e.Owner != p.cfg.Name && !p.left && e.Grant.Reason == reasonTakeover {
 			p.log.Warn("a peer took over a range this peer owned (rmpeer while this peer was down or partitioned?); accepting it",
 				"from", from, "start", addrAt(p.cfg.Range, e.Start), "new_owner", e.Owner, "version", e.Version, "our_version", cur.Version)
 		} else if e.Owner == p.cfg.Name && cur.Owner == p.cfg.Name && e.Version > cur.Version+1 && p.store != nil {
@@ -477,8 +512,13 @@ func (p *IPAM) mergeLocked(from string, es []entry) error {
 				"from", from, "start", addrAt(p.cfg.Range, e.Start), "version", e.Version, "our_version", cur.Version)
 		}
 	}
-	changed, conflicts := p.ring.merge(es)
+	changed, conflicts, refused := p.ring.mergeChecked(es, p.acceptEntryLocked(p.ring.ID), p.ringCapLocked())
 	var errs []error
+	if refused > 0 {
+		// Mostly a peer that lags behind an owner change; a forgery looks
+		// the same from here and is just as harmless once refused.
+		p.log.Debug("refused ring entries not written by their owner, or beyond the key cap", "from", from, "refused", refused)
+	}
 	for _, c := range conflicts {
 		err := fmt.Errorf("%w: %s (from %s); kept %q on every peer; one of them was removed with rmpeer while alive or restored an old state",
 			ErrConflict, c, from, winnerOf(c).Owner)
@@ -538,11 +578,25 @@ func (p *IPAM) mismatchErr(from, remoteID string, remoteSeeds []string) error {
 func (p *IPAM) LocalState() []byte {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return encodeMessage(p.stateMsgLocked())
+	return p.encodeLocked(p.stateMsgLocked())
 }
 
+// ringCapLocked is the most keys a ring may hold: proportional to the peers.
+func (p *IPAM) ringCapLocked() int {
+	n := 1
+	if p.cfg.Peers != nil {
+		n = max(n, len(p.cfg.Peers())+1)
+	} else {
+		n = max(n, len(p.senders)+1)
+	}
+	return ringKeysBase + ringKeysPerPeer*n
+}
+
+// maxBodyLocked bounds a message body's bytes before it is parsed.
+func (p *IPAM) maxBodyLocked() int { return 4096 + p.ringCapLocked()*maxEntryJSON }
+
 func (p *IPAM) stateMsgLocked() *message {
-	m := &message{Type: msgState, From: p.cfg.Name, Range: p.rangeStr, Size: p.size}
+	m := &message{Type: msgState, Range: p.rangeStr, Size: p.size}
 	if p.ring != nil && !p.left {
 		m.RingID, m.Seeds, m.Entries = p.ring.ID, p.ring.Seeds, toWire(p.ring.entries)
 	}
@@ -552,18 +606,63 @@ func (p *IPAM) stateMsgLocked() *message {
 // MergeState merges a peer's full ring. A ring seeded differently is refused
 // with ErrRingMismatch, whose message says how to recover.
 func (p *IPAM) MergeState(buf []byte) error {
-	m, err := decodeMessage(buf)
-	if err != nil {
-		return err
-	}
-	if m.Type != msgState {
-		return fmt.Errorf("%w: push/pull state of type %q", ErrBadMessage, m.Type)
-	}
 	p.mu.Lock()
-	err = p.mergeStateLocked(m)
+	m, err := p.authenticateLocked(buf)
+	if err == nil && m.Type != msgState {
+		err = fmt.Errorf("%w: push/pull state of type %q", ErrBadMessage, m.Type)
+	}
+	if err == nil {
+		err = p.mergeStateLocked(m)
+	}
 	p.flushUnlock()
 	return err
 }
+
+// authenticateLocked checks a message in the order of cost: size, sender
+// with a pinned key, replay, signature; only then parses the body. A message
+// that passes is marked seen.
+func (p *IPAM) authenticateLocked(buf []byte) (*message, error) {
+	h, err := parseHeader(buf)
+	if err != nil {
+		return nil, err
+	}
+	if len(h.body) > p.maxBodyLocked() {
+		return nil, fmt.Errorf("%w: %d bytes from %s, at most %d for this mesh", ErrBadMessage, len(h.body), h.from, p.maxBodyLocked())
+	}
+	if h.from == p.cfg.Name {
+		return nil, errOwnEcho
+	}
+	key, ok := p.keyOf(h.from)
+	if !ok {
+		return nil, fmt.Errorf("%w: no signing key pinned for %q", ErrUnauthenticated, h.from)
+	}
+	s := p.senders[h.from]
+	if s != nil && !s.win.fresh(h.inc, h.seq) {
+		return nil, fmt.Errorf("%w: replayed or old message from %s (incarnation %d, sequence %d)", ErrUnauthenticated, h.from, h.inc, h.seq)
+	}
+	if s == nil && h.seq == 0 {
+		return nil, fmt.Errorf("%w: sequence 0 from %s", ErrUnauthenticated, h.from)
+	}
+	if !ed25519.Verify(key, h.signed, h.sig) {
+		return nil, fmt.Errorf("%w: bad signature on a message naming %s", ErrUnauthenticated, h.from)
+	}
+	m, err := decodeBody(h)
+	if err != nil {
+		return nil, err
+	}
+	if s == nil {
+		if len(p.senders) >= maxSenders {
+			return nil, fmt.Errorf("%w: more than %d peers", ErrUnauthenticated, maxSenders)
+		}
+		s = &sender{}
+		p.senders[h.from] = s
+	}
+	s.win.mark(h.inc, h.seq)
+	return m, nil
+}
+
+// errOwnEcho: our own broadcast came back; not worth a log line.
+var errOwnEcho = errors.New("own message")
 
 func (p *IPAM) mergeStateLocked(m *message) error {
 	if m.Range != p.rangeStr || m.Size != p.size {
@@ -581,7 +680,22 @@ func (p *IPAM) mergeStateLocked(m *message) error {
 		if p.cfg.Init.Mode == ModeSeed {
 			return errors.New("ipam: seed mode without a ring") // New always seeds
 		}
-		r := &ring{ID: m.RingID, Seeds: m.Seeds, Size: m.Size, entries: es}
+		// Learn the ring through the same owner checks as any merge,
+		// starting from the seeding every peer derives alike: a key whose
+		// chain of owners this peer cannot check yet is left for later.
+		r := newSeededRing(m.Range, m.Size, m.Seeds)
+		if r.ID != m.RingID {
+			return fmt.Errorf("%w: state from %s: ring ID does not match its seeds", ErrBadMessage, m.From)
+		}
+		if len(es) > p.ringCapLocked() {
+			return fmt.Errorf("%w: state from %s: %d ring keys, at most %d for this mesh", ErrBadMessage, m.From, len(es), p.ringCapLocked())
+		}
+		for _, e := range es {
+			if err := e.validate(p.size); err != nil {
+				return fmt.Errorf("%w: state from %s: %v", ErrBadMessage, m.From, err)
+			}
+		}
+		r.mergeChecked(es, p.acceptEntryLocked(r.ID), p.ringCapLocked())
 		if err := r.validate(); err != nil {
 			return fmt.Errorf("%w: state from %s: %v", ErrBadMessage, m.From, err)
 		}
@@ -596,16 +710,20 @@ func (p *IPAM) mergeStateLocked(m *message) error {
 
 // HandleMessage handles a broadcast or direct message from a peer.
 func (p *IPAM) HandleMessage(msg []byte) {
-	m, err := decodeMessage(msg)
+	p.mu.Lock()
+	m, err := p.authenticateLocked(msg)
 	if err != nil {
-		p.log.Warn("dropped IPAM message", "err", err)
+		p.mu.Unlock()
+		switch {
+		case errors.Is(err, errOwnEcho):
+		case errors.Is(err, ErrUnauthenticated):
+			// Replays are routine (gossip retransmits): debug only.
+			p.log.Debug("dropped IPAM message", "err", err)
+		default:
+			p.log.Warn("dropped IPAM message", "err", err)
+		}
 		return
 	}
-	if m.From == p.cfg.Name {
-		return // our own broadcast echoed back
-	}
-	p.mu.Lock()
-	p.heard[m.From] = true
 	if err := p.handleLocked(m); err != nil {
 		if errors.Is(err, ErrRingMismatch) {
 			p.mismatchN++
@@ -656,7 +774,7 @@ func (p *IPAM) handleLocked(m *message) error {
 	case msgChosen:
 		return p.handleChosenLocked(m)
 	case msgDonReq:
-		return p.handleDonationRequestLocked(m.From)
+		return p.handleDonationRequestLocked(m)
 	case msgNoDon:
 		p.refused[m.From] = p.now()
 		p.publishLocked() // wake waiters to try another donor
