@@ -119,7 +119,7 @@ type IPAM struct {
 	acceptor  persistedAcceptor
 	proposal  *proposal
 	maxRound  uint64
-	nextTry   time.Time // earliest next proposal
+	nextTry   time.Time             // earliest next proposal
 	senders   map[string]*sender    // authenticated peers heard from: replay windows
 	inc, seq  uint64                // this peer's incarnation and last sequence number
 	refused   map[string]time.Time  // donors that had nothing, when

@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -208,6 +209,11 @@ func (d *delegate) vet(n *memberlist.Node) error {
 	if err == nil {
 		err = meta.Compatible(len(d.m.cfg.SecretKey) > 0)
 	}
+	if err == nil && d.m.cfg.Pins != nil {
+		// Trust on first use: a known name with another key is someone
+		// else, or the same host reinstalled; an operator must say which.
+		err = d.m.cfg.Pins.Check(n.Name, meta.SigningKey)
+	}
 	if err == nil {
 		return nil
 	}
@@ -321,4 +327,38 @@ func explainJoinError(err error) string {
 		return "connection closed by the peer (different password?)"
 	}
 	return s
+}
+
+// Pins maps peer names to their signing keys (identity.Pins).
+type Pins interface {
+	// Check pins key to name on first sight; another key for a pinned name
+	// is an error.
+	Check(name string, key []byte) error
+	Key(name string) (ed25519.PublicKey, bool)
+}
+
+// PeerKey is the signing key of a peer: its pin, or without pinning what
+// it announced. IPAM verifies messages with it.
+func (m *Mesh) PeerKey(name string) (ed25519.PublicKey, bool) {
+	if m.cfg.Pins != nil {
+		return m.cfg.Pins.Key(name)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p := m.peers[name]
+	if p == nil || len(p.meta.SigningKey) != ed25519.PublicKeySize {
+		return nil, false
+	}
+	return p.meta.SigningKey, true
+}
+
+// Reachable reports whether name is an alive or suspect member: a suspect
+// may be only slow, and routing still sends to it, so it is never taken over.
+func (m *Mesh) Reachable(name string) bool {
+	for _, n := range m.list.Members() {
+		if n.Name == name {
+			return n.State == memberlist.StateAlive || n.State == memberlist.StateSuspect
+		}
+	}
+	return false
 }
