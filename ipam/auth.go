@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Trust model of the ring (site/security.md says it for operators):
@@ -173,9 +174,16 @@ func (p *IPAM) writeLocked(r *ring, start, end uint64, owner string, free uint64
 }
 
 // acceptEntryLocked is the owner-only-writes rule (an acceptFunc): may e
-// replace cur, or be added as a new key after prev?
+// replace cur, or be added as a new key after prev? The cheap checks of
+// authority come first; signatures are verified only for entries that
+// claim it, and after maxBadSigs bad ones the rest of the batch is refused
+// unverified: an honest peer never sends one.
 func (p *IPAM) acceptEntryLocked(ringID string) acceptFunc {
+	bad := 0
 	return func(cur entry, exists bool, prev entry, hasPrev bool, e entry) bool {
+		if bad >= maxBadSigs {
+			return false
+		}
 		var u uint64 // the version e must beat
 		var auth [2]string
 		if exists {
@@ -194,26 +202,48 @@ func (p *IPAM) acceptEntryLocked(ringID string) acceptFunc {
 			}
 		}
 		authorised := func(name string) bool { return name != "" && (name == auth[0] || name == auth[1]) }
-		if !p.verify(entrySigner(e), entryPayload(ringID, e), &e.Sig) {
+		check := func(name string, payload []byte, sig *[sigSize]byte) bool {
+			if p.verify(name, payload, sig) {
+				return true
+			}
+			bad++
 			return false
 		}
-		if authorised(e.Owner) && (e.Grant.isZero() || e.Grant.Version != e.Version) {
-			return true // the owner's own write
-		}
 		g := e.Grant
+		if authorised(e.Owner) && (g.isZero() || g.Version != e.Version) {
+			// The owner's own write.
+			return check(e.Owner, entryPayload(ringID, e), &e.Sig)
+		}
 		if g.isZero() || g.To != e.Owner || !authorised(g.From) || g.Version <= u && !(g.Version == u && e.Version == u) {
 			return false
 		}
-		// A takeover of this peer itself is accepted: it was removed while
-		// down, and the conflict is reported to its operator (checkLost).
-		if g.Reason == reasonTakeover && g.From != p.cfg.Name && p.reachable(g.From) {
-			p.log.Warn("refused a takeover of a peer this one sees alive or suspect",
-				"taker", g.To, "peer", g.From, "start", addrAt(p.cfg.Range, e.Start))
+		// A takeover of this peer itself is accepted only just after it
+		// started: it was removed while down, everyone else has taken the
+		// takeover, and keeping the range would give addresses out twice
+		// (checkLost tells the operator). While it runs it is alive to the
+		// others, who refuse any takeover of it; so does it.
+		self := g.From == p.cfg.Name
+		if g.Reason == reasonTakeover && (!self && p.reachable(g.From) || self && p.now().Sub(p.started) > selfTakeoverWindow) {
+			if now := p.now(); now.Sub(p.takeoverWarned) >= time.Minute { // a flood logs once a minute
+				p.takeoverWarned = now
+				p.log.Warn("refused a takeover of a peer this one sees alive or suspect (rmpeer of a live peer?)",
+					"taker", g.To, "peer", g.From, "start", addrAt(p.cfg.Range, e.Start))
+			}
 			return false
 		}
-		return p.verify(g.signer(), grantPayload(ringID, e.Start, g), &g.Sig)
+		return check(g.signer(), grantPayload(ringID, e.Start, g), &g.Sig) &&
+			check(entrySigner(e), entryPayload(ringID, e), &e.Sig)
 	}
 }
+
+// maxBadSigs bounds the signature checks one batch can cost once it has
+// shown itself forged.
+const maxBadSigs = 8
+
+// selfTakeoverWindow is how long after its start a peer accepts a takeover
+// of its own ranges (see acceptEntryLocked): the first push/pull after a
+// relaunch comes within seconds.
+const selfTakeoverWindow = 2 * time.Minute
 
 // reachable: alive or suspect in this peer's membership view.
 func (p *IPAM) reachable(name string) bool {

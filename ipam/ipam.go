@@ -116,19 +116,21 @@ type IPAM struct {
 	outbox         []outMsg
 	reported       map[uint64]bool // allocations already reported as lost, by offset
 
-	acceptor  persistedAcceptor
-	proposal  *proposal
-	maxRound  uint64
-	nextTry   time.Time             // earliest next proposal
-	senders   map[string]*sender    // authenticated peers heard from: replay windows
-	inc, seq  uint64                // this peer's incarnation and last sequence number
-	refused   map[string]time.Time  // donors that had nothing, when
-	asked     map[string]askedDonor // donors asked while this peer had no space
-	lastGet   time.Time
-	acks      map[uint64]chan struct{}
-	nonce     uint64
-	rng       *rand.Rand
-	mismatchN int // ring mismatches logged (rate limit)
+	acceptor       persistedAcceptor
+	proposal       *proposal
+	maxRound       uint64
+	nextTry        time.Time             // earliest next proposal
+	senders        map[string]*sender    // authenticated peers heard from: replay windows
+	inc, seq       uint64                // this peer's incarnation and last sequence number
+	started        time.Time             // when New ran (Clock)
+	takeoverWarned time.Time             // last refused takeover logged
+	refused        map[string]time.Time  // donors that had nothing, when
+	asked          map[string]askedDonor // donors asked while this peer had no space
+	lastGet        time.Time
+	acks           map[uint64]chan struct{}
+	nonce          uint64
+	rng            *rand.Rand
+	mismatchN      int // ring mismatches logged (rate limit)
 }
 
 type outMsg struct {
@@ -176,6 +178,7 @@ func New(cfg Config) (*IPAM, error) {
 		return nil, fmt.Errorf("ipam: unknown init mode %q", cfg.Init.Mode)
 	}
 	p := &IPAM{
+		started:       cfg.Clock(),
 		cfg:           cfg,
 		log:           cfg.Logger.With("component", "ipam"),
 		size:          size,
