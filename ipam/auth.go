@@ -236,6 +236,32 @@ func (p *IPAM) acceptEntryLocked(ringID string) acceptFunc {
 	}
 }
 
+// acceptAdoptedLocked checks the entries of a ring learnt whole: every
+// signature whose signer this peer knows must verify; the chain of owners is
+// the sender's word.
+func (p *IPAM) acceptAdoptedLocked(ringID string) acceptFunc {
+	bad := 0
+	check := func(name string, payload []byte, sig *[sigSize]byte) bool {
+		if _, known := p.keyOf(name); !known {
+			return true
+		}
+		if p.verify(name, payload, sig) {
+			return true
+		}
+		bad++
+		return false
+	}
+	return func(_ entry, _ bool, _ entry, _ bool, e entry) bool {
+		if bad >= maxBadSigs {
+			return false
+		}
+		if g := e.Grant; !g.isZero() && !check(g.signer(), grantPayload(ringID, e.Start, g), &g.Sig) {
+			return false
+		}
+		return check(entrySigner(e), entryPayload(ringID, e), &e.Sig)
+	}
+}
+
 // maxBadSigs bounds the signature checks one batch can cost once it has
 // shown itself forged.
 const maxBadSigs = 8

@@ -124,6 +124,7 @@ type IPAM struct {
 	inc, seq       uint64                // this peer's incarnation and last sequence number
 	started        time.Time             // when New ran (Clock)
 	takeoverWarned time.Time             // last refused takeover logged
+	ringCap        int                   // ringCapLocked, counted at each tick
 	refused        map[string]time.Time  // donors that had nothing, when
 	asked          map[string]askedDonor // donors asked while this peer had no space
 	lastGet        time.Time
@@ -292,6 +293,7 @@ func (p *IPAM) PeersChanged() {
 func (p *IPAM) tick() {
 	p.mu.Lock()
 	now := p.now()
+	p.ringCap = p.countRingCapLocked()
 	if p.ring == nil && !p.left {
 		if p.cfg.Init.Mode == ModeConsensus {
 			p.consensusTickLocked(now)
@@ -584,8 +586,17 @@ func (p *IPAM) LocalState() []byte {
 	return p.encodeLocked(p.stateMsgLocked())
 }
 
-// ringCapLocked is the most keys a ring may hold: proportional to the peers.
+// ringCapLocked is the most keys a ring may hold: proportional to the peers,
+// as counted at the last tick (counting is not free, and a message needs it
+// several times).
 func (p *IPAM) ringCapLocked() int {
+	if p.ringCap == 0 {
+		p.ringCap = p.countRingCapLocked()
+	}
+	return p.ringCap
+}
+
+func (p *IPAM) countRingCapLocked() int {
 	n := 1
 	if p.cfg.Peers != nil {
 		n = max(n, len(p.cfg.Peers())+1)
@@ -631,6 +642,11 @@ func (p *IPAM) authenticateLocked(buf []byte) (*message, error) {
 	}
 	if len(h.body) > p.maxBodyLocked() {
 		return nil, fmt.Errorf("%w: %d bytes from %s, at most %d for this mesh", ErrBadMessage, len(h.body), h.from, p.maxBodyLocked())
+	}
+	// Entries are JSON objects: count them before parsing, so a body of
+	// many small forged entries costs a scan, not a parse.
+	if limit := 2*p.ringCapLocked() + 16; countObjects(h.body, limit) > limit {
+		return nil, fmt.Errorf("%w: more than %d objects from %s, the most a ring of this mesh needs", ErrBadMessage, limit, h.from)
 	}
 	if h.from == p.cfg.Name {
 		return nil, errOwnEcho
@@ -683,9 +699,11 @@ func (p *IPAM) mergeStateLocked(m *message) error {
 		if p.cfg.Init.Mode == ModeSeed {
 			return errors.New("ipam: seed mode without a ring") // New always seeds
 		}
-		// Learn the ring through the same owner checks as any merge,
-		// starting from the seeding every peer derives alike: a key whose
-		// chain of owners this peer cannot check yet is left for later.
+		// A peer with no ring has no view to check owner changes against:
+		// it takes the authenticated sender's word for the chain of owners,
+		// and checks each entry's and grant's signature whenever it knows
+		// the signer's key (site/security.md: a newcomer trusts the member
+		// it first learns the ring from).
 		r := newSeededRing(m.Range, m.Size, m.Seeds)
 		if r.ID != m.RingID {
 			return fmt.Errorf("%w: state from %s: ring ID does not match its seeds", ErrBadMessage, m.From)
@@ -698,7 +716,7 @@ func (p *IPAM) mergeStateLocked(m *message) error {
 				return fmt.Errorf("%w: state from %s: %v", ErrBadMessage, m.From, err)
 			}
 		}
-		r.mergeChecked(es, p.acceptEntryLocked(r.ID), p.ringCapLocked())
+		r.mergeChecked(es, p.acceptAdoptedLocked(r.ID), p.ringCapLocked())
 		if err := r.validate(); err != nil {
 			return fmt.Errorf("%w: state from %s: %v", ErrBadMessage, m.From, err)
 		}

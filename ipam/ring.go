@@ -183,14 +183,15 @@ func (r *ring) mergeChecked(remote []entry, accept acceptFunc, maxKeys int) (cha
 	}
 	type add struct {
 		at int // insert before local index at
-		e  entry
+		k  int // index in remote
 	}
 	var adds []add
 	i := 0
 	var prev entry // the local entry before i, as it was before the merge
 	var updated entry
 	updatedAt := -1
-	for _, e := range remote {
+	for k := range remote {
+		e := &remote[k]
 		for i < len(r.entries) && r.entries[i].Start < e.Start {
 			if i == updatedAt {
 				prev = updated
@@ -201,25 +202,25 @@ func (r *ring) mergeChecked(remote []entry, accept acceptFunc, maxKeys int) (cha
 		}
 		hasPrev := i > 0
 		if i < len(r.entries) && r.entries[i].Start == e.Start {
-			cur := r.entries[i]
-			if cur == e {
+			cur := &r.entries[i]
+			if *cur == *e {
 				continue
 			}
-			if !wins(e, cur) {
-				if cur.Version == e.Version && (accept == nil || accept(cur, true, prev, hasPrev, e)) {
-					conflicts = append(conflicts, conflict{Local: cur, Remote: e})
+			if !wins(*e, *cur) {
+				if cur.Version == e.Version && (accept == nil || accept(*cur, true, prev, hasPrev, *e)) {
+					conflicts = append(conflicts, conflict{Local: *cur, Remote: *e})
 				}
 				continue
 			}
-			if accept != nil && !accept(cur, true, prev, hasPrev, e) {
+			if accept != nil && !accept(*cur, true, prev, hasPrev, *e) {
 				refused++
 				continue
 			}
 			if cur.Version == e.Version {
-				conflicts = append(conflicts, conflict{Local: cur, Remote: e})
+				conflicts = append(conflicts, conflict{Local: *cur, Remote: *e})
 			}
-			updated, updatedAt = cur, i
-			r.entries[i] = e
+			updated, updatedAt = *cur, i
+			r.entries[i] = *e
 			changed = true
 			continue
 		}
@@ -227,27 +228,26 @@ func (r *ring) mergeChecked(remote []entry, accept acceptFunc, maxKeys int) (cha
 			refused++
 			continue
 		}
-		if accept != nil && !accept(entry{}, false, prev, hasPrev, e) {
+		if accept != nil && !accept(entry{}, false, prev, hasPrev, *e) {
 			refused++
 			continue
 		}
-		adds = append(adds, add{at: i, e: e})
+		adds = append(adds, add{at: i, k: k})
 	}
 	if len(adds) == 0 {
 		return changed, conflicts, refused
 	}
 	out := make([]entry, 0, len(r.entries)+len(adds))
-	j := 0
-	for i, e := range r.entries {
-		for j < len(adds) && adds[j].at == i {
-			out = append(out, adds[j].e)
-			j++
+	j, from := 0, 0
+	for j < len(adds) {
+		at := adds[j].at
+		out = append(out, r.entries[from:at]...)
+		from = at
+		for ; j < len(adds) && adds[j].at == at; j++ {
+			out = append(out, remote[adds[j].k])
 		}
-		out = append(out, e)
 	}
-	for ; j < len(adds); j++ {
-		out = append(out, adds[j].e)
-	}
+	out = append(out, r.entries[from:]...)
 	r.entries = out
 	return true, conflicts, refused
 }

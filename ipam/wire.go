@@ -169,6 +169,29 @@ func parseHeader(b []byte) (header, error) {
 	return h, nil
 }
 
+// countObjects counts the JSON objects in b (the '{' outside strings), up to
+// just past limit.
+func countObjects(b []byte, limit int) int {
+	n := 0
+	in, esc := false, false
+	for _, c := range b {
+		switch {
+		case esc:
+			esc = false
+		case in && c == '\\':
+			esc = true
+		case c == '"':
+			in = !in
+		case !in && c == '{':
+			n++
+			if n > limit {
+				return n
+			}
+		}
+	}
+	return n
+}
+
 // decodeBody parses and checks the shape of a message whose header was
 // checked; checks that need the local configuration (range size, ring ID)
 // are the handler's.
