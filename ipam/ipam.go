@@ -228,6 +228,7 @@ func New(cfg Config) (*IPAM, error) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.signOwnLocked()
 	p.refreshOwnLocked()
 	p.publishLocked()
 	p.checkLostLocked()
@@ -434,6 +435,24 @@ func (p *IPAM) publishLocked() {
 	select {
 	case p.changes <- struct{}{}:
 	default:
+	}
+}
+
+// signOwnLocked rewrites, signed, this peer's keys that carry no valid
+// signature: a state file of a build before signed entries, or a signing key
+// replaced. Peers refuse unsigned entries they do not already hold.
+func (p *IPAM) signOwnLocked() {
+	if p.ring == nil {
+		return
+	}
+	for _, e := range p.ownEntriesLocked() {
+		if e.Version == 1 && e.Sig == ([sigSize]byte{}) && e.Grant.isZero() {
+			continue // a seeded key, which every peer derives alike
+		}
+		if e.Grant.isZero() && !p.verify(p.cfg.Name, entryPayload(p.ring.ID, e), &e.Sig) {
+			p.writeLocked(p.ring, e.Start, e.End, e.Owner, e.Free, reasonNone)
+			p.dirty = true
+		}
 	}
 }
 

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 )
@@ -382,5 +384,37 @@ func TestUnpinnedSenderIgnored(t *testing.T) {
 		Size: 1 << 16, Seeds: []string{"a", "b"}, Entries: toWire([]entry{e})}))
 	if !errors.Is(err, ErrUnauthenticated) || ownerOf(t, a, "10.32.0.5") != "a" {
 		t.Fatalf("unpinned sender: %v, owner %q", err, ownerOf(t, a, "10.32.0.5"))
+	}
+}
+
+// A state file of the build before signed entries loads, and this peer's
+// own keys are signed again at once, so that its peers accept them.
+func TestOldStateFileLoadsAndIsSigned(t *testing.T) {
+	dir := t.TempDir()
+	r := newSeededRing(simRange.String(), 1<<16, []string{"a", "b"})
+	r.entries[0].Version, r.entries[0].Free = 5, 100 // written by the old build: unsigned
+	old := fmt.Sprintf(`{"format":1,"name":"a","range":%q,"ring":{"id":%q,"seeds":["a","b"],"size":65536,"entries":[`+
+		`{"s":0,"x":32768,"o":"a","v":5,"fr":100},{"s":32768,"x":65536,"o":"b","v":1,"fr":32767}]},"allocations":[]}`,
+		simRange.String(), r.ID)
+	if err := os.WriteFile(filepath.Join(dir, StateFileName), []byte(old), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n := newFakeNet(t, 1)
+	a := n.add("a", simRange, seedAB(), dir)
+	b := n.add("b", simRange, seedAB(), "")
+	a.mu.Lock()
+	e := a.ring.entries[0]
+	a.mu.Unlock()
+	if e.Version <= 5 || e.Sig == ([sigSize]byte{}) {
+		t.Fatalf("own key not signed again: %+v", e)
+	}
+	if err := b.MergeState(a.LocalState()); err != nil {
+		t.Fatal(err)
+	}
+	b.mu.Lock()
+	got := b.ring.entries[0]
+	b.mu.Unlock()
+	if got != e {
+		t.Fatalf("b did not take a's re-signed key: %+v", got)
 	}
 }

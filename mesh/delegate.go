@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/weftnet/weft/api"
+	"github.com/weftnet/weft/identity"
 )
 
 // delegate receives memberlist's callbacks. Several of them are called with
@@ -209,10 +210,19 @@ func (d *delegate) vet(n *memberlist.Node) error {
 	if err == nil {
 		err = meta.Compatible(len(d.m.cfg.SecretKey) > 0)
 	}
-	if err == nil && d.m.cfg.Pins != nil {
+	if err == nil && d.m.cfg.Pins != nil && len(meta.SigningKey) > 0 {
 		// Trust on first use: a known name with another key is someone
 		// else, or the same host reinstalled; an operator must say which.
 		err = d.m.cfg.Pins.Check(n.Name, meta.SigningKey)
+	}
+	if err == nil && len(meta.SigningKey) == 0 {
+		// An older build (during a rolling upgrade): it stays a member for
+		// the data plane, but its IPAM messages, unsigned, are dropped.
+		if d.m.cfg.Pins != nil && d.pinned(n.Name) {
+			err = fmt.Errorf("%w: announces none, but %s was pinned to one", identity.ErrKeyMismatch, n.Name)
+		} else {
+			d.warnUnsigned(n)
+		}
 	}
 	if err == nil {
 		return nil
@@ -230,6 +240,32 @@ func (d *delegate) vet(n *memberlist.Node) error {
 	}
 	return err
 }
+
+func (d *delegate) pinned(name string) bool {
+	_, ok := d.m.cfg.Pins.Key(name)
+	return ok
+}
+
+// warnUnsigned says once per peer that its IPAM messages will be dropped.
+func (d *delegate) warnUnsigned(n *memberlist.Node) {
+	const why = "no signing key"
+	d.refusedMu.Lock()
+	if d.refused == nil {
+		d.refused = map[string]string{}
+	}
+	first := d.refused[n.Name] != why
+	if first && len(d.refused) < maxRefusalsLogged {
+		d.refused[n.Name] = why
+	}
+	d.refusedMu.Unlock()
+	if first {
+		d.m.log.Warn("peer announces no signing key (an older weft?): its IPAM messages are dropped until it is upgraded",
+			"peer", n.Name, "address", n.Address())
+	}
+}
+
+// maxRefusalsLogged bounds the names remembered for log deduplication.
+const maxRefusalsLogged = 4096
 
 // NotifyConflict implements memberlist.ConflictDelegate.
 func (d *delegate) NotifyConflict(existing, other *memberlist.Node) {

@@ -152,9 +152,6 @@ func (m Meta) Compatible(encrypted bool) error {
 	if m.Protocol < ProtocolMin || m.Protocol > ProtocolMax {
 		return fmt.Errorf("incompatible protocol version %d (this build speaks %d..%d): upgrade the older side", m.Protocol, ProtocolMin, ProtocolMax)
 	}
-	if len(m.SigningKey) == 0 {
-		return errors.New("announces no signing key, so its IPAM messages cannot be checked: upgrade it")
-	}
 	if m.Encrypted != encrypted {
 		return fmt.Errorf("encryption mismatch (peer encrypted=%v, this peer encrypted=%v): give every peer the same password", m.Encrypted, encrypted)
 	}

@@ -74,9 +74,6 @@ func TestMetaDecodeErrors(t *testing.T) {
 var testSigningKey = bytes.Repeat([]byte{4}, 32)
 
 func TestMetaCompatible(t *testing.T) {
-	if err := (Meta{Protocol: ProtocolMin}).Compatible(false); err == nil || !strings.Contains(err.Error(), "signing key") {
-		t.Fatalf("a peer without a signing key was not refused: %v", err)
-	}
 	if err := (Meta{Protocol: 1}).Compatible(false); err == nil || !strings.Contains(err.Error(), "protocol version 1") {
 		t.Fatalf("a protocol-1 peer (no partial checksums) was not refused: %v", err)
 	}
@@ -147,6 +144,16 @@ func TestVetRefusesAnotherKeyForAKnownName(t *testing.T) {
 	}
 	if k, ok := m.PeerKey("b"); !ok || !bytes.Equal(k, bytes.Repeat([]byte{1}, 32)) {
 		t.Fatalf("PeerKey(b) = %x, %v; want the first key", k, ok)
+	}
+	unsigned, _ := Meta{Protocol: ProtocolMin, DataPort: 6784, Version: "old"}.Encode()
+	if err := d.vet(&memberlist.Node{Name: "b", Addr: net.IPv4(198, 18, 0, 2), Port: 6783, Meta: unsigned}); !errors.Is(err, identity.ErrKeyMismatch) {
+		t.Fatalf("a pinned name announcing no key: %v", err)
+	}
+	if err := d.vet(&memberlist.Node{Name: "old", Addr: net.IPv4(198, 18, 0, 3), Port: 6783, Meta: unsigned}); err != nil {
+		t.Fatalf("an older build without a signing key is refused at the gossip layer: %v", err)
+	}
+	if !sink.contains("no signing key") {
+		t.Fatal("an unsigned peer was not logged")
 	}
 	if err := pins.Forget("b"); err != nil {
 		t.Fatal(err)
