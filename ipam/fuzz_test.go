@@ -1,8 +1,10 @@
 package ipam
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"net/netip"
+	"slices"
 	"testing"
 )
 
@@ -55,26 +57,46 @@ func FuzzDecodeMessage(f *testing.F) {
 
 // FuzzHandleMessage feeds untrusted bytes to a live IPAM as message and as
 // push/pull state: no panic, and its own ranges never overlap another's.
+// Each input is tried twice: as raw bytes, and as the body of a message
+// correctly signed by the pinned peer b (a hostile member), so the fuzzer
+// reaches past the signature check.
 func FuzzHandleMessage(f *testing.F) {
 	for _, s := range seedMessages() {
 		f.Add(s)
+		if h, err := parseHeader(s); err == nil {
+			f.Add(append([]byte(nil), h.body...))
+		}
 	}
 	rng := netip.MustParsePrefix("10.32.0.0/24")
 	f.Fuzz(func(t *testing.T, b []byte) {
 		n := newFakeNet(t, 1)
 		a := n.add("a", rng, Init{Mode: ModeSeed, Seeds: []string{"a", "b"}}, "")
 		c := n.add("c", rng, Init{Mode: ModeConsensus, Quorum: 2}, "")
-		a.HandleMessage(b)
-		_ = a.MergeState(b)
-		c.HandleMessage(b)
-		_ = c.MergeState(b)
+		n.pin("b", testSigner("b").Public())
+		hdr := []byte{wireFormat, 1, 'b'}
+		hdr = binary.BigEndian.AppendUint64(hdr, 1)
+		for seq, msg := range [][]byte{b, nil, nil} {
+			if seq > 0 { // b's body, signed, with a fresh sequence number
+				body := binary.BigEndian.AppendUint64(slices.Clone(hdr), uint64(seq))
+				body = append(body, b...)
+				msg = append(body, testSigner("b").Sign(body)...)
+			}
+			a.HandleMessage(msg)
+			c.HandleMessage(msg)
+			if seq != 1 {
+				_ = a.MergeState(msg)
+				_ = c.MergeState(msg)
+			}
+		}
 		a.mu.Lock()
 		err := a.ring.validate()
 		a.mu.Unlock()
 		if err != nil {
 			t.Fatalf("ring invalid after input: %v", err)
 		}
-		a.Owner(netip.MustParseAddr("10.32.0.77"))
+		if o, _ := a.Owner(netip.MustParseAddr("10.32.0.77")); o != "a" {
+			t.Fatalf("a's address now owned by %q", o)
+		}
 		a.OwnedPrefixes()
 		a.Status()
 		c.Status()
