@@ -163,6 +163,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		Peers:     m.AliveNames,
 		Signer:    a.signer,
 		PeerKey:   m.PeerKey,
+		PeerGone: func(name string) {
+			if err := a.pins.Forget(name); err != nil {
+				a.log.Warn("could not clear the pinned signing key of a removed peer", "peer", name, "err", err)
+			}
+		},
 	})
 	if err != nil {
 		m.Shutdown()

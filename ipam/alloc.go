@@ -495,6 +495,7 @@ func (p *IPAM) RemovePeer(name string) (uint64, error) {
 		return 0, fmt.Errorf("rmpeer %s: %w", name, err)
 	}
 	p.log.Warn("took over the ranges of a dead peer", "peer", name, "addresses", n)
+	p.takenOver[name] = true
 	p.publishLocked()
 	p.broadcastEntriesLocked(changed)
 	p.flushUnlock()

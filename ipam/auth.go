@@ -231,8 +231,12 @@ func (p *IPAM) acceptEntryLocked(ringID string) acceptFunc {
 			}
 			return false
 		}
-		return check(g.signer(), grantPayload(ringID, e.Start, g), &g.Sig) &&
+		ok := check(g.signer(), grantPayload(ringID, e.Start, g), &g.Sig) &&
 			check(entrySigner(e), entryPayload(ringID, e), &e.Sig)
+		if ok && g.Reason == reasonTakeover && g.Version == e.Version && !self && len(p.takenOver) < maxSenders {
+			p.takenOver[g.From] = true
+		}
+		return ok
 	}
 }
 

@@ -73,6 +73,11 @@ type Config struct {
 	// PeerKey is the signing key pinned to a peer's name (mesh.PeerKey).
 	// Messages and entries of a peer without one are refused.
 	PeerKey func(name string) (ed25519.PublicKey, bool)
+	// PeerGone is told (outside IPAM's lock) the name of a peer whose last
+	// range was taken over, here or by anyone: it is gone for good, and
+	// the agent clears its pinned key, so a reinstalled host of that name
+	// is trusted afresh and the pins do not grow with every name ever seen.
+	PeerGone func(name string)
 }
 
 // Timing of the background work; zero fields take defaults.
@@ -125,6 +130,7 @@ type IPAM struct {
 	started        time.Time             // when New ran (Clock)
 	takeoverWarned time.Time             // last refused takeover logged
 	ringCap        int                   // ringCapLocked, counted at each tick
+	takenOver      map[string]bool       // peers a takeover was accepted of, since the last flush
 	refused        map[string]time.Time  // donors that had nothing, when
 	asked          map[string]askedDonor // donors asked while this peer had no space
 	lastGet        time.Time
@@ -192,6 +198,7 @@ func New(cfg Config) (*IPAM, error) {
 		wake:          make(chan struct{}),
 		reported:      map[uint64]bool{},
 		senders:       map[string]*sender{},
+		takenOver:     map[string]bool{},
 		refused:       map[string]time.Time{},
 		asked:         map[string]askedDonor{},
 		acks:          map[uint64]chan struct{}{},
@@ -387,7 +394,26 @@ func (p *IPAM) broadcastEntriesLocked(es []entry) {
 func (p *IPAM) flushUnlock() {
 	out := p.outbox
 	p.outbox = nil
+	var gone []string
+	for name := range p.takenOver {
+		if p.ring == nil {
+			break
+		}
+		if idx, _ := p.ring.ownedBy(name); len(idx) == 0 {
+			gone = append(gone, name)
+			delete(p.senders, name)
+			delete(p.refused, name)
+			delete(p.asked, name)
+		}
+	}
+	clear(p.takenOver)
 	p.mu.Unlock()
+	if p.cfg.PeerGone != nil {
+		for _, name := range gone {
+			p.log.Info("a removed peer's ranges are all taken over; forgetting it", "peer", name)
+			p.cfg.PeerGone(name)
+		}
+	}
 	for _, o := range out {
 		if o.to == "" {
 			p.cfg.Transport.Broadcast(o.msg)

@@ -340,13 +340,29 @@ func TestRmpeerOfSuspectPeerRefused(t *testing.T) {
 	if o := ownerOf(t, a, bAddr); o != "b" {
 		t.Fatalf("a accepted a takeover of b, which it sees suspect: owner %q", o)
 	}
-	// Once b is dead in a's view too, the same takeover is accepted.
+	// Once b is dead in a's view too, the same takeover is accepted, and a
+	// forgets b: its replay state, and (through PeerGone) its pinned key.
+	var gone []string
+	a.cfg.PeerGone = func(name string) { gone = append(gone, name) }
+	a.HandleMessage(n.from(&message{Type: msgNoDon, From: "b"})) // a keeps b's replay state
+	a.mu.Lock()
+	_, had := a.senders["b"]
+	a.mu.Unlock()
+	if !had {
+		t.Fatal("b's message not kept")
+	}
 	n.mu.Lock()
 	n.down["b"] = true
 	n.mu.Unlock()
 	_ = a.MergeState(c2.LocalState())
 	if o := ownerOf(t, a, bAddr); o != "c" {
 		t.Fatalf("takeover of a dead peer not accepted: owner %q", o)
+	}
+	a.mu.Lock()
+	_, kept := a.senders["b"]
+	a.mu.Unlock()
+	if len(gone) != 1 || gone[0] != "b" || kept {
+		t.Fatalf("after b's ranges were taken over: PeerGone %v, replay state kept %v", gone, kept)
 	}
 }
 
