@@ -93,7 +93,7 @@ func FuzzForgedSenders(f *testing.F) {
 					p.mu.Unlock()
 					t.Fatalf("step %d: %s's ring invalid: %v", step, p.cfg.Name, err)
 				}
-				if len(p.senders) > 4 || len(p.refused) > 4 || len(p.asked) > 4 || len(p.ring.entries) > p.ringCapLocked() {
+				if len(p.senders) > 4 || len(p.refused) > 4 || len(p.asked) > 4 || len(p.ring.entries) > p.keyCapLocked() {
 					p.mu.Unlock()
 					t.Fatalf("step %d: %s keeps %d senders, %d refusals, %d asked, %d keys", step, p.cfg.Name,
 						len(p.senders), len(p.refused), len(p.asked), len(p.ring.entries))

@@ -539,8 +539,8 @@ func (p *IPAM) mergeLocked(from string, es []entry) error {
 			return fmt.Errorf("%w from %s: %v", ErrBadMessage, from, err)
 		}
 	}
-	if len(es) > p.ringCapLocked() {
-		return fmt.Errorf("%w from %s: %d ring keys, at most %d for this mesh", ErrBadMessage, from, len(es), p.ringCapLocked())
+	if len(es) > p.msgKeysLocked() {
+		return fmt.Errorf("%w from %s: %d ring keys, at most %d for this mesh", ErrBadMessage, from, len(es), p.msgKeysLocked())
 	}
 	ours := false // does the merge touch our own ranges?
 	for _, e := range es {
@@ -562,7 +562,7 @@ func (p *IPAM) mergeLocked(from string, es []entry) error {
 				"from", from, "start", addrAt(p.cfg.Range, e.Start), "version", e.Version, "our_version", cur.Version)
 		}
 	}
-	changed, conflicts, refused := p.ring.mergeChecked(es, p.acceptEntryLocked(p.ring.ID), p.ringCapLocked())
+	changed, conflicts, refused := p.ring.mergeChecked(es, p.acceptEntryLocked(p.ring.ID), p.keyCapLocked())
 	var errs []error
 	if refused > 0 {
 		// Mostly a peer that lags behind an owner change; a forgery looks
@@ -652,7 +652,22 @@ func (p *IPAM) countRingCapLocked() int {
 }
 
 // maxBodyLocked bounds a message body's bytes before it is parsed.
-func (p *IPAM) maxBodyLocked() int { return 4096 + p.ringCapLocked()*maxEntryJSON }
+func (p *IPAM) maxBodyLocked() int { return 4096 + p.msgKeysLocked()*maxEntryJSON }
+
+// keyCapLocked is the most keys merges may grow the ring to: twice the cap
+// for this many peers, or what the ring already holds (keys are never
+// removed, so a mesh that shrank keeps the keys its peers once split).
+// Donations split only below ringCapLocked, so honest peers never reach it.
+func (p *IPAM) keyCapLocked() int {
+	n := 2 * p.ringCapLocked()
+	if p.ring != nil {
+		n = max(n, len(p.ring.entries))
+	}
+	return n
+}
+
+// msgKeysLocked is the most ring entries one message may carry.
+func (p *IPAM) msgKeysLocked() int { return p.keyCapLocked() + p.ringCapLocked() }
 
 func (p *IPAM) stateMsgLocked() *message {
 	m := &message{Type: msgState, Range: p.rangeStr, Size: p.size}
@@ -690,7 +705,7 @@ func (p *IPAM) authenticateLocked(buf []byte) (*message, error) {
 	}
 	// Entries are JSON objects: count them before parsing, so a body of
 	// many small forged entries costs a scan, not a parse.
-	if limit := 2*p.ringCapLocked() + 16; countObjects(h.body, limit) > limit {
+	if limit := 2*p.msgKeysLocked() + 16; countObjects(h.body, limit) > limit {
 		return nil, fmt.Errorf("%w: more than %d objects from %s, the most a ring of this mesh needs", ErrBadMessage, limit, h.from)
 	}
 	if h.from == p.cfg.Name {
@@ -753,15 +768,15 @@ func (p *IPAM) mergeStateLocked(m *message) error {
 		if r.ID != m.RingID {
 			return fmt.Errorf("%w: state from %s: ring ID does not match its seeds", ErrBadMessage, m.From)
 		}
-		if len(es) > p.ringCapLocked() {
-			return fmt.Errorf("%w: state from %s: %d ring keys, at most %d for this mesh", ErrBadMessage, m.From, len(es), p.ringCapLocked())
+		if len(es) > p.keyCapLocked() {
+			return fmt.Errorf("%w: state from %s: %d ring keys, at most %d for this mesh", ErrBadMessage, m.From, len(es), p.keyCapLocked())
 		}
 		for _, e := range es {
 			if err := e.validate(p.size); err != nil {
 				return fmt.Errorf("%w: state from %s: %v", ErrBadMessage, m.From, err)
 			}
 		}
-		r.mergeChecked(es, p.acceptAdoptedLocked(r.ID), p.ringCapLocked())
+		r.mergeChecked(es, p.acceptAdoptedLocked(r.ID), p.keyCapLocked())
 		if err := r.validate(); err != nil {
 			return fmt.Errorf("%w: state from %s: %v", ErrBadMessage, m.From, err)
 		}

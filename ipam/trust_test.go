@@ -166,7 +166,7 @@ func TestRingBloatCappedAndBounded(t *testing.T) {
 	for i := range uint64(60_000) {
 		start := ms + i*4
 		e := entry{Start: start, End: start + 4, Owner: "mallory", Version: 2, Free: 4}
-		if i < uint64(limit)+100 {
+		if i < 3*uint64(limit) {
 			e = signed(mallory, id, e) // the rest are refused before any check of theirs
 		} else {
 			e.Sig = es[0].Sig
@@ -197,10 +197,12 @@ func TestRingBloatCappedAndBounded(t *testing.T) {
 			a.HandleMessage(n.forge(mallory, &message{Type: msgRing, From: "mallory", RingID: id, Entries: toWire(chunk)}))
 		}
 	}
-	st.Entries = toWire(es[:limit])
-	_ = a.MergeState(n.forge(mallory, st))
-	if k := keysOf(a); k > limit {
-		t.Fatalf("ring grew to %d keys, cap %d", k, limit)
+	for i := 0; i < 3; i++ {
+		st.Entries = toWire(es[i*limit : (i+1)*limit])
+		_ = a.MergeState(n.forge(mallory, st))
+	}
+	if k := keysOf(a); k > 2*limit {
+		t.Fatalf("ring grew to %d keys, cap %d", k, 2*limit)
 	}
 	// Per message: no more than maxBroadcastEntries in a delta, maxSeeds seeds.
 	big := toWire(es[:maxBroadcastEntries+1])
