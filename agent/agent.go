@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/api"
+	"github.com/weftnet/weft/identity"
 	"github.com/weftnet/weft/ipam"
 	"github.com/weftnet/weft/mesh"
 	"github.com/weftnet/weft/router/crypto"
@@ -30,6 +31,8 @@ type Agent struct {
 
 	keys     *crypto.PasswordKeys // nil without a password
 	identity crypto.Identity
+	signer   *identity.Signer // long-term IPAM signing key, with or without a password
+	pins     *identity.Pins   // peers' signing keys, pinned to their names
 	mesh     *mesh.Mesh
 	ipam     *ipam.IPAM
 	routes   *routes
@@ -66,6 +69,13 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		}
 	}
 	a := &Agent{cfg: cfg, log: log, blocker: "starting"}
+	var err error
+	if a.signer, err = identity.LoadOrCreate(cfg.StateDir); err != nil {
+		return nil, err
+	}
+	if a.pins, err = identity.LoadPins(cfg.StateDir, log); err != nil {
+		return nil, err
+	}
 	if cfg.Password != nil {
 		// Slow on purpose (Argon2id): done once, here.
 		keys, err := crypto.DerivePasswordKeys(cfg.Password, crypto.PasswordSalt(cfg.Range.String(), cfg.ClusterName))
@@ -113,6 +123,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		DataPort:  uint16(a.cfg.Port + 1),
 		Encrypted: a.keys != nil,
 		Version:   api.Version,
+		// SigningKey: see identity; pinned by peers on first sight.
+		SigningKey: a.signer.Public(),
 	}
 	if a.keys != nil {
 		pub := a.identity.Public()
@@ -120,7 +132,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	m, err := mesh.New(mesh.Config{
 		Name: a.cfg.Name, Bind: a.cfg.Host, Port: a.cfg.Port, Meta: meta,
-		SecretKey: a.gossipKey(), Timing: a.cfg.Timing, Logger: a.log,
+		SecretKey: a.gossipKey(), Timing: a.cfg.Timing, Logger: a.log, Pins: a.pins,
 	})
 	if err != nil {
 		return err
@@ -147,7 +159,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		Transport: mesh.Transport{Mesh: m, Channel: mesh.ChannelIPAM},
 		Logger:    a.log,
 		Alive:     m.IsAlive,
+		Reachable: m.Reachable,
 		Peers:     m.AliveNames,
+		Signer:    a.signer,
+		PeerKey:   m.PeerKey,
+		PeerGone: func(name string) {
+			if err := a.pins.Forget(name); err != nil {
+				a.log.Warn("could not clear the pinned signing key of a removed peer", "peer", name, "err", err)
+			}
+		},
 	})
 	if err != nil {
 		m.Shutdown()

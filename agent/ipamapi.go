@@ -129,6 +129,12 @@ func (a *Agent) ipamRoutes(get, post route) {
 		if err != nil {
 			return nil, ipamError(err)
 		}
+		// The host is gone for good: a host of that name may come back
+		// reinstalled, with a new signing key.
+		a.ipam.ForgetPeer(req.Name)
+		if err := a.pins.Forget(req.Name); err != nil {
+			a.log.Warn("could not clear the pinned signing key of a removed peer", "peer", req.Name, "err", err)
+		}
 		a.log.Info("took over a removed peer's addresses", "peer", req.Name, "addresses", n)
 		return api.RmpeerResponse{Reclaimed: n}, nil
 	})
@@ -163,7 +169,7 @@ func ipamError(err error) error {
 		return exhausted(err)
 	case errors.Is(err, ipam.ErrNotFound):
 		return notFound(err)
-	case errors.Is(err, ipam.ErrConflict), errors.Is(err, ipam.ErrPeerAlive):
+	case errors.Is(err, ipam.ErrConflict), errors.Is(err, ipam.ErrPeerAlive), errors.Is(err, ipam.ErrPeerSuspect):
 		return conflict(err)
 	}
 	return err

@@ -151,7 +151,14 @@ func (p *IPAM) askDonationLocked() error {
 			return fmt.Errorf("%w: donor %s does not answer", ErrNotReady, donor)
 		}
 		p.asked[donor] = askedDonor{at: now, times: q.times + 1}
-		p.sendLocked(donor, &message{Type: msgDonReq, RingID: p.ring.ID})
+		// The request carries our own keys (their free counts show the
+		// donor we are short of space) and an id, so a replay is one request.
+		own := p.ownEntriesLocked()
+		if len(own) > maxBroadcastEntries {
+			own = own[:maxBroadcastEntries]
+		}
+		p.nonce++
+		p.sendLocked(donor, &message{Type: msgDonReq, RingID: p.ring.ID, Entries: toWire(own), Nonce: p.nonce})
 		p.log.Debug("asked for a donation", "donor", donor, "donor_free", cands[0].free)
 	}
 	return fmt.Errorf("%w: waiting for a donation from %s", ErrNotReady, donor)
@@ -189,9 +196,43 @@ func (p *IPAM) ringCompleteLocked() bool {
 }
 
 // handleDonationRequestLocked gives at most half of this peer's free space,
-// carved from its largest free block, to the requester.
-func (p *IPAM) handleDonationRequestLocked(to string) error {
-	if p.ring == nil || p.left {
+// carved from its largest free block, to a requester that is short of space.
+// Each request id is answered once.
+func (p *IPAM) handleDonationRequestLocked(m *message) error {
+	to := m.From
+	if p.ring == nil || p.left || m.RingID != p.ring.ID {
+		p.sendLocked(to, &message{Type: msgNoDon})
+		return nil
+	}
+	s := p.senders[to]
+	if s == nil {
+		return nil
+	}
+	if s.donInc != m.Inc { // the requester restarted: its ids start again
+		s.donInc, s.donated = m.Inc, 0
+	}
+	if m.Nonce <= s.donated {
+		return nil // answered already
+	}
+	s.donated = m.Nonce
+	es := fromWire(m.Entries)
+	for _, e := range es {
+		if e.Owner != to {
+			return fmt.Errorf("%w: donation request from %s carries a key of %s", ErrBadMessage, to, e.Owner)
+		}
+	}
+	if len(es) > 0 {
+		if err := p.mergeLocked(to, es); err != nil {
+			p.log.Debug("donation request: merging the requester's keys", "from", to, "err", err)
+		}
+	}
+	if f := p.freeByPeerLocked()[to]; f > 0 {
+		p.log.Debug("refused a donation to a peer that has free space", "peer", to, "free", f)
+		p.sendLocked(to, &message{Type: msgNoDon})
+		return nil
+	}
+	if len(p.ring.entries)+2 > p.ringCapLocked() {
+		p.log.Warn("no donation: the ring has as many keys as this mesh allows", "peer", to, "keys", len(p.ring.entries))
 		p.sendLocked(to, &message{Type: msgNoDon})
 		return nil
 	}
@@ -270,11 +311,11 @@ func (p *IPAM) giveLocked(start, end uint64, to string) []entry {
 			continue
 		}
 		if start > ks {
-			out = append(out, p.ring.set(ks, start, p.cfg.Name, freeIn(ks, start, p.size, p.used)))
+			out = append(out, p.writeLocked(p.ring, ks, start, p.cfg.Name, freeIn(ks, start, p.size, p.used), reasonNone))
 		}
-		out = append(out, p.ring.set(start, end, to, freeIn(start, end, p.size, p.used)))
+		out = append(out, p.writeLocked(p.ring, start, end, to, freeIn(start, end, p.size, p.used), reasonDonation))
 		if end < ke {
-			out = append(out, p.ring.set(end, ke, p.cfg.Name, freeIn(end, ke, p.size, p.used)))
+			out = append(out, p.writeLocked(p.ring, end, ke, p.cfg.Name, freeIn(end, ke, p.size, p.used), reasonNone))
 		}
 		break
 	}
@@ -425,6 +466,11 @@ func (p *IPAM) RemovePeer(name string) (uint64, error) {
 	if p.cfg.Alive(name) {
 		return 0, fmt.Errorf("rmpeer %s: %w; stop it first, or run `weft reset` on it", name, ErrPeerAlive)
 	}
+	if p.reachable(name) {
+		// Routing still sends to it and it may still allocate: taking its
+		// ranges now could give its addresses out twice.
+		return 0, fmt.Errorf("rmpeer %s: %w; wait until membership declares it dead", name, ErrPeerSuspect)
+	}
 	p.mu.Lock()
 	if p.ring == nil || p.left {
 		p.mu.Unlock()
@@ -436,7 +482,7 @@ func (p *IPAM) RemovePeer(name string) (uint64, error) {
 	var n uint64
 	for k, i := range idx {
 		e := p.ring.entries[i]
-		changed = append(changed, p.ring.takeOver(e.Start, ends[k], p.cfg.Name, freeIn(e.Start, ends[k], p.size, p.used)))
+		changed = append(changed, p.writeLocked(p.ring, e.Start, ends[k], p.cfg.Name, freeIn(e.Start, ends[k], p.size, p.used), reasonTakeover))
 		n += ends[k] - e.Start
 	}
 	if n == 0 {
@@ -449,6 +495,7 @@ func (p *IPAM) RemovePeer(name string) (uint64, error) {
 		return 0, fmt.Errorf("rmpeer %s: %w", name, err)
 	}
 	p.log.Warn("took over the ranges of a dead peer", "peer", name, "addresses", n)
+	p.takenOver[name] = true
 	p.publishLocked()
 	p.broadcastEntriesLocked(changed)
 	p.flushUnlock()
@@ -479,16 +526,16 @@ func (p *IPAM) HandOver(ctx context.Context) error {
 		var es []entry
 		for k, i := range idx {
 			e := next.entries[i]
-			es = append(es, next.set(e.Start, ends[k], to, freeIn(e.Start, ends[k], p.size, nil)))
+			es = append(es, p.writeLocked(next, e.Start, ends[k], to, freeIn(e.Start, ends[k], p.size, nil), reasonHandOver))
 		}
 		p.nonce++
 		nonce := p.nonce
 		ack := make(chan struct{})
 		p.acks[nonce] = ack
-		msg := &message{Type: msgHandOver, From: p.cfg.Name, RingID: next.ID, Entries: toWire(es), Nonce: nonce}
+		msg := p.encodeLocked(&message{Type: msgHandOver, RingID: next.ID, Entries: toWire(es), Nonce: nonce})
 		p.mu.Unlock()
 
-		err := p.cfg.Transport.SendTo(to, encodeMessage(msg))
+		err := p.cfg.Transport.SendTo(to, msg)
 		if err == nil {
 			wait, cancel := context.WithTimeout(ctx, 5*time.Second)
 			select {

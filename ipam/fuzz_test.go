@@ -1,8 +1,10 @@
 package ipam
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"net/netip"
+	"slices"
 	"testing"
 )
 
@@ -21,14 +23,15 @@ func seedMessages() [][]byte {
 		{Type: msgAccept, From: "b", Ballot: &b, Value: []string{"a", "b"}},
 		{Type: msgAccepted, From: "b", Ballot: &b, OK: true},
 		{Type: msgChosen, From: "b", Ballot: &b, Value: []string{"a", "b"}},
-		{Type: msgDonReq, From: "b", RingID: r.ID},
+		{Type: msgDonReq, From: "b", RingID: r.ID, Nonce: 1},
 		{Type: msgNoDon, From: "b"},
 		{Type: msgHandOver, From: "b", RingID: r.ID, Entries: []wireEntry{{Start: 128, End: 256, Owner: "a", Version: 5, Free: 127}}, Nonce: 1},
 		{Type: msgAck, From: "b", Nonce: 1},
 	}
 	var out [][]byte
-	for _, m := range msgs {
-		out = append(out, encodeMessage(m))
+	for i, m := range msgs {
+		m.Inc, m.Seq = 1, uint64(i+1)
+		out = append(out, encodeMessage(m, testSigner(m.From)))
 	}
 	return append(out, nil, []byte{1}, []byte{2, '{', '}'}, []byte("\x01{\"t\":\"ring\",\"f\":\"\"}"))
 }
@@ -42,7 +45,7 @@ func FuzzDecodeMessage(f *testing.F) {
 		if err != nil {
 			return
 		}
-		again, err := decodeMessage(encodeMessage(m))
+		again, err := decodeMessage(encodeMessage(m, testSigner(m.From)))
 		if err != nil {
 			t.Fatalf("re-encoded message does not decode: %v", err)
 		}
@@ -54,26 +57,46 @@ func FuzzDecodeMessage(f *testing.F) {
 
 // FuzzHandleMessage feeds untrusted bytes to a live IPAM as message and as
 // push/pull state: no panic, and its own ranges never overlap another's.
+// Each input is tried twice: as raw bytes, and as the body of a message
+// correctly signed by the pinned peer b (a hostile member), so the fuzzer
+// reaches past the signature check.
 func FuzzHandleMessage(f *testing.F) {
 	for _, s := range seedMessages() {
 		f.Add(s)
+		if h, err := parseHeader(s); err == nil {
+			f.Add(append([]byte(nil), h.body...))
+		}
 	}
 	rng := netip.MustParsePrefix("10.32.0.0/24")
 	f.Fuzz(func(t *testing.T, b []byte) {
 		n := newFakeNet(t, 1)
 		a := n.add("a", rng, Init{Mode: ModeSeed, Seeds: []string{"a", "b"}}, "")
 		c := n.add("c", rng, Init{Mode: ModeConsensus, Quorum: 2}, "")
-		a.HandleMessage(b)
-		_ = a.MergeState(b)
-		c.HandleMessage(b)
-		_ = c.MergeState(b)
+		n.pin("b", testSigner("b").Public())
+		hdr := []byte{wireFormat, 1, 'b'}
+		hdr = binary.BigEndian.AppendUint64(hdr, 1)
+		for seq, msg := range [][]byte{b, nil, nil} {
+			if seq > 0 { // b's body, signed, with a fresh sequence number
+				body := binary.BigEndian.AppendUint64(slices.Clone(hdr), uint64(seq))
+				body = append(body, b...)
+				msg = append(body, testSigner("b").Sign(body)...)
+			}
+			a.HandleMessage(msg)
+			c.HandleMessage(msg)
+			if seq != 1 {
+				_ = a.MergeState(msg)
+				_ = c.MergeState(msg)
+			}
+		}
 		a.mu.Lock()
 		err := a.ring.validate()
 		a.mu.Unlock()
 		if err != nil {
 			t.Fatalf("ring invalid after input: %v", err)
 		}
-		a.Owner(netip.MustParseAddr("10.32.0.77"))
+		if o, _ := a.Owner(netip.MustParseAddr("10.32.0.77")); o != "a" {
+			t.Fatalf("a's address now owned by %q", o)
+		}
 		a.OwnedPrefixes()
 		a.Status()
 		c.Status()

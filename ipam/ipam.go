@@ -11,6 +11,7 @@ package ipam
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,6 +33,10 @@ var (
 	ErrPeerAlive    = errors.New("peer is alive")
 	ErrConflict     = errors.New("address conflict")
 	ErrRingMismatch = errors.New("IPAM ring mismatch")
+	ErrPeerSuspect  = errors.New("peer is suspect (slow or briefly unreachable, not dead)")
+	// ErrUnauthenticated: a message not signed by the pinned key of the
+	// peer it names, or a replay of one already seen.
+	ErrUnauthenticated = errors.New("unauthenticated IPAM message")
 )
 
 // HostContainerID is the container ID under which the agent allocates
@@ -54,10 +59,25 @@ type Config struct {
 	Logger    *slog.Logger
 	// Alive is membership's view of a peer (mesh.IsAlive); nil = all alive.
 	Alive func(name string) bool
+	// Reachable: alive or suspect (mesh.Reachable). Such a peer's ranges are
+	// never taken over, by this peer or by anyone this peer listens to;
+	// nil = Alive.
+	Reachable func(name string) bool
 	// Peers lists the alive members, this one included or not (mesh.AliveNames).
 	// Consensus proposes to them; nil = the peers heard from so far.
 	Peers func() []string
 	Clock func() time.Time // nil = time.Now
+	// Signer is this peer's long-term signing key (identity.Signer); every
+	// message and ring entry it writes is signed with it. Required.
+	Signer Signer
+	// PeerKey is the signing key pinned to a peer's name (mesh.PeerKey).
+	// Messages and entries of a peer without one are refused.
+	PeerKey func(name string) (ed25519.PublicKey, bool)
+	// PeerGone is told (outside IPAM's lock) the name of a peer whose last
+	// range was taken over, here or by anyone: it is gone for good, and
+	// the agent clears its pinned key, so a reinstalled host of that name
+	// is trusted afresh and the pins do not grow with every name ever seen.
+	PeerGone func(name string)
 }
 
 // Timing of the background work; zero fields take defaults.
@@ -101,18 +121,23 @@ type IPAM struct {
 	outbox         []outMsg
 	reported       map[uint64]bool // allocations already reported as lost, by offset
 
-	acceptor  persistedAcceptor
-	proposal  *proposal
-	maxRound  uint64
-	nextTry   time.Time // earliest next proposal
-	heard     map[string]bool
-	refused   map[string]time.Time  // donors that had nothing, when
-	asked     map[string]askedDonor // donors asked while this peer had no space
-	lastGet   time.Time
-	acks      map[uint64]chan struct{}
-	nonce     uint64
-	rng       *rand.Rand
-	mismatchN int // ring mismatches logged (rate limit)
+	acceptor       persistedAcceptor
+	proposal       *proposal
+	maxRound       uint64
+	nextTry        time.Time             // earliest next proposal
+	senders        map[string]*sender    // authenticated peers heard from: replay windows
+	inc, seq       uint64                // this peer's incarnation and last sequence number
+	started        time.Time             // when New ran (Clock)
+	takeoverWarned time.Time             // last refused takeover logged
+	ringCap        int                   // ringCapLocked, counted at each tick
+	takenOver      map[string]bool       // peers a takeover was accepted of, since the last flush
+	refused        map[string]time.Time  // donors that had nothing, when
+	asked          map[string]askedDonor // donors asked while this peer had no space
+	lastGet        time.Time
+	acks           map[uint64]chan struct{}
+	nonce          uint64
+	rng            *rand.Rand
+	mismatchN      int // ring mismatches logged (rate limit)
 }
 
 type outMsg struct {
@@ -141,6 +166,9 @@ func New(cfg Config) (*IPAM, error) {
 	if cfg.Transport == nil {
 		return nil, errors.New("ipam: no transport")
 	}
+	if cfg.Signer == nil {
+		return nil, errors.New("ipam: no signing key")
+	}
 	switch cfg.Init.Mode {
 	case ModeSeed:
 		cfg.Init.Seeds = slices.Clone(cfg.Init.Seeds)
@@ -157,6 +185,7 @@ func New(cfg Config) (*IPAM, error) {
 		return nil, fmt.Errorf("ipam: unknown init mode %q", cfg.Init.Mode)
 	}
 	p := &IPAM{
+		started:       cfg.Clock(),
 		cfg:           cfg,
 		log:           cfg.Logger.With("component", "ipam"),
 		size:          size,
@@ -168,7 +197,8 @@ func New(cfg Config) (*IPAM, error) {
 		allocs:        map[Attachment]*Allocation{},
 		wake:          make(chan struct{}),
 		reported:      map[uint64]bool{},
-		heard:         map[string]bool{},
+		senders:       map[string]*sender{},
+		takenOver:     map[string]bool{},
 		refused:       map[string]time.Time{},
 		asked:         map[string]askedDonor{},
 		acks:          map[uint64]chan struct{}{},
@@ -179,6 +209,9 @@ func New(cfg Config) (*IPAM, error) {
 			return nil, fmt.Errorf("ipam: state dir: %w", err)
 		}
 		p.store = newStore(cfg.StateDir)
+		if p.inc, err = p.store.nextIncarnation(); err != nil {
+			return nil, err
+		}
 		st, err := p.store.load()
 		if err != nil {
 			return nil, err
@@ -189,6 +222,10 @@ func New(cfg Config) (*IPAM, error) {
 			}
 		}
 	}
+	if p.store == nil {
+		// No state: a fresh incarnation each start is enough.
+		p.inc = uint64(time.Now().UnixNano())
+	}
 	if p.ring == nil && cfg.Init.Mode == ModeSeed {
 		p.ring = newSeededRing(p.rangeStr, size, cfg.Init.Seeds)
 	}
@@ -198,6 +235,7 @@ func New(cfg Config) (*IPAM, error) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.signOwnLocked()
 	p.refreshOwnLocked()
 	p.publishLocked()
 	p.checkLostLocked()
@@ -226,7 +264,7 @@ func (p *IPAM) restore(st *persisted) error {
 	}
 	if st.Paxos != nil {
 		p.acceptor = *st.Paxos
-		p.maxRound = max(st.Paxos.Promised.Round, st.Paxos.Accepted.Round)
+		p.maxRound = min(max(st.Paxos.Promised.Round, st.Paxos.Accepted.Round), maxRound)
 	}
 	p.log.Info("restored IPAM state", "file", p.store.path(), "allocations", len(st.Allocations), "ring", st.Ring != nil)
 	return nil
@@ -263,6 +301,7 @@ func (p *IPAM) PeersChanged() {
 func (p *IPAM) tick() {
 	p.mu.Lock()
 	now := p.now()
+	p.ringCap = p.countRingCapLocked()
 	if p.ring == nil && !p.left {
 		if p.cfg.Init.Mode == ModeConsensus {
 			p.consensusTickLocked(now)
@@ -309,7 +348,7 @@ func (p *IPAM) alivePeersLocked() []string {
 	if p.cfg.Peers != nil {
 		names = p.cfg.Peers()
 	} else {
-		for n := range p.heard {
+		for n := range p.senders {
 			names = append(names, n)
 		}
 	}
@@ -326,8 +365,14 @@ func (p *IPAM) alivePeersLocked() []string {
 // sendLocked queues a message; flushUnlock sends it after the lock is
 // released, so a slow TCP send never blocks the IPAM.
 func (p *IPAM) sendLocked(to string, m *message) {
-	m.From = p.cfg.Name
-	p.outbox = append(p.outbox, outMsg{to: to, msg: encodeMessage(m)})
+	p.outbox = append(p.outbox, outMsg{to: to, msg: p.encodeLocked(m)})
+}
+
+// encodeLocked signs m as this peer with the next sequence number.
+func (p *IPAM) encodeLocked(m *message) []byte {
+	p.seq++
+	m.From, m.Inc, m.Seq = p.cfg.Name, p.inc, p.seq
+	return encodeMessage(m, p.cfg.Signer)
 }
 
 func (p *IPAM) broadcastLocked(m *message) { p.sendLocked("", m) }
@@ -349,7 +394,26 @@ func (p *IPAM) broadcastEntriesLocked(es []entry) {
 func (p *IPAM) flushUnlock() {
 	out := p.outbox
 	p.outbox = nil
+	var gone []string
+	for name := range p.takenOver {
+		if p.ring == nil {
+			break
+		}
+		if idx, _ := p.ring.ownedBy(name); len(idx) == 0 {
+			gone = append(gone, name)
+			delete(p.senders, name)
+			delete(p.refused, name)
+			delete(p.asked, name)
+		}
+	}
+	clear(p.takenOver)
 	p.mu.Unlock()
+	if p.cfg.PeerGone != nil {
+		for _, name := range gone {
+			p.log.Info("a removed peer's ranges are all taken over; forgetting it", "peer", name)
+			p.cfg.PeerGone(name)
+		}
+	}
 	for _, o := range out {
 		if o.to == "" {
 			p.cfg.Transport.Broadcast(o.msg)
@@ -400,6 +464,24 @@ func (p *IPAM) publishLocked() {
 	}
 }
 
+// signOwnLocked rewrites, signed, this peer's keys that carry no valid
+// signature: a state file of a build before signed entries, or a signing key
+// replaced. Peers refuse unsigned entries they do not already hold.
+func (p *IPAM) signOwnLocked() {
+	if p.ring == nil {
+		return
+	}
+	for _, e := range p.ownEntriesLocked() {
+		if e.Version == 1 && e.Sig == ([sigSize]byte{}) && e.Grant.isZero() {
+			continue // a seeded key, which every peer derives alike
+		}
+		if e.Grant.isZero() && !p.verify(p.cfg.Name, entryPayload(p.ring.ID, e), &e.Sig) {
+			p.writeLocked(p.ring, e.Start, e.End, e.Owner, e.Free, reasonNone)
+			p.dirty = true
+		}
+	}
+}
+
 // refreshOwnLocked rewrites the free count of every own key that changed (a
 // version bump each, as only the owner writes) and trims their ends to what
 // they effectively own, so this peer's own keys never overlap.
@@ -412,7 +494,7 @@ func (p *IPAM) refreshOwnLocked() (changed []entry) {
 		e := p.ring.entries[i]
 		free := freeIn(e.Start, ends[k], p.size, p.used)
 		if free != e.Free || ends[k] != e.End {
-			changed = append(changed, p.ring.set(e.Start, ends[k], p.cfg.Name, free))
+			changed = append(changed, p.writeLocked(p.ring, e.Start, ends[k], p.cfg.Name, free, reasonNone))
 		}
 	}
 	if len(changed) > 0 {
@@ -457,6 +539,9 @@ func (p *IPAM) mergeLocked(from string, es []entry) error {
 			return fmt.Errorf("%w from %s: %v", ErrBadMessage, from, err)
 		}
 	}
+	if len(es) > p.msgKeysLocked() {
+		return fmt.Errorf("%w from %s: %d ring keys, at most %d for this mesh", ErrBadMessage, from, len(es), p.msgKeysLocked())
+	}
 	ours := false // does the merge touch our own ranges?
 	for _, e := range es {
 		i, ok := p.ring.find(e.Start)
@@ -469,7 +554,7 @@ func (p *IPAM) mergeLocked(from string, es []entry) error {
 			continue
 		}
 		ours = ours || e.Owner == p.cfg.Name || cur.Owner == p.cfg.Name
-		if cur.Owner == p.cfg.Name && e.Owner != p.cfg.Name && !p.left {
+		if cur.Owner == p.cfg.Name && e.Owner != p.cfg.Name && !p.left && e.Grant.Reason == reasonTakeover {
 			p.log.Warn("a peer took over a range this peer owned (rmpeer while this peer was down or partitioned?); accepting it",
 				"from", from, "start", addrAt(p.cfg.Range, e.Start), "new_owner", e.Owner, "version", e.Version, "our_version", cur.Version)
 		} else if e.Owner == p.cfg.Name && cur.Owner == p.cfg.Name && e.Version > cur.Version+1 && p.store != nil {
@@ -477,8 +562,13 @@ func (p *IPAM) mergeLocked(from string, es []entry) error {
 				"from", from, "start", addrAt(p.cfg.Range, e.Start), "version", e.Version, "our_version", cur.Version)
 		}
 	}
-	changed, conflicts := p.ring.merge(es)
+	changed, conflicts, refused := p.ring.mergeChecked(es, p.acceptEntryLocked(p.ring.ID), p.keyCapLocked())
 	var errs []error
+	if refused > 0 {
+		// Mostly a peer that lags behind an owner change; a forgery looks
+		// the same from here and is just as harmless once refused.
+		p.log.Debug("refused ring entries not written by their owner, or beyond the key cap", "from", from, "refused", refused)
+	}
 	for _, c := range conflicts {
 		err := fmt.Errorf("%w: %s (from %s); kept %q on every peer; one of them was removed with rmpeer while alive or restored an old state",
 			ErrConflict, c, from, winnerOf(c).Owner)
@@ -538,11 +628,49 @@ func (p *IPAM) mismatchErr(from, remoteID string, remoteSeeds []string) error {
 func (p *IPAM) LocalState() []byte {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return encodeMessage(p.stateMsgLocked())
+	return p.encodeLocked(p.stateMsgLocked())
 }
 
+// ringCapLocked is the most keys a ring may hold: proportional to the peers,
+// as counted at the last tick (counting is not free, and a message needs it
+// several times).
+func (p *IPAM) ringCapLocked() int {
+	if p.ringCap == 0 {
+		p.ringCap = p.countRingCapLocked()
+	}
+	return p.ringCap
+}
+
+func (p *IPAM) countRingCapLocked() int {
+	n := 1
+	if p.cfg.Peers != nil {
+		n = max(n, len(p.cfg.Peers())+1)
+	} else {
+		n = max(n, len(p.senders)+1)
+	}
+	return ringKeysBase + ringKeysPerPeer*n
+}
+
+// maxBodyLocked bounds a message body's bytes before it is parsed.
+func (p *IPAM) maxBodyLocked() int { return 4096 + p.msgKeysLocked()*maxEntryJSON }
+
+// keyCapLocked is the most keys merges may grow the ring to: twice the cap
+// for this many peers, or what the ring already holds (keys are never
+// removed, so a mesh that shrank keeps the keys its peers once split).
+// Donations split only below ringCapLocked, so honest peers never reach it.
+func (p *IPAM) keyCapLocked() int {
+	n := 2 * p.ringCapLocked()
+	if p.ring != nil {
+		n = max(n, len(p.ring.entries))
+	}
+	return n
+}
+
+// msgKeysLocked is the most ring entries one message may carry.
+func (p *IPAM) msgKeysLocked() int { return p.keyCapLocked() + p.ringCapLocked() }
+
 func (p *IPAM) stateMsgLocked() *message {
-	m := &message{Type: msgState, From: p.cfg.Name, Range: p.rangeStr, Size: p.size}
+	m := &message{Type: msgState, Range: p.rangeStr, Size: p.size}
 	if p.ring != nil && !p.left {
 		m.RingID, m.Seeds, m.Entries = p.ring.ID, p.ring.Seeds, toWire(p.ring.entries)
 	}
@@ -552,18 +680,68 @@ func (p *IPAM) stateMsgLocked() *message {
 // MergeState merges a peer's full ring. A ring seeded differently is refused
 // with ErrRingMismatch, whose message says how to recover.
 func (p *IPAM) MergeState(buf []byte) error {
-	m, err := decodeMessage(buf)
-	if err != nil {
-		return err
-	}
-	if m.Type != msgState {
-		return fmt.Errorf("%w: push/pull state of type %q", ErrBadMessage, m.Type)
-	}
 	p.mu.Lock()
-	err = p.mergeStateLocked(m)
+	m, err := p.authenticateLocked(buf)
+	if err == nil && m.Type != msgState {
+		err = fmt.Errorf("%w: push/pull state of type %q", ErrBadMessage, m.Type)
+	}
+	if err == nil {
+		err = p.mergeStateLocked(m)
+	}
 	p.flushUnlock()
 	return err
 }
+
+// authenticateLocked checks a message in the order of cost: size, sender
+// with a pinned key, replay, signature; only then parses the body. A message
+// that passes is marked seen.
+func (p *IPAM) authenticateLocked(buf []byte) (*message, error) {
+	h, err := parseHeader(buf)
+	if err != nil {
+		return nil, err
+	}
+	if len(h.body) > p.maxBodyLocked() {
+		return nil, fmt.Errorf("%w: %d bytes from %s, at most %d for this mesh", ErrBadMessage, len(h.body), h.from, p.maxBodyLocked())
+	}
+	// Entries are JSON objects: count them before parsing, so a body of
+	// many small forged entries costs a scan, not a parse.
+	if limit := 2*p.msgKeysLocked() + 16; countObjects(h.body, limit) > limit {
+		return nil, fmt.Errorf("%w: more than %d objects from %s, the most a ring of this mesh needs", ErrBadMessage, limit, h.from)
+	}
+	if h.from == p.cfg.Name {
+		return nil, errOwnEcho
+	}
+	key, ok := p.keyOf(h.from)
+	if !ok {
+		return nil, fmt.Errorf("%w: no signing key pinned for %q", ErrUnauthenticated, h.from)
+	}
+	s := p.senders[h.from]
+	if s != nil && !s.win.fresh(h.inc, h.seq) {
+		return nil, fmt.Errorf("%w: replayed or old message from %s (incarnation %d, sequence %d)", ErrUnauthenticated, h.from, h.inc, h.seq)
+	}
+	if s == nil && h.seq == 0 {
+		return nil, fmt.Errorf("%w: sequence 0 from %s", ErrUnauthenticated, h.from)
+	}
+	if !ed25519.Verify(key, h.signed, h.sig) {
+		return nil, fmt.Errorf("%w: bad signature on a message naming %s", ErrUnauthenticated, h.from)
+	}
+	m, err := decodeBody(h)
+	if err != nil {
+		return nil, err
+	}
+	if s == nil {
+		if len(p.senders) >= maxSenders {
+			return nil, fmt.Errorf("%w: more than %d peers", ErrUnauthenticated, maxSenders)
+		}
+		s = &sender{}
+		p.senders[h.from] = s
+	}
+	s.win.mark(h.inc, h.seq)
+	return m, nil
+}
+
+// errOwnEcho: our own broadcast came back; not worth a log line.
+var errOwnEcho = errors.New("own message")
 
 func (p *IPAM) mergeStateLocked(m *message) error {
 	if m.Range != p.rangeStr || m.Size != p.size {
@@ -581,7 +759,24 @@ func (p *IPAM) mergeStateLocked(m *message) error {
 		if p.cfg.Init.Mode == ModeSeed {
 			return errors.New("ipam: seed mode without a ring") // New always seeds
 		}
-		r := &ring{ID: m.RingID, Seeds: m.Seeds, Size: m.Size, entries: es}
+		// A peer with no ring has no view to check owner changes against:
+		// it takes the authenticated sender's word for the chain of owners,
+		// and checks each entry's and grant's signature whenever it knows
+		// the signer's key (site/security.md: a newcomer trusts the member
+		// it first learns the ring from).
+		r := newSeededRing(m.Range, m.Size, m.Seeds)
+		if r.ID != m.RingID {
+			return fmt.Errorf("%w: state from %s: ring ID does not match its seeds", ErrBadMessage, m.From)
+		}
+		if len(es) > p.keyCapLocked() {
+			return fmt.Errorf("%w: state from %s: %d ring keys, at most %d for this mesh", ErrBadMessage, m.From, len(es), p.keyCapLocked())
+		}
+		for _, e := range es {
+			if err := e.validate(p.size); err != nil {
+				return fmt.Errorf("%w: state from %s: %v", ErrBadMessage, m.From, err)
+			}
+		}
+		r.mergeChecked(es, p.acceptAdoptedLocked(r.ID), p.keyCapLocked())
 		if err := r.validate(); err != nil {
 			return fmt.Errorf("%w: state from %s: %v", ErrBadMessage, m.From, err)
 		}
@@ -596,16 +791,20 @@ func (p *IPAM) mergeStateLocked(m *message) error {
 
 // HandleMessage handles a broadcast or direct message from a peer.
 func (p *IPAM) HandleMessage(msg []byte) {
-	m, err := decodeMessage(msg)
+	p.mu.Lock()
+	m, err := p.authenticateLocked(msg)
 	if err != nil {
-		p.log.Warn("dropped IPAM message", "err", err)
+		p.mu.Unlock()
+		switch {
+		case errors.Is(err, errOwnEcho):
+		case errors.Is(err, ErrUnauthenticated):
+			// Replays are routine (gossip retransmits): debug only.
+			p.log.Debug("dropped IPAM message", "err", err)
+		default:
+			p.log.Warn("dropped IPAM message", "err", err)
+		}
 		return
 	}
-	if m.From == p.cfg.Name {
-		return // our own broadcast echoed back
-	}
-	p.mu.Lock()
-	p.heard[m.From] = true
 	if err := p.handleLocked(m); err != nil {
 		if errors.Is(err, ErrRingMismatch) {
 			p.mismatchN++
@@ -656,7 +855,7 @@ func (p *IPAM) handleLocked(m *message) error {
 	case msgChosen:
 		return p.handleChosenLocked(m)
 	case msgDonReq:
-		return p.handleDonationRequestLocked(m.From)
+		return p.handleDonationRequestLocked(m)
 	case msgNoDon:
 		p.refused[m.From] = p.now()
 		p.publishLocked() // wake waiters to try another donor

@@ -126,11 +126,11 @@ func TestPersistenceRoundTrip(t *testing.T) {
 		t.Fatal("ring not restored")
 	}
 
-	if _, err := New(Config{Name: "b", Range: simRange, Init: seedAB(), StateDir: dir, Transport: endpoint{n, "b"}}); err == nil ||
+	if _, err := New(Config{Name: "b", Range: simRange, Init: seedAB(), StateDir: dir, Transport: endpoint{n, "b"}, Signer: testSigner("b")}); err == nil ||
 		!strings.Contains(err.Error(), `belongs to peer "a"`) {
 		t.Fatalf("state of another peer: %v", err)
 	}
-	if _, err := New(Config{Name: "a", Range: netip.MustParsePrefix("10.33.0.0/16"), Init: seedAB(), StateDir: dir, Transport: endpoint{n, "a"}}); err == nil ||
+	if _, err := New(Config{Name: "a", Range: netip.MustParsePrefix("10.33.0.0/16"), Init: seedAB(), StateDir: dir, Transport: endpoint{n, "a"}, Signer: testSigner("a")}); err == nil ||
 		!strings.Contains(err.Error(), "--ipalloc-range") {
 		t.Fatalf("state of another range: %v", err)
 	}
@@ -145,7 +145,7 @@ func TestCorruptStateStopsLaunch(t *testing.T) {
 			t.Fatal(err)
 		}
 		n := newFakeNet(t, 1)
-		_, err := New(Config{Name: "a", Range: simRange, Init: seedAB(), StateDir: dir, Transport: endpoint{n, "a"}})
+		_, err := New(Config{Name: "a", Range: simRange, Init: seedAB(), StateDir: dir, Transport: endpoint{n, "a"}, Signer: testSigner("a")})
 		if err == nil || !strings.Contains(err.Error(), file) || !strings.Contains(err.Error(), "corrupt") {
 			t.Fatalf("corrupt state %q: %v", content, err)
 		}
@@ -160,7 +160,7 @@ func TestCorruptStateStopsLaunch(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := newFakeNet(t, 1)
-	if _, err := New(Config{Name: "a", Range: simRange, Init: seedAB(), StateDir: dir, Transport: endpoint{n, "a"}}); err == nil ||
+	if _, err := New(Config{Name: "a", Range: simRange, Init: seedAB(), StateDir: dir, Transport: endpoint{n, "a"}, Signer: testSigner("a")}); err == nil ||
 		!strings.Contains(err.Error(), file) {
 		t.Fatalf("unreadable state: %v", err)
 	}
@@ -200,8 +200,11 @@ func TestFullDiskKeepsOldState(t *testing.T) {
 	if after, _ := os.ReadFile(file); string(after) != string(before) {
 		t.Fatal("failed write changed the state file")
 	}
-	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
-		t.Fatalf("temp files left behind: %v", ents)
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if e.Name() != StateFileName && e.Name() != IncarnationFileName {
+			t.Fatalf("temp files left behind: %v", ents)
+		}
 	}
 	if as := p.Allocations(); len(as) != 1 {
 		t.Fatalf("failed allocation kept in memory: %v", as)
@@ -231,6 +234,7 @@ func TestRelaunchAfterRmpeer(t *testing.T) {
 		t.Fatalf("rmpeer: %d %v", got, err)
 	}
 	n2 := newFakeNet(t, 2)
+	n2.pin("b", testSigner("b").Public())
 	a2 := n2.add("a", simRange, seedAB(), dirA)
 	err := a2.MergeState(b.LocalState())
 	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "rmpeer") {

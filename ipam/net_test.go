@@ -2,6 +2,8 @@ package ipam
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -11,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/weftnet/weft/identity"
 )
 
 // fakeNet is an in-memory mesh: broadcasts may be lost, duplicated and
@@ -31,7 +35,45 @@ type fakeNet struct {
 	// (memberlist: one random partner per PushPullInterval); 0 = all.
 	pushPullShare float64
 	clock         atomic.Int64
+	// keys are the signing keys membership pinned, by name; suspect peers
+	// are reachable but not alive.
+	keys    map[string]ed25519.PublicKey
+	suspect map[string]bool
+	seq     uint64 // sequence numbers of forged messages
 }
+
+// testSigner is a deterministic signing key per name, so that a restarted
+// peer keeps its identity as a real host does.
+func testSigner(name string) *identity.Signer {
+	seed := sha256.Sum256([]byte("weft-test-key\x00" + name))
+	return identity.NewSigner(ed25519.NewKeyFromSeed(seed[:]))
+}
+
+// pin registers name's key as membership would on its first contact.
+func (n *fakeNet) pin(name string, key ed25519.PublicKey) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.keys[name] = key
+}
+
+func (n *fakeNet) peerKey(name string) (ed25519.PublicKey, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	k, ok := n.keys[name]
+	return k, ok
+}
+
+// forge encodes m as sent by m.From with signer, with a fresh sequence number.
+func (n *fakeNet) forge(signer Signer, m *message) []byte {
+	n.mu.Lock()
+	n.seq++
+	m.Inc, m.Seq = 1, n.seq
+	n.mu.Unlock()
+	return encodeMessage(m, signer)
+}
+
+// from encodes m as sent by the honest peer named m.From.
+func (n *fakeNet) from(m *message) []byte { return n.forge(testSigner(m.From), m) }
 
 type delivery struct {
 	from, to string
@@ -40,7 +82,7 @@ type delivery struct {
 
 func newFakeNet(t testing.TB, seed uint64) *fakeNet {
 	n := &fakeNet{t: t, rng: rand.New(rand.NewPCG(seed, 1)), peers: map[string]*IPAM{},
-		group: map[string]int{}, down: map[string]bool{}}
+		group: map[string]int{}, down: map[string]bool{}, keys: map[string]ed25519.PublicKey{}, suspect: map[string]bool{}}
 	n.clock.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
 	return n
 }
@@ -90,8 +132,25 @@ func (n *fakeNet) alive(self string) func(string) bool {
 		n.mu.Lock()
 		defer n.mu.Unlock()
 		_, ok := n.peers[name]
+		return ok && n.linkedLocked(self, name) && !n.suspect[name]
+	}
+}
+
+func (n *fakeNet) reachable(self string) func(string) bool {
+	return func(name string) bool {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		_, ok := n.peers[name]
 		return ok && n.linkedLocked(self, name)
 	}
+}
+
+// config is what add gives New.
+func (n *fakeNet) config(name string, rng netip.Prefix, init Init, stateDir string) Config {
+	n.pin(name, testSigner(name).Public())
+	return Config{Name: name, Range: rng, Init: init, StateDir: stateDir,
+		Transport: endpoint{n, name}, Alive: n.alive(name), Reachable: n.reachable(name), Peers: n.alivePeers(name),
+		Clock: n.now, Signer: testSigner(name), PeerKey: n.peerKey}
 }
 
 func (n *fakeNet) alivePeers(self string) func() []string {
@@ -111,8 +170,7 @@ func (n *fakeNet) alivePeers(self string) func() []string {
 // add creates a peer on the network.
 func (n *fakeNet) add(name string, rng netip.Prefix, init Init, stateDir string) *IPAM {
 	n.t.Helper()
-	p, err := New(Config{Name: name, Range: rng, Init: init, StateDir: stateDir,
-		Transport: endpoint{n, name}, Alive: n.alive(name), Peers: n.alivePeers(name), Clock: n.now})
+	p, err := New(n.config(name, rng, init, stateDir))
 	if err != nil {
 		n.t.Fatalf("New(%s): %v", name, err)
 	}

@@ -65,7 +65,7 @@ func (p *IPAM) jitter(d time.Duration) time.Duration {
 }
 
 func (p *IPAM) startProposalLocked(now time.Time, peers []string) {
-	p.maxRound = max(p.maxRound, p.acceptor.Promised.Round) + 1
+	p.maxRound = min(max(p.maxRound, p.acceptor.Promised.Round)+1, maxRound) // saturates, never wraps
 	b := ballot{Round: p.maxRound, Proposer: p.cfg.Name}
 	// Our own acceptor promises first, like any other.
 	if !p.acceptor.Promised.less(b) {

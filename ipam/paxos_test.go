@@ -78,13 +78,13 @@ func TestAcceptorPromisePersists(t *testing.T) {
 	a := n.add("a", simRange, Init{Mode: ModeConsensus, Quorum: 3}, dir)
 	n.add("b", simRange, Init{Mode: ModeConsensus, Quorum: 3}, "")
 	high := ballot{Round: 9, Proposer: "b"}
-	a.HandleMessage(encodeMessage(&message{Type: msgPrepare, From: "b", Ballot: &high}))
+	a.HandleMessage(n.from(&message{Type: msgPrepare, From: "b", Ballot: &high}))
 
 	n2 := newFakeNet(t, 2)
 	a2 := n2.add("a", simRange, Init{Mode: ModeConsensus, Quorum: 3}, dir)
 	n2.add("c", simRange, Init{Mode: ModeConsensus, Quorum: 3}, "")
 	low := ballot{Round: 3, Proposer: "c"}
-	a2.HandleMessage(encodeMessage(&message{Type: msgAccept, From: "c", Ballot: &low, Value: []string{"a", "c"}}))
+	a2.HandleMessage(n2.from(&message{Type: msgAccept, From: "c", Ballot: &low, Value: []string{"a", "c"}}))
 	n2.mu.Lock()
 	q := n2.queue
 	n2.mu.Unlock()

@@ -1,9 +1,11 @@
 package ipam
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -26,6 +28,14 @@ type entry struct {
 	Owner   string
 	Version uint64
 	Free    uint64 // free addresses in [Start, End), as last published by Owner
+	// Grant is how Owner came to own this key when it was not its creator
+	// (donation, hand-over, takeover); it travels with every later version
+	// so that a peer that missed the transfer can still check it.
+	Grant grant
+	// Sig is the writer's signature (see auth.go): the owner's, or for the
+	// write that transfers the key, the grant's signer's. Zero only for the
+	// seeded keys, which every peer derives alike.
+	Sig [sigSize]byte
 }
 
 // span is a range with its effective owner, after resolving the keys.
@@ -128,63 +138,155 @@ func wins(a, b entry) bool {
 	if a.End != b.End {
 		return a.End < b.End
 	}
-	return a.Free < b.Free
+	if a.Free != b.Free {
+		return a.Free < b.Free
+	}
+	return bytes.Compare(a.Sig[:], b.Sig[:]) < 0
 }
 
-// merge folds remote entries into r. It returns whether anything changed and
-// the version conflicts it found.
+// merge folds remote entries into r, trusting every one of them (local
+// writes, tests). It returns whether anything changed and the conflicts.
 func (r *ring) merge(remote []entry) (changed bool, conflicts []conflict) {
-	for _, e := range remote {
-		i, ok := r.find(e.Start)
-		if !ok {
-			r.entries = append(r.entries, entry{})
-			copy(r.entries[i+1:], r.entries[i:])
-			r.entries[i] = e
-			changed = true
-			continue
-		}
-		cur := r.entries[i]
-		if cur == e {
-			continue
-		}
-		if cur.Version == e.Version {
-			conflicts = append(conflicts, conflict{Local: cur, Remote: e})
-		}
-		if wins(e, cur) {
-			r.entries[i] = e
-			changed = true
-		}
-	}
+	changed, conflicts, _ = r.mergeChecked(remote, nil, 0)
 	return changed, conflicts
 }
 
-// set writes one key as its owner: a new key starts at version 1, an existing
-// key's version is bumped.
-func (r *ring) set(start, end uint64, owner string, free uint64) entry {
-	i, ok := r.find(start)
-	e := entry{Start: start, End: end, Owner: owner, Version: 1, Free: free}
+// acceptFunc decides whether e may replace cur (exists) or, for a new key,
+// be added after prev (hasPrev): the owner-only-writes rule of auth.go.
+// prev and cur are the receiver's entries as they were before this merge.
+type acceptFunc func(cur entry, exists bool, prev entry, hasPrev bool, e entry) bool
+
+// mergeChecked folds remote entries into r in one sorted pass, O(n+m): each
+// remote entry that wins its key and that accept allows replaces the key;
+// new keys are added while the ring stays within maxKeys (0: no cap). It
+// returns whether anything changed, the version conflicts, and how many
+// entries were refused.
+func (r *ring) mergeChecked(remote []entry, accept acceptFunc, maxKeys int) (changed bool, conflicts []conflict, refused int) {
+	if !sort.SliceIsSorted(remote, func(i, j int) bool { return remote[i].Start < remote[j].Start }) {
+		remote = slices.Clone(remote)
+		sort.SliceStable(remote, func(i, j int) bool { return remote[i].Start < remote[j].Start })
+	}
+	if hasDuplicateStarts(remote) {
+		// Several values of one key in one batch: only the winner counts,
+		// as if they had come one by one.
+		w := make([]entry, 0, len(remote))
+		for _, e := range remote {
+			if n := len(w); n > 0 && w[n-1].Start == e.Start {
+				if wins(e, w[n-1]) {
+					w[n-1] = e
+				}
+				continue
+			}
+			w = append(w, e)
+		}
+		remote = w
+	}
+	type add struct {
+		at int // insert before local index at
+		k  int // index in remote
+	}
+	var adds []add
+	i := 0
+	var prev entry // the local entry before i, as it was before the merge
+	var updated entry
+	updatedAt := -1
+	for k := range remote {
+		e := &remote[k]
+		for i < len(r.entries) && r.entries[i].Start < e.Start {
+			if i == updatedAt {
+				prev = updated
+			} else {
+				prev = r.entries[i]
+			}
+			i++
+		}
+		hasPrev := i > 0
+		if i < len(r.entries) && r.entries[i].Start == e.Start {
+			cur := &r.entries[i]
+			if *cur == *e {
+				continue
+			}
+			if !wins(*e, *cur) {
+				if cur.Version == e.Version && (accept == nil || accept(*cur, true, prev, hasPrev, *e)) {
+					conflicts = append(conflicts, conflict{Local: *cur, Remote: *e})
+				}
+				continue
+			}
+			if accept != nil && !accept(*cur, true, prev, hasPrev, *e) {
+				refused++
+				continue
+			}
+			if cur.Version == e.Version {
+				conflicts = append(conflicts, conflict{Local: *cur, Remote: *e})
+			}
+			updated, updatedAt = *cur, i
+			r.entries[i] = *e
+			changed = true
+			continue
+		}
+		if maxKeys > 0 && len(r.entries)+len(adds) >= maxKeys {
+			refused++
+			continue
+		}
+		if accept != nil && !accept(entry{}, false, prev, hasPrev, *e) {
+			refused++
+			continue
+		}
+		adds = append(adds, add{at: i, k: k})
+	}
+	if len(adds) == 0 {
+		return changed, conflicts, refused
+	}
+	out := make([]entry, 0, len(r.entries)+len(adds))
+	j, from := 0, 0
+	for j < len(adds) {
+		at := adds[j].at
+		out = append(out, r.entries[from:at]...)
+		from = at
+		for ; j < len(adds) && adds[j].at == at; j++ {
+			out = append(out, remote[adds[j].k])
+		}
+	}
+	out = append(out, r.entries[from:]...)
+	r.entries = out
+	return true, conflicts, refused
+}
+
+func hasDuplicateStarts(sorted []entry) bool {
+	for i := 1; i < len(sorted); i++ {
+		if sorted[i-1].Start == sorted[i].Start {
+			return true
+		}
+	}
+	return false
+}
+
+// put stores e as key e.Start (index i, ok from find).
+func (r *ring) put(i int, ok bool, e entry) {
 	if ok {
-		e.Version = r.entries[i].Version + 1
 		r.entries[i] = e
-		return e
+		return
 	}
 	r.entries = append(r.entries, entry{})
 	copy(r.entries[i+1:], r.entries[i:])
 	r.entries[i] = e
-	return e
 }
 
-// takeOver is set for a range taken from a peer that is gone (rmpeer,
-// reclaim). It starts a new epoch in the version's high 32 bits, so the
-// takeover beats every write the dead owner made, including ones that reached
-// only some peers before it died; ordinary changes count in the low bits.
-func (r *ring) takeOver(start, end uint64, owner string, free uint64) entry {
-	e := r.set(start, end, owner, free)
-	e.Version = (e.Version>>32 + 1) << 32
-	i, _ := r.find(start)
-	r.entries[i] = e
-	return e
-}
+// Versions and ballot rounds saturate at these bounds instead of wrapping, and
+// anything above them is refused on receipt: a write never needs more (a
+// takeover adds 2^32, an ordinary write 1), so a larger one is hostile.
+const (
+	maxVersion = 1 << 56
+	maxRound   = 1 << 40
+)
+
+// nextVersion is v+1, saturating.
+func nextVersion(v uint64) uint64 { return min(v+1, maxVersion) }
+
+// takeoverVersion starts a new epoch in the high 32 bits, so that a takeover
+// beats every write the dead owner made, including ones that reached only
+// some peers before it died; ordinary changes count in the low bits.
+func takeoverVersion(v uint64) uint64 { return min((v>>32+1)<<32, maxVersion) }
 
 // spans resolves the keys into who owns what: each key owns from its Start up
 // to its End or the next key, whichever comes first. Gaps are unknown.
@@ -254,8 +356,13 @@ func (e entry) validate(size uint64) error {
 		return fmt.Errorf("range entry [%d,%d) owner name of %d bytes", e.Start, e.End, len(e.Owner))
 	case e.Version == 0:
 		return fmt.Errorf("range entry [%d,%d) has version 0", e.Start, e.End)
+	case e.Version > maxVersion:
+		return fmt.Errorf("range entry [%d,%d) has version %d, above the bound %d", e.Start, e.End, e.Version, uint64(maxVersion))
 	case e.Free > e.End-e.Start:
 		return fmt.Errorf("range entry [%d,%d) claims %d free", e.Start, e.End, e.Free)
+	}
+	if err := e.Grant.validate(e.Version); err != nil {
+		return fmt.Errorf("range entry [%d,%d): %w", e.Start, e.End, err)
 	}
 	return nil
 }

@@ -213,7 +213,11 @@ func TestNewValidates(t *testing.T) {
 		{Config{Name: "", Range: simRange, Init: Init{Mode: ModeObserver}, Transport: endpoint{n, "a"}}, "empty peer name"},
 		{Config{Name: "a", Range: simRange, Init: Init{Mode: "x"}, Transport: endpoint{n, "a"}}, "unknown init mode"},
 		{Config{Name: "a", Range: simRange, Init: Init{Mode: ModeObserver}}, "no transport"},
+		{Config{Name: "a", Range: simRange, Init: Init{Mode: ModeObserver}, Transport: endpoint{n, "a"}}, "no signing key"},
 	} {
+		if c.want != "no signing key" {
+			c.cfg.Signer = testSigner("a")
+		}
 		if _, err := New(c.cfg); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("New(%+v) = %v, want %q", c.cfg, err, c.want)
 		}

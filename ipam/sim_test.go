@@ -310,8 +310,9 @@ func TestRunBootstrapsOnRealTime(t *testing.T) {
 	n := newFakeNet(t, 9)
 	var peers []*IPAM
 	for _, name := range []string{"a", "b"} {
-		p, err := New(Config{Name: name, Range: simRange, Init: Init{Mode: ModeConsensus, Quorum: 2},
-			Transport: endpoint{n, name}, Alive: n.alive(name), Peers: n.alivePeers(name)})
+		cfg := n.config(name, simRange, Init{Mode: ModeConsensus, Quorum: 2}, "")
+		cfg.Clock = nil // real time
+		p, err := New(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -8,7 +8,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
+
+	"github.com/weftnet/weft/identity"
 )
 
 // StateFileName is the IPAM state file inside --state-dir.
@@ -103,6 +107,11 @@ func decodeState(b []byte) (*persisted, error) {
 		return nil, err
 	}
 	if p.Ring != nil {
+		for _, w := range p.Ring.Entries {
+			if _, err := w.toEntry(); err != nil {
+				return nil, fmt.Errorf("ring: %w", err)
+			}
+		}
 		r := p.Ring.toRing()
 		if r.Size != size {
 			return nil, fmt.Errorf("ring of %d addresses for range %s of %d", r.Size, p.Range, size)
@@ -208,4 +217,32 @@ type Allocation struct {
 type Attachment struct {
 	ContainerID string `json:"container_id"`
 	IfName      string `json:"ifname"`
+}
+
+// IncarnationFileName keeps this peer's incarnation inside --state-dir. It is
+// not the state file: `weft reset` removes that, and the sequence numbers of
+// a host that comes back must still be new to its peers.
+const IncarnationFileName = "ipam.incarnation"
+
+// nextIncarnation reads, bumps and saves the incarnation before anything is
+// sent. It never goes below the clock's seconds, so a lost file still gives
+// a new incarnation unless the clock went back too.
+func (s *store) nextIncarnation() (uint64, error) {
+	path := filepath.Join(s.dir, IncarnationFileName)
+	var last uint64
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		last, err = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("IPAM incarnation %s is corrupt (move it away; peers then accept this host again once the clock passes the old value): %w", path, err)
+		}
+	case !errors.Is(err, fs.ErrNotExist):
+		return 0, fmt.Errorf("reading IPAM incarnation: %w", err)
+	}
+	inc := max(last+1, uint64(time.Now().Unix()))
+	if err := identity.WriteFileAtomic(path, []byte(strconv.FormatUint(inc, 10)+"\n")); err != nil {
+		return 0, fmt.Errorf("saving IPAM incarnation: %w", err)
+	}
+	return inc, nil
 }

@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/weftnet/weft/api"
+	"github.com/weftnet/weft/identity"
 )
 
 // delegate receives memberlist's callbacks. Several of them are called with
@@ -211,6 +213,20 @@ func (d *delegate) vet(n *memberlist.Node) error {
 	if err == nil {
 		err = meta.Compatible(len(d.m.cfg.SecretKey) > 0)
 	}
+	if err == nil && d.m.cfg.Pins != nil && len(meta.SigningKey) > 0 {
+		// Trust on first use: a known name with another key is someone
+		// else, or the same host reinstalled; an operator must say which.
+		err = d.m.cfg.Pins.Check(n.Name, meta.SigningKey)
+	}
+	if err == nil && len(meta.SigningKey) == 0 {
+		// An older build (during a rolling upgrade): it stays a member for
+		// the data plane, but its IPAM messages, unsigned, are dropped.
+		if d.m.cfg.Pins != nil && d.pinned(n.Name) {
+			err = fmt.Errorf("%w: announces none, but %s was pinned to one", identity.ErrKeyMismatch, n.Name)
+		} else {
+			d.warnUnsigned(n)
+		}
+	}
 	if err == nil {
 		return nil
 	}
@@ -227,6 +243,32 @@ func (d *delegate) vet(n *memberlist.Node) error {
 	}
 	return err
 }
+
+func (d *delegate) pinned(name string) bool {
+	_, ok := d.m.cfg.Pins.Key(name)
+	return ok
+}
+
+// warnUnsigned says once per peer that its IPAM messages will be dropped.
+func (d *delegate) warnUnsigned(n *memberlist.Node) {
+	const why = "no signing key"
+	d.refusedMu.Lock()
+	if d.refused == nil {
+		d.refused = map[string]string{}
+	}
+	first := d.refused[n.Name] != why
+	if first && len(d.refused) < maxRefusalsLogged {
+		d.refused[n.Name] = why
+	}
+	d.refusedMu.Unlock()
+	if first {
+		d.m.log.Warn("peer announces no signing key (an older weft?): its IPAM messages are dropped until it is upgraded",
+			"peer", n.Name, "address", n.Address())
+	}
+}
+
+// maxRefusalsLogged bounds the names remembered for log deduplication.
+const maxRefusalsLogged = 4096
 
 // NotifyConflict implements memberlist.ConflictDelegate.
 func (d *delegate) NotifyConflict(existing, other *memberlist.Node) {
@@ -324,4 +366,38 @@ func explainJoinError(err error) string {
 		return "connection closed by the peer (different password?)"
 	}
 	return s
+}
+
+// Pins maps peer names to their signing keys (identity.Pins).
+type Pins interface {
+	// Check pins key to name on first sight; another key for a pinned name
+	// is an error.
+	Check(name string, key []byte) error
+	Key(name string) (ed25519.PublicKey, bool)
+}
+
+// PeerKey is the signing key of a peer: its pin, or without pinning what
+// it announced. IPAM verifies messages with it.
+func (m *Mesh) PeerKey(name string) (ed25519.PublicKey, bool) {
+	if m.cfg.Pins != nil {
+		return m.cfg.Pins.Key(name)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p := m.peers[name]
+	if p == nil || len(p.meta.SigningKey) != ed25519.PublicKeySize {
+		return nil, false
+	}
+	return p.meta.SigningKey, true
+}
+
+// Reachable reports whether name is an alive or suspect member: a suspect
+// may be only slow, and routing still sends to it, so it is never taken over.
+func (m *Mesh) Reachable(name string) bool {
+	for _, n := range m.list.Members() {
+		if n.Name == name {
+			return n.State == memberlist.StateAlive || n.State == memberlist.StateSuspect
+		}
+	}
+	return false
 }

@@ -93,6 +93,7 @@ type Config struct {
 	Port      int        // gossip port, TCP and UDP
 	Meta      Meta
 	SecretKey []byte // 32-byte gossip key, nil for none
+	Pins      Pins   // signing keys pinned to names; nil = no pinning (tests)
 	Timing    Timing
 	// MaxBroadcasts caps the broadcast queue; 0 means DefaultMaxBroadcasts.
 	MaxBroadcasts int

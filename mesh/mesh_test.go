@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -74,7 +75,8 @@ func startMesh(t *testing.T, name string, key []byte, sink *logSink) (*Mesh, int
 	port := freePort(t)
 	cfg := Config{
 		Name: name, Bind: netip.MustParseAddr("127.0.0.1"), Port: port,
-		Meta:      Meta{Protocol: ProtocolMin, DataPort: uint16(port + 1), Encrypted: key != nil, Version: "test"},
+		Meta: Meta{Protocol: ProtocolMin, DataPort: uint16(port + 1), Encrypted: key != nil, Version: "test",
+			SigningKey: bytes.Repeat([]byte(name[:1]), 32)},
 		SecretKey: key, Timing: fastTiming(),
 	}
 	if sink != nil {

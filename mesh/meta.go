@@ -35,6 +35,9 @@ type Meta struct {
 	// Leaving is announced just before a clean shutdown, so that peers can
 	// tell a leave from a failure (memberlist reports both alike).
 	Leaving bool
+	// SigningKey is the long-term Ed25519 key (identity) that signs this
+	// peer's IPAM messages; 32 bytes, pinned to the name on first sight.
+	SigningKey []byte
 }
 
 // Errors of the metadata decoder.
@@ -54,16 +57,21 @@ const (
 //
 //	[0] format  [1] protocol  [2:4] data port (big endian)  [4] flags
 //	[5] key length (0|32)  key  [.] version length  version
+//	[.] signing key length (0|32)  signing key
 //
+// The signing key came last, later: an older decoder ignores it.
 // It returns ErrMetaTooBig rather than a slice memberlist would reject.
 func (m Meta) Encode() ([]byte, error) {
 	if n := len(m.PublicKey); n != 0 && n != 32 {
 		return nil, fmt.Errorf("%w: public key of %d bytes, want 32", ErrMetaInvalid, n)
 	}
+	if n := len(m.SigningKey); n != 0 && n != 32 {
+		return nil, fmt.Errorf("%w: signing key of %d bytes, want 32", ErrMetaInvalid, n)
+	}
 	if len(m.Version) > 255 {
 		return nil, fmt.Errorf("%w: version string of %d bytes", ErrMetaTooBig, len(m.Version))
 	}
-	size := 6 + len(m.PublicKey) + 1 + len(m.Version)
+	size := 6 + len(m.PublicKey) + 1 + len(m.Version) + 1 + len(m.SigningKey)
 	if size > MaxMetaSize {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrMetaTooBig, size, MaxMetaSize)
 	}
@@ -81,6 +89,8 @@ func (m Meta) Encode() ([]byte, error) {
 	b = append(b, m.PublicKey...)
 	b = append(b, byte(len(m.Version)))
 	b = append(b, m.Version...)
+	b = append(b, byte(len(m.SigningKey)))
+	b = append(b, m.SigningKey...)
 	return b, nil
 }
 
@@ -118,6 +128,19 @@ func DecodeMeta(b []byte) (Meta, error) {
 		return m, fmt.Errorf("%w: version string", ErrMetaShort)
 	}
 	m.Version = string(rest[:verLen])
+	rest = rest[verLen:]
+	if len(rest) > 0 {
+		n := int(rest[0])
+		if n != 0 && n != 32 {
+			return m, fmt.Errorf("%w: signing key length %d", ErrMetaInvalid, n)
+		}
+		if len(rest) < 1+n {
+			return m, fmt.Errorf("%w: signing key", ErrMetaShort)
+		}
+		if n > 0 {
+			m.SigningKey = append([]byte(nil), rest[1:1+n]...)
+		}
+	}
 	if m.DataPort == 0 {
 		return m, fmt.Errorf("%w: data port 0", ErrMetaInvalid)
 	}

@@ -3,8 +3,14 @@ package mesh
 import (
 	"bytes"
 	"errors"
+	"net"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/weftnet/weft/identity"
 )
 
 func TestMetaRoundTrip(t *testing.T) {
@@ -12,6 +18,7 @@ func TestMetaRoundTrip(t *testing.T) {
 	for _, m := range []Meta{
 		{Protocol: 2, DataPort: 6784, Version: "v0.1.0"},
 		{Protocol: 2, DataPort: 1, Encrypted: true, PublicKey: key, Version: ""},
+		{Protocol: 2, DataPort: 1, PublicKey: key, Version: "v1", SigningKey: bytes.Repeat([]byte{9}, 32)},
 	} {
 		b, err := m.Encode()
 		if err != nil {
@@ -22,7 +29,7 @@ func TestMetaRoundTrip(t *testing.T) {
 			t.Fatal(err)
 		}
 		if got.Protocol != m.Protocol || got.DataPort != m.DataPort || got.Encrypted != m.Encrypted ||
-			!bytes.Equal(got.PublicKey, m.PublicKey) || got.Version != m.Version {
+			!bytes.Equal(got.PublicKey, m.PublicKey) || got.Version != m.Version || !bytes.Equal(got.SigningKey, m.SigningKey) {
 			t.Fatalf("round trip: got %+v want %+v", got, m)
 		}
 	}
@@ -39,6 +46,10 @@ func TestMetaEncodeErrors(t *testing.T) {
 
 func TestMetaDecodeErrors(t *testing.T) {
 	good, _ := Meta{Protocol: 2, DataPort: 6784, PublicKey: bytes.Repeat([]byte{1}, 32), Version: "v1"}.Encode()
+	good = good[:len(good)-1] // as an older build encodes it: no signing key at all
+	if _, err := DecodeMeta(good); err != nil {
+		t.Fatalf("metadata of an older build: %v", err)
+	}
 	cases := map[string]struct {
 		b    []byte
 		want error
@@ -50,6 +61,8 @@ func TestMetaDecodeErrors(t *testing.T) {
 		"key length":  {[]byte{1, 1, 0, 1, 0, 5, 0, 0, 0, 0, 0, 0}, ErrMetaInvalid},
 		"port zero":   {[]byte{1, 1, 0, 0, 0, 0, 0}, ErrMetaInvalid},
 		"too big":     {make([]byte, 600), ErrMetaTooBig},
+		"signing key": {append(slices.Clone(good), 5, 1, 2), ErrMetaInvalid},
+		"cut signing": {append(slices.Clone(good), 32, 1, 2), ErrMetaShort},
 	}
 	for name, c := range cases {
 		if _, err := DecodeMeta(c.b); !errors.Is(err, c.want) {
@@ -58,6 +71,8 @@ func TestMetaDecodeErrors(t *testing.T) {
 	}
 }
 
+var testSigningKey = bytes.Repeat([]byte{4}, 32)
+
 func TestMetaCompatible(t *testing.T) {
 	if err := (Meta{Protocol: 1}).Compatible(false); err == nil || !strings.Contains(err.Error(), "protocol version 1") {
 		t.Fatalf("a protocol-1 peer (no partial checksums) was not refused: %v", err)
@@ -65,10 +80,10 @@ func TestMetaCompatible(t *testing.T) {
 	if err := (Meta{Protocol: ProtocolMax + 1}).Compatible(false); err == nil || !strings.Contains(err.Error(), "protocol") {
 		t.Fatalf("protocol: %v", err)
 	}
-	if err := (Meta{Protocol: ProtocolMin, Encrypted: true}).Compatible(false); err == nil || !strings.Contains(err.Error(), "password") {
+	if err := (Meta{Protocol: ProtocolMin, Encrypted: true, SigningKey: testSigningKey}).Compatible(false); err == nil || !strings.Contains(err.Error(), "password") {
 		t.Fatalf("encryption: %v", err)
 	}
-	if err := (Meta{Protocol: ProtocolMin}).Compatible(false); err != nil {
+	if err := (Meta{Protocol: ProtocolMin, SigningKey: testSigningKey}).Compatible(false); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -78,6 +93,8 @@ func TestMetaCompatible(t *testing.T) {
 func FuzzDecodeMeta(f *testing.F) {
 	good, _ := Meta{Protocol: 2, DataPort: 6784, Encrypted: true, PublicKey: bytes.Repeat([]byte{3}, 32), Version: "v0.1.0"}.Encode()
 	f.Add(good)
+	signed, _ := Meta{Protocol: 2, DataPort: 6784, Version: "v1", SigningKey: testSigningKey}.Encode()
+	f.Add(signed)
 	f.Add([]byte{1, 1, 0x1a, 0x80, 0, 0, 0})
 	f.Add([]byte{})
 	f.Add([]byte{1, 1, 0, 1, 0, 32})
@@ -92,8 +109,56 @@ func FuzzDecodeMeta(f *testing.F) {
 		}
 		m2, err := DecodeMeta(again)
 		if err != nil || m2.Protocol != m.Protocol || m2.DataPort != m.DataPort || m2.Encrypted != m.Encrypted ||
-			!bytes.Equal(m2.PublicKey, m.PublicKey) || m2.Version != m.Version {
+			!bytes.Equal(m2.PublicKey, m.PublicKey) || m2.Version != m.Version || !bytes.Equal(m2.SigningKey, m.SigningKey) {
 			t.Fatalf("round trip of %+v: %+v, %v", m, m2, err)
 		}
 	})
+}
+
+// A known name announcing another signing key is refused (trust on first
+// use) until the pin is cleared; the refusal is logged once.
+func TestVetRefusesAnotherKeyForAKnownName(t *testing.T) {
+	sink := &logSink{}
+	pins := identity.NewPins()
+	m := &Mesh{cfg: Config{Name: "a", Pins: pins}, log: newTestLogger(sink)}
+	d := &delegate{m: m}
+	node := func(key byte) *memberlist.Node {
+		meta, err := Meta{Protocol: ProtocolMin, DataPort: 6784, Version: "t", SigningKey: bytes.Repeat([]byte{key}, 32)}.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &memberlist.Node{Name: "b", Addr: net.IPv4(198, 18, 0, 2), Port: 6783, Meta: meta}
+	}
+	if err := d.vet(node(1)); err != nil {
+		t.Fatalf("first key for b: %v", err)
+	}
+	if err := d.vet(node(1)); err != nil {
+		t.Fatalf("same key again: %v", err)
+	}
+	err := d.vet(node(2))
+	if !errors.Is(err, identity.ErrKeyMismatch) {
+		t.Fatalf("another key for b: %v", err)
+	}
+	if !sink.contains("refusing peer") {
+		t.Fatal("refusal not logged")
+	}
+	if k, ok := m.PeerKey("b"); !ok || !bytes.Equal(k, bytes.Repeat([]byte{1}, 32)) {
+		t.Fatalf("PeerKey(b) = %x, %v; want the first key", k, ok)
+	}
+	unsigned, _ := Meta{Protocol: ProtocolMin, DataPort: 6784, Version: "old"}.Encode()
+	if err := d.vet(&memberlist.Node{Name: "b", Addr: net.IPv4(198, 18, 0, 2), Port: 6783, Meta: unsigned}); !errors.Is(err, identity.ErrKeyMismatch) {
+		t.Fatalf("a pinned name announcing no key: %v", err)
+	}
+	if err := d.vet(&memberlist.Node{Name: "old", Addr: net.IPv4(198, 18, 0, 3), Port: 6783, Meta: unsigned}); err != nil {
+		t.Fatalf("an older build without a signing key is refused at the gossip layer: %v", err)
+	}
+	if !sink.contains("no signing key") {
+		t.Fatal("an unsigned peer was not logged")
+	}
+	if err := pins.Forget("b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.vet(node(2)); err != nil {
+		t.Fatalf("after the pin was cleared (rmpeer): %v", err)
+	}
 }

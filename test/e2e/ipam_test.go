@@ -131,7 +131,16 @@ func TestIPAMAcrossHosts(t *testing.T) {
 	if err := testbed.WaitAlive(ctx, 30*time.Second, 2, h1, h2); err != nil {
 		t.Fatal(err)
 	}
-	out := mustWeft(t, h1, "rmpeer", "host3")
+	// A killed peer is suspect for a moment before it is dead, and rmpeer
+	// refuses a suspect peer: retry until membership declares it dead.
+	var out string
+	if err := testbed.Eventually(ctx, 30*time.Second, func() error {
+		var err error
+		out, err = weft(t, h1, "rmpeer", "host3")
+		return err
+	}); err != nil {
+		t.Fatalf("rmpeer of a dead peer: %v", err)
+	}
 	t.Logf("rmpeer: %s", out)
 	// The 250 addresses host3 had handed out are usable again from host1.
 	for j := 0; j < 250; j++ {

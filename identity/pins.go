@@ -1,0 +1,144 @@
+package identity
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+)
+
+// PinsFile holds the name→key pins inside the state directory.
+const PinsFile = "pins.json"
+
+// MaxPins bounds the pin table: a mesh never has this many distinct names,
+// and a flood of made-up names must not grow it without end.
+const MaxPins = 16384
+
+// ErrTooManyPins is returned when the table is full.
+var ErrTooManyPins = errors.New("too many pinned peers")
+
+// Pins maps peer names to the signing key first seen for them. Safe for
+// concurrent use.
+type Pins struct {
+	path string // "" = in memory only
+	log  *slog.Logger
+
+	mu   sync.Mutex
+	keys map[string]ed25519.PublicKey
+}
+
+// NewPins is an in-memory table (tests).
+func NewPins() *Pins {
+	return &Pins{keys: map[string]ed25519.PublicKey{}, log: slog.New(slog.DiscardHandler)}
+}
+
+// LoadPins reads stateDir/pins.json (none yet is an empty table). A corrupt
+// file is an error: starting with no pins would trust every key afresh.
+func LoadPins(stateDir string, log *slog.Logger) (*Pins, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	p := &Pins{path: filepath.Join(stateDir, PinsFile), keys: map[string]ed25519.PublicKey{}, log: log}
+	b, err := os.ReadFile(p.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return p, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read pinned peer keys: %w", err)
+	}
+	var raw map[string]string
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, p.path, err)
+	}
+	if len(raw) > MaxPins {
+		return nil, fmt.Errorf("%w: %s: %d pins", ErrCorrupt, p.path, len(raw))
+	}
+	for name, h := range raw {
+		k, err := hex.DecodeString(h)
+		if err != nil || len(k) != ed25519.PublicKeySize || name == "" {
+			return nil, fmt.Errorf("%w: %s: key of %q", ErrCorrupt, p.path, name)
+		}
+		p.keys[name] = k
+	}
+	return p, nil
+}
+
+// Check pins key to name on first sight and refuses a different key for a
+// known name with ErrKeyMismatch.
+func (p *Pins) Check(name string, key []byte) error {
+	if len(key) != ed25519.PublicKeySize {
+		return fmt.Errorf("signing key of %d bytes", len(key))
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if old, ok := p.keys[name]; ok {
+		if bytes.Equal(old, key) {
+			return nil
+		}
+		return fmt.Errorf("%w: %s pinned %s…, announces %s… (a reinstalled host? `weft rmpeer %s` clears the pin)",
+			ErrKeyMismatch, name, hex.EncodeToString(old[:6]), hex.EncodeToString(key[:6]), name)
+	}
+	if len(p.keys) >= MaxPins {
+		return ErrTooManyPins
+	}
+	p.keys[name] = append(ed25519.PublicKey(nil), key...)
+	if err := p.saveLocked(); err != nil {
+		// Keep the pin in memory: refusing the peer for a full disk helps nobody.
+		p.log.Error("could not persist a pinned peer key", "peer", name, "err", err)
+	}
+	return nil
+}
+
+// Key is the key pinned to name.
+func (p *Pins) Key(name string) (ed25519.PublicKey, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	k, ok := p.keys[name]
+	return k, ok
+}
+
+// Forget clears name's pin: its next key is trusted on first use again.
+func (p *Pins) Forget(name string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.keys[name]; !ok {
+		return nil
+	}
+	delete(p.keys, name)
+	return p.saveLocked()
+}
+
+// Len is the number of pins.
+func (p *Pins) Len() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.keys)
+}
+
+func (p *Pins) saveLocked() error {
+	if p.path == "" {
+		return nil
+	}
+	names := make([]string, 0, len(p.keys))
+	for n := range p.keys {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	raw := make(map[string]string, len(names))
+	for _, n := range names {
+		raw[n] = hex.EncodeToString(p.keys[n])
+	}
+	b, err := json.MarshalIndent(raw, "", " ")
+	if err != nil {
+		return err
+	}
+	return WriteFileAtomic(p.path, b)
+}
