@@ -6,6 +6,7 @@ import (
 
 	"github.com/weftnet/weft/ipam"
 	"github.com/weftnet/weft/mesh"
+	"github.com/weftnet/weft/router"
 )
 
 // routes answers the data plane's per-packet questions from the IPAM ring
@@ -47,21 +48,17 @@ func (r *routes) update(members []mesh.PeerInfo) {
 	r.eps.Store(e)
 }
 
-func (r *routes) Lookup(dst netip.Addr) (string, netip.AddrPort, bool) {
-	owner, ok := r.ring.Owner(dst)
-	if !ok || owner == r.self {
-		return owner, netip.AddrPort{}, false
+// Lookup answers the data plane from one search of the ring.
+func (r *routes) Lookup(addr netip.Addr) router.Route {
+	owner, ok := r.ring.Owner(addr)
+	switch {
+	case !ok:
+		return router.Route{}
+	case owner == r.self:
+		return router.Route{Owner: owner, Local: true}
 	}
-	ep, ok := r.eps.Load().byName[owner]
-	return owner, ep, ok
+	return router.Route{Owner: owner, Endpoint: r.eps.Load().byName[owner]}
 }
-
-func (r *routes) IsLocal(dst netip.Addr) bool {
-	owner, ok := r.ring.Owner(dst)
-	return ok && owner == r.self
-}
-
-func (r *routes) Owner(addr netip.Addr) (string, bool) { return r.ring.Owner(addr) }
 
 func (r *routes) PeerAt(src netip.AddrPort) (string, bool) {
 	name, ok := r.eps.Load().byAddr[src]

@@ -125,13 +125,13 @@ func (t *txPath) forward(pkt []byte, o gso.Offload) error {
 		}
 		return nil
 	}
-	dst := netip.AddrFrom4([4]byte(pkt[16:20]))
-	if r.routes.IsLocal(dst) {
+	route := r.routes.Lookup(netip.AddrFrom4([4]byte(pkt[16:20])))
+	if route.Local {
 		r.drop(dropOwnRange)
 		return nil
 	}
-	peer, ep, ok := r.routes.Lookup(dst)
-	if !ok {
+	peer, ep := route.Owner, route.Endpoint
+	if peer == "" || !ep.IsValid() {
 		r.drop(dropNoRoute)
 		return nil
 	}

@@ -74,15 +74,16 @@ func (q *waitQueue) take(peer string, now time.Time) (pkts []queued, stale int) 
 	return w.pkts, 0
 }
 
-// SessionUp sends what waited for peer's session. Fits crypto.Config's
-// OnSession; safe to call from any goroutine, also before Run.
-func (r *Router) SessionUp(peer string) {
+// sessionUp sends what waited for peer's session. Only the flush goroutine
+// (and tests driving the router directly) call it. Only a closed socket or
+// TUN is returned as an error.
+func (r *Router) sessionUp(peer string) error {
 	pkts, stale := r.waiting.take(peer, time.Now())
 	if stale > 0 {
 		r.dropPeerN(r.peer(peer), dropNoSession, stale)
 	}
 	if len(pkts) == 0 {
-		return
+		return nil
 	}
 	r.flushMu.Lock()
 	defer r.flushMu.Unlock()
@@ -90,7 +91,8 @@ func (r *Router) SessionUp(peer string) {
 	for _, p := range pkts {
 		n := copy(t.buf[t.off:t.off+gso.MaxPacket], p.data)
 		if err := t.forward(t.buf[t.off:t.off+n], p.o); err != nil {
-			return // the socket is closed: the router is stopping
+			return err // the socket is closed: the router is stopping
 		}
 	}
+	return nil
 }

@@ -34,25 +34,29 @@ const (
 	maxKeypairsPerPeer = 6
 )
 
+// HandshakeSender sends one datagram of the Manager's own. The Manager never
+// calls it while holding a lock, and never reuses msg afterwards, so it may
+// keep msg. It is given when the Manager is built, before the data plane
+// runs: a send that fails (socket not open yet, or closed) is only logged,
+// and the handshake is retried on its timer.
+type HandshakeSender interface {
+	SendHandshake(to netip.AddrPort, msg []byte) error
+}
+
 // Config configures a Manager. Identity, PSK and Send are required.
 type Config struct {
 	// Identity is this peer's static key (LoadOrCreateIdentity).
 	Identity Identity
 	// PSK is PasswordKeys.PSK from DerivePasswordKeys.
 	PSK [32]byte
-	// Send transmits one handshake or keepalive datagram. The Manager never
-	// calls it while holding a lock, and never reuses msg afterwards, so Send
-	// may keep it.
-	Send func(to netip.AddrPort, msg []byte) error
+	// Send transmits the Manager's own datagrams: handshakes, cookie
+	// replies and keepalives (router.HandshakeSender on the data socket).
+	Send HandshakeSender
 	// RekeyAfter: age at which a session is replaced (default 2 min).
 	RekeyAfter time.Duration
 	// HandshakeRetry: how long to wait for a response before trying again
 	// (default 5 s, or RekeyAfter/4 when that is shorter).
 	HandshakeRetry time.Duration
-	// OnSession, when set, is called without locks held each time a new
-	// session with peer becomes the one to send with: the router then sends
-	// the packets that waited for it. It must not block for long.
-	OnSession func(peer string)
 	// DisableAES makes this host offer only ChaCha20-Poly1305, as a host
 	// without AES hardware does. For tests and benchmarks.
 	DisableAES bool

@@ -25,10 +25,12 @@ const (
 var dropReasonNames = [numDropReasons]string{"short", "malformed", "unknown_session", "expired", "auth", "replay"}
 
 // Seal encrypts one packet in place for peer. msg[:16] is room for the
-// header (msg[2], the flags, is kept as the caller set it), the plaintext is msg[16:16+plainLen], and cap(msg) must leave room
-// for the 16-byte tag. It returns the length of the datagram to send,
-// msg[:n]. With no usable session it returns ErrNoSession and a handshake is
-// started in the background; the caller drops the packet.
+// header (msg[2], the flags, is kept as the caller set it), the plaintext is
+// msg[16:16+plainLen], and cap(msg) must leave room for the 16-byte tag. It
+// returns the length of the datagram to send, msg[:n]. With no usable
+// session it returns ErrNoSession and asks for a handshake in the
+// background; the caller may keep the packet until SessionsUp names the peer
+// (the router queues it, bounded) or drop it.
 func (m *Manager) Seal(peerName string, msg []byte, plainLen int) (int, error) {
 	total := wire.EncryptedHeaderLen + plainLen + wire.TagLen
 	if plainLen < 0 || cap(msg) < total {
@@ -77,19 +79,22 @@ func (m *Manager) askHandshake(p *peer) {
 	}
 }
 
-// Open checks and decrypts one TypeEncrypted datagram in place. It returns
+// Open checks and decrypts one TypeEncrypted datagram in place. h is the
+// datagram's common header as wire.Decode returned it without error: the
+// caller decoded it once to dispatch on the type, and Open does not decode
+// it again (the header is authenticated as the AD all the same). It returns
 // the plaintext (a sub-slice of msg) and the sending peer's name. An empty
 // plaintext is a keepalive: there is nothing to deliver. Errors are the
 // sentinels ErrShort, ErrMalformed, ErrUnknownSession, ErrExpired, ErrAuth
 // and ErrReplay, unwrapped, and each is counted.
-func (m *Manager) Open(from netip.AddrPort, msg []byte) ([]byte, string, error) {
+func (m *Manager) Open(from netip.AddrPort, h wire.Header, msg []byte) ([]byte, string, error) {
 	if len(msg) < wire.EncryptedHeaderLen+wire.TagLen {
 		return nil, "", m.drop(dropShort, ErrShort)
 	}
-	if msg[0] != wire.Version || wire.Type(msg[1]) != wire.TypeEncrypted || msg[3] != 0 {
+	if h.Type != wire.TypeEncrypted {
 		return nil, "", m.drop(dropMalformed, ErrMalformed)
 	}
-	kp := (*m.sessions.Load())[binary.BigEndian.Uint32(msg[4:8])]
+	kp := (*m.sessions.Load())[h.Index]
 	if kp == nil {
 		return nil, "", m.drop(dropUnknownSession, ErrUnknownSession)
 	}

@@ -56,7 +56,7 @@ func FuzzOpen(f *testing.F) {
 	f.Add(make([]byte, wire.EncryptedHeaderLen+wire.TagLen))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		msg := append([]byte(nil), data...)
-		plain, peer, err := b.Open(addrA, msg)
+		plain, peer, err := openMsg(b, addrA, msg)
 		if err != nil {
 			return
 		}

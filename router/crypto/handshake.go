@@ -17,7 +17,7 @@ type outMsg struct {
 
 func (m *Manager) sendAll(out []outMsg) {
 	for _, o := range out {
-		if err := m.cfg.Send(o.to, o.msg); err != nil {
+		if err := m.cfg.Send.SendHandshake(o.to, o.msg); err != nil {
 			m.log.Debug("sending handshake failed", "to", o.to, "err", err)
 		}
 	}

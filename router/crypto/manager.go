@@ -26,6 +26,9 @@ type Manager struct {
 	localAES    bool
 	ownMACs     macKeys // keys of the MACs on messages to us
 	kick        chan struct{}
+	upCh        chan struct{} // doorbell of sessionUp, capacity 1
+	upMu        sync.Mutex
+	up          []string // peers with a new session, not yet taken
 
 	peers    atomic.Pointer[map[string]*peer]
 	sessions atomic.Pointer[map[uint32]*keypair]
@@ -59,6 +62,7 @@ func NewManager(cfg Config) (*Manager, error) {
 		tickEvery:   min(time.Second, max(5*time.Millisecond, min(cfg.RekeyAfter/20, cfg.HandshakeRetry/5))),
 		localAES:    hasAESHardware() && !cfg.DisableAES,
 		kick:        make(chan struct{}, 1),
+		upCh:        make(chan struct{}, 1),
 		byKey:       make(map[[32]byte]*peer),
 		pending:     make(map[uint32]*peer),
 	}

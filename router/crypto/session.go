@@ -32,10 +32,34 @@ type keypair struct {
 	peer        *peer
 }
 
+// sessionUp records that peer has a new session to send with and rings the
+// data plane's doorbell; the router's flush goroutine takes the names.
+// Names are kept in a set, so a burst of rekeys never blocks nor loses one.
 func (m *Manager) sessionUp(peer string) {
-	if m.cfg.OnSession != nil {
-		m.cfg.OnSession(peer)
+	m.upMu.Lock()
+	if !slices.Contains(m.up, peer) {
+		m.up = append(m.up, peer)
 	}
+	m.upMu.Unlock()
+	select {
+	case m.upCh <- struct{}{}:
+	default: // already rung; the reader takes every name at once
+	}
+}
+
+// SessionsUp is signalled when one or more peers got a session to send with
+// since the last TakeSessionsUp.
+func (m *Manager) SessionsUp() <-chan struct{} { return m.upCh }
+
+// TakeSessionsUp appends the peers whose session came up to dst and forgets
+// them.
+func (m *Manager) TakeSessionsUp(dst []string) []string {
+	m.upMu.Lock()
+	defer m.upMu.Unlock()
+	dst = append(dst, m.up...)
+	clear(m.up)
+	m.up = m.up[:0]
+	return dst
 }
 
 func (m *Manager) newKeypairLocked(p *peer, keys sessionKeys, local, remote uint32, initiator bool, now time.Time) (*keypair, error) {

@@ -168,20 +168,41 @@ func Complete(pkt []byte, o Offload) error {
 	return nil
 }
 
+// IPv4 is what the data path reads from an IPv4 header: the one parser of
+// weft's data plane.
+type IPv4 struct {
+	HdrLen   int  // header length, options included
+	TotalLen int  // the header's total length field
+	Proto    byte // the protocol of the payload
+	Fragment bool // MF set or a fragment offset: a piece of a larger packet
+}
+
+// ParseIPv4 checks the fixed part of an IPv4 header at the front of pkt:
+// version 4 and a header length that fits. The total length is returned as
+// written; callers that need it to match len(pkt) check it themselves (the
+// kernel may hand over super-packets longer than the field can say).
+func ParseIPv4(pkt []byte) (h IPv4, ok bool) {
+	if len(pkt) < 20 || pkt[0]>>4 != 4 {
+		return IPv4{}, false
+	}
+	h.HdrLen = int(pkt[0]&0x0f) * 4
+	if h.HdrLen < 20 || h.HdrLen > len(pkt) {
+		return IPv4{}, false
+	}
+	h.TotalLen = int(binary.BigEndian.Uint16(pkt[2:4]))
+	h.Proto = pkt[9]
+	h.Fragment = binary.BigEndian.Uint16(pkt[6:8])&0x3fff != 0
+	return h, true
+}
+
 // ipv4Header checks the fixed part of an IPv4 header and returns its length
 // and protocol. Fragments are refused: offloads never apply to them.
 func ipv4Header(pkt []byte) (ihl int, proto byte, ok bool) {
-	if len(pkt) < 20 || pkt[0]>>4 != 4 {
+	h, ok := ParseIPv4(pkt)
+	if !ok || h.Fragment {
 		return 0, 0, false
 	}
-	ihl = int(pkt[0]&0x0f) * 4
-	if ihl < 20 || ihl > len(pkt) {
-		return 0, 0, false
-	}
-	if binary.BigEndian.Uint16(pkt[6:8])&0x3fff != 0 { // MF or an offset
-		return 0, 0, false
-	}
-	return ihl, pkt[9], true
+	return h.HdrLen, h.Proto, true
 }
 
 // pseudoSum is the unfolded sum of the IPv4 pseudo-header for an L4 segment
