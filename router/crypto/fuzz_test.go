@@ -27,7 +27,7 @@ func FuzzHandleHandshake(f *testing.F) {
 	a.mu.Lock()
 	init, _ := a.initiateLocked((*a.peers.Load())["b"], clock.Now())
 	a.mu.Unlock()
-	b.HandleHandshake(addrA, init)
+	b.handshakeNow(addrA, init)
 	for _, d := range net.queue {
 		f.Add(d.msg)
 	}

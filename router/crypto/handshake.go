@@ -4,6 +4,7 @@ package crypto
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"fmt"
 	"net/netip"
@@ -33,7 +34,11 @@ func (m *Manager) initiateLocked(p *peer, now time.Time) ([]byte, error) {
 	if m.localAES {
 		offer |= offerAES
 	}
-	msg, st, err := createInitiation(&m.cfg.Identity, &p.pub, &p.staticDH, &p.macs, idx, m.nextTimestampLocked(now), offer)
+	var cookie *[cookieLen]byte
+	if !p.cookieAt.IsZero() && now.Sub(p.cookieAt) < cookieUseFor && !now.Before(p.cookieAt) {
+		cookie = &p.cookie
+	}
+	msg, st, err := createInitiation(&m.cfg.Identity, &p.pub, &p.staticDH, &p.macs, cookie, idx, m.nextTimestampLocked(now), offer)
 	if err != nil {
 		return nil, err
 	}
@@ -86,9 +91,77 @@ func (m *Manager) newIndexLocked() (uint32, error) {
 	}
 }
 
-// HandleHandshake processes one handshake datagram from the data plane.
-// Whatever is wrong with it is counted (Counters) and answered with nothing.
+// Handshake work is queued for one worker goroutine, away from the data
+// plane's receive goroutine, in a bounded queue: under a flood, data keeps
+// flowing and surplus handshake datagrams are dropped (and counted).
+const (
+	hsQueueLen = 1024
+	// Under load: the queue holds this many, or did within loadSticky. An
+	// initiation then needs a valid cookie MAC before any Diffie-Hellman.
+	hsLoadAt   = hsQueueLen / 8
+	loadSticky = time.Second
+	hsMaxLen   = initLen // the largest handshake message
+)
+
+// hsJob is one queued handshake datagram, copied out of the receive buffer
+// into a fixed array (queueing allocates nothing).
+type hsJob struct {
+	from netip.AddrPort
+	n    int
+	buf  [hsMaxLen]byte
+}
+
+// HandleHandshake takes one handshake datagram from the data plane's receive
+// goroutine. It checks only the framing there; the MACs, the cookie, the
+// rate limit and the Diffie-Hellman happen on the handshake worker (Run).
+// When the queue is full the datagram is dropped and counted (busy).
+// Whatever is wrong with it is counted (Counters); it is answered with
+// nothing, or with a cookie reply when the Manager is under load.
 func (m *Manager) HandleHandshake(from netip.AddrPort, msg []byte) {
+	if _, err := parseHandshake(msg); err != nil {
+		m.hsFailures[FailMalformed].Add(1)
+		return
+	}
+	var j hsJob
+	j.from, j.n = from, copy(j.buf[:], msg)
+	select {
+	case m.hsQueue <- j:
+	default:
+		m.hsFailures[FailBusy].Add(1)
+	}
+}
+
+// handshakeWorker does the queued handshake work until ctx ends.
+func (m *Manager) handshakeWorker(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case j := <-m.hsQueue:
+			m.handshakeNow(j.from, j.buf[:j.n])
+		}
+	}
+}
+
+// underLoad says whether initiations must carry a cookie: the queue is
+// filling up, or was lately.
+func (m *Manager) underLoad(now time.Time) bool {
+	if m.forceLoad.Load() {
+		return true
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.hsQueue) >= hsLoadAt {
+		m.loadUntil = now.Add(loadSticky)
+		return true
+	}
+	return now.Before(m.loadUntil)
+}
+
+// handshakeNow runs one handshake datagram through every check and the
+// handshake itself on the calling goroutine (the worker, or a test), and
+// counts what is refused.
+func (m *Manager) handshakeNow(from netip.AddrPort, msg []byte) {
 	err := m.handleHandshake(from, msg)
 	if err == nil {
 		return
@@ -117,10 +190,16 @@ func (m *Manager) warnWrongPSK(from netip.AddrPort) {
 	}
 }
 
+// handleHandshake checks one handshake datagram, cheapest first, and runs
+// the handshake if it passes. Nothing before the Diffie-Hellman costs more
+// than a few HMACs and map lookups.
 func (m *Manager) handleHandshake(from netip.AddrPort, msg []byte) error {
 	kind, err := parseHandshake(msg)
 	if err != nil {
 		return err
+	}
+	if kind == kindCookieReply {
+		return m.handleCookieReply(msg)
 	}
 	if err := m.ownMACs.check(msg); err != nil {
 		return err
@@ -133,6 +212,25 @@ func (m *Manager) handleHandshake(from netip.AddrPort, msg []byte) error {
 
 func (m *Manager) handleInitiation(from netip.AddrPort, msg []byte) error {
 	now := m.cfg.Clock()
+	// An exact copy of an initiation seen lately is a replay, whatever
+	// address it comes from: dropped before anything else, and answered
+	// with nothing (not even a cookie).
+	mac1 := [macLen]byte(msg[mac1Off(len(msg)):mac2Off(len(msg))])
+	m.mu.Lock()
+	dup := m.dedup.seen(mac1)
+	m.mu.Unlock()
+	if dup {
+		return ErrDuplicateInitiation
+	}
+	if m.underLoad(now) && !m.cookies.checkMAC(from, msg) {
+		reply, err := m.cookies.reply(from, msg)
+		if err != nil {
+			return err
+		}
+		m.cookieSent.Add(1)
+		m.sendAll([]outMsg{{from, reply}})
+		return ErrCookieRequired
+	}
 	m.mu.Lock()
 	allowed := m.limiter.allow(from.Addr(), now)
 	m.mu.Unlock()
@@ -187,6 +285,40 @@ func (m *Manager) handleInitiation(from netip.AddrPort, msg []byte) error {
 	m.mu.Unlock()
 	m.completed.Add(1)
 	m.sendAll([]outMsg{{from, resp}})
+	return nil
+}
+
+// handleCookieReply keeps the cookie a peer sent in answer to our pending
+// initiation, and retries at once with it: the reply names our initiation
+// by index and is authenticated with its mac1 and the password, so it
+// cannot be forged or replayed to make us send more than one initiation.
+func (m *Manager) handleCookieReply(msg []byte) error {
+	idx := binary.BigEndian.Uint32(msg[4:8])
+	m.mu.Lock()
+	p := m.pending[idx]
+	var st *initiatorState
+	if p != nil {
+		st = p.pending
+	}
+	m.mu.Unlock()
+	if st == nil {
+		return ErrUnknownIndex
+	}
+	cookie, err := openCookieReply(&p.cookieKy, &st.mac1, msg)
+	if err != nil {
+		return err
+	}
+	now := m.cfg.Clock()
+	m.mu.Lock()
+	if p.pending != st {
+		m.mu.Unlock()
+		return ErrUnknownIndex
+	}
+	p.cookie, p.cookieAt = cookie, now
+	m.abandonPending(p) // the next tick initiates again, with the cookie
+	m.mu.Unlock()
+	m.cookieReceived.Add(1)
+	m.poke()
 	return nil
 }
 

@@ -83,7 +83,7 @@ func (n *testNet) deliver(d datagram) {
 		return
 	}
 	if wire.Type(d.msg[1]) == wire.TypeHandshake {
-		m.HandleHandshake(d.from, d.msg)
+		m.handshakeNow(d.from, d.msg)
 		return
 	}
 	if _, _, err := openMsg(m, d.from, d.msg); err != nil {

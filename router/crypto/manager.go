@@ -30,6 +30,13 @@ type Manager struct {
 	upMu        sync.Mutex
 	up          []string // peers with a new session, not yet taken
 
+	// Handshake datagrams wait here for the handshake worker (Run), so
+	// that the receive goroutine never does a Diffie-Hellman.
+	hsQueue chan hsJob
+	cookies *cookieJar
+	// forceLoad makes the Manager act as under load (tests).
+	forceLoad atomic.Bool
+
 	peers    atomic.Pointer[map[string]*peer]
 	sessions atomic.Pointer[map[uint32]*keypair]
 
@@ -40,6 +47,8 @@ type Manager struct {
 	lastTS      [timestampLen]byte
 	seq         uint64
 	lastPSKWarn time.Time
+	dedup       dedup     // recent initiations, by mac1
+	loadUntil   time.Time // under load until then (at least)
 
 	hsFailures [numFailReasons]atomic.Uint64
 	drops      [numDropReasons]atomic.Uint64
@@ -48,6 +57,9 @@ type Manager struct {
 	rekeys     atomic.Uint64
 	tieDropped atomic.Uint64
 	keepalives atomic.Uint64
+
+	cookieSent     atomic.Uint64
+	cookieReceived atomic.Uint64
 }
 
 // NewManager checks cfg and makes a Manager with no peers.
@@ -62,12 +74,14 @@ func NewManager(cfg Config) (*Manager, error) {
 		tickEvery:   min(time.Second, max(5*time.Millisecond, min(cfg.RekeyAfter/20, cfg.HandshakeRetry/5))),
 		localAES:    hasAESHardware() && !cfg.DisableAES,
 		kick:        make(chan struct{}, 1),
+		hsQueue:     make(chan hsJob, hsQueueLen),
 		upCh:        make(chan struct{}, 1),
 		byKey:       make(map[[32]byte]*peer),
 		pending:     make(map[uint32]*peer),
 	}
 	pub := cfg.Identity.Public()
 	m.ownMACs = newMACKeys(&pub, &cfg.PSK)
+	m.cookies = newCookieJar(&pub, &cfg.PSK, cfg.Clock)
 	m.peers.Store(&map[string]*peer{})
 	m.sessions.Store(&map[uint32]*keypair{})
 	return m, nil
@@ -81,6 +95,7 @@ type peer struct {
 	name     string
 	pub      [32]byte
 	macs     macKeys  // keys of the MACs on messages to this peer
+	cookieKy [32]byte // key of the cookie replies this peer sends us
 	staticDH [32]byte // DH(our static, its static), fixed per pair
 
 	current atomic.Pointer[keypair] // the session Seal uses
@@ -95,6 +110,8 @@ type peer struct {
 	established   time.Time
 	lastRekey     time.Time
 	failures      uint64
+	cookie        [cookieLen]byte // the peer's cookie for our address
+	cookieAt      time.Time       // when it came; zero: none
 }
 
 // SetPeer adds a peer or updates its endpoint. A new public key for a known
@@ -108,6 +125,7 @@ func (m *Manager) SetPeer(name string, pub [32]byte, ep netip.AddrPort) {
 	p := (*m.peers.Load())[name]
 	if p != nil && p.pub == pub {
 		p.ep = ep
+		m.knownAddrsLocked()
 		m.mu.Unlock()
 		m.poke()
 		return
@@ -125,13 +143,26 @@ func (m *Manager) SetPeer(name string, pub [32]byte, ep netip.AddrPort) {
 		m.log.Warn("ignoring peer with an invalid public key", "peer", name)
 		return
 	}
-	p = &peer{name: name, pub: pub, macs: newMACKeys(&pub, &m.cfg.PSK), staticDH: staticDH, ep: ep}
+	p = &peer{name: name, pub: pub, macs: newMACKeys(&pub, &m.cfg.PSK), cookieKy: cookieKey(&pub, &m.cfg.PSK), staticDH: staticDH, ep: ep}
 	peers := cloneMap(*m.peers.Load())
 	peers[name] = p
 	m.peers.Store(&peers)
 	m.byKey[pub] = p
+	m.knownAddrsLocked()
 	m.mu.Unlock()
 	m.poke()
+}
+
+// knownAddrsLocked gives the known peers' underlay addresses their own
+// rate-limit buckets.
+func (m *Manager) knownAddrsLocked() {
+	var addrs []netip.Addr
+	for _, p := range *m.peers.Load() {
+		if p.ep.IsValid() {
+			addrs = append(addrs, p.ep.Addr())
+		}
+	}
+	m.limiter.setKnown(addrs)
 }
 
 // RemovePeer forgets a peer and its sessions.
@@ -152,6 +183,7 @@ func (m *Manager) removePeerLocked(p *peer) {
 	m.dropSessions(p.keypairs...)
 	p.keypairs = nil
 	p.current.Store(nil)
+	m.knownAddrsLocked()
 }
 
 func cloneMap[K comparable, V any](src map[K]V) map[K]V {

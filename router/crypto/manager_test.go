@@ -232,9 +232,9 @@ func TestGarbageHandshakeAnsweredNothing(t *testing.T) {
 	for i := hsEphemeralOff; i < len(msg); i++ {
 		msg[i] = byte(i * 7)
 	}
-	b.HandleHandshake(addrA, msg)
-	b.HandleHandshake(addrA, []byte("garbage"))
-	b.HandleHandshake(addrA, msg[:50])
+	b.handshakeNow(addrA, msg)
+	b.handshakeNow(addrA, []byte("garbage"))
+	b.handshakeNow(addrA, msg[:50])
 	c := b.Counters()
 	if c["handshake_failed_bad_mac"] != 1 || c["handshake_failed_malformed"] != 2 {
 		t.Fatalf("counters = %v", c)
@@ -258,7 +258,16 @@ func TestReplayedInitiationRefused(t *testing.T) {
 		t.Fatal("no initiation captured")
 	}
 	before := net.sentBy(addrB)
-	b.HandleHandshake(init.from, init.msg)
+	// An exact copy is caught by the duplicate cache, before any DH.
+	b.handshakeNow(init.from, init.msg)
+	if got := b.Counters()["handshake_failed_duplicate"]; got != 1 {
+		t.Fatalf("duplicate = %d", got)
+	}
+	// Once the cache forgot it, the timestamp still refuses it.
+	b.mu.Lock()
+	b.dedup = dedup{}
+	b.mu.Unlock()
+	b.handshakeNow(init.from, init.msg)
 	if got := b.Counters()["handshake_failed_replayed_initiation"]; got != 1 {
 		t.Fatalf("replayed_initiation = %d", got)
 	}
@@ -268,7 +277,7 @@ func TestReplayedInitiationRefused(t *testing.T) {
 	// A replayed response finds no handshake in flight.
 	for _, d := range net.captured {
 		if d.to == addrA && wire.Type(d.msg[1]) == wire.TypeHandshake {
-			a.HandleHandshake(d.from, d.msg)
+			a.handshakeNow(d.from, d.msg)
 		}
 	}
 	if got := a.Counters()["handshake_failed_unknown_index"]; got != 1 {
@@ -506,7 +515,7 @@ func TestHandshakeRateLimited(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		b.HandleHandshake(addrA, msg)
+		b.handshakeNow(addrA, msg)
 		_ = i
 	}
 	if got := b.Counters()["handshake_failed_rate_limited"]; got != 10 {
@@ -517,7 +526,7 @@ func TestHandshakeRateLimited(t *testing.T) {
 	a.mu.Lock()
 	msg, _ := a.initiateLocked(pa, clock.Now())
 	a.mu.Unlock()
-	b.HandleHandshake(addrA, msg)
+	b.handshakeNow(addrA, msg)
 	if got := b.Counters()["handshake_failed_rate_limited"]; got != 10 {
 		t.Fatalf("still limited after refill: %d", got)
 	}

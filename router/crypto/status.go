@@ -52,10 +52,12 @@ func (m *Manager) Sessions() []SessionInfo {
 
 // Counters returns event and failure counts for metrics. Keys:
 // handshake_failed_<reason> (malformed, bad_mac, wrong_psk, decrypt,
-// replayed_initiation, rate_limited, unknown_peer, unknown_index, timeout),
+// replayed_initiation, rate_limited, unknown_peer, unknown_index, timeout,
+// duplicate, cookie_required, busy),
 // open_dropped_<reason> (short, malformed, unknown_session, expired, auth,
 // replay), handshake_initiated, handshake_completed, rekeys,
-// handshake_tiebreak_dropped, keepalives_received.
+// handshake_tiebreak_dropped, keepalives_received, cookie_replies_sent,
+// cookie_replies_received.
 func (m *Manager) Counters() map[string]uint64 {
 	c := make(map[string]uint64, int(numFailReasons)+int(numDropReasons)+5)
 	for r := FailReason(0); r < numFailReasons; r++ {
@@ -69,6 +71,8 @@ func (m *Manager) Counters() map[string]uint64 {
 	c["rekeys"] = m.rekeys.Load()
 	c["handshake_tiebreak_dropped"] = m.tieDropped.Load()
 	c["keepalives_received"] = m.keepalives.Load()
+	c["cookie_replies_sent"] = m.cookieSent.Load()
+	c["cookie_replies_received"] = m.cookieReceived.Load()
 	return c
 }
 

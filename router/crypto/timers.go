@@ -7,9 +7,12 @@ import (
 	"time"
 )
 
-// Run drives the timers (rekey, handshake retry, session expiry) until ctx
-// ends.
+// Run drives the timers (rekey, handshake retry, session expiry) and the
+// handshake worker until ctx ends.
 func (m *Manager) Run(ctx context.Context) {
+	done := make(chan struct{})
+	go func() { defer close(done); m.handshakeWorker(ctx) }()
+	defer func() { <-done }()
 	t := time.NewTicker(m.tickEvery)
 	defer t.Stop()
 	m.tick()
