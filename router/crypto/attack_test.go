@@ -101,9 +101,9 @@ func TestCookieRequiredUnderLoad(t *testing.T) {
 	if stamped == nil || [macLen]byte(stamped[cookieOff(len(stamped)):]) == ([macLen]byte{}) {
 		t.Fatal("no initiation with a cookie MAC captured")
 	}
-	b.mu.Lock()
+	b.dedupMu.Lock()
 	b.dedup = dedup{}
-	b.mu.Unlock()
+	b.dedupMu.Unlock()
 	before := b.Counters()
 	b.handshakeNow(spoofed(7), stamped)
 	after := b.Counters()
@@ -156,9 +156,10 @@ func TestCookieReplyChecked(t *testing.T) {
 }
 
 // HandleHandshake, on the receive goroutine, only queues: no MAC, no DH.
-// When the queue is full, datagrams are dropped and counted; the worker
-// started by Run drains the queue, and a full queue means load, so the first
-// initiation is answered with a cookie.
+// Known peers' addresses have a queue of their own. When a queue is full,
+// datagrams are dropped and counted; the worker started by Run drains the
+// queues, and a full queue means load, so the first initiation is answered
+// with a cookie and its copies are duplicates.
 func TestHandshakeQueue(t *testing.T) {
 	a, b, net, clock := pair(t, nodeOpts{}, nodeOpts{})
 	net.mu.Lock()
@@ -173,12 +174,15 @@ func TestHandshakeQueue(t *testing.T) {
 	net.mu.Unlock()
 	before := b.Counters()
 	for range hsQueueLen + 5 {
-		b.HandleHandshake(addrA, init)
+		b.HandleHandshake(spoofed(1), init)
+	}
+	for range hsPriorityLen + 3 {
+		b.HandleHandshake(addrA, init) // a known peer's address
 	}
 	b.HandleHandshake(addrA, init[:20])
 	c := b.Counters()
-	if c["handshake_failed_busy"] != 5 || c["handshake_failed_malformed"] != before["handshake_failed_malformed"]+1 {
-		t.Fatalf("counters %v: want 5 busy and 1 malformed", c)
+	if c["handshake_failed_busy"] != 8 || c["handshake_failed_malformed"] != before["handshake_failed_malformed"]+1 {
+		t.Fatalf("counters %v: want 8 busy and 1 malformed", c)
 	}
 	if c["handshake_completed"] != before["handshake_completed"] || c["handshake_failed_duplicate"] != 0 {
 		t.Fatal("HandleHandshake did handshake work on the caller's goroutine")
@@ -188,10 +192,15 @@ func TestHandshakeQueue(t *testing.T) {
 	wg.Add(1)
 	go func() { defer wg.Done(); b.Run(ctx) }()
 	defer func() { cancel(); wg.Wait() }()
-	waitFor(t, 10*time.Second, "the queue drained", func() bool {
+	waitFor(t, 10*time.Second, "the queues drained", func() bool {
 		c := b.Counters()
-		return c["handshake_failed_duplicate"] == hsQueueLen-1 && c["handshake_failed_cookie_required"] == 1
+		return c["handshake_failed_duplicate"] == hsQueueLen+hsPriorityLen-1 && c["handshake_failed_cookie_required"] == 1
 	})
+	// Now remembered: a further copy is dropped before it is queued.
+	b.HandleHandshake(spoofed(2), init)
+	if got := b.Counters()["handshake_failed_duplicate"]; got != hsQueueLen+hsPriorityLen {
+		t.Fatalf("duplicate = %d after one more copy", got)
+	}
 }
 
 // Known peers keep their rate-limit buckets when the table of other sources

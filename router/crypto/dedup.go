@@ -10,12 +10,18 @@ const dedupSize = 4096
 // exact copy (a replay, from any source address) is dropped before any
 // Diffie-Hellman. mac1 covers the whole message but the MACs after it, so
 // two initiations with the same mac1 are the same initiation. Not safe for
-// concurrent use; Manager.hsMu guards it. Fixed memory: a ring of keys in
+// concurrent use; Manager.dedupMu guards it. Fixed memory: a ring of keys in
 // insertion order and a set over it.
 type dedup struct {
 	ring [dedupSize][macLen]byte
 	next int
 	set  map[[macLen]byte]struct{}
+}
+
+// has reports whether key was seen, without remembering it.
+func (d *dedup) has(key [macLen]byte) bool {
+	_, ok := d.set[key]
+	return ok
 }
 
 // seen reports whether key was seen before, and remembers it if not,

@@ -95,7 +95,8 @@ func (m *Manager) newIndexLocked() (uint32, error) {
 // plane's receive goroutine, in a bounded queue: under a flood, data keeps
 // flowing and surplus handshake datagrams are dropped (and counted).
 const (
-	hsQueueLen = 1024
+	hsQueueLen    = 1024
+	hsPriorityLen = 256
 	// Under load: the queue holds this many, or did within loadSticky. An
 	// initiation then needs a valid cookie MAC before any Diffie-Hellman.
 	hsLoadAt   = hsQueueLen / 8
@@ -112,34 +113,60 @@ type hsJob struct {
 }
 
 // HandleHandshake takes one handshake datagram from the data plane's receive
-// goroutine. It checks only the framing there; the MACs, the cookie, the
-// rate limit and the Diffie-Hellman happen on the handshake worker (Run).
-// When the queue is full the datagram is dropped and counted (busy).
-// Whatever is wrong with it is counted (Counters); it is answered with
-// nothing, or with a cookie reply when the Manager is under load.
+// goroutine. It checks only the framing there, and drops an initiation
+// already seen (a replay costs a map lookup); the MACs, the cookie, the rate
+// limit and the Diffie-Hellman happen on the handshake worker (Run).
+// Datagrams from known peers' addresses have a queue of their own. When a
+// queue is full the datagram is dropped and counted (busy). Whatever is
+// wrong with it is counted (Counters); it is answered with nothing, or with
+// a cookie reply when the Manager is under load.
 func (m *Manager) HandleHandshake(from netip.AddrPort, msg []byte) {
-	if _, err := parseHandshake(msg); err != nil {
+	kind, err := parseHandshake(msg)
+	if err != nil {
 		m.hsFailures[FailMalformed].Add(1)
 		return
+	}
+	if kind == kindInitiation {
+		// Only looked up here: keys are remembered by the worker once
+		// the MACs verify, so unverified bytes cannot evict real ones.
+		mac1 := [macLen]byte(msg[mac1Off(len(msg)):mac2Off(len(msg))])
+		m.dedupMu.Lock()
+		dup := m.dedup.has(mac1)
+		m.dedupMu.Unlock()
+		if dup {
+			m.hsFailures[FailDuplicate].Add(1)
+			return
+		}
+	}
+	q := m.hsQueue
+	if _, known := (*m.knownEPs.Load())[from.Addr().Unmap()]; known {
+		q = m.hsPriority
 	}
 	var j hsJob
 	j.from, j.n = from, copy(j.buf[:], msg)
 	select {
-	case m.hsQueue <- j:
+	case q <- j:
 	default:
 		m.hsFailures[FailBusy].Add(1)
 	}
 }
 
-// handshakeWorker does the queued handshake work until ctx ends.
+// handshakeWorker does the queued handshake work until ctx ends, known
+// peers' datagrams first.
 func (m *Manager) handshakeWorker(ctx context.Context) {
 	for {
+		var j hsJob
 		select {
-		case <-ctx.Done():
-			return
-		case j := <-m.hsQueue:
-			m.handshakeNow(j.from, j.buf[:j.n])
+		case j = <-m.hsPriority:
+		default:
+			select {
+			case <-ctx.Done():
+				return
+			case j = <-m.hsPriority:
+			case j = <-m.hsQueue:
+			}
 		}
+		m.handshakeNow(j.from, j.buf[:j.n])
 	}
 }
 
@@ -216,9 +243,9 @@ func (m *Manager) handleInitiation(from netip.AddrPort, msg []byte) error {
 	// address it comes from: dropped before anything else, and answered
 	// with nothing (not even a cookie).
 	mac1 := [macLen]byte(msg[mac1Off(len(msg)):mac2Off(len(msg))])
-	m.mu.Lock()
+	m.dedupMu.Lock()
 	dup := m.dedup.seen(mac1)
-	m.mu.Unlock()
+	m.dedupMu.Unlock()
 	if dup {
 		return ErrDuplicateInitiation
 	}

@@ -33,6 +33,13 @@ type Manager struct {
 	// Handshake datagrams wait here for the handshake worker (Run), so
 	// that the receive goroutine never does a Diffie-Hellman.
 	hsQueue chan hsJob
+	// hsPriority is the queue of datagrams from known peers' underlay
+	// addresses (knownEPs): the worker serves it first, so a flood from
+	// other addresses never starves the peers' own handshakes.
+	hsPriority chan hsJob
+	knownEPs   atomic.Pointer[map[netip.Addr]struct{}]
+	dedupMu    sync.Mutex
+	dedup      dedup // recent initiations, by mac1
 	cookies *cookieJar
 	// forceLoad makes the Manager act as under load (tests).
 	forceLoad atomic.Bool
@@ -47,7 +54,6 @@ type Manager struct {
 	lastTS      [timestampLen]byte
 	seq         uint64
 	lastPSKWarn time.Time
-	dedup       dedup     // recent initiations, by mac1
 	loadUntil   time.Time // under load until then (at least)
 
 	hsFailures [numFailReasons]atomic.Uint64
@@ -75,6 +81,7 @@ func NewManager(cfg Config) (*Manager, error) {
 		localAES:    hasAESHardware() && !cfg.DisableAES,
 		kick:        make(chan struct{}, 1),
 		hsQueue:     make(chan hsJob, hsQueueLen),
+		hsPriority:  make(chan hsJob, hsPriorityLen),
 		upCh:        make(chan struct{}, 1),
 		byKey:       make(map[[32]byte]*peer),
 		pending:     make(map[uint32]*peer),
@@ -83,6 +90,7 @@ func NewManager(cfg Config) (*Manager, error) {
 	m.ownMACs = newMACKeys(&pub, &cfg.PSK)
 	m.cookies = newCookieJar(&pub, &cfg.PSK, cfg.Clock)
 	m.peers.Store(&map[string]*peer{})
+	m.knownEPs.Store(&map[netip.Addr]struct{}{})
 	m.sessions.Store(&map[uint32]*keypair{})
 	return m, nil
 }
@@ -163,6 +171,11 @@ func (m *Manager) knownAddrsLocked() {
 		}
 	}
 	m.limiter.setKnown(addrs)
+	known := make(map[netip.Addr]struct{}, len(addrs))
+	for _, a := range addrs {
+		known[a.Unmap()] = struct{}{}
+	}
+	m.knownEPs.Store(&known)
 }
 
 // RemovePeer forgets a peer and its sessions.

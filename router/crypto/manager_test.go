@@ -264,9 +264,9 @@ func TestReplayedInitiationRefused(t *testing.T) {
 		t.Fatalf("duplicate = %d", got)
 	}
 	// Once the cache forgot it, the timestamp still refuses it.
-	b.mu.Lock()
+	b.dedupMu.Lock()
 	b.dedup = dedup{}
-	b.mu.Unlock()
+	b.dedupMu.Unlock()
 	b.handshakeNow(init.from, init.msg)
 	if got := b.Counters()["handshake_failed_replayed_initiation"]; got != 1 {
 		t.Fatalf("replayed_initiation = %d", got)
