@@ -251,3 +251,19 @@ func TestDedupBounded(t *testing.T) {
 		t.Fatal("the newest key is forgotten")
 	}
 }
+
+// The receive goroutine's share of handshake work allocates nothing: a
+// flood costs no garbage.
+func TestHandleHandshakeDoesNotAllocate(t *testing.T) {
+	_, b, net, _ := pair(t, nodeOpts{}, nodeOpts{})
+	init := capturedInitiation(t, net).msg // remembered: a duplicate
+	fresh := append([]byte(nil), init...)
+	fresh[hsEphemeralOff] ^= 1 // not remembered: queued (full soon, then busy)
+	src := spoofed(3)
+	if n := testing.AllocsPerRun(200, func() {
+		b.HandleHandshake(src, init)
+		b.HandleHandshake(src, fresh)
+	}); n != 0 {
+		t.Fatalf("HandleHandshake allocates %v per call pair", n)
+	}
+}

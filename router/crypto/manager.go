@@ -40,7 +40,7 @@ type Manager struct {
 	knownEPs   atomic.Pointer[map[netip.Addr]struct{}]
 	dedupMu    sync.Mutex
 	dedup      dedup // recent initiations, by mac1
-	cookies *cookieJar
+	cookies    *cookieJar
 	// forceLoad makes the Manager act as under load (tests).
 	forceLoad atomic.Bool
 
