@@ -258,12 +258,15 @@ func TestHandleHandshakeDoesNotAllocate(t *testing.T) {
 	_, b, net, _ := pair(t, nodeOpts{}, nodeOpts{})
 	init := capturedInitiation(t, net).msg // remembered: a duplicate
 	fresh := append([]byte(nil), init...)
-	fresh[hsEphemeralOff] ^= 1 // not remembered: queued (full soon, then busy)
+	fresh[mac1Off(len(fresh))] ^= 1 // another key: queued (full soon, then busy)
 	src := spoofed(3)
 	if n := testing.AllocsPerRun(200, func() {
 		b.HandleHandshake(src, init)
 		b.HandleHandshake(src, fresh)
 	}); n != 0 {
 		t.Fatalf("HandleHandshake allocates %v per call pair", n)
+	}
+	if c := b.Counters(); c["handshake_failed_duplicate"] < 200 || len(b.hsQueue) == 0 {
+		t.Fatalf("duplicates %d, queued %d: the test did not exercise both paths", c["handshake_failed_duplicate"], len(b.hsQueue))
 	}
 }
