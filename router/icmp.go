@@ -74,9 +74,12 @@ func checksum(b []byte, sum uint32) uint16 { return ^gso.Fold(gso.Sum(b, uint64(
 // ipv4Packet checks that p starts with a sane IPv4 header and returns p cut
 // to the header's total length (links may pad).
 func ipv4Packet(p []byte) ([]byte, bool) {
-	h, ok := gso.ParseIPv4(p)
-	if !ok || h.TotalLen < h.HdrLen || h.TotalLen > len(p) {
+	ihl, ok := gso.ParseIPv4(p)
+	if !ok {
 		return nil, false
 	}
-	return p[:h.TotalLen], true
+	if total := int(p[2])<<8 | int(p[3]); total >= ihl && total <= len(p) {
+		return p[:total], true
+	}
+	return nil, false
 }

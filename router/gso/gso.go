@@ -168,41 +168,29 @@ func Complete(pkt []byte, o Offload) error {
 	return nil
 }
 
-// IPv4 is what the data path reads from an IPv4 header: the one parser of
-// weft's data plane.
-type IPv4 struct {
-	HdrLen   int  // header length, options included
-	TotalLen int  // the header's total length field
-	Proto    byte // the protocol of the payload
-	Fragment bool // MF set or a fragment offset: a piece of a larger packet
-}
-
-// ParseIPv4 checks the fixed part of an IPv4 header at the front of pkt:
-// version 4 and a header length that fits. The total length is returned as
-// written; callers that need it to match len(pkt) check it themselves (the
+// ParseIPv4 checks the fixed part of the IPv4 header at the front of pkt
+// (version 4, a header length that fits) and returns the header length: the
+// one IPv4 parser of weft's data plane. It is small enough to be inlined
+// with its callers' own checks on the hot path. The total length is not
+// checked against len(pkt): callers that need them to match check it (the
 // kernel may hand over super-packets longer than the field can say).
-func ParseIPv4(pkt []byte) (h IPv4, ok bool) {
-	if len(pkt) < 20 || pkt[0]>>4 != 4 {
-		return IPv4{}, false
+func ParseIPv4(pkt []byte) (hdrLen int, ok bool) {
+	if len(pkt) < 20 {
+		return 0, false
 	}
-	h.HdrLen = int(pkt[0]&0x0f) * 4
-	if h.HdrLen < 20 || h.HdrLen > len(pkt) {
-		return IPv4{}, false
-	}
-	h.TotalLen = int(binary.BigEndian.Uint16(pkt[2:4]))
-	h.Proto = pkt[9]
-	h.Fragment = binary.BigEndian.Uint16(pkt[6:8])&0x3fff != 0
-	return h, true
+	hdrLen = int(pkt[0]&0x0f) << 2
+	return hdrLen, pkt[0]>>4 == 4 && hdrLen >= 20 && hdrLen <= len(pkt)
 }
 
 // ipv4Header checks the fixed part of an IPv4 header and returns its length
-// and protocol. Fragments are refused: offloads never apply to them.
+// and protocol. Fragments are refused (MF or an offset): offloads never
+// apply to them.
 func ipv4Header(pkt []byte) (ihl int, proto byte, ok bool) {
-	h, ok := ParseIPv4(pkt)
-	if !ok || h.Fragment {
+	ihl, ok = ParseIPv4(pkt)
+	if !ok || binary.BigEndian.Uint16(pkt[6:8])&0x3fff != 0 {
 		return 0, 0, false
 	}
-	return h.HdrLen, h.Proto, true
+	return ihl, pkt[9], true
 }
 
 // pseudoSum is the unfolded sum of the IPv4 pseudo-header for an L4 segment
