@@ -60,6 +60,7 @@ type xorCrypto struct {
 	sender     string // the peer name Open reports; the session knows it
 	up         []string
 	upCh       chan struct{}
+	failNext   map[string]int // Seal fails this many more times for a peer
 }
 
 // sessionUp marks peer's session as established and signals the router.
@@ -98,6 +99,10 @@ func (x *xorCrypto) Overhead() int { return wire.CounterLen + wire.TagLen }
 func (x *xorCrypto) Seal(peer string, msg []byte, plainLen int) (int, error) {
 	x.mu.Lock()
 	no := x.noSession[peer]
+	if x.failNext[peer] > 0 {
+		x.failNext[peer]--
+		no = true
+	}
 	x.counter++
 	counter := x.counter
 	x.mu.Unlock()

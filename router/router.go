@@ -143,7 +143,8 @@ type Router struct {
 	waiting waitQueue
 	flushMu sync.Mutex
 	flushTx *txPath
-	upNames []string // reused by the flush goroutine
+	upNames []string      // reused by the flush goroutine
+	recheck chan struct{} // tx asks the flush goroutine to look again
 
 	runOnce sync.Once
 }
@@ -178,6 +179,7 @@ func New(cfg Config) (*Router, error) {
 	}
 	r.datapath = tun.DatapathOf(cfg.TUN) + "+" + cfg.Conn.Datapath()
 	r.initCounters()
+	r.recheck = make(chan struct{}, 1)
 	r.tx = newTxPath(r)
 	r.tx.queueNoSession = cfg.Crypto != nil
 	r.rx = newRxPath(r)
@@ -239,8 +241,10 @@ func (r *Router) Run(ctx context.Context) error {
 }
 
 // flushLoop sends the packets that waited for a session once Crypto says the
-// session is up. It runs beside the tx goroutine with its own buffers, so
-// neither the receive goroutine nor Crypto ever sends pod packets.
+// session is up, or once more when the tx path queued a packet right after
+// such a flush (waitQueue.upAt). It runs beside the tx goroutine with its
+// own buffers, so neither the receive goroutine nor Crypto ever sends pod
+// packets.
 func (r *Router) flushLoop(stop <-chan struct{}) error {
 	up := r.crypto.SessionsUp()
 	for {
@@ -248,8 +252,10 @@ func (r *Router) flushLoop(stop <-chan struct{}) error {
 		case <-stop:
 			return nil
 		case <-up:
+			r.upNames = r.crypto.TakeSessionsUp(r.upNames[:0])
+		case <-r.recheck:
+			r.upNames = r.waiting.takeAgain(r.upNames[:0])
 		}
-		r.upNames = r.crypto.TakeSessionsUp(r.upNames[:0])
 		for _, peer := range r.upNames {
 			if err := r.sessionUp(peer); err != nil {
 				return err

@@ -536,3 +536,33 @@ func TestWaitingPacketsSentOnSessionSignal(t *testing.T) {
 		t.Fatalf("a drops = %v", d)
 	}
 }
+
+// The race the recheck closes: Seal fails just before the session comes up,
+// the flush finds nothing waiting, and the packet is queued just after. The
+// tx path notices the recent flush and has the flush goroutine look again.
+func TestPacketQueuedJustAfterFlushIsSent(t *testing.T) {
+	var n udptest.Network
+	ca := &xorCrypto{sender: "b", noSession: map[string]bool{"b": true}}
+	a := newHost(t, &n, "a", epA, ca)
+	b := newHost(t, &n, "b", epB, &xorCrypto{sender: "a"})
+	a.run(t)
+	b.run(t)
+	ca.sessionUp("b")
+	waitFor(t, "the flush on the signal", func() bool {
+		a.r.waiting.mu.Lock()
+		defer a.r.waiting.mu.Unlock()
+		_, ok := a.r.waiting.upAt["b"]
+		return ok
+	})
+	ca.mu.Lock()
+	ca.failNext = map[string]int{"b": 1} // the Seal that lost the race
+	ca.mu.Unlock()
+	ping := mkIPv4("10.40.1.5", "10.40.2.7", 100, true)
+	a.tun.Inject(bytes.Clone(ping))
+	if got := b.tun.ExpectWritten(t).Data; !bytes.Equal(got, ping) {
+		t.Fatalf("b got % x\nwant % x", got, ping)
+	}
+	if d := a.r.Drops(); len(d) != 0 {
+		t.Fatalf("a drops = %v", d)
+	}
+}

@@ -220,8 +220,14 @@ func (t *txPath) sendSegments(peer string, pc *peerCounters, ep netip.AddrPort, 
 // possible, drops it.
 func (t *txPath) noSession(peer string, pc *peerCounters, pkt []byte, o gso.Offload) {
 	if t.queueNoSession {
-		ok, stale := t.r.waiting.add(peer, pkt, o, time.Now())
+		ok, stale, recheck := t.r.waiting.add(peer, pkt, o, time.Now())
 		t.r.dropPeerN(pc, dropNoSession, stale)
+		if recheck {
+			select {
+			case t.r.recheck <- struct{}{}:
+			default: // already asked; the flush goroutine takes every peer
+			}
+		}
 		if ok {
 			return
 		}
