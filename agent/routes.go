@@ -6,7 +6,6 @@ import (
 
 	"github.com/weftnet/weft/ipam"
 	"github.com/weftnet/weft/mesh"
-	"github.com/weftnet/weft/router"
 )
 
 // routes answers the data plane's per-packet questions from the IPAM ring
@@ -49,15 +48,15 @@ func (r *routes) update(members []mesh.PeerInfo) {
 }
 
 // Lookup answers the data plane from one search of the ring.
-func (r *routes) Lookup(addr netip.Addr) router.Route {
+func (r *routes) Lookup(addr netip.Addr) (owner string, ep netip.AddrPort, local bool) {
 	owner, ok := r.ring.Owner(addr)
 	switch {
 	case !ok:
-		return router.Route{}
+		return "", netip.AddrPort{}, false
 	case owner == r.self:
-		return router.Route{Owner: owner, Local: true}
+		return owner, netip.AddrPort{}, true
 	}
-	return router.Route{Owner: owner, Endpoint: r.eps.Load().byName[owner]}
+	return owner, r.eps.Load().byName[owner], false
 }
 
 func (r *routes) PeerAt(src netip.AddrPort) (string, bool) {

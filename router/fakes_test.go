@@ -26,18 +26,18 @@ type routeEntry struct {
 	ep     netip.AddrPort
 }
 
-func (s *staticRoutes) Lookup(addr netip.Addr) Route {
-	for _, p := range s.local {
-		if p.Contains(addr) {
-			return Route{Owner: s.self, Local: true}
+func (s *staticRoutes) Lookup(addr netip.Addr) (string, netip.AddrPort, bool) {
+	for i := range s.local {
+		if s.local[i].Contains(addr) {
+			return s.self, netip.AddrPort{}, true
 		}
 	}
-	for _, e := range s.peers {
-		if e.prefix.Contains(addr) {
-			return Route{Owner: e.name, Endpoint: e.ep}
+	for i := range s.peers {
+		if e := &s.peers[i]; e.prefix.Contains(addr) {
+			return e.name, e.ep, false
 		}
 	}
-	return Route{}
+	return "", netip.AddrPort{}, false
 }
 
 func (s *staticRoutes) PeerAt(src netip.AddrPort) (string, bool) {

@@ -30,22 +30,14 @@ import (
 // should not lock (e.g. an atomic.Pointer to an immutable table).
 type Routes interface {
 	// Lookup answers everything the data path asks about addr from one
-	// search of the IPAM ring.
-	Lookup(addr netip.Addr) Route
+	// search of the IPAM ring: the host that owns it (this host's own name
+	// included; empty outside the ring or in a gap), that host's data
+	// endpoint (invalid when addr is local or the owner is not reachable),
+	// and whether addr is in this host's own ranges. Plain results rather
+	// than a struct: they stay in registers across the interface call.
+	Lookup(addr netip.Addr) (owner string, ep netip.AddrPort, local bool)
 	// PeerAt returns the known peer that sends from the underlay endpoint src.
 	PeerAt(src netip.AddrPort) (peer string, ok bool)
-}
-
-// Route is what the ring says about one address.
-type Route struct {
-	// Owner is the host that owns the address (this host's own name
-	// included); empty outside the ring or in a gap.
-	Owner string
-	// Endpoint is the owner's data endpoint; invalid when the address is
-	// local or the owner is not reachable.
-	Endpoint netip.AddrPort
-	// Local: the address is in this host's own ranges.
-	Local bool
 }
 
 // Crypto seals and opens data messages (router/crypto). A nil Crypto means

@@ -125,12 +125,11 @@ func (t *txPath) forward(pkt []byte, o gso.Offload) error {
 		}
 		return nil
 	}
-	route := r.routes.Lookup(netip.AddrFrom4([4]byte(pkt[16:20])))
-	if route.Local {
+	peer, ep, local := r.routes.Lookup(netip.AddrFrom4([4]byte(pkt[16:20])))
+	if local {
 		r.drop(dropOwnRange)
 		return nil
 	}
-	peer, ep := route.Owner, route.Endpoint
 	if peer == "" || !ep.IsValid() {
 		r.drop(dropNoRoute)
 		return nil

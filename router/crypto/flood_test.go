@@ -23,14 +23,14 @@ type floodRoutes struct {
 	peerEP     netip.AddrPort
 }
 
-func (r *floodRoutes) Lookup(addr netip.Addr) router.Route {
+func (r *floodRoutes) Lookup(addr netip.Addr) (string, netip.AddrPort, bool) {
 	switch {
 	case r.local.Contains(addr):
-		return router.Route{Owner: r.self, Local: true}
+		return r.self, netip.AddrPort{}, true
 	case r.remote.Contains(addr):
-		return router.Route{Owner: r.peer, Endpoint: r.peerEP}
+		return r.peer, r.peerEP, false
 	}
-	return router.Route{}
+	return "", netip.AddrPort{}, false
 }
 
 func (r *floodRoutes) PeerAt(src netip.AddrPort) (string, bool) {
