@@ -59,10 +59,9 @@ func (a *Agent) startDataplane(ctx context.Context, goRun func(func())) (*datapl
 		dp.crypto, err = crypto.NewManager(crypto.Config{
 			Identity: a.identity,
 			PSK:      a.keys.PSK,
-			// The router exists by the time the first handshake is sent.
-			Send: func(to netip.AddrPort, msg []byte) error { return dp.router.SendHandshake(to, msg) },
-			// Packets that waited for the session go out once it is up.
-			OnSession:  func(peer string) { dp.router.SessionUp(peer) },
+			// Handshakes go out on the data socket; the router learns of
+			// new sessions from the Manager's SessionsUp signal.
+			Send:       router.NewHandshakeSender(conn),
 			RekeyAfter: a.cfg.RekeyAfter,
 			Logger:     a.log.With("component", "crypto"),
 		})

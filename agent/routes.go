@@ -47,21 +47,17 @@ func (r *routes) update(members []mesh.PeerInfo) {
 	r.eps.Store(e)
 }
 
-func (r *routes) Lookup(dst netip.Addr) (string, netip.AddrPort, bool) {
-	owner, ok := r.ring.Owner(dst)
-	if !ok || owner == r.self {
-		return owner, netip.AddrPort{}, false
+// Lookup answers the data plane from one search of the ring.
+func (r *routes) Lookup(addr netip.Addr) (owner string, ep netip.AddrPort, local bool) {
+	owner, ok := r.ring.Owner(addr)
+	switch {
+	case !ok:
+		return "", netip.AddrPort{}, false
+	case owner == r.self:
+		return owner, netip.AddrPort{}, true
 	}
-	ep, ok := r.eps.Load().byName[owner]
-	return owner, ep, ok
+	return owner, r.eps.Load().byName[owner], false
 }
-
-func (r *routes) IsLocal(dst netip.Addr) bool {
-	owner, ok := r.ring.Owner(dst)
-	return ok && owner == r.self
-}
-
-func (r *routes) Owner(addr netip.Addr) (string, bool) { return r.ring.Owner(addr) }
 
 func (r *routes) PeerAt(src netip.AddrPort) (string, bool) {
 	name, ok := r.eps.Load().byAddr[src]

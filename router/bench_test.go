@@ -6,12 +6,14 @@ import (
 	"testing"
 
 	"github.com/weftnet/weft/router/gso"
+	"github.com/weftnet/weft/router/tun/tuntest"
 	"github.com/weftnet/weft/router/udp"
+	"github.com/weftnet/weft/router/udp/udptest"
 	"github.com/weftnet/weft/router/wire"
 )
 
 // discardTUN swallows writes; reads are driven by the benchmark itself.
-type discardTUN struct{ fakeTUN }
+type discardTUN struct{ *tuntest.Device }
 
 func (d *discardTUN) Write([][]byte, gso.Offload) error { return nil }
 
@@ -25,15 +27,17 @@ func (tagOnlyCrypto) Seal(peer string, msg []byte, plainLen int) (int, error) {
 	wire.PutEncrypted(msg[:n], 1, 1, msg[2])
 	return n, nil
 }
-func (tagOnlyCrypto) Open(netip.AddrPort, []byte) ([]byte, string, error) {
+func (tagOnlyCrypto) Open(netip.AddrPort, wire.Header, []byte) ([]byte, string, error) {
 	return nil, "", errors.New("not for opening")
 }
 func (tagOnlyCrypto) HandleHandshake(netip.AddrPort, []byte) {}
+func (tagOnlyCrypto) SessionsUp() <-chan struct{}            { return nil }
+func (tagOnlyCrypto) TakeSessionsUp(dst []string) []string   { return dst }
 
 func newBenchRouter(b *testing.B, self string, c Crypto) *Router {
 	b.Helper()
-	ft := &discardTUN{fakeTUN: *newFakeTUN(1464)}
-	r, err := New(Config{TUN: ft, Conn: &fakeConn{local: epA, closed: make(chan struct{})}, Routes: routesFor(self), Crypto: c, MTU: 1464})
+	ft := &discardTUN{tuntest.New(1464)}
+	r, err := New(Config{TUN: ft, Conn: udptest.NewConn(epA), Routes: routesFor(self), Crypto: c, MTU: 1464})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -102,8 +106,8 @@ func BenchmarkReceive(b *testing.B) {
 }
 
 func TestHotPathsDoNotAllocate(t *testing.T) {
-	r, _, fc := newDirect(t, "a", nil)
-	fc.record = false
+	r, _, _ := newDirect(t, "a", nil)
+	r.conn = udptest.NewConn(epA) // not recording: recording copies
 	super := mkTCP("10.40.1.5", "10.40.2.7", 1, 20000, true)
 	o := gso.Offload{GSO: gso.TCPv4, SegSize: 1348, HdrLen: 40, NeedsCsum: true, CsumStart: 20, CsumOffset: 16}
 	n := copy(r.tx.buf[r.tx.off:], super)
@@ -112,7 +116,7 @@ func TestHotPathsDoNotAllocate(t *testing.T) {
 		t.Fatalf("forward allocates %v per super-packet", a)
 	}
 	rb, _, _ := newDirect(t, "b", nil)
-	rb.tun = &discardTUN{}
+	rb.tun = &discardTUN{tuntest.New(1464)}
 	one := mkIPv4("10.40.1.5", "10.40.2.7", 1000, true)
 	msgs := []udp.Message{rxMsg(epA, dataMsg(one)), rxMsg(epA, dataMsg(one)), rxMsg(netip.MustParseAddrPort("192.0.2.1:1"), dataMsg(one))}
 	if a := testing.AllocsPerRun(100, func() { _ = rb.rx.receive(msgs, 1) }); a != 0 {

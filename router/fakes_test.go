@@ -4,222 +4,14 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/weftnet/weft/router/gso"
-	"github.com/weftnet/weft/router/udp"
 	"github.com/weftnet/weft/router/wire"
 )
-
-// fakeTUN is an in-memory tun.Device: tests inject packets the "kernel"
-// sends with inject and see what the router wrote on written. With
-// offloads (the default) it passes offload metadata both ways, like the
-// Linux offload device; without, it refuses metadata like water.
-type fakeTUN struct {
-	in       chan tunPacket
-	written  chan tunPacket
-	mtu      int
-	offloads bool
-	once     sync.Once
-	closed   chan struct{}
-}
-
-// tunPacket is a packet crossing the fake TUN with its offload metadata.
-type tunPacket struct {
-	data []byte
-	o    gso.Offload
-}
-
-func newFakeTUN(mtu int) *fakeTUN {
-	return &fakeTUN{in: make(chan tunPacket, 1024), written: make(chan tunPacket, 1024), mtu: mtu, offloads: true, closed: make(chan struct{})}
-}
-
-func (f *fakeTUN) inject(pkt []byte) { f.in <- tunPacket{data: pkt} }
-
-// injectOffload hands the router a packet with metadata, e.g. a super-packet.
-func (f *fakeTUN) injectOffload(pkt []byte, o gso.Offload) { f.in <- tunPacket{data: pkt, o: o} }
-
-func (f *fakeTUN) Read(buf []byte, offset int) ([]byte, gso.Offload, error) {
-	select {
-	case p := <-f.in:
-		n := copy(buf[offset:], p.data)
-		return buf[offset : offset+n], p.o, nil
-	case <-f.closed:
-		return nil, gso.Offload{}, os.ErrClosed
-	}
-}
-
-func (f *fakeTUN) Write(vec [][]byte, o gso.Offload) error {
-	if !f.offloads && o != (gso.Offload{}) {
-		return errors.New("fake tun: offload metadata on a device without offloads")
-	}
-	var b []byte
-	for _, v := range vec {
-		b = append(b, v...)
-	}
-	f.written <- tunPacket{data: b, o: o}
-	return nil
-}
-
-func (f *fakeTUN) Offloads() bool { return f.offloads }
-func (f *fakeTUN) MTU() int       { return f.mtu }
-func (f *fakeTUN) Name() string   { return "fake-tun" }
-func (f *fakeTUN) Close() error {
-	f.once.Do(func() { close(f.closed) })
-	return nil
-}
-
-// expectWritten returns the next packet the router wrote to f, failing the
-// test when none comes within the deadline.
-func (f *fakeTUN) expectWritten(t *testing.T) []byte {
-	t.Helper()
-	return f.expectWrittenOffload(t).data
-}
-
-// expectWrittenOffload is expectWritten with the packet's metadata.
-func (f *fakeTUN) expectWrittenOffload(t *testing.T) tunPacket {
-	t.Helper()
-	select {
-	case p := <-f.written:
-		return p
-	case <-time.After(5 * time.Second):
-		t.Fatal("no packet written to the TUN within 5s")
-		return tunPacket{}
-	}
-}
-
-func (f *fakeTUN) expectNothingWritten(t *testing.T) {
-	t.Helper()
-	select {
-	case p := <-f.written:
-		t.Fatalf("unexpected packet written to the TUN: % x", p.data)
-	default:
-	}
-}
-
-// datagram is one datagram in flight on the fake network.
-type datagram struct {
-	from netip.AddrPort
-	data []byte
-}
-
-// fakeNet connects fakeConns by address, like nebula's in-memory harness.
-type fakeNet struct {
-	mu    sync.Mutex
-	conns map[netip.AddrPort]*fakeConn
-}
-
-func (n *fakeNet) listen(addr netip.AddrPort) *fakeConn {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.conns == nil {
-		n.conns = map[netip.AddrPort]*fakeConn{}
-	}
-	c := &fakeConn{net: n, local: addr, in: make(chan datagram, 1024), closed: make(chan struct{})}
-	n.conns[addr] = c
-	return c
-}
-
-// fakeConn is an in-memory udp.Conn. It records what was sent as sent
-// (messages as the router built them) when record is set.
-type fakeConn struct {
-	net    *fakeNet
-	local  netip.AddrPort
-	in     chan datagram
-	once   sync.Once
-	closed chan struct{}
-
-	mu     sync.Mutex
-	record bool
-	sent   []udp.Message
-}
-
-// deliver queues a datagram for c as if it came from 'from'.
-func (c *fakeConn) deliver(from netip.AddrPort, data []byte) {
-	c.in <- datagram{from: from, data: bytes.Clone(data)}
-}
-
-func (c *fakeConn) ReadBatch(msgs []udp.Message) (int, error) {
-	var d datagram
-	select {
-	case d = <-c.in:
-	case <-c.closed:
-		return 0, net.ErrClosed
-	}
-	n := 0
-	for {
-		msgs[n].N = copy(msgs[n].Buf, d.data)
-		msgs[n].Addr = d.from
-		msgs[n].SegSize = 0
-		n++
-		if n == len(msgs) {
-			return n, nil
-		}
-		select {
-		case d = <-c.in:
-		default:
-			return n, nil
-		}
-	}
-}
-
-func (c *fakeConn) WriteBatch(msgs []udp.Message) error {
-	select {
-	case <-c.closed:
-		return net.ErrClosed
-	default:
-	}
-	if c.record {
-		c.mu.Lock()
-		for _, m := range msgs {
-			cp := udp.Message{Addr: m.Addr, N: m.N, Buf: bytes.Clone(m.Buf), SegSize: m.SegSize}
-			for i := range m.Parts {
-				cp.Parts = append(cp.Parts, m.AppendDatagram(nil, i))
-			}
-			c.sent = append(c.sent, cp)
-		}
-		c.mu.Unlock()
-	}
-	if c.net == nil {
-		return nil
-	}
-	for _, m := range msgs {
-		c.net.mu.Lock()
-		dst := c.net.conns[m.Addr]
-		c.net.mu.Unlock()
-		if dst == nil {
-			continue // like UDP: nobody listening, silently gone
-		}
-		if m.Parts != nil {
-			for i := range m.Parts {
-				dst.deliver(c.local, m.AppendDatagram(nil, i))
-			}
-			continue
-		}
-		dst.deliver(c.local, m.Buf[:m.N])
-	}
-	return nil
-}
-
-func (c *fakeConn) LocalAddr() netip.AddrPort { return c.local }
-func (c *fakeConn) Datapath() string          { return "fake-udp" }
-func (c *fakeConn) Close() error {
-	c.once.Do(func() { close(c.closed) })
-	return nil
-}
-
-func (c *fakeConn) takeSent() []udp.Message {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	s := c.sent
-	c.sent = nil
-	return s
-}
 
 // staticRoutes is a fixed table: a slice scan allocates nothing.
 type staticRoutes struct {
@@ -234,30 +26,18 @@ type routeEntry struct {
 	ep     netip.AddrPort
 }
 
-func (s *staticRoutes) Lookup(dst netip.Addr) (string, netip.AddrPort, bool) {
-	for _, e := range s.peers {
-		if e.prefix.Contains(dst) {
-			return e.name, e.ep, true
+func (s *staticRoutes) Lookup(addr netip.Addr) (string, netip.AddrPort, bool) {
+	for i := range s.local {
+		if s.local[i].Contains(addr) {
+			return s.self, netip.AddrPort{}, true
+		}
+	}
+	for i := range s.peers {
+		if e := &s.peers[i]; e.prefix.Contains(addr) {
+			return e.name, e.ep, false
 		}
 	}
 	return "", netip.AddrPort{}, false
-}
-
-func (s *staticRoutes) IsLocal(dst netip.Addr) bool {
-	for _, p := range s.local {
-		if p.Contains(dst) {
-			return true
-		}
-	}
-	return false
-}
-
-func (s *staticRoutes) Owner(addr netip.Addr) (string, bool) {
-	if s.IsLocal(addr) {
-		return s.self, true
-	}
-	name, _, ok := s.Lookup(addr)
-	return name, ok
 }
 
 func (s *staticRoutes) PeerAt(src netip.AddrPort) (string, bool) {
@@ -278,12 +58,55 @@ type xorCrypto struct {
 	noSession  map[string]bool
 	handshakes [][]byte
 	sender     string // the peer name Open reports; the session knows it
+	up         []string
+	upCh       chan struct{}
+	failNext   map[string]int // Seal fails this many more times for a peer
+}
+
+// sessionUp marks peer's session as established and signals the router.
+func (x *xorCrypto) sessionUp(peer string) {
+	ch := x.SessionsUp()
+	x.mu.Lock()
+	delete(x.noSession, peer)
+	x.up = append(x.up, peer)
+	x.mu.Unlock()
+	select {
+	case x.upCh <- struct{}{}:
+	default:
+	}
+	_ = ch
+}
+
+func (x *xorCrypto) SessionsUp() <-chan struct{} {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.upCh == nil {
+		x.upCh = make(chan struct{}, 1)
+	}
+	return x.upCh
+}
+
+func (x *xorCrypto) TakeSessionsUp(dst []string) []string {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	dst = append(dst, x.up...)
+	x.up = nil
+	return dst
 }
 
 func (x *xorCrypto) Overhead() int { return wire.CounterLen + wire.TagLen }
 
 func (x *xorCrypto) Seal(peer string, msg []byte, plainLen int) (int, error) {
-	if x.noSession[peer] {
+	x.mu.Lock()
+	no := x.noSession[peer]
+	if x.failNext[peer] > 0 {
+		x.failNext[peer]--
+		no = true
+	}
+	x.counter++
+	counter := x.counter
+	x.mu.Unlock()
+	if no {
 		return 0, errors.New("no session")
 	}
 	n := wire.EncryptedHeaderLen + plainLen + wire.TagLen
@@ -291,8 +114,7 @@ func (x *xorCrypto) Seal(peer string, msg []byte, plainLen int) (int, error) {
 		return 0, errors.New("short buffer")
 	}
 	msg = msg[:n]
-	x.counter++
-	wire.PutEncrypted(msg, 7, x.counter, msg[2])
+	wire.PutEncrypted(msg, 7, counter, msg[2])
 	for i := wire.EncryptedHeaderLen; i < n-wire.TagLen; i++ {
 		msg[i] ^= 0x5a
 	}
@@ -302,8 +124,8 @@ func (x *xorCrypto) Seal(peer string, msg []byte, plainLen int) (int, error) {
 	return n, nil
 }
 
-func (x *xorCrypto) Open(from netip.AddrPort, msg []byte) ([]byte, string, error) {
-	if _, err := wire.DecodeEncrypted(msg); err != nil {
+func (x *xorCrypto) Open(from netip.AddrPort, h wire.Header, msg []byte) ([]byte, string, error) {
+	if eh, err := wire.DecodeEncrypted(msg); err != nil || eh.Header != h {
 		return nil, "", err
 	}
 	tag := msg[len(msg)-wire.TagLen:]

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"testing"
 
+	"github.com/weftnet/weft/router/tun/tuntest"
 	"github.com/weftnet/weft/router/udp"
 	"github.com/weftnet/weft/router/wire"
 )
@@ -43,16 +44,16 @@ func FuzzReceive(f *testing.F) {
 		if err := r.rx.receive(m, 1); err != nil {
 			t.Fatal(err)
 		}
-		ft := r.tun.(*fakeTUN)
+		ft := r.tun.(*tuntest.Device)
 		for {
 			select {
-			case w := <-ft.written:
-				p := w.data
+			case w := <-ft.Written():
+				p := w.Data
 				if len(p) < 20 || p[0]>>4 != 4 || p[16] != 10 || p[17] != 40 || p[18] != 2 {
 					t.Fatalf("wrote a packet that should have been dropped: % x", p)
 				}
 				if int(binary.BigEndian.Uint16(p[2:4])) != len(p) {
-					t.Fatalf("wrote %d bytes under an IPv4 total length of %d (%+v)", len(p), binary.BigEndian.Uint16(p[2:4]), w.o)
+					t.Fatalf("wrote %d bytes under an IPv4 total length of %d (%+v)", len(p), binary.BigEndian.Uint16(p[2:4]), w.O)
 				}
 			default:
 				return

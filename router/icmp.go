@@ -74,13 +74,10 @@ func checksum(b []byte, sum uint32) uint16 { return ^gso.Fold(gso.Sum(b, uint64(
 // ipv4Packet checks that p starts with a sane IPv4 header and returns p cut
 // to the header's total length (links may pad).
 func ipv4Packet(p []byte) ([]byte, bool) {
-	if len(p) < ipv4MinHeader || p[0]>>4 != 4 {
-		return nil, false
+	if ihl, ok := gso.ParseIPv4(p); ok {
+		if total := int(p[2])<<8 | int(p[3]); total >= ihl && total <= len(p) {
+			return p[:total], true
+		}
 	}
-	ihl := int(p[0]&0x0f) * 4
-	total := int(binary.BigEndian.Uint16(p[2:4]))
-	if ihl < ipv4MinHeader || total < ihl || total > len(p) {
-		return nil, false
-	}
-	return p[:total], true
+	return nil, false
 }

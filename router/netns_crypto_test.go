@@ -4,13 +4,13 @@ package router
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"net/netip"
 	"os"
 	"testing"
 
 	"github.com/weftnet/weft/router/crypto"
+	"github.com/weftnet/weft/router/udp"
 )
 
 // With -tags weftcrypto the netns tests and the throughput benchmark also
@@ -30,31 +30,27 @@ func init() {
 		}
 		for _, pair := range [][2]*dpHost{{tb.a, tb.b}, {tb.b, tb.a}} {
 			self, peer := pair[0], pair[1]
-			m, err := crypto.NewManager(crypto.Config{
-				Identity: ids[self],
-				PSK:      keys.PSK,
-				Send: func(to netip.AddrPort, msg []byte) error {
-					r := self.started.Load()
-					if r == nil {
-						return errors.New("router not started yet")
-					}
-					return r.SendHandshake(to, msg)
-				},
-				Logger: log,
-			})
-			if err != nil {
-				t.Fatalf("crypto manager: %v", err)
+			self.makeCrypto = func(conn udp.Conn) Crypto {
+				m, err := crypto.NewManager(crypto.Config{
+					Identity: ids[self],
+					PSK:      keys.PSK,
+					Send:     NewHandshakeSender(conn),
+					Logger:   log,
+				})
+				if err != nil {
+					t.Fatalf("crypto manager: %v", err)
+				}
+				m.SetPeer(peer.ns, ids[peer].Public(), netip.AddrPortFrom(peer.underlay, 6784))
+				// The Manager handshakes as soon as it runs: only once the
+				// routers can carry its messages.
+				tb.afterStart = append(tb.afterStart, func() {
+					ctx, cancel := context.WithCancel(context.Background())
+					done := make(chan struct{})
+					go func() { m.Run(ctx); close(done) }()
+					t.Cleanup(func() { cancel(); <-done })
+				})
+				return m
 			}
-			m.SetPeer(peer.ns, ids[peer].Public(), netip.AddrPortFrom(peer.underlay, 6784))
-			self.crypto = m
-			// The Manager handshakes as soon as it runs: only once the
-			// routers can carry its messages.
-			tb.afterStart = append(tb.afterStart, func() {
-				ctx, cancel := context.WithCancel(context.Background())
-				done := make(chan struct{})
-				go func() { m.Run(ctx); close(done) }()
-				t.Cleanup(func() { cancel(); <-done })
-			})
 		}
 	}
 }

@@ -19,7 +19,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -79,8 +78,9 @@ type dpHost struct {
 	underlay netip.Addr
 	overlay  netip.Addr
 	router   *Router
-	crypto   Crypto                 // nil = plaintext
-	started  atomic.Pointer[Router] // for Crypto's Send, which exists before the Router
+	crypto   Crypto // nil = plaintext
+	// makeCrypto builds crypto on the host's socket once it is open.
+	makeCrypto func(conn udp.Conn) Crypto
 }
 
 // setupTestCrypto gives both hosts of a testbed a router/crypto Manager. It
@@ -152,6 +152,9 @@ func (tb *dpTestbed) start(t *testing.T, self, peer *dpHost, tunMTU, routerMTU i
 		t.Fatalf("open devices in %s: %v", self.ns, err)
 	}
 	run(t, "ip", "-n", self.ns, "route", "add", "10.40.0.0/16", "dev", "weft-tun", "src", self.overlay.String())
+	if self.makeCrypto != nil {
+		self.crypto = self.makeCrypto(conn)
+	}
 	routes := &staticRoutes{
 		local: []netip.Prefix{netip.PrefixFrom(self.overlay, 24).Masked()},
 		peers: []routeEntry{{netip.PrefixFrom(peer.overlay, 24).Masked(), peer.ns, netip.AddrPortFrom(peer.underlay, 6784)}},
@@ -163,7 +166,6 @@ func (tb *dpTestbed) start(t *testing.T, self, peer *dpHost, tunMTU, routerMTU i
 		t.Fatalf("New: %v", err)
 	}
 	self.router = r
-	self.started.Store(r)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()

@@ -29,13 +29,13 @@ import (
 // goroutines at once, so implementations must be safe for concurrent use and
 // should not lock (e.g. an atomic.Pointer to an immutable table).
 type Routes interface {
-	// Lookup returns the owner of dst in the IPAM ring and its data endpoint.
-	Lookup(dst netip.Addr) (peer string, ep netip.AddrPort, ok bool)
-	// IsLocal reports whether dst is in this host's own ranges.
-	IsLocal(dst netip.Addr) bool
-	// Owner returns the host that owns addr in the IPAM ring (this host's
-	// own name included); ok is false outside the ring or in a gap.
-	Owner(addr netip.Addr) (peer string, ok bool)
+	// Lookup answers everything the data path asks about addr from one
+	// search of the IPAM ring: the host that owns it (this host's own name
+	// included; empty outside the ring or in a gap), that host's data
+	// endpoint (invalid when addr is local or the owner is not reachable),
+	// and whether addr is in this host's own ranges. Plain results rather
+	// than a struct: they stay in registers across the interface call.
+	Lookup(addr netip.Addr) (owner string, ep netip.AddrPort, local bool)
 	// PeerAt returns the known peer that sends from the underlay endpoint src.
 	PeerAt(src netip.AddrPort) (peer string, ok bool)
 }
@@ -48,16 +48,45 @@ type Crypto interface {
 	Overhead() int
 	// Seal seals in place: msg[:wire.EncryptedHeaderLen] is room for the
 	// header, whose flags byte msg[2] the caller sets and Seal keeps (it
-	// is authenticated with the rest of the header), msg[wire.EncryptedHeaderLen:][:plainLen] the plaintext, and
-	// cap(msg) leaves room for the tag. It returns the datagram length.
-	// An error (e.g. no session yet) drops the packet; starting a handshake
-	// is Crypto's business.
+	// is authenticated with the rest of the header),
+	// msg[wire.EncryptedHeaderLen:][:plainLen] the plaintext, and cap(msg)
+	// leaves room for the tag. It returns the datagram length. On an error
+	// (no session yet) the router keeps a copy of the packet in its wait
+	// queue, bounded per peer, and sends it once SessionsUp names the peer;
+	// starting the handshake is Crypto's business.
 	Seal(peer string, msg []byte, plainLen int) (n int, err error)
-	// Open opens a TypeEncrypted datagram in place; plain aliases msg.
-	Open(from netip.AddrPort, msg []byte) (plain []byte, peer string, err error)
+	// Open opens a TypeEncrypted datagram in place, whose header the
+	// router already decoded into h; plain aliases msg.
+	Open(from netip.AddrPort, h wire.Header, msg []byte) (plain []byte, peer string, err error)
 	// HandleHandshake gets every TypeHandshake datagram. msg aliases a
 	// receive buffer that is reused after the call returns: copy to keep.
+	// It is called on the receive goroutine and must not block.
 	HandleHandshake(from netip.AddrPort, msg []byte)
+	// SessionsUp is signalled when one or more peers got a session to send
+	// with; TakeSessionsUp appends their names to dst and forgets them.
+	// The router's flush goroutine waits on it to send what was queued.
+	SessionsUp() <-chan struct{}
+	TakeSessionsUp(dst []string) []string
+}
+
+// HandshakeSender sends Crypto's own datagrams (handshakes, cookie replies,
+// keepalives) on the data-plane socket. It exists before the Router and the
+// Crypto that uses it, so neither needs the other to be built first.
+type HandshakeSender struct{ conn udp.Conn }
+
+// NewHandshakeSender returns the sender for conn, the socket the Router is
+// given too. udp.Conn is safe for concurrent writes.
+func NewHandshakeSender(conn udp.Conn) HandshakeSender { return HandshakeSender{conn: conn} }
+
+// SendHandshake sends one framed datagram to a peer. Not for the hot path.
+func (s HandshakeSender) SendHandshake(to netip.AddrPort, msg []byte) error {
+	if len(msg) < wire.HeaderLen {
+		return fmt.Errorf("router: handshake of %d bytes is shorter than the header", len(msg))
+	}
+	if err := s.conn.WriteBatch([]udp.Message{{Buf: msg, N: len(msg), Addr: to}}); err != nil {
+		return fmt.Errorf("send handshake to %s: %w", to, err)
+	}
+	return nil
 }
 
 // Config is what New needs. TUN, Conn and Routes are required.
@@ -100,11 +129,14 @@ type Router struct {
 	tx *txPath
 	rx *rxPath
 
-	// Packets waiting for an encrypted session, and the sender that
-	// flushes them (its own buffers: it runs outside the tx goroutine).
+	// Packets waiting for an encrypted session, and the send path that
+	// flushes them once Crypto signals the session (its own buffers: it
+	// runs on the flush goroutine, beside the tx goroutine).
 	waiting waitQueue
 	flushMu sync.Mutex
 	flushTx *txPath
+	upNames []string      // reused by the flush goroutine
+	recheck chan struct{} // tx asks the flush goroutine to look again
 
 	runOnce sync.Once
 }
@@ -139,6 +171,7 @@ func New(cfg Config) (*Router, error) {
 	}
 	r.datapath = tun.DatapathOf(cfg.TUN) + "+" + cfg.Conn.Datapath()
 	r.initCounters()
+	r.recheck = make(chan struct{}, 1)
 	r.tx = newTxPath(r)
 	r.tx.queueNoSession = cfg.Crypto != nil
 	r.rx = newRxPath(r)
@@ -165,9 +198,18 @@ func (r *Router) Run(ctx context.Context) error {
 		return errors.New("router: Run called twice")
 	}
 	r.log.Info("data plane running", "datapath", r.datapath, "mtu", r.mtu, "encrypted", r.crypto != nil)
-	errc := make(chan error, 2)
-	go func() { errc <- r.tx.run() }()
-	go func() { errc <- r.rx.run() }()
+	loops := []func(stop <-chan struct{}) error{
+		func(<-chan struct{}) error { return r.tx.run() },
+		func(<-chan struct{}) error { return r.rx.run() },
+	}
+	if r.crypto != nil {
+		loops = append(loops, r.flushLoop)
+	}
+	stop := make(chan struct{})
+	errc := make(chan error, len(loops))
+	for _, loop := range loops {
+		go func() { errc <- loop(stop) }()
+	}
 
 	var first error
 	got := 0
@@ -177,9 +219,10 @@ func (r *Router) Run(ctx context.Context) error {
 		got = 1
 	}
 	// Closing the devices is what unblocks the loops still running.
+	close(stop)
 	_ = r.tun.Close()
 	_ = r.conn.Close()
-	for ; got < 2; got++ {
+	for ; got < len(loops); got++ {
 		<-errc
 	}
 	if first != nil && ctx.Err() == nil {
@@ -189,17 +232,28 @@ func (r *Router) Run(ctx context.Context) error {
 	return nil
 }
 
-// SendHandshake sends one of Crypto's own datagrams (a handshake, or an
-// empty sealed keepalive), already framed, to a peer. Not for the hot path;
-// it is safe to call concurrently with Run. Fits crypto.Config.Send.
-func (r *Router) SendHandshake(to netip.AddrPort, msg []byte) error {
-	if len(msg) < wire.HeaderLen {
-		return fmt.Errorf("router: handshake of %d bytes is shorter than the header", len(msg))
+// flushLoop sends the packets that waited for a session once Crypto says the
+// session is up, or once more when the tx path queued a packet right after
+// such a flush (waitQueue.upAt). It runs beside the tx goroutine with its
+// own buffers, so neither the receive goroutine nor Crypto ever sends pod
+// packets.
+func (r *Router) flushLoop(stop <-chan struct{}) error {
+	up := r.crypto.SessionsUp()
+	for {
+		select {
+		case <-stop:
+			return nil
+		case <-up:
+			r.upNames = r.crypto.TakeSessionsUp(r.upNames[:0])
+		case <-r.recheck:
+			r.upNames = r.waiting.takeAgain(r.upNames[:0])
+		}
+		for _, peer := range r.upNames {
+			if err := r.sessionUp(peer); err != nil {
+				return err
+			}
+		}
 	}
-	if err := r.conn.WriteBatch([]udp.Message{{Buf: msg, N: len(msg), Addr: to}}); err != nil {
-		return fmt.Errorf("send handshake to %s: %w", to, err)
-	}
-	return nil
 }
 
 // isClosed reports whether err means the device or socket went away.

@@ -9,7 +9,9 @@ import (
 	"testing"
 
 	"github.com/weftnet/weft/router/gso"
+	"github.com/weftnet/weft/router/tun/tuntest"
 	"github.com/weftnet/weft/router/udp"
+	"github.com/weftnet/weft/router/udp/udptest"
 	"github.com/weftnet/weft/router/wire"
 )
 
@@ -40,13 +42,17 @@ func routesFor(self string) *staticRoutes {
 
 type testHost struct {
 	r    *Router
-	tun  *fakeTUN
-	conn *fakeConn
+	tun  *tuntest.Device
+	conn *udptest.Conn
 }
 
-func newHost(t *testing.T, n *fakeNet, name string, ep netip.AddrPort, c Crypto) *testHost {
+func newHost(t *testing.T, n *udptest.Network, name string, ep netip.AddrPort, c Crypto) *testHost {
 	t.Helper()
-	h := &testHost{tun: newFakeTUN(1464), conn: n.listen(ep)}
+	conn, err := n.Listen(ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &testHost{tun: tuntest.New(1464), conn: conn}
 	r, err := New(Config{TUN: h.tun, Conn: h.conn, Routes: routesFor(name), Crypto: c, MTU: 1400})
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -76,20 +82,20 @@ func TestForwardBothWays(t *testing.T) {
 		{"sealed", func(sender string) Crypto { return &xorCrypto{sender: sender} }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var n fakeNet
+			var n udptest.Network
 			a := newHost(t, &n, "a", epA, tc.crypto("b"))
 			b := newHost(t, &n, "b", epB, tc.crypto("a"))
 			a.run(t)
 			b.run(t)
 
 			ping := mkIPv4("10.40.1.5", "10.40.2.7", 100, true)
-			a.tun.inject(bytes.Clone(ping))
-			if got := b.tun.expectWritten(t); !bytes.Equal(got, ping) {
+			a.tun.Inject(bytes.Clone(ping))
+			if got := b.tun.ExpectWritten(t).Data; !bytes.Equal(got, ping) {
 				t.Fatalf("b got % x\nwant % x", got, ping)
 			}
 			pong := mkIPv4("10.40.2.7", "10.40.1.5", 1372, true) // exactly the MTU
-			b.tun.inject(bytes.Clone(pong))
-			if got := a.tun.expectWritten(t); !bytes.Equal(got, pong) {
+			b.tun.Inject(bytes.Clone(pong))
+			if got := a.tun.ExpectWritten(t).Data; !bytes.Equal(got, pong) {
 				t.Fatalf("a got % x\nwant % x", got, pong)
 			}
 			waitFor(t, "stats", func() bool {
@@ -108,10 +114,11 @@ func TestForwardBothWays(t *testing.T) {
 }
 
 // newDirect builds a router whose paths tests drive directly (no Run).
-func newDirect(t testing.TB, self string, c Crypto) (*Router, *fakeTUN, *fakeConn) {
+func newDirect(t testing.TB, self string, c Crypto) (*Router, *tuntest.Device, *udptest.Conn) {
 	t.Helper()
-	ft := newFakeTUN(1464)
-	fc := &fakeConn{local: epA, record: true, closed: make(chan struct{})}
+	ft := tuntest.New(1464)
+	fc := udptest.NewConn(epA)
+	fc.Record()
 	r, err := New(Config{TUN: ft, Conn: fc, Routes: routesFor(self), Crypto: c, MTU: 1400, LocalID: 0xa})
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -140,7 +147,7 @@ func TestSendOneDatagramPerPacket(t *testing.T) {
 	toB := mkIPv4("10.40.1.5", "10.40.2.7", 1000, true)
 	toC := mkIPv4("10.40.1.5", "10.40.3.7", 1000, true)
 	forwardPkts(t, r, toB, toC)
-	sent := fc.takeSent()
+	sent := fc.TakeSent()
 	if len(sent) != 2 || sent[0].Addr != epB || sent[1].Addr != epC || len(sent[0].Parts) != 1 {
 		t.Fatalf("sent = %+v", sent)
 	}
@@ -165,7 +172,7 @@ func TestSuperPacketCutAndJoined(t *testing.T) {
 			super := mkTCP("10.40.1.5", "10.40.2.7", 1000, 10000, true)
 			o := gso.Offload{GSO: gso.TCPv4, SegSize: mss, HdrLen: 40, NeedsCsum: true, CsumStart: 20, CsumOffset: 16}
 			forwardOffload(t, a, super, o)
-			sent := fc.takeSent()
+			sent := fc.TakeSent()
 			if len(sent) != 1 || sent[0].Addr != epB || len(sent[0].Parts) != 8 {
 				t.Fatalf("sent %d messages (%+v), want one of 8 datagrams", len(sent), sent)
 			}
@@ -200,19 +207,19 @@ func TestSuperPacketCutAndJoined(t *testing.T) {
 			if err := b.rx.receive([]udp.Message{m}, 1); err != nil {
 				t.Fatal(err)
 			}
-			got := bt.expectWrittenOffload(t)
-			bt.expectNothingWritten(t)
+			got := bt.ExpectWritten(t)
+			bt.ExpectNothingWritten(t)
 			wantO := gso.Offload{GSO: gso.TCPv4, SegSize: mss, HdrLen: 40, NeedsCsum: true, CsumStart: 20, CsumOffset: 16}
-			if got.o != wantO || len(got.data) != len(super) {
-				t.Fatalf("written %d bytes with %+v, want %d with %+v", len(got.data), got.o, len(super), wantO)
+			if got.O != wantO || len(got.Data) != len(super) {
+				t.Fatalf("written %d bytes with %+v, want %d with %+v", len(got.Data), got.O, len(super), wantO)
 			}
-			if err := gso.Complete(got.data, got.o); err != nil {
+			if err := gso.Complete(got.Data, got.O); err != nil {
 				t.Fatal(err)
 			}
-			if !bytes.Equal(got.data[40:], super[40:]) || !bytes.Equal(got.data[:16], super[:16]) || checksum(got.data[:20], 0) != 0 {
-				t.Fatalf("joined packet differs:\n got % x\nwant % x", got.data[:40], super[:40])
+			if !bytes.Equal(got.Data[40:], super[40:]) || !bytes.Equal(got.Data[:16], super[:16]) || checksum(got.Data[:20], 0) != 0 {
+				t.Fatalf("joined packet differs:\n got % x\nwant % x", got.Data[:40], super[:40])
 			}
-			if !tcpChecksumOK(got.data) {
+			if !tcpChecksumOK(got.Data) {
 				t.Fatal("joined packet's completed TCP checksum does not verify")
 			}
 			if s := b.Stats(); len(s) != 1 || s[0].RxPackets != 8 || s[0].RxBytes != uint64(len(super)+7*40) {
@@ -225,8 +232,9 @@ func TestSuperPacketCutAndJoined(t *testing.T) {
 // TestPartialChecksumCompletedWithoutOffloads: a receiver whose TUN has no
 // offloads computes the checksum the sender left partial.
 func TestPartialChecksumCompletedWithoutOffloads(t *testing.T) {
-	b, bt, _ := newDirect(t, "b", nil)
-	bt.offloads = false
+	b, _, _ := newDirect(t, "b", nil)
+	bt := tuntest.New(1464, tuntest.NoOffloads())
+	b.tun = bt
 	pkt := mkTCP("10.40.1.5", "10.40.2.7", 1, 100, true)
 	d := make([]byte, wire.HeaderLen, wire.HeaderLen+len(pkt))
 	wire.PutData(d, 1, wire.FlagCsumPartial)
@@ -234,9 +242,9 @@ func TestPartialChecksumCompletedWithoutOffloads(t *testing.T) {
 	if err := b.rx.receive([]udp.Message{rxMsg(epA, d)}, 1); err != nil {
 		t.Fatal(err)
 	}
-	got := bt.expectWrittenOffload(t)
-	if got.o != (gso.Offload{}) || !tcpChecksumOK(got.data) {
-		t.Fatalf("written with %+v, checksum ok %v", got.o, tcpChecksumOK(got.data))
+	got := bt.ExpectWritten(t)
+	if got.O != (gso.Offload{}) || !tcpChecksumOK(got.Data) {
+		t.Fatalf("written with %+v, checksum ok %v", got.O, tcpChecksumOK(got.Data))
 	}
 	if d := b.Drops(); len(d) != 0 {
 		t.Fatalf("drops %v", d)
@@ -259,12 +267,12 @@ func TestSendDrops(t *testing.T) {
 	if got := r.Drops(); !equalCounts(got, want) {
 		t.Fatalf("drops = %v, want %v", got, want)
 	}
-	sent := fc.takeSent()
+	sent := fc.TakeSent()
 	if len(sent) != 1 || len(sent[0].Parts) != 1 || len(sent[0].Parts[0]) != wire.HeaderLen+len(bigNoDF) {
 		t.Fatalf("sent = %+v, want the one fragmentable packet", sent)
 	}
-	ft.expectWritten(t) // the ICMP error, checked in TestTooBigICMP
-	ft.expectNothingWritten(t)
+	ft.ExpectWritten(t) // the ICMP error, checked in TestTooBigICMP
+	ft.ExpectNothingWritten(t)
 }
 
 // Packets for a peer without a session wait for the handshake instead of
@@ -279,27 +287,33 @@ func TestNoSessionWaitsForHandshake(t *testing.T) {
 	if got := r.Drops(); len(got) != 0 {
 		t.Fatalf("drops = %v, want none: the packets wait", got)
 	}
-	sent := fc.takeSent()
+	sent := fc.TakeSent()
 	if len(sent) != 1 || sent[0].Addr != epC {
 		t.Fatalf("sent = %+v, want only the packet to c", sent)
 	}
 
-	delete(c.noSession, "b")
-	r.SessionUp("b")
-	sent = fc.takeSent()
+	c.sessionUp("b")
+	if err := r.sessionUp("b"); err != nil {
+		t.Fatal(err)
+	}
+	sent = fc.TakeSent()
 	if len(sent) != 2 || sent[0].Addr != epB || len(sent[0].Parts) != 1 || len(sent[1].Parts) != 4 {
 		t.Fatalf("after the handshake sent %+v, want the waiting packet then 4 segments", sent)
 	}
 	if l := len(sent[0].Parts[0]); l != wire.EncryptedHeaderLen+len(first)+wire.TagLen {
 		t.Fatalf("sealed datagram is %d bytes", l)
 	}
-	r.SessionUp("b") // nothing left
-	if sent := fc.takeSent(); len(sent) != 0 {
-		t.Fatalf("a second SessionUp sent %+v", sent)
+	if err := r.sessionUp("b"); err != nil { // nothing left
+		t.Fatal(err)
+	}
+	if sent := fc.TakeSent(); len(sent) != 0 {
+		t.Fatalf("a second sessionUp sent %+v", sent)
 	}
 
 	// A queue is bounded: beyond it packets are dropped and counted.
+	c.mu.Lock()
 	c.noSession["b"] = true
+	c.mu.Unlock()
 	big := mkIPv4("10.40.1.5", "10.40.2.7", 1300, false)
 	for range waitMaxBytes/len(big) + 3 {
 		forwardPkts(t, r, big)
@@ -314,7 +328,7 @@ func TestTooBigICMP(t *testing.T) {
 	r, ft, _ := newDirect(t, "a", nil)
 	orig := mkIPv4("10.40.1.5", "10.40.2.7", 1500, true)
 	forwardPkts(t, r, orig)
-	icmp := ft.expectWritten(t)
+	icmp := ft.ExpectWritten(t).Data
 	if len(icmp) != 20+8+28 {
 		t.Fatalf("icmp length %d, want 56: % x", len(icmp), icmp)
 	}
@@ -342,7 +356,7 @@ func TestTooBigICMP(t *testing.T) {
 	icmpErr[9] = 1
 	icmpErr[20] = 3
 	forwardPkts(t, r, icmpErr)
-	ft.expectNothingWritten(t)
+	ft.ExpectNothingWritten(t)
 }
 
 // rxMsg makes a received message from 'from' holding data.
@@ -379,16 +393,16 @@ func TestReceiveDrops(t *testing.T) {
 	if err := r.rx.receive(msgs, 1); err != nil {
 		t.Fatal(err)
 	}
-	if got := ft.expectWritten(t); !bytes.Equal(got, good) {
+	if got := ft.ExpectWritten(t).Data; !bytes.Equal(got, good) {
 		t.Fatalf("written % x", got)
 	}
-	ft.expectNothingWritten(t)
+	ft.ExpectNothingWritten(t)
 	// A source outside the ring (a client outside the cluster) passes.
 	outside := mkIPv4("192.0.2.77", "10.40.2.7", 50, true)
 	if err := r.rx.receive([]udp.Message{rxMsg(epA, dataMsg(outside))}, 1); err != nil {
 		t.Fatal(err)
 	}
-	if got := ft.expectWritten(t); !bytes.Equal(got, outside) {
+	if got := ft.ExpectWritten(t).Data; !bytes.Equal(got, outside) {
 		t.Fatalf("written % x, want the packet from outside the ring", got)
 	}
 	want := map[string]uint64{"unknown-peer": 1, "bad-header": 3, "not-local": 1, "bad-packet": 1, "truncated": 1, "spoofed-source": 2}
@@ -416,7 +430,7 @@ func TestReceiveSplitsGROTrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, want := range [][]byte{p1, p2, p3} {
-		if got := ft.expectWritten(t); !bytes.Equal(got, want) {
+		if got := ft.ExpectWritten(t).Data; !bytes.Equal(got, want) {
 			t.Fatalf("packet %d = % x, want % x", i, got, want)
 		}
 	}
@@ -450,7 +464,7 @@ func TestReceiveWithCrypto(t *testing.T) {
 	if err := r.rx.receive(msgs, 1); err != nil {
 		t.Fatal(err)
 	}
-	if got := ft.expectWritten(t); !bytes.Equal(got, good) {
+	if got := ft.ExpectWritten(t).Data; !bytes.Equal(got, good) {
 		t.Fatalf("written % x", got)
 	}
 	if got := r.Drops(); !equalCounts(got, map[string]uint64{"decrypt": 1, "plaintext": 1}) {
@@ -465,7 +479,7 @@ func TestNewValidates(t *testing.T) {
 	if _, err := New(Config{}); err == nil {
 		t.Fatal("New without devices succeeded")
 	}
-	_, err := New(Config{TUN: newFakeTUN(100), Conn: &fakeConn{}, Routes: routesFor("a")})
+	_, err := New(Config{TUN: tuntest.New(100), Conn: udptest.NewConn(epA), Routes: routesFor("a")})
 	if err == nil {
 		t.Fatal("New with mtu 100 succeeded")
 	}
@@ -494,4 +508,61 @@ func equalCounts(a, b map[string]uint64) bool {
 		}
 	}
 	return true
+}
+
+// A packet that waited for a session goes out when Crypto signals the
+// session, from the router's own flush goroutine: nothing but the signal
+// passes from Crypto to the router.
+func TestWaitingPacketsSentOnSessionSignal(t *testing.T) {
+	var n udptest.Network
+	ca := &xorCrypto{sender: "b", noSession: map[string]bool{"b": true}}
+	a := newHost(t, &n, "a", epA, ca)
+	b := newHost(t, &n, "b", epB, &xorCrypto{sender: "a"})
+	a.run(t)
+	b.run(t)
+	ping := mkIPv4("10.40.1.5", "10.40.2.7", 100, true)
+	a.tun.Inject(bytes.Clone(ping))
+	waitFor(t, "the packet to wait", func() bool {
+		a.r.waiting.mu.Lock()
+		defer a.r.waiting.mu.Unlock()
+		return a.r.waiting.peers["b"] != nil
+	})
+	b.tun.ExpectNothingWritten(t)
+	ca.sessionUp("b")
+	if got := b.tun.ExpectWritten(t).Data; !bytes.Equal(got, ping) {
+		t.Fatalf("b got % x\nwant % x", got, ping)
+	}
+	if d := a.r.Drops(); len(d) != 0 {
+		t.Fatalf("a drops = %v", d)
+	}
+}
+
+// The race the recheck closes: Seal fails just before the session comes up,
+// the flush finds nothing waiting, and the packet is queued just after. The
+// tx path notices the recent flush and has the flush goroutine look again.
+func TestPacketQueuedJustAfterFlushIsSent(t *testing.T) {
+	var n udptest.Network
+	ca := &xorCrypto{sender: "b", noSession: map[string]bool{"b": true}}
+	a := newHost(t, &n, "a", epA, ca)
+	b := newHost(t, &n, "b", epB, &xorCrypto{sender: "a"})
+	a.run(t)
+	b.run(t)
+	ca.sessionUp("b")
+	waitFor(t, "the flush on the signal", func() bool {
+		a.r.waiting.mu.Lock()
+		defer a.r.waiting.mu.Unlock()
+		_, ok := a.r.waiting.upAt["b"]
+		return ok
+	})
+	ca.mu.Lock()
+	ca.failNext = map[string]int{"b": 1} // the Seal that lost the race
+	ca.mu.Unlock()
+	ping := mkIPv4("10.40.1.5", "10.40.2.7", 100, true)
+	a.tun.Inject(bytes.Clone(ping))
+	if got := b.tun.ExpectWritten(t).Data; !bytes.Equal(got, ping) {
+		t.Fatalf("b got % x\nwant % x", got, ping)
+	}
+	if d := a.r.Drops(); len(d) != 0 {
+		t.Fatalf("a drops = %v", d)
+	}
 }

@@ -136,7 +136,7 @@ func (x *rxPath) datagram(from netip.AddrPort, name string, pc *peerCounters, d 
 			r.drop(dropUnknownPeer)
 			return nil
 		}
-		plain, sender, err := r.crypto.Open(from, d)
+		plain, sender, err := r.crypto.Open(from, h, d)
 		if err != nil {
 			r.dropPeer(pc, dropDecrypt)
 			return nil
@@ -159,7 +159,7 @@ func (x *rxPath) datagram(from netip.AddrPort, name string, pc *peerCounters, d 
 		r.dropPeer(pc, dropBadPacket)
 		return nil
 	}
-	if !r.routes.IsLocal(netip.AddrFrom4([4]byte(pkt[16:20]))) {
+	if _, _, local := r.routes.Lookup(netip.AddrFrom4([4]byte(pkt[16:20]))); !local {
 		r.dropPeer(pc, dropNotLocal)
 		return nil
 	}
@@ -167,7 +167,7 @@ func (x *rxPath) datagram(from netip.AddrPort, name string, pc *peerCounters, d 
 	// another host (this one included) is an impersonation. Sources
 	// outside the ring (a client outside the cluster, forwarded to a
 	// pod) are let through.
-	if owner, ok := r.routes.Owner(netip.AddrFrom4([4]byte(pkt[12:16]))); ok && owner != name {
+	if owner, _, _ := r.routes.Lookup(netip.AddrFrom4([4]byte(pkt[12:16]))); owner != "" && owner != name {
 		r.dropPeer(pc, dropSpoofed)
 		return nil
 	}

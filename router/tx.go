@@ -125,13 +125,12 @@ func (t *txPath) forward(pkt []byte, o gso.Offload) error {
 		}
 		return nil
 	}
-	dst := netip.AddrFrom4([4]byte(pkt[16:20]))
-	if r.routes.IsLocal(dst) {
+	peer, ep, local := r.routes.Lookup(netip.AddrFrom4([4]byte(pkt[16:20])))
+	if local {
 		r.drop(dropOwnRange)
 		return nil
 	}
-	peer, ep, ok := r.routes.Lookup(dst)
-	if !ok {
+	if peer == "" || !ep.IsValid() {
 		r.drop(dropNoRoute)
 		return nil
 	}
@@ -220,8 +219,14 @@ func (t *txPath) sendSegments(peer string, pc *peerCounters, ep netip.AddrPort, 
 // possible, drops it.
 func (t *txPath) noSession(peer string, pc *peerCounters, pkt []byte, o gso.Offload) {
 	if t.queueNoSession {
-		ok, stale := t.r.waiting.add(peer, pkt, o, time.Now())
+		ok, stale, recheck := t.r.waiting.add(peer, pkt, o, time.Now())
 		t.r.dropPeerN(pc, dropNoSession, stale)
+		if recheck {
+			select {
+			case t.r.recheck <- struct{}{}:
+			default: // already asked; the flush goroutine takes every peer
+			}
+		}
 		if ok {
 			return
 		}

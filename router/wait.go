@@ -1,6 +1,7 @@
 package router
 
 import (
+	"slices"
 	"sync"
 	"time"
 
@@ -12,6 +13,9 @@ import (
 const (
 	waitMaxBytes = 256 << 10
 	waitMaxAge   = 10 * time.Second // two handshake attempts; older is stale
+	// waitRecheck: a packet queued this soon after its peer's queue was
+	// flushed may have missed the flush (see waitQueue.upAt).
+	waitRecheck = time.Second
 )
 
 // waitQueue holds packets for peers whose encrypted session is still being
@@ -21,6 +25,13 @@ const (
 type waitQueue struct {
 	mu    sync.Mutex
 	peers map[string]*waiting
+	// upAt is when each peer's queue was last taken on a session-up
+	// signal. The tx path may have seen Seal fail just before the session
+	// came up and queue its packet just after the flush: add notices (the
+	// flush was recent) and lists the peer in again, for the flush
+	// goroutine to look once more.
+	upAt  map[string]time.Time
+	again []string
 }
 
 type waiting struct {
@@ -35,8 +46,10 @@ type queued struct {
 }
 
 // add queues a copy of pkt for peer. It reports false when the peer's queue
-// is full, and how many stale packets it dropped to make room.
-func (q *waitQueue) add(peer string, pkt []byte, o gso.Offload, now time.Time) (ok bool, stale int) {
+// is full, how many stale packets it dropped to make room, and recheck when
+// the peer's session came up a moment ago, so that the packet may have
+// missed the flush (the peer is then listed for takeAgain).
+func (q *waitQueue) add(peer string, pkt []byte, o gso.Offload, now time.Time) (ok bool, stale int, recheck bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.peers == nil {
@@ -51,11 +64,25 @@ func (q *waitQueue) add(peer string, pkt []byte, o gso.Offload, now time.Time) (
 		q.peers[peer] = w
 	}
 	if w.bytes+len(pkt) > waitMaxBytes {
-		return false, stale
+		return false, stale, false
 	}
 	w.pkts = append(w.pkts, queued{data: append([]byte(nil), pkt...), o: o})
 	w.bytes += len(pkt)
-	return true, stale
+	if up, ok := q.upAt[peer]; ok && now.Sub(up) < waitRecheck && !slices.Contains(q.again, peer) {
+		q.again = append(q.again, peer)
+		recheck = true
+	}
+	return true, stale, recheck
+}
+
+// takeAgain appends the peers listed by add to dst and forgets them.
+func (q *waitQueue) takeAgain(dst []string) []string {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	dst = append(dst, q.again...)
+	clear(q.again)
+	q.again = q.again[:0]
+	return dst
 }
 
 // take removes and returns what waits for peer; stale is how many packets
@@ -63,6 +90,10 @@ func (q *waitQueue) add(peer string, pkt []byte, o gso.Offload, now time.Time) (
 func (q *waitQueue) take(peer string, now time.Time) (pkts []queued, stale int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if q.upAt == nil {
+		q.upAt = make(map[string]time.Time)
+	}
+	q.upAt[peer] = now
 	w := q.peers[peer]
 	if w == nil {
 		return nil, 0
@@ -74,15 +105,16 @@ func (q *waitQueue) take(peer string, now time.Time) (pkts []queued, stale int) 
 	return w.pkts, 0
 }
 
-// SessionUp sends what waited for peer's session. Fits crypto.Config's
-// OnSession; safe to call from any goroutine, also before Run.
-func (r *Router) SessionUp(peer string) {
+// sessionUp sends what waited for peer's session. Only the flush goroutine
+// (and tests driving the router directly) call it. Only a closed socket or
+// TUN is returned as an error.
+func (r *Router) sessionUp(peer string) error {
 	pkts, stale := r.waiting.take(peer, time.Now())
 	if stale > 0 {
 		r.dropPeerN(r.peer(peer), dropNoSession, stale)
 	}
 	if len(pkts) == 0 {
-		return
+		return nil
 	}
 	r.flushMu.Lock()
 	defer r.flushMu.Unlock()
@@ -90,7 +122,8 @@ func (r *Router) SessionUp(peer string) {
 	for _, p := range pkts {
 		n := copy(t.buf[t.off:t.off+gso.MaxPacket], p.data)
 		if err := t.forward(t.buf[t.off:t.off+n], p.o); err != nil {
-			return // the socket is closed: the router is stopping
+			return err // the socket is closed: the router is stopping
 		}
 	}
+	return nil
 }

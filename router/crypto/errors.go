@@ -39,6 +39,8 @@ var (
 	ErrUnknownPeerKey      = errors.New("handshake from a public key that is not a known peer")
 	ErrCipherMismatch      = errors.New("responder chose a cipher the initiator did not offer")
 	ErrSimultaneousDropped = errors.New("initiation dropped: our own initiation to this peer wins the tie-break")
+	ErrDuplicateInitiation = errors.New("duplicate of a recent handshake initiation")
+	ErrCookieRequired      = errors.New("under load: initiation without a valid cookie, answered with a cookie reply")
 )
 
 // FailReason names why a handshake message was refused; the values are stable
@@ -55,6 +57,9 @@ const (
 	FailUnknownPeer
 	FailUnknownIndex
 	FailTimeout
+	FailDuplicate      // an exact copy of a recent initiation
+	FailCookieRequired // under load, no valid cookie: a cookie reply was sent
+	FailBusy           // the handshake queue was full
 	numFailReasons
 )
 
@@ -68,6 +73,9 @@ var failReasonNames = [numFailReasons]string{
 	FailUnknownPeer:        "unknown-peer",
 	FailUnknownIndex:       "unknown-index",
 	FailTimeout:            "timeout",
+	FailDuplicate:          "duplicate",
+	FailCookieRequired:     "cookie-required",
+	FailBusy:               "busy",
 }
 
 func (r FailReason) String() string {
@@ -96,6 +104,10 @@ func failReasonOf(err error) (FailReason, bool) {
 		return FailUnknownPeer, true
 	case errors.Is(err, ErrUnknownIndex):
 		return FailUnknownIndex, true
+	case errors.Is(err, ErrDuplicateInitiation):
+		return FailDuplicate, true
+	case errors.Is(err, ErrCookieRequired):
+		return FailCookieRequired, true
 	}
 	return 0, false
 }

@@ -1,6 +1,7 @@
 package crypto
 
 import (
+	"fmt"
 	"net/netip"
 	"sync"
 	"testing"
@@ -53,8 +54,8 @@ func newTestNet() *testNet {
 	return &testNet{nodes: map[netip.AddrPort]*Manager{}, sent: map[netip.AddrPort]int{}}
 }
 
-func (n *testNet) sender(from netip.AddrPort) func(netip.AddrPort, []byte) error {
-	return func(to netip.AddrPort, msg []byte) error {
+func (n *testNet) sender(from netip.AddrPort) HandshakeSender {
+	return sendFunc(func(to netip.AddrPort, msg []byte) error {
 		d := datagram{from, to, append([]byte(nil), msg...)}
 		n.mu.Lock()
 		n.sent[from]++
@@ -71,7 +72,7 @@ func (n *testNet) sender(from netip.AddrPort) func(netip.AddrPort, []byte) error
 		n.mu.Unlock()
 		n.deliver(d)
 		return nil
-	}
+	})
 }
 
 func (n *testNet) deliver(d datagram) {
@@ -82,10 +83,10 @@ func (n *testNet) deliver(d datagram) {
 		return
 	}
 	if wire.Type(d.msg[1]) == wire.TypeHandshake {
-		m.HandleHandshake(d.from, d.msg)
+		m.handshakeNow(d.from, d.msg)
 		return
 	}
-	if _, _, err := m.Open(d.from, d.msg); err != nil {
+	if _, _, err := openMsg(m, d.from, d.msg); err != nil {
 		n.mu.Lock()
 		n.openErrs = append(n.openErrs, err)
 		n.mu.Unlock()
@@ -130,7 +131,6 @@ type nodeOpts struct {
 	psk        [32]byte
 	disableAES bool
 	rekey      time.Duration
-	onSession  func(peer string)
 }
 
 func (n *testNet) newNode(t testing.TB, addr netip.AddrPort, clock *fakeClock, o nodeOpts) *Manager {
@@ -144,7 +144,7 @@ func (n *testNet) newNode(t testing.TB, addr netip.AddrPort, clock *fakeClock, o
 	}
 	m, err := NewManager(Config{
 		Identity: id, PSK: o.psk, Send: n.sender(addr),
-		RekeyAfter: o.rekey, DisableAES: o.disableAES, Clock: clock.Now, OnSession: o.onSession,
+		RekeyAfter: o.rekey, DisableAES: o.disableAES, Clock: clock.Now,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -186,3 +186,18 @@ func sealTo(t testing.TB, m *Manager, peer string, payload []byte) []byte {
 	}
 	return buf[:n]
 }
+
+// openMsg opens msg as the data plane does: the header decoded once, then
+// Open. A header that does not decode is ErrMalformed.
+func openMsg(m *Manager, from netip.AddrPort, msg []byte) ([]byte, string, error) {
+	h, err := wire.Decode(msg)
+	if err != nil {
+		return nil, "", fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
+	return m.Open(from, h, msg)
+}
+
+// sendFunc adapts a function to HandshakeSender.
+type sendFunc func(to netip.AddrPort, msg []byte) error
+
+func (f sendFunc) SendHandshake(to netip.AddrPort, msg []byte) error { return f(to, msg) }

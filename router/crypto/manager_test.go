@@ -14,28 +14,43 @@ import (
 	"github.com/weftnet/weft/router/wire"
 )
 
-// OnSession tells the data plane on both sides when it may send what waited:
-// the initiator when the response arrives, the responder when the
-// initiator's first message confirms the session.
-func TestOnSessionFiresOnBothSides(t *testing.T) {
-	var mu sync.Mutex
-	var got []string
-	record := func(self string) func(string) {
-		return func(peer string) {
-			mu.Lock()
-			defer mu.Unlock()
-			got = append(got, self+"->"+peer)
+// SessionsUp tells the data plane on both sides when it may send what
+// waited: the initiator when the response arrives, the responder when the
+// initiator's first message confirms the session. Nothing is sent by the
+// Manager on the data plane's behalf.
+func TestSessionsUpSignalsBothSides(t *testing.T) {
+	a, b, _, _ := pair(t, nodeOpts{}, nodeOpts{})
+	for _, tc := range []struct {
+		m    *Manager
+		want string
+	}{{a, "b"}, {b, "a"}} {
+		select {
+		case <-tc.m.SessionsUp():
+		default:
+			t.Fatalf("no signal for %s", tc.want)
+		}
+		if got := tc.m.TakeSessionsUp(nil); !slices.Equal(got, []string{tc.want}) {
+			t.Fatalf("TakeSessionsUp = %v, want [%s]", got, tc.want)
+		}
+		if got := tc.m.TakeSessionsUp(nil); len(got) != 0 {
+			t.Fatalf("second TakeSessionsUp = %v, want none", got)
 		}
 	}
-	a, _, _, _ := pair(t, nodeOpts{onSession: record("a")}, nodeOpts{onSession: record("b")})
-	mu.Lock()
-	defer mu.Unlock()
-	slices.Sort(got)
-	if !slices.Equal(got, []string{"a->b", "b->a"}) {
-		t.Fatalf("OnSession calls %v, want a->b and b->a", got)
-	}
 	if _, err := a.Seal("b", packet(a, []byte("x")), 1); err != nil {
-		t.Fatalf("Seal after OnSession: %v", err)
+		t.Fatalf("Seal after the signal: %v", err)
+	}
+	// A burst of session changes rings once and loses no name.
+	a.sessionUp("x")
+	a.sessionUp("y")
+	a.sessionUp("x")
+	<-a.SessionsUp()
+	select {
+	case <-a.SessionsUp():
+		t.Fatal("rung twice")
+	default:
+	}
+	if got := a.TakeSessionsUp(nil); !slices.Equal(got, []string{"x", "y"}) {
+		t.Fatalf("TakeSessionsUp = %v, want [x y]", got)
 	}
 }
 
@@ -71,12 +86,12 @@ func TestHandshakeAndTrafficBothCiphers(t *testing.T) {
 				if bytes.Contains(msg, payload) {
 					t.Fatal("plaintext visible in sealed datagram")
 				}
-				plain, from, err := b.Open(addrA, msg)
+				plain, from, err := openMsg(b, addrA, msg)
 				if err != nil || from != "a" || !bytes.Equal(plain, payload) {
 					t.Fatalf("Open = %q, %q, %v", plain, from, err)
 				}
 				reply := sealTo(t, b, "a", []byte("reply"))
-				plain, from, err = a.Open(addrB, reply)
+				plain, from, err = openMsg(a, addrB, reply)
 				if err != nil || from != "b" || string(plain) != "reply" {
 					t.Fatalf("Open reply = %q, %q, %v", plain, from, err)
 				}
@@ -131,7 +146,7 @@ func TestRekeyAfterMessageLimit(t *testing.T) {
 	cur := (*a.peers.Load())["b"].current.Load()
 	cur.sendCounter.Store(rekeyAfterMessages)
 	msg := sealTo(t, a, "b", []byte("x")) // still usable, but asks for a rekey
-	if _, _, err := b.Open(addrA, msg); err != nil {
+	if _, _, err := openMsg(b, addrA, msg); err != nil {
 		t.Fatal(err)
 	}
 	a.tick()
@@ -188,7 +203,7 @@ func TestWrongPSKRefusedSilentlyAndCounted(t *testing.T) {
 	// Without the password, nothing can be injected either.
 	forged := make([]byte, 100)
 	wire.PutEncrypted(forged, 1, 0, 0)
-	if _, _, err := b.Open(addrA, forged); !errors.Is(err, ErrUnknownSession) {
+	if _, _, err := openMsg(b, addrA, forged); !errors.Is(err, ErrUnknownSession) {
 		t.Fatalf("forged data: %v", err)
 	}
 }
@@ -217,9 +232,9 @@ func TestGarbageHandshakeAnsweredNothing(t *testing.T) {
 	for i := hsEphemeralOff; i < len(msg); i++ {
 		msg[i] = byte(i * 7)
 	}
-	b.HandleHandshake(addrA, msg)
-	b.HandleHandshake(addrA, []byte("garbage"))
-	b.HandleHandshake(addrA, msg[:50])
+	b.handshakeNow(addrA, msg)
+	b.handshakeNow(addrA, []byte("garbage"))
+	b.handshakeNow(addrA, msg[:50])
 	c := b.Counters()
 	if c["handshake_failed_bad_mac"] != 1 || c["handshake_failed_malformed"] != 2 {
 		t.Fatalf("counters = %v", c)
@@ -243,7 +258,16 @@ func TestReplayedInitiationRefused(t *testing.T) {
 		t.Fatal("no initiation captured")
 	}
 	before := net.sentBy(addrB)
-	b.HandleHandshake(init.from, init.msg)
+	// An exact copy is caught by the duplicate cache, before any DH.
+	b.handshakeNow(init.from, init.msg)
+	if got := b.Counters()["handshake_failed_duplicate"]; got != 1 {
+		t.Fatalf("duplicate = %d", got)
+	}
+	// Once the cache forgot it, the timestamp still refuses it.
+	b.dedupMu.Lock()
+	b.dedup = dedup{}
+	b.dedupMu.Unlock()
+	b.handshakeNow(init.from, init.msg)
 	if got := b.Counters()["handshake_failed_replayed_initiation"]; got != 1 {
 		t.Fatalf("replayed_initiation = %d", got)
 	}
@@ -253,7 +277,7 @@ func TestReplayedInitiationRefused(t *testing.T) {
 	// A replayed response finds no handshake in flight.
 	for _, d := range net.captured {
 		if d.to == addrA && wire.Type(d.msg[1]) == wire.TypeHandshake {
-			a.HandleHandshake(d.from, d.msg)
+			a.handshakeNow(d.from, d.msg)
 		}
 	}
 	if got := a.Counters()["handshake_failed_unknown_index"]; got != 1 {
@@ -265,7 +289,7 @@ func TestOpenRejects(t *testing.T) {
 	a, b, _, _ := pair(t, nodeOpts{}, nodeOpts{})
 	fresh := func() []byte { return sealTo(t, a, "b", []byte("hello, this is a pod packet")) }
 	open := func(msg []byte) error {
-		_, _, err := b.Open(addrA, append([]byte(nil), msg...))
+		_, _, err := openMsg(b, addrA, append([]byte(nil), msg...))
 		return err
 	}
 
@@ -335,7 +359,7 @@ func TestOpenOutOfOrderWithinWindow(t *testing.T) {
 	}
 	// Deliver newest first: everything is within the 2048+ window.
 	for i := len(msgs) - 1; i >= 0; i-- {
-		if _, _, err := b.Open(addrA, msgs[i]); err != nil {
+		if _, _, err := openMsg(b, addrA, msgs[i]); err != nil {
 			t.Fatalf("packet %d: %v", i, err)
 		}
 	}
@@ -360,10 +384,10 @@ func TestSimultaneousInitiation(t *testing.T) {
 			t.Fatalf("state %+v", s)
 		}
 	}
-	if _, _, err := b.Open(addrA, sealTo(t, a, "b", []byte("x"))); err != nil {
+	if _, _, err := openMsg(b, addrA, sealTo(t, a, "b", []byte("x"))); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := a.Open(addrB, sealTo(t, b, "a", []byte("y"))); err != nil {
+	if _, _, err := openMsg(a, addrB, sealTo(t, b, "a", []byte("y"))); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -388,7 +412,7 @@ func TestRekeyWhileTrafficFlows(t *testing.T) {
 		for len(queue) > delay {
 			p := queue[0]
 			queue = queue[1:]
-			if _, _, err := p.to.Open(addrA, p.msg); err != nil {
+			if _, _, err := openMsg(p.to, addrA, p.msg); err != nil {
 				t.Fatalf("packet %d: %v", i, err)
 			}
 		}
@@ -399,7 +423,7 @@ func TestRekeyWhileTrafficFlows(t *testing.T) {
 		}
 	}
 	for _, p := range queue {
-		if _, _, err := p.to.Open(addrA, p.msg); err != nil {
+		if _, _, err := openMsg(p.to, addrA, p.msg); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -434,7 +458,7 @@ func TestSessionExpiresWithoutRekey(t *testing.T) {
 	if _, err := a.Seal("b", packet(a, []byte("x")), 1); !errors.Is(err, ErrNoSession) {
 		t.Fatalf("Seal after expiry: %v", err)
 	}
-	if _, _, err := b.Open(addrA, old); !errors.Is(err, ErrUnknownSession) && !errors.Is(err, ErrExpired) {
+	if _, _, err := openMsg(b, addrA, old); !errors.Is(err, ErrUnknownSession) && !errors.Is(err, ErrExpired) {
 		t.Fatalf("Open after expiry: %v", err)
 	}
 	if s := a.Sessions()[0]; s.State != "handshake" || s.HandshakeFailures == 0 {
@@ -453,14 +477,14 @@ func TestPeerRestartGetsNewSession(t *testing.T) {
 	}
 	net.nodes[addrB] = b2
 	b2.SetPeer("a", a.cfg.Identity.Public(), addrA)
-	if _, _, err := b2.Open(addrA, old); !errors.Is(err, ErrUnknownSession) {
+	if _, _, err := openMsg(b2, addrA, old); !errors.Is(err, ErrUnknownSession) {
 		t.Fatalf("old session after restart: %v", err)
 	}
 	b2.tick()
-	if _, _, err := b2.Open(addrA, sealTo(t, a, "b", []byte("after"))); err != nil {
+	if _, _, err := openMsg(b2, addrA, sealTo(t, a, "b", []byte("after"))); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := a.Open(addrB, sealTo(t, b2, "a", []byte("after"))); err != nil {
+	if _, _, err := openMsg(a, addrB, sealTo(t, b2, "a", []byte("after"))); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -469,7 +493,7 @@ func TestRemovePeer(t *testing.T) {
 	a, b, _, _ := pair(t, nodeOpts{}, nodeOpts{})
 	msg := sealTo(t, a, "b", []byte("x"))
 	b.RemovePeer("a")
-	if _, _, err := b.Open(addrA, msg); !errors.Is(err, ErrUnknownSession) {
+	if _, _, err := openMsg(b, addrA, msg); !errors.Is(err, ErrUnknownSession) {
 		t.Fatalf("after RemovePeer: %v", err)
 	}
 	if len(b.Sessions()) != 0 {
@@ -491,7 +515,7 @@ func TestHandshakeRateLimited(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		b.HandleHandshake(addrA, msg)
+		b.handshakeNow(addrA, msg)
 		_ = i
 	}
 	if got := b.Counters()["handshake_failed_rate_limited"]; got != 10 {
@@ -502,7 +526,7 @@ func TestHandshakeRateLimited(t *testing.T) {
 	a.mu.Lock()
 	msg, _ := a.initiateLocked(pa, clock.Now())
 	a.mu.Unlock()
-	b.HandleHandshake(addrA, msg)
+	b.handshakeNow(addrA, msg)
 	if got := b.Counters()["handshake_failed_rate_limited"]; got != 10 {
 		t.Fatalf("still limited after refill: %d", got)
 	}
@@ -573,7 +597,7 @@ func TestConcurrentTrafficDuringRekey(t *testing.T) {
 					errs <- fmt.Errorf("seal %d: %w", i, err)
 					return
 				}
-				if _, _, err := to.Open(addrA, buf[:n]); err != nil {
+				if _, _, err := openMsg(to, addrA, buf[:n]); err != nil {
 					errs <- fmt.Errorf("open %d: %w", i, err)
 					return
 				}

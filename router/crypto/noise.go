@@ -18,11 +18,16 @@ package crypto
 // response's carries the data cipher the responder chose. Both are
 // authenticated by the handshake, so the choice cannot be downgraded.
 //
-// Before any Diffie-Hellman work a receiver checks two MACs over the message
-// (keyed HMAC-SHA256, truncated to 16 bytes):
+// Before any Diffie-Hellman work a receiver checks the MACs at the end of
+// the message (keyed HMAC-SHA256, truncated to 16 bytes):
 //   - mac1, keyed by the receiver's public key: garbage fails here;
 //   - mac2, keyed by the PSK and the receiver's public key: a sender without
-//     the mesh password fails here, and is answered nothing.
+//     the mesh password fails here, and is answered nothing;
+//   - the cookie MAC, keyed by a cookie the receiver gave to the sender's
+//     source address (cookie.go). It is zero until the sender got a cookie,
+//     and checked only while the receiver is under load: then an initiation
+//     without it is answered with a cookie reply instead of any
+//     Diffie-Hellman, so a flood from spoofed addresses costs no DH at all.
 //
 // mac2 lets someone who captured a handshake test password guesses offline,
 // as the password-keyed gossip encryption already does; Argon2id makes each
@@ -50,17 +55,22 @@ const (
 
 // Handshake message kinds: the first byte after the wire header.
 const (
-	kindInitiation = 1
-	kindResponse   = 2
+	kindInitiation  = 1
+	kindResponse    = 2
+	kindCookieReply = 3
 )
 
 // Layout of the handshake messages. The wire header's index is zero in an
 // initiation and the initiator's session index in a response.
 //
-//	initiation: header(8) kind(1) zero(3) sender(4) ephemeral(32)
-//	            static(32+16) payload(13+16) mac1(16) mac2(16)        = 157
-//	response:   header(8) kind(1) zero(3) sender(4) ephemeral(32)
-//	            payload(1+16) mac1(16) mac2(16)                       = 97
+//	initiation:   header(8) kind(1) zero(3) sender(4) ephemeral(32)
+//	              static(32+16) payload(13+16) mac1 mac2 cookie(3*16) = 173
+//	response:     header(8) kind(1) zero(3) sender(4) ephemeral(32)
+//	              payload(1+16) mac1 mac2 cookie(3*16)                 = 113
+//	cookie reply: header(8) kind(1) zero(3) nonce(24) cookie(16+16)   = 68
+//
+// A cookie reply's header index is the sender index of the initiation it
+// answers.
 const (
 	macLen         = 16
 	aeadTagLen     = chacha20poly1305.Overhead
@@ -69,9 +79,9 @@ const (
 	hsBodyOff      = hsEphemeralOff + 32
 	initPayloadLen = timestampLen + 1
 	initStaticLen  = 32 + aeadTagLen
-	initLen        = hsBodyOff + initStaticLen + initPayloadLen + aeadTagLen + 2*macLen
+	initLen        = hsBodyOff + initStaticLen + initPayloadLen + aeadTagLen + 3*macLen
 	respPayloadLen = 1
-	respLen        = hsBodyOff + respPayloadLen + aeadTagLen + 2*macLen
+	respLen        = hsBodyOff + respPayloadLen + aeadTagLen + 3*macLen
 	timestampLen   = 12
 )
 
@@ -191,24 +201,36 @@ func newMACKeys(receiver *[32]byte, psk *[32]byte) macKeys {
 	}
 }
 
-// put writes mac1 and mac2 into the last 32 bytes of msg.
-func (k *macKeys) put(msg []byte) {
+// Where the MACs sit in a message of n bytes. Each covers everything before
+// it, the MACs before it included.
+func mac1Off(n int) int   { return n - 3*macLen }
+func mac2Off(n int) int   { return n - 2*macLen }
+func cookieOff(n int) int { return n - macLen }
+
+// put writes mac1 and mac2 and, with a cookie, the cookie MAC (else zero)
+// into the last 48 bytes of msg.
+func (k *macKeys) put(msg []byte, cookie *[cookieLen]byte) {
 	n := len(msg)
-	m1 := hmacSum(k.mac1[:], msg[:n-2*macLen])
-	copy(msg[n-2*macLen:], m1[:macLen])
-	m2 := hmacSum(k.mac2[:], msg[:n-macLen])
-	copy(msg[n-macLen:], m2[:macLen])
+	m1 := hmacSum(k.mac1[:], msg[:mac1Off(n)])
+	copy(msg[mac1Off(n):], m1[:macLen])
+	m2 := hmacSum(k.mac2[:], msg[:mac2Off(n)])
+	copy(msg[mac2Off(n):], m2[:macLen])
+	if cookie == nil {
+		clear(msg[cookieOff(n):])
+		return
+	}
+	putCookieMAC(msg, cookie)
 }
 
-// check verifies both MACs of msg, cheapest first.
+// check verifies mac1 and mac2 of msg, cheapest first.
 func (k *macKeys) check(msg []byte) error {
 	n := len(msg)
-	m1 := hmacSum(k.mac1[:], msg[:n-2*macLen])
-	if !hmac.Equal(m1[:macLen], msg[n-2*macLen:n-macLen]) {
+	m1 := hmacSum(k.mac1[:], msg[:mac1Off(n)])
+	if !hmac.Equal(m1[:macLen], msg[mac1Off(n):mac2Off(n)]) {
 		return ErrBadMAC
 	}
-	m2 := hmacSum(k.mac2[:], msg[:n-macLen])
-	if !hmac.Equal(m2[:macLen], msg[n-macLen:]) {
+	m2 := hmacSum(k.mac2[:], msg[:mac2Off(n)])
+	if !hmac.Equal(m2[:macLen], msg[mac2Off(n):cookieOff(n)]) {
 		return ErrWrongPSK
 	}
 	return nil
@@ -235,6 +257,10 @@ func parseHandshake(msg []byte) (kind byte, err error) {
 		if len(msg) != respLen {
 			return 0, ErrMalformed
 		}
+	case kindCookieReply:
+		if len(msg) != cookieReplyLen {
+			return 0, ErrMalformed
+		}
 	default:
 		return 0, ErrMalformed
 	}
@@ -255,6 +281,7 @@ type initiatorState struct {
 	offer   uint8
 	sender  uint32 // our session index
 	sentAt  time.Time
+	mac1    [macLen]byte // of the initiation sent: the AD of a cookie reply
 }
 
 // timestamp encodes t so that later times compare greater byte-wise.
@@ -265,8 +292,9 @@ func timestamp(t time.Time) [timestampLen]byte {
 	return ts
 }
 
-// createInitiation builds an initiation to the peer with static key peerPub.
-func createInitiation(id *Identity, peerPub *[32]byte, staticDH *[32]byte, macs *macKeys,
+// createInitiation builds an initiation to the peer with static key peerPub,
+// with the cookie MAC when cookie is not nil.
+func createInitiation(id *Identity, peerPub *[32]byte, staticDH *[32]byte, macs *macKeys, cookie *[cookieLen]byte,
 	sender uint32, ts [timestampLen]byte, offer uint8) ([]byte, *initiatorState, error) {
 	st := &initiatorState{offer: offer, sender: sender}
 	st.sym = newSymmetricState(peerPub)
@@ -297,7 +325,8 @@ func createInitiation(id *Identity, peerPub *[32]byte, staticDH *[32]byte, macs 
 	payloadOut := msg[hsBodyOff+initStaticLen : hsBodyOff+initStaticLen+initPayloadLen+aeadTagLen]
 	st.sym.encryptAndHash(&k, payloadOut, payload[:])
 
-	macs.put(msg)
+	macs.put(msg, cookie)
+	copy(st.mac1[:], msg[mac1Off(len(msg)):])
 	return msg, st, nil
 }
 
@@ -382,7 +411,7 @@ func createResponse(in *initiation, psk *[32]byte, macs *macKeys, sender uint32,
 	sym.ck, t, k = hkdf3(&sym.ck, psk[:])
 	sym.mixHash(t[:])
 	sym.encryptAndHash(&k, msg[hsBodyOff:hsBodyOff+respPayloadLen+aeadTagLen], []byte{byte(choice)})
-	macs.put(msg)
+	macs.put(msg, nil)
 
 	initToResp, respToInit := hkdf2(&sym.ck, nil)
 	keys = sessionKeys{send: respToInit, recv: initToResp, cipher: choice}

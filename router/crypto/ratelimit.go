@@ -22,8 +22,32 @@ type tokenBucket struct {
 }
 
 // rateLimiter is not safe for concurrent use; Manager.mu guards it.
+//
+// Known peers' underlay addresses have buckets of their own (known), kept
+// apart from the table of other sources: a flood from many addresses can
+// fill that table, but never takes a known peer's bucket, so the peers
+// keep their handshakes.
 type rateLimiter struct {
 	buckets map[netip.Addr]*tokenBucket
+	known   map[netip.Addr]*tokenBucket
+}
+
+// setKnown makes addrs the known peers' addresses: they keep their buckets
+// (and their tokens) across calls; addresses no longer known lose theirs.
+func (r *rateLimiter) setKnown(addrs []netip.Addr) {
+	known := make(map[netip.Addr]*tokenBucket, len(addrs))
+	for _, a := range addrs {
+		a = a.Unmap()
+		if b := r.known[a]; b != nil {
+			known[a] = b
+		} else if b := r.buckets[a]; b != nil {
+			known[a] = b // its spent tokens stay spent
+		} else {
+			known[a] = &tokenBucket{tokens: handshakeBurst}
+		}
+		delete(r.buckets, a)
+	}
+	r.known = known
 }
 
 func (r *rateLimiter) allow(addr netip.Addr, now time.Time) bool {
@@ -31,7 +55,10 @@ func (r *rateLimiter) allow(addr netip.Addr, now time.Time) bool {
 		r.buckets = make(map[netip.Addr]*tokenBucket)
 	}
 	addr = addr.Unmap()
-	b := r.buckets[addr]
+	b := r.known[addr]
+	if b == nil {
+		b = r.buckets[addr]
+	}
 	if b == nil {
 		if len(r.buckets) >= maxRateSources {
 			r.prune(now)
@@ -41,6 +68,9 @@ func (r *rateLimiter) allow(addr netip.Addr, now time.Time) bool {
 		}
 		b = &tokenBucket{tokens: handshakeBurst, last: now}
 		r.buckets[addr] = b
+	}
+	if b.last.IsZero() {
+		b.last = now
 	}
 	if elapsed := now.Sub(b.last); elapsed > 0 {
 		b.tokens += elapsed.Seconds() * handshakesPerSecond

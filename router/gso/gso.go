@@ -168,17 +168,26 @@ func Complete(pkt []byte, o Offload) error {
 	return nil
 }
 
+// ParseIPv4 checks the fixed part of the IPv4 header at the front of pkt
+// (version 4, a header length that fits) and returns the header length: the
+// one IPv4 parser of weft's data plane. It is small enough to be inlined
+// with its callers' own checks on the hot path. The total length is not
+// checked against len(pkt): callers that need them to match check it (the
+// kernel may hand over super-packets longer than the field can say).
+func ParseIPv4(pkt []byte) (hdrLen int, ok bool) {
+	if len(pkt) < 20 {
+		return 0, false
+	}
+	hdrLen = int(pkt[0]&0x0f) << 2
+	return hdrLen, pkt[0]>>4 == 4 && hdrLen >= 20 && hdrLen <= len(pkt)
+}
+
 // ipv4Header checks the fixed part of an IPv4 header and returns its length
-// and protocol. Fragments are refused: offloads never apply to them.
+// and protocol. Fragments are refused (MF or an offset): offloads never
+// apply to them.
 func ipv4Header(pkt []byte) (ihl int, proto byte, ok bool) {
-	if len(pkt) < 20 || pkt[0]>>4 != 4 {
-		return 0, 0, false
-	}
-	ihl = int(pkt[0]&0x0f) * 4
-	if ihl < 20 || ihl > len(pkt) {
-		return 0, 0, false
-	}
-	if binary.BigEndian.Uint16(pkt[6:8])&0x3fff != 0 { // MF or an offset
+	ihl, ok = ParseIPv4(pkt)
+	if !ok || binary.BigEndian.Uint16(pkt[6:8])&0x3fff != 0 {
 		return 0, 0, false
 	}
 	return ihl, pkt[9], true
