@@ -12,10 +12,14 @@ import (
 //
 // History: 1, the first data plane. 2, datagrams may carry inner packets
 // with partial TCP/UDP checksums (wire.FlagCsumPartial), which a build of
-// protocol 1 would deliver unfinished: 1 is refused, not spoken.
+// protocol 1 would deliver unfinished: 1 is refused, not spoken. 3, the
+// handshake carries a source-bound cookie MAC and may be answered with a
+// cookie reply (router/crypto), and IPAM messages are signed (ipam wire
+// format 2): a build of protocol 2 could join but neither handshake nor
+// agree on the ring, so it is refused.
 const (
-	ProtocolMin = 2
-	ProtocolMax = 2
+	ProtocolMin = 3
+	ProtocolMax = 3
 )
 
 // metaFormat is the version of the metadata encoding itself.

@@ -74,7 +74,7 @@ func TestMetaDecodeErrors(t *testing.T) {
 var testSigningKey = bytes.Repeat([]byte{4}, 32)
 
 func TestMetaCompatible(t *testing.T) {
-	if err := (Meta{Protocol: 1}).Compatible(false); err == nil || !strings.Contains(err.Error(), "protocol version 1") {
+	if err := (Meta{Protocol: 2}).Compatible(false); err == nil || !strings.Contains(err.Error(), "protocol version 2") {
 		t.Fatalf("a protocol-1 peer (no partial checksums) was not refused: %v", err)
 	}
 	if err := (Meta{Protocol: ProtocolMax + 1}).Compatible(false); err == nil || !strings.Contains(err.Error(), "protocol") {
