@@ -127,7 +127,7 @@ func newE2EHost(t testing.TB) *e2eHost {
 	tag := randTag(t)
 	h := &e2eHost{tag: tag, network: tag}
 	h.nsPath = addNetns(t, tag)
-	h.cfg = hostnet.Config{Bridge: "weft", TUN: "weft-tun", Range: overlayRange, HostAddr: hostAddr, MTU: e2eMTU}
+	h.cfg = hostnet.Config{Bridge: "weft", TUN: "weft-tun", Range: overlayRange, HostAddr: hostAddr, MTU: e2eMTU, Ports: []uint16{6782, 6783, 6784}}
 	h.setup(t)
 
 	h.agent = newFakeAgent(t, hostRange, h.cfg.Bridge, e2eMTU)
