@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/api"
+	"github.com/weftnet/weft/internal/logx"
 	"github.com/weftnet/weft/ipam"
 	"github.com/weftnet/weft/mesh"
 	"github.com/weftnet/weft/router/crypto"
@@ -57,9 +58,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log = logx.OrDiscard(log)
 	for _, dir := range []string{cfg.StateDir, cfg.RunDir} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("create %s: %w", dir, err)
@@ -270,14 +269,10 @@ func (a *Agent) becomeReady(ctx context.Context) {
 	}
 }
 
-// hostAddrID is the IPAM container ID under which this host's own overlay
-// address is allocated.
-const hostAddrID = "weft:host"
-
 func (a *Agent) hostAddress(ctx context.Context) (netip.Addr, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	addr, err := a.ipam.Allocate(ctx, hostAddrID, a.cfg.Bridge, "")
+	addr, err := a.ipam.Allocate(ctx, ipam.HostContainerID, a.cfg.Bridge, "")
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("allocate this host's overlay address: %w", err)
 	}
@@ -332,8 +327,8 @@ func (a *Agent) status() api.Status {
 	}
 	st.Peers, st.Alive = a.mesh.Counts()
 	st.Targets = len(a.mesh.Targets())
-	ipamStatus := a.ipam.Status()
-	st.IPAM = &ipamStatus.IPAMSummary
+	ipamSummary := apiIPAMSummary(a.ipam.Status())
+	st.IPAM = &ipamSummary
 	if a.dp != nil {
 		st.Datapath, st.MTU = a.dp.router.Datapath(), a.dp.mtu
 		for _, c := range a.connections() {

@@ -119,7 +119,7 @@ func (dp *dataplane) peersChanged(members []mesh.PeerInfo) {
 		}
 		ep, ok := dp.a.routes.endpoint(m.Name)
 		if !ok || len(m.Meta.PublicKey) != 32 {
-			if m.State == "dead" || m.State == "left" {
+			if m.State.Gone() {
 				dp.crypto.RemovePeer(m.Name)
 			}
 			continue

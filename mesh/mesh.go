@@ -22,7 +22,7 @@ import (
 
 	"github.com/hashicorp/memberlist"
 
-	"github.com/weftnet/weft/api"
+	"github.com/weftnet/weft/internal/logx"
 )
 
 // Channel tags the user messages and state of one subsystem riding on gossip.
@@ -102,7 +102,7 @@ type Mesh struct {
 type peer struct {
 	node  memberlist.Node // last seen
 	meta  Meta
-	state string
+	state State // from events; liveStates refines alive into suspect
 	since time.Time
 }
 
@@ -116,9 +116,7 @@ type target struct {
 
 // New binds the gossip ports and starts memberlist; it does not join anyone yet.
 func New(cfg Config) (*Mesh, error) {
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
+	cfg.Logger = logx.OrDiscard(cfg.Logger)
 	if cfg.Timing == (Timing{}) {
 		cfg.Timing = DefaultTiming()
 	}
@@ -389,7 +387,7 @@ type PeerInfo struct {
 	Name  string
 	Addr  netip.Addr
 	Meta  Meta
-	State string
+	State State
 }
 
 // Members returns every peer ever seen, this one included, sorted by name.
@@ -437,29 +435,41 @@ func (m *Mesh) liveStates() map[string]memberlist.NodeStateType {
 	return live
 }
 
-func stateOf(p *peer, live map[string]memberlist.NodeStateType) string {
+func stateOf(p *peer, live map[string]memberlist.NodeStateType) State {
 	if st, ok := live[p.node.Name]; ok {
 		switch st {
 		case memberlist.StateAlive:
-			return api.StateAlive
+			return StateAlive
 		case memberlist.StateSuspect:
-			return api.StateSuspect
+			return StateSuspect
 		}
 	}
-	if p.state == api.StateLeft {
-		return api.StateLeft
+	if p.state == StateLeft {
+		return StateLeft
 	}
-	return api.StateDead
+	return StateDead
 }
 
-// Peers is the `weft status peers` view.
-func (m *Mesh) Peers() []api.Peer {
+// Peer is one member as `weft status peers` shows it.
+type Peer struct {
+	Name     string
+	Address  string // underlay host:port of gossip
+	DataPort int    // UDP port of the data plane
+	State    State
+	Local    bool
+	Version  string
+	Protocol int
+	Since    time.Time // last state change seen
+}
+
+// Peers lists every peer ever seen, the local one first, then by name.
+func (m *Mesh) Peers() []Peer {
 	live := m.liveStates()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make([]api.Peer, 0, len(m.peers))
+	out := make([]Peer, 0, len(m.peers))
 	for name, p := range m.peers {
-		out = append(out, api.Peer{
+		out = append(out, Peer{
 			Name:     name,
 			Address:  p.node.Address(),
 			DataPort: int(p.meta.DataPort),

@@ -18,6 +18,7 @@ import (
 
 	"github.com/weftnet/weft/api"
 
+	"github.com/weftnet/weft/internal/logx"
 	"github.com/weftnet/weft/internal/nlconv"
 )
 
@@ -60,10 +61,7 @@ func Main() {
 }
 
 func (p *Plugin) log() *slog.Logger {
-	if p.Logger == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return p.Logger
+	return logx.OrDiscard(p.Logger)
 }
 
 func (p *Plugin) stdout() io.Writer {

@@ -27,6 +27,7 @@ import (
 	"github.com/weftnet/weft/hostnet"
 	"github.com/weftnet/weft/test/cnitest"
 
+	"github.com/weftnet/weft/internal/netnstest"
 	"github.com/weftnet/weft/internal/roottest"
 )
 
@@ -151,7 +152,7 @@ func newE2EHost(t testing.TB) *e2eHost {
 // setup runs hostnet.Setup and the local range in the host namespace.
 func (h *e2eHost) setup(t testing.TB) {
 	t.Helper()
-	err := cnitest.InNetns(h.nsPath, func() error {
+	err := netnstest.Do(h.nsPath, func() error {
 		hn, err := hostnet.Setup(h.cfg)
 		if err != nil {
 			return err
@@ -173,7 +174,7 @@ func (h *e2eHost) pod(t testing.TB, i int) string {
 func (h *e2eHost) hostVeths(t testing.TB) []string {
 	t.Helper()
 	var names []string
-	err := cnitest.InNetns(h.nsPath, func() error {
+	err := netnstest.Do(h.nsPath, func() error {
 		links, err := netlink.LinkList()
 		if err != nil {
 			return err

@@ -217,7 +217,7 @@ func (NetlinkPodNetwork) Check(a Attachment) error {
 		return fmt.Errorf("interface %s in pod has MTU %d, want %d", a.IfName, link.Attrs().MTU, a.MTU)
 	}
 
-	addrs, err := retryDump(func() ([]netlink.Addr, error) { return pod.AddrList(link, netlink.FAMILY_V4) })
+	addrs, err := nlconv.RetryDump(func() ([]netlink.Addr, error) { return pod.AddrList(link, netlink.FAMILY_V4) })
 	if err != nil {
 		return fmt.Errorf("list addresses of %s: %w", a.IfName, err)
 	}
@@ -225,7 +225,7 @@ func (NetlinkPodNetwork) Check(a Attachment) error {
 		return fmt.Errorf("interface %s in pod lacks address %s", a.IfName, a.Address)
 	}
 
-	routes, err := retryDump(func() ([]netlink.Route, error) { return pod.RouteList(link, netlink.FAMILY_V4) })
+	routes, err := nlconv.RetryDump(func() ([]netlink.Route, error) { return pod.RouteList(link, netlink.FAMILY_V4) })
 	if err != nil {
 		return fmt.Errorf("list routes of %s: %w", a.IfName, err)
 	}
@@ -262,18 +262,4 @@ func (NetlinkPodNetwork) Check(a Attachment) error {
 		return fmt.Errorf("host veth %s is not attached to bridge %s", a.HostVeth, a.Bridge)
 	}
 	return nil
-}
-
-// retryDump repeats a netlink dump the kernel reported as interrupted by a
-// concurrent change; its partial result must not be trusted.
-func retryDump[T any](dump func() ([]T, error)) ([]T, error) {
-	var err error
-	for range 5 {
-		var out []T
-		out, err = dump()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return out, err
-		}
-	}
-	return nil, err
 }

@@ -8,7 +8,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math"
 	"net/netip"
@@ -17,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/weftnet/weft/internal/logx"
 	"github.com/weftnet/weft/router/wire"
 )
 
@@ -89,9 +89,7 @@ func (c *Config) validate() error {
 	if c.HandshakeRetry == 0 {
 		c.HandshakeRetry = min(DefaultHandshakeRetry, c.RekeyAfter/4)
 	}
-	if c.Logger == nil {
-		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
+	c.Logger = logx.OrDiscard(c.Logger)
 	if c.Clock == nil {
 		c.Clock = time.Now
 	}
@@ -832,9 +830,7 @@ type SessionInfo struct {
 	Peer      string
 	PublicKey [32]byte
 	Endpoint  netip.AddrPort
-	// State is "established" (a session to send with), "handshake" (one in
-	// flight, none established) or "none".
-	State string
+	State     SessionState
 	// Cipher of the current session: "aes-256-gcm" or "chacha20-poly1305";
 	// empty without a session.
 	Cipher string
@@ -854,13 +850,13 @@ func (m *Manager) Sessions() []SessionInfo {
 	var out []SessionInfo
 	for _, p := range *m.peers.Load() {
 		si := SessionInfo{
-			Peer: p.name, PublicKey: p.pub, Endpoint: p.ep, State: "none",
+			Peer: p.name, PublicKey: p.pub, Endpoint: p.ep, State: SessionNone,
 			Established: p.established, LastRekey: p.lastRekey, HandshakeFailures: p.failures,
 		}
 		if cur := p.current.Load(); cur != nil && !cur.sendExpired.Load() {
-			si.State, si.Cipher = "established", cur.cipher.String()
+			si.State, si.Cipher = SessionEstablished, cur.cipher.String()
 		} else if p.pending != nil {
-			si.State = "handshake"
+			si.State = SessionHandshake
 		}
 		out = append(out, si)
 	}
