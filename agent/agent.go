@@ -185,10 +185,19 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 // ipamInit decides how the ring is bootstrapped: the flag, or in Kubernetes
-// the seed recorded once for the whole cluster.
+// the seed recorded once for the whole cluster. A host that saved a ring
+// comes up from it without the API server, which may be down.
 func (a *Agent) ipamInit(ctx context.Context) (ipam.Init, error) {
 	if a.kube != nil && a.cfg.IPAMInit == "" {
-		seeds, err := a.kube.cluster.BootstrapRing(ctx, a.cfg.Name)
+		seeds, ok, err := ipam.SavedRing(a.cfg.StateDir)
+		if err != nil {
+			return ipam.Init{}, err
+		}
+		if ok {
+			a.log.Info("address ring from the state on disk; no bootstrap through the API server", "seeds", seeds)
+			return ipam.Init{Mode: ipam.ModeSeed, Seeds: seeds}, nil
+		}
+		seeds, err = a.kube.cluster.BootstrapRing(ctx, a.cfg.Name)
 		if err != nil {
 			return ipam.Init{}, fmt.Errorf("bootstrap the address ring through the API server: %w", err)
 		}

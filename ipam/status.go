@@ -127,3 +127,14 @@ func (p *IPAM) Status() Status {
 	})
 	return st
 }
+
+// SavedRing returns the seeds of the ring saved in stateDir, and whether there
+// is one. A restarting peer with a saved ring needs no bootstrap (which in
+// Kubernetes needs the API server): it comes up from its own state.
+func SavedRing(stateDir string) (seeds []string, ok bool, err error) {
+	st, err := newStore(stateDir).load()
+	if err != nil || st == nil || st.Ring == nil || st.Left {
+		return nil, false, err
+	}
+	return st.Ring.Seeds, true, nil
+}
