@@ -49,6 +49,7 @@ type Agent struct {
 	blocker  string     // why not ready, for /readyz and status
 
 	stop     context.CancelFunc // ends Run, used by reset
+	failure  error              // the fatal failure that stopped Run, see fail
 	resetErr chan error
 }
 
@@ -181,7 +182,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	<-ctx.Done()
 	a.log.Info("shutting down")
-	return nil
+	return a.failed()
 }
 
 // ipamInit decides how the ring is bootstrapped: the flag, or in Kubernetes

@@ -80,7 +80,7 @@ func (a *Agent) startDataplane(ctx context.Context, goRun func(func())) (*datapl
 	goRun(func() {
 		if err := dp.router.Run(ctx); err != nil && ctx.Err() == nil {
 			a.log.Error("data plane failed; stopping the agent so that it is restarted", "err", err)
-			a.stop()
+			a.fail(fmt.Errorf("data plane: %w", err))
 		}
 	})
 	if dp.crypto != nil {
