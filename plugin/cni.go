@@ -271,7 +271,7 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 	held := false
 	for _, c := range containers {
 		if c.ContainerID == args.ContainerID && c.IfName == args.IfName {
-			if pfx, err := netip.ParsePrefix(c.Address); err == nil && pfx.Addr() == want.Address.Addr() {
+			if addr, err := c.Addr(); err == nil && addr == want.Address.Addr() {
 				held = true
 			}
 		}
