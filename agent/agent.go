@@ -26,6 +26,7 @@ import (
 // Agent is one running weft host.
 type Agent struct {
 	cfg     Config
+	dev     Devices // cfg.Devices with the real ones where nil
 	log     *slog.Logger
 	started time.Time
 
@@ -65,7 +66,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 			return nil, fmt.Errorf("create %s: %w", dir, err)
 		}
 	}
-	a := &Agent{cfg: cfg, log: log, blocker: "starting"}
+	a := &Agent{cfg: cfg, dev: cfg.Devices.withDefaults(), log: log, blocker: "starting"}
 	if cfg.Password != nil {
 		// Slow on purpose (Argon2id): done once, here.
 		keys, err := crypto.DerivePasswordKeys(cfg.Password)
@@ -118,17 +119,26 @@ func (a *Agent) Run(ctx context.Context) error {
 		pub := a.identity.Public()
 		meta.PublicKey = pub[:]
 	}
-	m, err := mesh.New(mesh.Config{
+	mcfg := mesh.Config{
 		Name: a.cfg.Name, Bind: a.cfg.Host, Port: a.cfg.Port, Meta: meta,
 		SecretKey: a.gossipKey(), Timing: a.cfg.Timing, Logger: a.log,
-	})
+	}
+	if a.dev.GossipTransport != nil {
+		bind := netip.AddrPortFrom(a.cfg.Host, uint16(a.cfg.Port))
+		if mcfg.Transport, err = a.dev.GossipTransport(bind); err != nil {
+			return fmt.Errorf("gossip transport on %s: %w", bind, err)
+		}
+	}
+	m, err := mesh.New(mcfg)
 	if err != nil {
 		return err
 	}
 	a.mesh = m
 
+	// Every goroutine started below has ended when Run returns, also on an
+	// error: the context is cancelled before waiting for them.
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer func() { cancel(); wg.Wait() }()
 	goRun := func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() }
 
 	if a.cfg.Kube {
@@ -177,7 +187,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	goRun(func() { m.Run(ctx) })
 	goRun(func() { a.becomeReady(ctx) })
 	if a.kube != nil {
-		goRun(func() { a.kube.run(ctx, a) })
+		goRun(func() { a.kube.run(ctx, a, goRun) })
 	}
 
 	<-ctx.Done()

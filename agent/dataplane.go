@@ -22,7 +22,7 @@ type dataplane struct {
 	conn   udp.Conn
 	router *router.Router
 	crypto *crypto.Manager // nil without a password
-	host   *hostnet.Host   // nil until the host has its overlay address
+	host   HostRoutes      // nil until the host has its overlay address
 }
 
 // startDataplane opens the devices and starts forwarding. Routes to the TUN
@@ -31,19 +31,19 @@ func (a *Agent) startDataplane(ctx context.Context, goRun func(func())) (*datapl
 	encrypted := a.keys != nil
 	mtu := a.cfg.MTU
 	if mtu == 0 {
-		underlay, err := hostnet.UnderlayMTU(a.cfg.Host)
+		underlay, err := a.dev.HostNet.UnderlayMTU(a.cfg.Host)
 		if err != nil {
 			return nil, fmt.Errorf("find the underlay MTU (or give --mtu): %w", err)
 		}
 		mtu = underlay - router.Overhead(encrypted)
 		a.log.Info("overlay MTU from the underlay", "underlay_mtu", underlay, "overhead", router.Overhead(encrypted), "mtu", mtu)
 	}
-	dev, desc, err := tun.Open(a.cfg.TUN, mtu, a.log.With("component", "tun"))
+	dev, desc, err := a.dev.OpenTUN(a.cfg.TUN, mtu, a.log.With("component", "tun"))
 	if err != nil {
 		return nil, fmt.Errorf("open TUN %s: %w", a.cfg.TUN, err)
 	}
 	dataAddr := netip.AddrPortFrom(a.cfg.Host, uint16(a.cfg.Port+1))
-	conn, err := udp.Listen(dataAddr, a.log.With("component", "udp"))
+	conn, err := a.dev.ListenUDP(dataAddr, a.log.With("component", "udp"))
 	if err != nil {
 		dev.Close()
 		return nil, fmt.Errorf("data plane socket %s: %w", dataAddr, err)
@@ -91,7 +91,7 @@ func (a *Agent) startDataplane(ctx context.Context, goRun func(func())) (*datapl
 
 // setupHost makes the bridge, addresses, routes and masquerade; idempotent.
 func (dp *dataplane) setupHost(addr netip.Addr, local []netip.Prefix) error {
-	h, err := hostnet.Setup(hostnet.Config{
+	h, err := dp.a.dev.HostNet.Setup(hostnet.Config{
 		Bridge: dp.a.cfg.Bridge, TUN: dp.a.cfg.TUN, Range: dp.a.cfg.Range,
 		HostAddr: addr, MTU: dp.mtu, Logger: dp.a.log.With("component", "hostnet"),
 	})

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/api"
-	"github.com/weftnet/weft/hostnet"
 	"github.com/weftnet/weft/ipam"
 	"github.com/weftnet/weft/router/crypto"
 )
@@ -207,7 +206,7 @@ func (a *Agent) reset(ctx context.Context) error {
 		return ipamError(fmt.Errorf("hand this host's ranges to a live peer: %w", err))
 	}
 	if a.dp != nil {
-		if err := hostnet.Teardown(a.cfg.Bridge, a.log); err != nil {
+		if err := a.dev.HostNet.Teardown(a.cfg.Bridge, a.log); err != nil {
 			a.log.Warn("removing the host network", "err", err)
 		}
 	}
