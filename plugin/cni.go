@@ -175,6 +175,7 @@ func attachment(args *skel.CmdArgs, conf *Config, network api.Network, alloc api
 		Netns:    args.Netns,
 		IfName:   args.IfName,
 		HostVeth: HostVethName(args.ContainerID, args.IfName),
+		Owner:    HostVethOwner(args.ContainerID, args.IfName),
 		Bridge:   network.Bridge,
 		Address:  addr,
 		Gateway:  gw,
@@ -224,7 +225,7 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	if err := p.Net.Detach(args.Netns, args.IfName, HostVethName(args.ContainerID, args.IfName)); err != nil {
+	if err := p.Net.Detach(args.Netns, args.IfName, HostVethName(args.ContainerID, args.IfName), HostVethOwner(args.ContainerID, args.IfName)); err != nil {
 		return types.NewError(types.ErrInternal, "weft-cni DEL failed", err.Error())
 	}
 	ctx, cancel := agentCtx()
@@ -294,6 +295,7 @@ func expectedFromResult(prev *current.Result, args *skel.CmdArgs) (Attachment, e
 		Netns:    args.Netns,
 		IfName:   args.IfName,
 		HostVeth: HostVethName(args.ContainerID, args.IfName),
+		Owner:    HostVethOwner(args.ContainerID, args.IfName),
 	}
 	podIf := -1
 	for i, intf := range prev.Interfaces {
@@ -368,7 +370,7 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 	for _, a := range resp.Released {
 		// The pod namespace is unknown here: removing the host end removes
 		// the pair.
-		if err := p.Net.Detach("", a.IfName, HostVethName(a.ContainerID, a.IfName)); err != nil {
+		if err := p.Net.Detach("", a.IfName, HostVethName(a.ContainerID, a.IfName), HostVethOwner(a.ContainerID, a.IfName)); err != nil {
 			failed = append(failed, err)
 		}
 	}
