@@ -135,7 +135,7 @@ func TestAddAllocatesAndAttaches(t *testing.T) {
 	veth := HostVethName("c1", "eth0")
 	got := h.net.attached[veth]
 	want := Attachment{
-		Netns: "/var/run/netns/c1", IfName: "eth0", HostVeth: veth, Bridge: testBridge,
+		Netns: "/var/run/netns/c1", IfName: "eth0", HostVeth: veth, Owner: HostVethOwner("c1", "eth0"), Bridge: testBridge,
 		Address: netip.MustParsePrefix("10.32.0.2/32"), Gateway: netip.MustParseAddr("10.32.0.1"),
 		Routes: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}, MTU: 1376,
 	}

@@ -73,7 +73,7 @@ func (NetlinkPodNetwork) Attach(a Attachment) (_ Links, err error) {
 	veth := &netlink.Veth{
 		LinkAttrs: netlink.LinkAttrs{
 			Name:        a.HostVeth,
-			Alias:       a.Owner, // set in the same request: never a link of ours without it
+			Alias:       a.Owner, // kernels that take it at creation; set again below for the others
 			MTU:         a.MTU,
 			MasterIndex: br.Attrs().Index,
 		},
@@ -101,6 +101,11 @@ func (NetlinkPodNetwork) Attach(a Attachment) (_ Links, err error) {
 	host, err := netlink.LinkByName(a.HostVeth)
 	if err != nil {
 		return Links{}, fmt.Errorf("find host veth %s: %w", a.HostVeth, err)
+	}
+	if host.Attrs().Alias != a.Owner {
+		if err := netlink.LinkSetAlias(host, a.Owner); err != nil {
+			return Links{}, fmt.Errorf("name the owner of %s: %w", a.HostVeth, err)
+		}
 	}
 	if err := netlink.LinkSetUp(host); err != nil {
 		return Links{}, fmt.Errorf("set %s up: %w", a.HostVeth, err)
@@ -180,7 +185,7 @@ func (NetlinkPodNetwork) Detach(netnsPath, ifName, hostVeth, owner string) error
 }
 
 // deleteVeth deletes the veth called name if there is one and, unless owner
-// is "", its alias is owner. A link of any other type, or another owner's
+// is "", its alias is owner or empty. A link of any other type, or another owner's
 // veth (ErrVethTaken), is left alone and reported.
 func deleteVeth(byName func(string) (netlink.Link, error), del func(netlink.Link) error, name, owner string) error {
 	l, err := byName(name)
@@ -194,7 +199,10 @@ func deleteVeth(byName func(string) (netlink.Link, error), del func(netlink.Link
 	if l.Type() != "veth" {
 		return fmt.Errorf("link %s is a %s, not a veth: not touching it", name, l.Type())
 	}
-	if owner != "" && l.Attrs().Alias != owner {
+	// No alias at all: an ADD of ours that died between creating the link
+	// and naming its owner; weft-cni's links of this name length always
+	// get one.
+	if owner != "" && l.Attrs().Alias != owner && l.Attrs().Alias != "" {
 		return fmt.Errorf("%w: %s has alias %q, want %q; not touching it", ErrVethTaken, name, l.Attrs().Alias, owner)
 	}
 	if err := del(l); err != nil && !errors.Is(err, unix.ENODEV) {
