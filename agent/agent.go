@@ -18,6 +18,7 @@ import (
 
 	"github.com/weftnet/weft/api"
 	"github.com/weftnet/weft/identity"
+	"github.com/weftnet/weft/internal/logx"
 	"github.com/weftnet/weft/ipam"
 	"github.com/weftnet/weft/mesh"
 	"github.com/weftnet/weft/router/crypto"
@@ -26,6 +27,7 @@ import (
 // Agent is one running weft host.
 type Agent struct {
 	cfg     Config
+	dev     Devices // cfg.Devices with the real ones where nil
 	log     *slog.Logger
 	started time.Time
 
@@ -51,6 +53,7 @@ type Agent struct {
 	blocker  string     // why not ready, for /readyz and status
 
 	stop     context.CancelFunc // ends Run, used by reset
+	failure  error              // the fatal failure that stopped Run, see fail
 	resetErr chan error
 }
 
@@ -60,15 +63,13 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log = logx.OrDiscard(log)
 	for _, dir := range []string{cfg.StateDir, cfg.RunDir} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("create %s: %w", dir, err)
 		}
 	}
-	a := &Agent{cfg: cfg, log: log, blocker: "starting"}
+	a := &Agent{cfg: cfg, dev: cfg.Devices.withDefaults(), log: log, blocker: "starting"}
 	var err error
 	if a.signer, err = identity.LoadOrCreate(cfg.StateDir); err != nil {
 		return nil, err
@@ -130,17 +131,26 @@ func (a *Agent) Run(ctx context.Context) error {
 		pub := a.identity.Public()
 		meta.PublicKey = pub[:]
 	}
-	m, err := mesh.New(mesh.Config{
+	mcfg := mesh.Config{
 		Name: a.cfg.Name, Bind: a.cfg.Host, Port: a.cfg.Port, Meta: meta,
 		SecretKey: a.gossipKey(), Timing: a.cfg.Timing, Logger: a.log, Pins: a.pins,
-	})
+	}
+	if a.dev.GossipTransport != nil {
+		bind := netip.AddrPortFrom(a.cfg.Host, uint16(a.cfg.Port))
+		if mcfg.Transport, err = a.dev.GossipTransport(bind); err != nil {
+			return fmt.Errorf("gossip transport on %s: %w", bind, err)
+		}
+	}
+	m, err := mesh.New(mcfg)
 	if err != nil {
 		return err
 	}
 	a.mesh = m
 
+	// Every goroutine started below has ended when Run returns, also on an
+	// error: the context is cancelled before waiting for them.
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer func() { cancel(); wg.Wait() }()
 	goRun := func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() }
 
 	if a.cfg.Kube {
@@ -197,19 +207,28 @@ func (a *Agent) Run(ctx context.Context) error {
 	goRun(func() { m.Run(ctx) })
 	goRun(func() { a.becomeReady(ctx) })
 	if a.kube != nil {
-		goRun(func() { a.kube.run(ctx, a) })
+		goRun(func() { a.kube.run(ctx, a, goRun) })
 	}
 
 	<-ctx.Done()
 	a.log.Info("shutting down")
-	return nil
+	return a.failed()
 }
 
 // ipamInit decides how the ring is bootstrapped: the flag, or in Kubernetes
-// the seed recorded once for the whole cluster.
+// the seed recorded once for the whole cluster. A host that saved a ring
+// comes up from it without the API server, which may be down.
 func (a *Agent) ipamInit(ctx context.Context) (ipam.Init, error) {
 	if a.kube != nil && a.cfg.IPAMInit == "" {
-		seeds, err := a.kube.cluster.BootstrapRing(ctx, a.cfg.Name)
+		seeds, ok, err := ipam.SavedRing(a.cfg.StateDir)
+		if err != nil {
+			return ipam.Init{}, err
+		}
+		if ok {
+			a.log.Info("address ring from the state on disk; no bootstrap through the API server", "seeds", seeds)
+			return ipam.Init{Mode: ipam.ModeSeed, Seeds: seeds}, nil
+		}
+		seeds, err = a.kube.cluster.BootstrapRing(ctx, a.cfg.Name)
 		if err != nil {
 			return ipam.Init{}, fmt.Errorf("bootstrap the address ring through the API server: %w", err)
 		}
@@ -290,14 +309,10 @@ func (a *Agent) becomeReady(ctx context.Context) {
 	}
 }
 
-// hostAddrID is the IPAM container ID under which this host's own overlay
-// address is allocated.
-const hostAddrID = "weft:host"
-
 func (a *Agent) hostAddress(ctx context.Context) (netip.Addr, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	addr, err := a.ipam.Allocate(ctx, hostAddrID, a.cfg.Bridge, "")
+	addr, err := a.ipam.Allocate(ctx, ipam.HostContainerID, a.cfg.Bridge, "")
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("allocate this host's overlay address: %w", err)
 	}
@@ -352,8 +367,8 @@ func (a *Agent) status() api.Status {
 	}
 	st.Peers, st.Alive = a.mesh.Counts()
 	st.Targets = len(a.mesh.Targets())
-	ipamStatus := a.ipam.Status()
-	st.IPAM = &ipamStatus.IPAMSummary
+	ipamSummary := apiIPAMSummary(a.ipam.Status())
+	st.IPAM = &ipamSummary
 	if a.dp != nil {
 		st.Datapath, st.MTU = a.dp.router.Datapath(), a.dp.mtu
 		for _, c := range a.connections() {

@@ -125,7 +125,7 @@ func (a *Agent) peers() []api.Peer {
 	if !a.running() {
 		return []api.Peer{}
 	}
-	return a.mesh.Peers()
+	return apiPeers(a.mesh.Peers())
 }
 
 func (a *Agent) targets() []string {

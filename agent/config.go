@@ -47,10 +47,16 @@ type Config struct {
 	Kube        bool   // take peers and bootstrap from the Kubernetes API
 	Kubeconfig  string // "" = in-cluster
 	CNIConfDir  string // where to write 10-weft.conflist once ready ("" = do not)
-	// NoDataplane runs membership, IPAM and the API without touching the
-	// host network (no bridge, TUN or routes): for tests of the control plane
-	// and for observers.
+	// NoDataplane runs gossip, IPAM and the local API only: no TUN, no UDP
+	// data socket, no bridge or routes, so nothing needs root. The agent is
+	// ready once IPAM can allocate. It still announces its data port, so
+	// packets for ranges it owns are sent and dropped: it is meant for
+	// simulations of many agents in one process and for control-plane
+	// tests, not for a host with pods.
 	NoDataplane bool
+	// Devices opens the TUN, the sockets and the host network; the zero
+	// value means the real ones.
+	Devices Devices
 
 	// Timing of gossip; the zero value means mesh.DefaultTiming.
 	Timing mesh.Timing

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"github.com/weftnet/weft/api"
+	"github.com/weftnet/weft/mesh"
 	"github.com/weftnet/weft/router"
 	"github.com/weftnet/weft/router/crypto"
 )
@@ -47,15 +48,15 @@ func (a *Agent) connections() []api.Connection {
 			c.Address = m.Addr.String()
 		}
 		switch {
-		case m.State == "dead" || m.State == "left":
-			c.State, c.Reason = connDown, "peer "+m.State+" in gossip"
+		case m.State.Gone():
+			c.State, c.Reason = connDown, "peer "+m.State.String()+" in gossip"
 		case a.dp.crypto != nil:
 			sess, ok := sessions[m.Name]
 			c.Cipher, c.LastRekey = sess.Cipher, sess.LastRekey
 			switch {
-			case ok && sess.State == connEstablished:
+			case ok && sess.State == crypto.SessionEstablished:
 				c.State = connEstablished
-			case ok && sess.State == "handshake":
+			case ok && sess.State == crypto.SessionHandshake:
 				c.State, c.Reason = connConnecting, "handshake in progress"
 			default:
 				c.State, c.Reason = connConnecting, "no session yet (starts with the first packet)"
@@ -63,7 +64,7 @@ func (a *Agent) connections() []api.Connection {
 			if ok && sess.HandshakeFailures > 0 && c.State != connEstablished {
 				c.Reason += ", handshakes failed: check that every host has the same password"
 			}
-		case m.State == "suspect":
+		case m.State == mesh.StateSuspect:
 			c.State, c.Reason = connConnecting, "peer suspect in gossip"
 		default:
 			c.State = connEstablished

@@ -24,10 +24,10 @@ type dataplane struct {
 	router *router.Router
 	crypto *crypto.Manager // nil without a password
 
-	mu        sync.Mutex    // guards host and the peers for the host filter
-	host      *hostnet.Host // nil until the host has its overlay address
-	peerAddrs []netip.Addr  // peers' underlay addresses, for the host filter
-	peerPorts []uint16      // their gossip and data ports
+	mu        sync.Mutex   // guards host and the peers for the host filter
+	host      HostRoutes   // nil until the host has its overlay address
+	peerAddrs []netip.Addr // peers' underlay addresses, for the host filter
+	peerPorts []uint16     // their gossip and data ports
 }
 
 // startDataplane opens the devices and starts forwarding. Routes to the TUN
@@ -36,19 +36,19 @@ func (a *Agent) startDataplane(ctx context.Context, goRun func(func())) (*datapl
 	encrypted := a.keys != nil
 	mtu := a.cfg.MTU
 	if mtu == 0 {
-		underlay, err := hostnet.UnderlayMTU(a.cfg.Host)
+		underlay, err := a.dev.HostNet.UnderlayMTU(a.cfg.Host)
 		if err != nil {
 			return nil, fmt.Errorf("find the underlay MTU (or give --mtu): %w", err)
 		}
 		mtu = underlay - router.Overhead(encrypted)
 		a.log.Info("overlay MTU from the underlay", "underlay_mtu", underlay, "overhead", router.Overhead(encrypted), "mtu", mtu)
 	}
-	dev, desc, err := tun.Open(a.cfg.TUN, mtu, a.log.With("component", "tun"))
+	dev, desc, err := a.dev.OpenTUN(a.cfg.TUN, mtu, a.log.With("component", "tun"))
 	if err != nil {
 		return nil, fmt.Errorf("open TUN %s: %w", a.cfg.TUN, err)
 	}
 	dataAddr := netip.AddrPortFrom(a.cfg.Host, uint16(a.cfg.Port+1))
-	conn, err := udp.Listen(dataAddr, a.log.With("component", "udp"))
+	conn, err := a.dev.ListenUDP(dataAddr, a.log.With("component", "udp"))
 	if err != nil {
 		dev.Close()
 		return nil, fmt.Errorf("data plane socket %s: %w", dataAddr, err)
@@ -84,7 +84,7 @@ func (a *Agent) startDataplane(ctx context.Context, goRun func(func())) (*datapl
 	goRun(func() {
 		if err := dp.router.Run(ctx); err != nil && ctx.Err() == nil {
 			a.log.Error("data plane failed; stopping the agent so that it is restarted", "err", err)
-			a.stop()
+			a.fail(fmt.Errorf("data plane: %w", err))
 		}
 	})
 	if dp.crypto != nil {
@@ -99,7 +99,7 @@ func (dp *dataplane) setupHost(addr netip.Addr, local []netip.Prefix) error {
 	// peers read here and dp.host being set.
 	dp.mu.Lock()
 	defer dp.mu.Unlock()
-	h, err := hostnet.Setup(hostnet.Config{
+	h, err := dp.a.dev.HostNet.Setup(hostnet.Config{
 		Bridge: dp.a.cfg.Bridge, TUN: dp.a.cfg.TUN, Range: dp.a.cfg.Range,
 		HostAddr: addr, MTU: dp.mtu, Logger: dp.a.log.With("component", "hostnet"),
 		Ports: append(dp.a.cfg.agentPorts(), dp.peerPorts...), Peers: dp.peerAddrs,
@@ -130,7 +130,7 @@ func (dp *dataplane) peersChanged(members []mesh.PeerInfo) {
 		}
 		ep, ok := dp.a.routes.endpoint(m.Name)
 		if !ok || len(m.Meta.PublicKey) != 32 {
-			if m.State == "dead" || m.State == "left" {
+			if m.State.Gone() {
 				dp.crypto.RemovePeer(m.Name)
 			}
 			continue

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/api"
-	"github.com/weftnet/weft/hostnet"
 	"github.com/weftnet/weft/ipam"
 	"github.com/weftnet/weft/router/crypto"
 )
@@ -26,7 +25,7 @@ func (a *Agent) ipamRoutes(get, post route) {
 		if !a.running() {
 			return nil, notReady(errNoMesh)
 		}
-		return a.ipam.Status(), nil
+		return apiIPAMStatus(a.ipam.Status()), nil
 	})
 	get(api.PathContainers, func(*http.Request) (any, error) { return a.containers(), nil })
 	get(api.PathNetwork, func(*http.Request) (any, error) {
@@ -45,8 +44,8 @@ func (a *Agent) ipamRoutes(get, post route) {
 			if req.ContainerID == "" || req.IfName == "" {
 				return nil, badRequest(errors.New("container_id and ifname are required"))
 			}
-			if req.ContainerID == hostAddrID {
-				return nil, badRequest(fmt.Errorf("container ID %q is reserved", hostAddrID))
+			if req.ContainerID == ipam.HostContainerID {
+				return nil, badRequest(fmt.Errorf("container ID %q is reserved", ipam.HostContainerID))
 			}
 			gw, err := a.gateway()
 			if err != nil {
@@ -83,7 +82,7 @@ func (a *Agent) ipamRoutes(get, post route) {
 		if err := decode(r, &req); err != nil {
 			return nil, err
 		}
-		if req.ContainerID == "" || req.ContainerID == hostAddrID {
+		if req.ContainerID == "" || req.ContainerID == ipam.HostContainerID {
 			return nil, badRequest(errors.New("container_id missing or reserved"))
 		}
 		if !a.running() {
@@ -100,7 +99,7 @@ func (a *Agent) ipamRoutes(get, post route) {
 			return nil, notReady(errNoMesh)
 		}
 		// This host's own address is never garbage.
-		valid := []ipam.Attachment{{ContainerID: hostAddrID, IfName: a.cfg.Bridge}}
+		valid := []ipam.Attachment{{ContainerID: ipam.HostContainerID, IfName: a.cfg.Bridge}}
 		for _, v := range req.Valid {
 			valid = append(valid, ipam.Attachment{ContainerID: v.ContainerID, IfName: v.IfName})
 		}
@@ -179,7 +178,7 @@ func (a *Agent) ipamStatus() *api.IPAMStatus {
 	if !a.running() {
 		return nil
 	}
-	s := a.ipam.Status()
+	s := apiIPAMStatus(a.ipam.Status())
 	return &s
 }
 
@@ -213,7 +212,7 @@ func (a *Agent) reset(ctx context.Context) error {
 		return ipamError(fmt.Errorf("hand this host's ranges to a live peer: %w", err))
 	}
 	if a.dp != nil {
-		if err := hostnet.Teardown(a.cfg.Bridge, a.log); err != nil {
+		if err := a.dev.HostNet.Teardown(a.cfg.Bridge, a.log); err != nil {
 			a.log.Warn("removing the host network", "err", err)
 		}
 	}

@@ -32,9 +32,10 @@ func (a *Agent) startKube(ctx context.Context) (*kubeSide, error) {
 	return &kubeSide{cluster: c}, nil
 }
 
-func (k *kubeSide) run(ctx context.Context, a *Agent) {
+// run starts its watchers with goRun, so that they end before the agent's Run.
+func (k *kubeSide) run(ctx context.Context, a *Agent, goRun func(func())) {
 	var nodesElsewhere atomic.Bool // other Nodes exist, so there is a mesh to join
-	go func() {
+	goRun(func() {
 		var current []string
 		err := k.cluster.WatchPeers(ctx, func(addrs []string) {
 			nodesElsewhere.Store(len(addrs) > 0)
@@ -55,21 +56,23 @@ func (k *kubeSide) run(ctx context.Context, a *Agent) {
 		if err != nil {
 			a.log.Error("watching Nodes", "err", err)
 		}
-	}()
-	go k.cluster.RunReclaimer(ctx, func() []string {
-		st := a.ipam.Status()
-		names := make([]string, 0, len(st.Entries))
-		for _, e := range st.Entries {
-			names = append(names, e.Name)
-		}
-		return names
-	}, func(name string) (uint64, error) {
-		// A relaunched agent must not reclaim from the ring it saved before
-		// it went down: donations made meanwhile would be overridden.
-		if nodesElsewhere.Load() && len(a.mesh.AliveNames()) < 2 {
-			return 0, errors.New("not joined to the mesh yet; reclaim postponed")
-		}
-		return a.ipam.RemovePeer(name)
+	})
+	goRun(func() {
+		k.cluster.RunReclaimer(ctx, func() []string {
+			st := a.ipam.Status()
+			names := make([]string, 0, len(st.Entries))
+			for _, e := range st.Entries {
+				names = append(names, e.Name)
+			}
+			return names
+		}, func(name string) (uint64, error) {
+			// A relaunched agent must not reclaim from the ring it saved before
+			// it went down: donations made meanwhile would be overridden.
+			if nodesElsewhere.Load() && len(a.mesh.AliveNames()) < 2 {
+				return 0, errors.New("not joined to the mesh yet; reclaim postponed")
+			}
+			return a.ipam.RemovePeer(name)
+		})
 	})
 
 	// Once ready: tell Kubernetes, then offer the CNI config, so pods created

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/weftnet/weft/mesh"
 	"github.com/weftnet/weft/router"
 )
 
@@ -56,12 +57,12 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descReady, ready)
 	gauge(descPending, float64(a.pendingAllocs.Load()))
 	if a.running() {
-		byState := map[string]int{"alive": 0, "suspect": 0, "dead": 0, "left": 0}
+		byState := map[mesh.State]int{}
 		for _, p := range a.mesh.Peers() {
 			byState[p.State]++
 		}
-		for st, n := range byState {
-			gauge(descPeers, float64(n), st)
+		for _, st := range mesh.States() {
+			gauge(descPeers, float64(byState[st]), st.String())
 		}
 		_, alive := a.mesh.Counts()
 		gauge(descGossipMembers, float64(alive))

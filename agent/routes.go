@@ -37,7 +37,7 @@ func (r *routes) update(members []mesh.PeerInfo) {
 		if m.Name == r.self || !m.Addr.IsValid() || m.Meta.DataPort == 0 {
 			continue
 		}
-		if m.State != "alive" && m.State != "suspect" {
+		if !m.State.Reachable() {
 			continue
 		}
 		ep := netip.AddrPortFrom(m.Addr, m.Meta.DataPort)

@@ -5,7 +5,11 @@
 // stable JSON: add fields, never rename or remove them.
 package api
 
-import "time"
+import (
+	"fmt"
+	"net/netip"
+	"time"
+)
 
 // SocketName is the file name of the local API socket inside --run-dir.
 const SocketName = "weft.sock"
@@ -201,9 +205,22 @@ type GCResponse struct {
 type Container struct {
 	ContainerID string    `json:"container_id"`
 	IfName      string    `json:"ifname"`
-	Address     string    `json:"address"`
+	Address     string    `json:"address"` // no prefix, e.g. 10.32.0.5; read it with Addr
 	Netns       string    `json:"netns,omitempty"`
 	Created     time.Time `json:"created"`
+}
+
+// Addr parses Address. It also accepts the CIDR form (10.32.0.5/32), so a
+// client keeps working with an agent that writes it either way.
+func (c Container) Addr() (netip.Addr, error) {
+	if a, err := netip.ParseAddr(c.Address); err == nil {
+		return a, nil
+	}
+	p, err := netip.ParsePrefix(c.Address)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("container %s/%s: address %q: not an IP address", c.ContainerID, c.IfName, c.Address)
+	}
+	return p.Addr(), nil
 }
 
 // Network describes the host network the shim attaches pods to.

@@ -20,6 +20,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/weftnet/weft/internal/logx"
 	"github.com/weftnet/weft/internal/nlconv"
 	"golang.org/x/sys/unix"
 )
@@ -96,13 +97,6 @@ type Host struct {
 	guard guard // what the filter's sets hold
 }
 
-func discardIfNil(l *slog.Logger) *slog.Logger {
-	if l == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return l
-}
-
 // Setup brings the host network to the state cfg describes: bridge up with
 // HostAddr/32 (replacing a stale weft address), IPv4 forwarding on, loose
 // reverse-path filtering and no ICMP redirects on the bridge, and the
@@ -116,7 +110,7 @@ func Setup(cfg Config) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	h := &Host{cfg: cfg, log: discardIfNil(cfg.Logger), guard: g}
+	h := &Host{cfg: cfg, log: logx.OrDiscard(cfg.Logger), guard: g}
 	br, err := h.ensureBridge()
 	if err != nil {
 		return nil, err
@@ -343,7 +337,7 @@ func (h *Host) SetMTU(mtu int) error {
 // masquerade table. Pods attached to the bridge lose their network. Nothing
 // left to remove is success.
 func Teardown(bridge string, log *slog.Logger) error {
-	log = discardIfNil(log)
+	log = logx.OrDiscard(log)
 	var errs []error
 	if link, err := netlink.LinkByName(bridge); err == nil {
 		if link.Type() != "bridge" {
@@ -379,14 +373,9 @@ func weftRoutes(linkIndex int) ([]netlink.Route, error) {
 	if linkIndex > 0 {
 		mask |= netlink.RT_FILTER_OIF
 	}
-	var routes []netlink.Route
-	var err error
-	for range 5 { // a dump interrupted by a concurrent change is incomplete
-		routes, err = netlink.RouteListFiltered(netlink.FAMILY_V4, filter, mask)
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
+	routes, err := nlconv.RetryDump(func() ([]netlink.Route, error) {
+		return netlink.RouteListFiltered(netlink.FAMILY_V4, filter, mask)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("hostnet: list weft routes: %w", err)
 	}

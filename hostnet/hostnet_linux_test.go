@@ -24,6 +24,8 @@ import (
 
 	"github.com/weftnet/weft/internal/nlconv"
 
+	"github.com/weftnet/weft/internal/logx"
+	"github.com/weftnet/weft/internal/netnstest"
 	"github.com/weftnet/weft/internal/roottest"
 )
 
@@ -49,7 +51,7 @@ func newNetns(t *testing.T, suffix string) (string, string) {
 
 func in(t *testing.T, nsPath string, fn func() error) {
 	t.Helper()
-	if err := cnitest.InNetns(nsPath, fn); err != nil {
+	if err := netnstest.Do(nsPath, fn); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -163,7 +165,7 @@ func TestSetupIsIdempotentAndReplacesStaleAddress(t *testing.T) {
 				t.Fatalf("nft rules %d (%v), want exactly 1 after each Setup", len(rules), err)
 			}
 		}
-		if err := (&Host{cfg: cfg, log: discardIfNil(nil)}).SetMTU(1300); err != nil {
+		if err := (&Host{cfg: cfg, log: logx.OrDiscard(nil)}).SetMTU(1300); err != nil {
 			return err
 		}
 		link, _ := netlink.LinkByName("weft")

@@ -24,6 +24,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/weftnet/weft/internal/logx"
 )
 
 // Errors at the API boundary; the agent maps them to api.Code* values.
@@ -153,9 +155,7 @@ type outMsg struct {
 
 // New validates cfg and restores this peer's state from cfg.StateDir.
 func New(cfg Config) (*IPAM, error) {
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
+	cfg.Logger = logx.OrDiscard(cfg.Logger)
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
 	}

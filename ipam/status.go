@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
-
-	"github.com/weftnet/weft/api"
 )
 
 // Ready reports whether Allocate can succeed now: this peer owns free space,
@@ -54,24 +52,42 @@ func sumFree(m map[string]uint64) (n uint64) {
 	return n
 }
 
+// Status is this peer's view of the ring, for `weft status ipam` and metrics.
+type Status struct {
+	State   string // one line: "ready", "awaiting consensus (1 of 3 known, quorum 2)", ...
+	Range   string // the whole pod range
+	Ready   bool   // Allocate can succeed now
+	Mode    string // ModeSeed, ModeConsensus or ModeObserver
+	Entries []Share
+}
+
+// Share is one owner's part of the ring.
+type Share struct {
+	Name      string
+	Owned     uint64  // addresses owned
+	Share     float64 // fraction of the whole range, 0..1
+	InUse     uint64  // exact for the local peer; for others, derived from their gossiped free count
+	Free      uint64
+	Reachable bool // the local peer, or alive in the mesh
+	Local     bool
+	Ranges    []netip.Prefix // the fewest CIDR blocks covering what it owns
+}
+
 // Status is `weft status ipam`: per owner, sorted, the local peer first.
-func (p *IPAM) Status() api.IPAMStatus {
+func (p *IPAM) Status() Status {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	st := api.IPAMStatus{
-		IPAMSummary: api.IPAMSummary{State: p.stateLocked(), Range: p.rangeStr, Ready: p.readyLocked()},
-		Mode:        p.cfg.Init.Mode,
-	}
+	st := Status{State: p.stateLocked(), Range: p.rangeStr, Ready: p.readyLocked(), Mode: p.cfg.Init.Mode}
 	if p.ring == nil {
 		return st
 	}
-	shares := map[string]*api.IPAMPeerShare{}
+	shares := map[string]*Share{}
 	var prefixes = map[string][]netip.Prefix{}
 	free := p.freeByPeerLocked()
 	for _, s := range p.ring.spans() {
 		sh := shares[s.Owner]
 		if sh == nil {
-			sh = &api.IPAMPeerShare{Name: s.Owner, Local: s.Owner == p.cfg.Name,
+			sh = &Share{Name: s.Owner, Local: s.Owner == p.cfg.Name,
 				Reachable: s.Owner == p.cfg.Name || p.cfg.Alive(s.Owner), Free: free[s.Owner]}
 			shares[s.Owner] = sh
 		}
@@ -80,7 +96,7 @@ func (p *IPAM) Status() api.IPAMStatus {
 	}
 	if shares[p.cfg.Name] == nil {
 		// An observer, or a peer whose ranges were taken: still list it, owning nothing.
-		shares[p.cfg.Name] = &api.IPAMPeerShare{Name: p.cfg.Name, Local: true, Reachable: true}
+		shares[p.cfg.Name] = &Share{Name: p.cfg.Name, Local: true, Reachable: true}
 	}
 	for name, sh := range shares {
 		sh.Share = float64(sh.Owned) / float64(p.size)
@@ -99,9 +115,7 @@ func (p *IPAM) Status() api.IPAMStatus {
 		} else if sh.Owned >= reservedOwned+sh.Free {
 			sh.InUse = sh.Owned - reservedOwned - sh.Free
 		}
-		for _, pf := range prefixes[name] {
-			sh.Ranges = append(sh.Ranges, pf.String())
-		}
+		sh.Ranges = prefixes[name]
 		st.Entries = append(st.Entries, *sh)
 	}
 	sort.Slice(st.Entries, func(i, j int) bool {
@@ -112,4 +126,15 @@ func (p *IPAM) Status() api.IPAMStatus {
 		return a.Name < b.Name
 	})
 	return st
+}
+
+// SavedRing returns the seeds of the ring saved in stateDir, and whether there
+// is one. A restarting peer with a saved ring needs no bootstrap (which in
+// Kubernetes needs the API server): it comes up from its own state.
+func SavedRing(stateDir string) (seeds []string, ok bool, err error) {
+	st, err := newStore(stateDir).load()
+	if err != nil || st == nil || st.Ring == nil || st.Left {
+		return nil, false, err
+	}
+	return st.Ring.Seeds, true, nil
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/identity"
+	"github.com/weftnet/weft/internal/atomicfile"
 )
 
 // StateFileName is the IPAM state file inside --state-dir.
@@ -158,50 +160,21 @@ func (s *store) save(p *persisted) error {
 	if err != nil {
 		return fmt.Errorf("encoding IPAM state: %w", err)
 	}
-	f, err := s.openTemp(s.dir)
-	if err != nil {
-		return fmt.Errorf("writing IPAM state in %s: %w", s.dir, err)
-	}
-	tmp := f.Name()
-	fail := func(err error) error {
-		f.Close()
-		os.Remove(tmp)
-		return fmt.Errorf("writing IPAM state %s: %w", s.path(), err)
-	}
-	if _, err := f.Write(b); err != nil {
-		return fail(err)
-	}
-	if err := f.Sync(); err != nil {
-		return fail(err)
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("writing IPAM state %s: %w", s.path(), err)
-	}
-	if err := os.Rename(tmp, s.path()); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("writing IPAM state %s: %w", s.path(), err)
-	}
-	return syncDir(s.dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("syncing %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("syncing %s: %w", dir, err)
+	w := atomicfile.Writer{CreateTemp: func(dir, _ string) (atomicfile.File, error) { return s.openTemp(dir) }}
+	if err := w.WriteFunc(s.path(), 0o600, func(f io.Writer) error {
+		_, err := f.Write(b)
+		return err
+	}); err != nil {
+		return fmt.Errorf("writing IPAM state: %w", err)
 	}
 	return nil
 }
 
 func (s *store) remove() error {
-	if err := os.Remove(s.path()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := atomicfile.Remove(s.path()); err != nil {
 		return fmt.Errorf("removing IPAM state: %w", err)
 	}
-	return syncDir(s.dir)
+	return nil
 }
 
 // Allocation is one container interface's address on this peer.

@@ -10,7 +10,6 @@ package kube
 import (
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -19,6 +18,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/weftnet/weft/internal/logx"
 )
 
 // DefaultNamespace holds weft's ConfigMap and Lease when the agent does not
@@ -90,9 +91,7 @@ func New(cfg Config) (*Cluster, error) {
 		retryPeriod:     orDefault(cfg.RetryPeriod, 2*time.Second),
 		reclaimInterval: orDefault(cfg.ReclaimInterval, 30*time.Second),
 	}
-	if c.log == nil {
-		c.log = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
+	c.log = logx.OrDiscard(c.log)
 	if c.namespace == "" {
 		c.namespace = podNamespace()
 	}

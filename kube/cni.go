@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+
+	"github.com/weftnet/weft/internal/atomicfile"
 )
 
 // CNIConfigName is the file the agent writes into the CNI config dir. The
@@ -55,7 +57,7 @@ func WriteCNIConfig(dir string, socket string, mtu int) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("kube: CNI config dir: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, CNIConfigName), 0o644, func(w io.Writer) error {
+	if err := atomicfile.WriteFunc(filepath.Join(dir, CNIConfigName), 0o644, func(w io.Writer) error {
 		_, err := w.Write(b)
 		return err
 	}); err != nil {
@@ -82,48 +84,11 @@ func InstallCNIBinary(src, dstDir string) error {
 		return fmt.Errorf("kube: install CNI plugin: %s is not a regular file", src)
 	}
 	dst := filepath.Join(dstDir, filepath.Base(src))
-	if err := writeFileAtomic(dst, 0o755, func(w io.Writer) error {
+	if err := atomicfile.WriteFunc(dst, 0o755, func(w io.Writer) error {
 		_, err := io.Copy(w, in)
 		return err
 	}); err != nil {
 		return fmt.Errorf("kube: install CNI plugin %s: %w", dst, err)
 	}
 	return nil
-}
-
-// writeFileAtomic writes path through a temporary file in the same directory:
-// write, fsync, chmod, rename, fsync the directory.
-func writeFileAtomic(path string, mode os.FileMode, write func(io.Writer) error) (err error) {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if err = write(tmp); err != nil {
-		return err
-	}
-	if err = tmp.Chmod(mode); err != nil {
-		return err
-	}
-	if err = tmp.Sync(); err != nil {
-		return err
-	}
-	if err = tmp.Close(); err != nil {
-		return err
-	}
-	if err = os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

@@ -15,7 +15,6 @@ import (
 
 	"github.com/hashicorp/memberlist"
 
-	"github.com/weftnet/weft/api"
 	"github.com/weftnet/weft/identity"
 )
 
@@ -122,23 +121,23 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 }
 
 // NotifyJoin implements memberlist.EventDelegate.
-func (d *delegate) NotifyJoin(n *memberlist.Node) { d.record(n, api.StateAlive) }
+func (d *delegate) NotifyJoin(n *memberlist.Node) { d.record(n, StateAlive) }
 
 // NotifyLeave implements memberlist.EventDelegate; memberlist says "leave" for
 // both a graceful leave and a failure (and n.State is not updated), so a
 // leave is recognised by the Leaving flag the peer announced first.
 func (d *delegate) NotifyLeave(n *memberlist.Node) {
-	st := api.StateDead
+	st := StateDead
 	if meta, err := DecodeMeta(n.Meta); err == nil && meta.Leaving {
-		st = api.StateLeft
+		st = StateLeft
 	}
 	d.record(n, st)
 }
 
 // NotifyUpdate implements memberlist.EventDelegate.
-func (d *delegate) NotifyUpdate(n *memberlist.Node) { d.record(n, api.StateAlive) }
+func (d *delegate) NotifyUpdate(n *memberlist.Node) { d.record(n, StateAlive) }
 
-func (d *delegate) record(n *memberlist.Node, state string) {
+func (d *delegate) record(n *memberlist.Node, state State) {
 	m := d.m
 	meta, _ := DecodeMeta(n.Meta) // already vetted by NotifyAlive/NotifyMerge
 	addr := n.Address()
@@ -158,7 +157,7 @@ func (d *delegate) record(n *memberlist.Node, state string) {
 	}
 	// Remember every peer's address so that, once memberlist has forgotten a
 	// dead peer, it is still joined again when it comes back.
-	if n.Name != m.cfg.Name && state == api.StateAlive {
+	if n.Name != m.cfg.Name && state == StateAlive {
 		t, ok := m.targets[addr]
 		if !ok {
 			t = &target{addr: addr}
@@ -170,9 +169,9 @@ func (d *delegate) record(n *memberlist.Node, state string) {
 	m.mu.Unlock()
 	if changed && n.Name != m.cfg.Name && !closing {
 		switch state {
-		case api.StateAlive:
+		case StateAlive:
 			m.log.Info("peer joined", "peer", n.Name, "address", addr)
-		case api.StateLeft:
+		case StateLeft:
 			m.log.Info("peer left", "peer", n.Name, "address", addr)
 		default:
 			m.log.Warn("peer unreachable", "peer", n.Name, "address", addr)

@@ -12,21 +12,6 @@ import (
 	"time"
 )
 
-// FastTiming is a preset for tests on loopback: failures are noticed in well
-// under a second.
-func fastTiming() Timing {
-	return Timing{
-		ProbeInterval:    100 * time.Millisecond,
-		ProbeTimeout:     50 * time.Millisecond,
-		SuspicionMult:    2,
-		GossipInterval:   20 * time.Millisecond,
-		PushPullInterval: time.Second,
-		RejoinInterval:   200 * time.Millisecond,
-		RejoinMaxBackoff: time.Second,
-		TCPTimeout:       500 * time.Millisecond,
-	}
-}
-
 func freePort(t *testing.T) int {
 	t.Helper()
 	// Gossip needs the same port free for TCP and UDP.
@@ -77,7 +62,7 @@ func startMesh(t *testing.T, name string, key []byte, sink *logSink) (*Mesh, int
 		Name: name, Bind: netip.MustParseAddr("127.0.0.1"), Port: port,
 		Meta: Meta{Protocol: ProtocolMin, DataPort: uint16(port + 1), Encrypted: key != nil, Version: "test",
 			SigningKey: bytes.Repeat([]byte(name[:1]), 32)},
-		SecretKey: key, Timing: fastTiming(),
+		SecretKey: key, Timing: LocalTiming(),
 	}
 	if sink != nil {
 		cfg.Logger = newTestLogger(sink)

@@ -18,7 +18,7 @@ func newLoneMesh(t *testing.T, maxBroadcasts int, now func() time.Time) (*Mesh, 
 	m, err := New(Config{
 		Name: fmt.Sprintf("lone%d", port), Bind: netip.MustParseAddr("127.0.0.1"), Port: port,
 		Meta:   Meta{Protocol: ProtocolMin, DataPort: uint16(port + 1), Version: "test"},
-		Timing: fastTiming(), MaxBroadcasts: maxBroadcasts,
+		Timing: LocalTiming(), MaxBroadcasts: maxBroadcasts,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/weftnet/weft/api"
 
+	"github.com/weftnet/weft/internal/logx"
 	"github.com/weftnet/weft/internal/nlconv"
 )
 
@@ -60,10 +61,7 @@ func Main() {
 }
 
 func (p *Plugin) log() *slog.Logger {
-	if p.Logger == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return p.Logger
+	return logx.OrDiscard(p.Logger)
 }
 
 func (p *Plugin) stdout() io.Writer {
@@ -177,6 +175,7 @@ func attachment(args *skel.CmdArgs, conf *Config, network api.Network, alloc api
 		Netns:    args.Netns,
 		IfName:   args.IfName,
 		HostVeth: HostVethName(args.ContainerID, args.IfName),
+		Owner:    HostVethOwner(args.ContainerID, args.IfName),
 		Bridge:   network.Bridge,
 		Address:  addr,
 		Gateway:  gw,
@@ -226,7 +225,7 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	if err := p.Net.Detach(args.Netns, args.IfName, HostVethName(args.ContainerID, args.IfName)); err != nil {
+	if err := p.Net.Detach(args.Netns, args.IfName, HostVethName(args.ContainerID, args.IfName), HostVethOwner(args.ContainerID, args.IfName)); err != nil {
 		return types.NewError(types.ErrInternal, "weft-cni DEL failed", err.Error())
 	}
 	ctx, cancel := agentCtx()
@@ -273,7 +272,7 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 	held := false
 	for _, c := range containers {
 		if c.ContainerID == args.ContainerID && c.IfName == args.IfName {
-			if pfx, err := netip.ParsePrefix(c.Address); err == nil && pfx.Addr() == want.Address.Addr() {
+			if addr, err := c.Addr(); err == nil && addr == want.Address.Addr() {
 				held = true
 			}
 		}
@@ -296,6 +295,7 @@ func expectedFromResult(prev *current.Result, args *skel.CmdArgs) (Attachment, e
 		Netns:    args.Netns,
 		IfName:   args.IfName,
 		HostVeth: HostVethName(args.ContainerID, args.IfName),
+		Owner:    HostVethOwner(args.ContainerID, args.IfName),
 	}
 	podIf := -1
 	for i, intf := range prev.Interfaces {
@@ -370,7 +370,7 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 	for _, a := range resp.Released {
 		// The pod namespace is unknown here: removing the host end removes
 		// the pair.
-		if err := p.Net.Detach("", a.IfName, HostVethName(a.ContainerID, a.IfName)); err != nil {
+		if err := p.Net.Detach("", a.IfName, HostVethName(a.ContainerID, a.IfName), HostVethOwner(a.ContainerID, a.IfName)); err != nil {
 			failed = append(failed, err)
 		}
 	}

@@ -47,7 +47,7 @@ func (f *fakePodNetwork) Attach(a Attachment) (Links, error) {
 	return Links{HostMAC: fakeHostMAC, PodMAC: fakePodMAC}, nil
 }
 
-func (f *fakePodNetwork) Detach(netnsPath, ifName, hostVeth string) error {
+func (f *fakePodNetwork) Detach(netnsPath, ifName, hostVeth, owner string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.attached, hostVeth)
@@ -135,7 +135,7 @@ func TestAddAllocatesAndAttaches(t *testing.T) {
 	veth := HostVethName("c1", "eth0")
 	got := h.net.attached[veth]
 	want := Attachment{
-		Netns: "/var/run/netns/c1", IfName: "eth0", HostVeth: veth, Bridge: testBridge,
+		Netns: "/var/run/netns/c1", IfName: "eth0", HostVeth: veth, Owner: HostVethOwner("c1", "eth0"), Bridge: testBridge,
 		Address: netip.MustParsePrefix("10.32.0.2/32"), Gateway: netip.MustParseAddr("10.32.0.1"),
 		Routes: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}, MTU: 1376,
 	}
@@ -330,7 +330,14 @@ func TestHostVethName(t *testing.T) {
 	if a == b || a == HostVethName("c2", "eth0") {
 		t.Fatal("names collide for different interfaces")
 	}
-	if len(a) > 15 || a[:6] != "vethwe" {
-		t.Fatalf("name %q: want prefix vethwe and at most 15 characters", a)
+	if len(a) != 15 || a[:6] != "vethwe" {
+		t.Fatalf("name %q: want prefix vethwe and 15 characters (IFNAMSIZ)", a)
+	}
+	// 9 base32 characters: 45 bits of hash, not 32 as before.
+	if len(HostVethName("c1", "eth0"))-len(hostVethPrefix) < 9 {
+		t.Fatalf("hash part of %q shorter than 9 characters", a)
+	}
+	if o := HostVethOwner("c1", "eth0"); o == HostVethOwner("c1", "eth1") || len(o) > 255 {
+		t.Fatalf("owner alias %q", o)
 	}
 }

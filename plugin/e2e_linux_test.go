@@ -2,13 +2,15 @@ package plugin
 
 // End-to-end tests: the real weft-cni binary driven by the real cnitool,
 // inside a network namespace simulating a host that hostnet set up, with the
-// in-test fake agent. They need root and clean up every namespace they make.
+// real agent in-process (realAgent). They need root and clean up every
+// namespace they make.
 
 import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -27,23 +29,24 @@ import (
 	"github.com/weftnet/weft/hostnet"
 	"github.com/weftnet/weft/test/cnitest"
 
+	"github.com/weftnet/weft/internal/netnstest"
 	"github.com/weftnet/weft/internal/roottest"
 )
 
 var (
 	overlayRange = netip.MustParsePrefix("10.32.0.0/12")
 	hostRange    = netip.MustParsePrefix("10.32.0.0/24")
-	hostAddr     = netip.MustParseAddr("10.32.0.1") // the fake agent's gateway: first of hostRange
+	hostAddr     = netip.MustParseAddr("10.32.0.1") // the agent's gateway: first of hostRange
 )
 
 const e2eMTU = 1376
 
-// e2eHost is one simulated host: a namespace with the weft bridge, a fake
+// e2eHost is one simulated host: a namespace with the weft bridge, the real
 // agent, the weft-cni binary and a network config naming it.
 type e2eHost struct {
 	tag     string // wcni-<rand>: netns name, network name
 	nsPath  string
-	agent   *fakeAgent
+	agent   *realAgent
 	host    *hostnet.Host
 	cfg     hostnet.Config
 	tool    cnitest.Tool
@@ -130,7 +133,7 @@ func newE2EHost(t testing.TB) *e2eHost {
 	h.cfg = hostnet.Config{Bridge: "weft", TUN: "weft-tun", Range: overlayRange, HostAddr: hostAddr, MTU: e2eMTU, Ports: []uint16{6782, 6783, 6784}}
 	h.setup(t)
 
-	h.agent = newFakeAgent(t, hostRange, h.cfg.Bridge, e2eMTU)
+	h.agent = newRealAgent(t, hostRange, hostAddr, h.cfg.Bridge, e2eMTU)
 	netconf := t.TempDir()
 	if err := cnitest.WriteConflist(netconf, h.network, "1.1.0", map[string]any{"type": PluginType, "socket": h.agent.Socket}); err != nil {
 		t.Fatal(err)
@@ -151,7 +154,7 @@ func newE2EHost(t testing.TB) *e2eHost {
 // setup runs hostnet.Setup and the local range in the host namespace.
 func (h *e2eHost) setup(t testing.TB) {
 	t.Helper()
-	err := cnitest.InNetns(h.nsPath, func() error {
+	err := netnstest.Do(h.nsPath, func() error {
 		hn, err := hostnet.Setup(h.cfg)
 		if err != nil {
 			return err
@@ -173,7 +176,7 @@ func (h *e2eHost) pod(t testing.TB, i int) string {
 func (h *e2eHost) hostVeths(t testing.TB) []string {
 	t.Helper()
 	var names []string
-	err := cnitest.InNetns(h.nsPath, func() error {
+	err := netnstest.Do(h.nsPath, func() error {
 		links, err := netlink.LinkList()
 		if err != nil {
 			return err
@@ -449,5 +452,48 @@ func TestE2EAddDelCycles(t *testing.T) {
 	}
 	if v := h.hostVeths(t); len(v) != 0 {
 		t.Fatalf("veths left: %v", v)
+	}
+}
+
+// A host veth that has the name of a new pod interface but belongs to another
+// container (a hash collision) is neither deleted nor taken over: ADD fails
+// and DEL leaves it (issue 16 item 8). Before, ADD deleted it as "stale".
+func TestE2EVethOfAnotherContainerIsNotTakenOver(t *testing.T) {
+	h := newE2EHost(t)
+	pod, other := h.pod(t, 0), h.pod(t, 1)
+	name := HostVethName("c1", "eth0")
+	foreign := HostVethOwner("someone-else", "eth0")
+	run(t, "ip", "-n", h.tag, "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", filepath.Base(other))
+	run(t, "ip", "-n", h.tag, "link", "set", name, "alias", foreign)
+
+	a := Attachment{Netns: pod, IfName: "eth0", HostVeth: name, Owner: HostVethOwner("c1", "eth0"),
+		Bridge: h.cfg.Bridge, Address: netip.MustParsePrefix("10.32.0.9/32"), Gateway: hostAddr, MTU: e2eMTU}
+	var attachErr, detachErr error
+	if err := netnstest.Do(h.nsPath, func() error {
+		_, attachErr = NetlinkPodNetwork{}.Attach(a)
+		detachErr = NetlinkPodNetwork{}.Detach(pod, a.IfName, a.HostVeth, a.Owner)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(attachErr, ErrVethTaken) {
+		t.Fatalf("ADD over another container's veth: %v, want ErrVethTaken", attachErr)
+	}
+	if detachErr != nil {
+		t.Fatalf("DEL next to another container's veth: %v", detachErr)
+	}
+	var alias string
+	if err := netnstest.Do(h.nsPath, func() error {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return err
+		}
+		alias = l.Attrs().Alias
+		return nil
+	}); err != nil {
+		t.Fatalf("the other container's veth is gone: %v", err)
+	}
+	if alias != foreign {
+		t.Fatalf("the other container's veth was taken over: alias %q", alias)
 	}
 }

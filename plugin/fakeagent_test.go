@@ -78,7 +78,8 @@ func (a *fakeAgent) Start(t testing.TB) {
 		defer a.mu.Unlock()
 		out := []api.Container{}
 		for k, addr := range a.held {
-			out = append(out, api.Container{ContainerID: k.ContainerID, IfName: k.IfName, Address: netip.PrefixFrom(addr, 32).String()})
+			// As the real agent answers: the address without a prefix.
+			out = append(out, api.Container{ContainerID: k.ContainerID, IfName: k.IfName, Address: addr.String()})
 		}
 		reply(w, out)
 	})

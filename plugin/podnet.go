@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"crypto/sha256"
+	"encoding/base32"
 	"encoding/hex"
 	"errors"
 	"net"
@@ -13,17 +14,35 @@ const hostVethPrefix = "vethwe"
 
 // HostVethName is the host end's name for one pod interface. It is derived
 // from the container ID and interface name only, so DEL finds the link with
-// no state kept between calls. 6+8 characters fit IFNAMSIZ (15).
+// no state kept between calls. 6 characters of prefix and 9 of base32 hash
+// (45 bits) fill IFNAMSIZ (15); the full identity is in the link's alias
+// (HostVethOwner), so a hash collision is refused instead of taking over
+// another pod's link.
 func HostVethName(containerID, ifName string) string {
 	sum := sha256.Sum256([]byte(containerID + "\x00" + ifName))
-	return hostVethPrefix + hex.EncodeToString(sum[:4])
+	return hostVethPrefix + vethEncoding.EncodeToString(sum[:6])[:15-len(hostVethPrefix)]
 }
+
+var vethEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
+// HostVethOwner is the alias weft-cni gives the host veth of one pod
+// interface: it names the owner in full, where the link name has room for a
+// hash only.
+func HostVethOwner(containerID, ifName string) string {
+	sum := sha256.Sum256([]byte(containerID + "\x00" + ifName))
+	return "weft-cni:" + hex.EncodeToString(sum[:])
+}
+
+// ErrVethTaken says a host link with the pod interface's name belongs to
+// another container (a hash collision): weft-cni neither deletes nor reuses it.
+var ErrVethTaken = errors.New("host veth belongs to another container")
 
 // Attachment is everything needed to wire one pod interface.
 type Attachment struct {
 	Netns    string       // path of the pod's network namespace
 	IfName   string       // interface name inside the pod (CNI_IFNAME)
 	HostVeth string       // host end's name, see HostVethName
+	Owner    string       // host end's alias, see HostVethOwner
 	Bridge   string       // bridge the host end joins
 	Address  netip.Prefix // the pod's address, a /32
 	Gateway  netip.Addr   // reached by a link-scope route from the pod
@@ -48,8 +67,9 @@ type PodNetwork interface {
 	// nothing it made is left behind.
 	Attach(a Attachment) (Links, error)
 	// Detach removes the pod interface. Idempotent: a missing link or netns
-	// is success.
-	Detach(netnsPath, ifName, hostVeth string) error
+	// is success. A host veth whose alias is not owner is another
+	// container's and is left alone.
+	Detach(netnsPath, ifName, hostVeth, owner string) error
 	// Check verifies that what Attach made is still in place.
 	Check(a Attachment) error
 }

@@ -61,9 +61,10 @@ func (NetlinkPodNetwork) Attach(a Attachment) (_ Links, err error) {
 		return Links{}, fmt.Errorf("link %s is a %s, not a bridge", a.Bridge, br.Type())
 	}
 
-	// A link with our deterministic name can only be the leftover of an ADD of
-	// the same container interface that died half-way: clear it.
-	if err := deleteVeth(netlink.LinkByName, netlink.LinkDel, a.HostVeth); err != nil {
+	// A link with our name and our alias is the leftover of an ADD of the
+	// same container interface that died half-way: clear it. One with
+	// another alias is another pod's (a hash collision): refuse.
+	if err := deleteVeth(netlink.LinkByName, netlink.LinkDel, a.HostVeth, a.Owner); err != nil {
 		return Links{}, fmt.Errorf("remove stale %s: %w", a.HostVeth, err)
 	}
 
@@ -72,6 +73,7 @@ func (NetlinkPodNetwork) Attach(a Attachment) (_ Links, err error) {
 	veth := &netlink.Veth{
 		LinkAttrs: netlink.LinkAttrs{
 			Name:        a.HostVeth,
+			Alias:       a.Owner, // kernels that take it at creation; set again below for the others
 			MTU:         a.MTU,
 			MasterIndex: br.Attrs().Index,
 		},
@@ -81,7 +83,7 @@ func (NetlinkPodNetwork) Attach(a Attachment) (_ Links, err error) {
 	if err := netlink.LinkAdd(veth); err != nil {
 		// LinkAdd sets the master after creating the pair; a failure there
 		// leaves the pair behind.
-		_ = deleteVeth(netlink.LinkByName, netlink.LinkDel, a.HostVeth)
+		_ = deleteVeth(netlink.LinkByName, netlink.LinkDel, a.HostVeth, a.Owner)
 		if errors.Is(err, unix.EEXIST) {
 			return Links{}, fmt.Errorf("create veth %s/%s: %s already exists in the pod: %w", a.HostVeth, a.IfName, a.IfName, err)
 		}
@@ -90,7 +92,7 @@ func (NetlinkPodNetwork) Attach(a Attachment) (_ Links, err error) {
 	defer func() {
 		if err != nil {
 			// Deleting one end deletes both.
-			if derr := deleteVeth(netlink.LinkByName, netlink.LinkDel, a.HostVeth); derr != nil {
+			if derr := deleteVeth(netlink.LinkByName, netlink.LinkDel, a.HostVeth, a.Owner); derr != nil {
 				err = fmt.Errorf("%w (and rollback: %v)", err, derr)
 			}
 		}
@@ -99,6 +101,11 @@ func (NetlinkPodNetwork) Attach(a Attachment) (_ Links, err error) {
 	host, err := netlink.LinkByName(a.HostVeth)
 	if err != nil {
 		return Links{}, fmt.Errorf("find host veth %s: %w", a.HostVeth, err)
+	}
+	if host.Attrs().Alias != a.Owner {
+		if err := netlink.LinkSetAlias(host, a.Owner); err != nil {
+			return Links{}, fmt.Errorf("name the owner of %s: %w", a.HostVeth, err)
+		}
 	}
 	if err := netlink.LinkSetUp(host); err != nil {
 		return Links{}, fmt.Errorf("set %s up: %w", a.HostVeth, err)
@@ -151,8 +158,10 @@ func configurePod(pod *netlink.Handle, a Attachment) (netlink.Link, error) {
 	return link, nil
 }
 
-func (NetlinkPodNetwork) Detach(netnsPath, ifName, hostVeth string) error {
-	if err := deleteVeth(netlink.LinkByName, netlink.LinkDel, hostVeth); err != nil {
+func (NetlinkPodNetwork) Detach(netnsPath, ifName, hostVeth, owner string) error {
+	// A host veth of another container under our name stays; the pod end
+	// is still removed below.
+	if err := deleteVeth(netlink.LinkByName, netlink.LinkDel, hostVeth, owner); err != nil && !errors.Is(err, ErrVethTaken) {
 		return fmt.Errorf("delete host veth %s: %w", hostVeth, err)
 	}
 	if netnsPath == "" {
@@ -169,15 +178,16 @@ func (NetlinkPodNetwork) Detach(netnsPath, ifName, hostVeth string) error {
 	defer pod.Close()
 	// Normally gone with its peer; this catches a pod end whose host end was
 	// removed by someone else and re-created under another name.
-	if err := deleteVeth(pod.LinkByName, pod.LinkDel, ifName); err != nil {
+	if err := deleteVeth(pod.LinkByName, pod.LinkDel, ifName, ""); err != nil {
 		return fmt.Errorf("delete %s in pod: %w", ifName, err)
 	}
 	return nil
 }
 
-// deleteVeth deletes the veth called name if there is one. A link of any other
-// type under that name is left alone and reported.
-func deleteVeth(byName func(string) (netlink.Link, error), del func(netlink.Link) error, name string) error {
+// deleteVeth deletes the veth called name if there is one and, unless owner
+// is "", its alias is owner or empty. A link of any other type, or another owner's
+// veth (ErrVethTaken), is left alone and reported.
+func deleteVeth(byName func(string) (netlink.Link, error), del func(netlink.Link) error, name, owner string) error {
 	l, err := byName(name)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
@@ -188,6 +198,12 @@ func deleteVeth(byName func(string) (netlink.Link, error), del func(netlink.Link
 	}
 	if l.Type() != "veth" {
 		return fmt.Errorf("link %s is a %s, not a veth: not touching it", name, l.Type())
+	}
+	// No alias at all: an ADD of ours that died between creating the link
+	// and naming its owner; weft-cni's links of this name length always
+	// get one.
+	if owner != "" && l.Attrs().Alias != owner && l.Attrs().Alias != "" {
+		return fmt.Errorf("%w: %s has alias %q, want %q; not touching it", ErrVethTaken, name, l.Attrs().Alias, owner)
 	}
 	if err := del(l); err != nil && !errors.Is(err, unix.ENODEV) {
 		return err
@@ -217,7 +233,7 @@ func (NetlinkPodNetwork) Check(a Attachment) error {
 		return fmt.Errorf("interface %s in pod has MTU %d, want %d", a.IfName, link.Attrs().MTU, a.MTU)
 	}
 
-	addrs, err := retryDump(func() ([]netlink.Addr, error) { return pod.AddrList(link, netlink.FAMILY_V4) })
+	addrs, err := nlconv.RetryDump(func() ([]netlink.Addr, error) { return pod.AddrList(link, netlink.FAMILY_V4) })
 	if err != nil {
 		return fmt.Errorf("list addresses of %s: %w", a.IfName, err)
 	}
@@ -225,7 +241,7 @@ func (NetlinkPodNetwork) Check(a Attachment) error {
 		return fmt.Errorf("interface %s in pod lacks address %s", a.IfName, a.Address)
 	}
 
-	routes, err := retryDump(func() ([]netlink.Route, error) { return pod.RouteList(link, netlink.FAMILY_V4) })
+	routes, err := nlconv.RetryDump(func() ([]netlink.Route, error) { return pod.RouteList(link, netlink.FAMILY_V4) })
 	if err != nil {
 		return fmt.Errorf("list routes of %s: %w", a.IfName, err)
 	}
@@ -251,6 +267,9 @@ func (NetlinkPodNetwork) Check(a Attachment) error {
 	if host.Type() != "veth" {
 		return fmt.Errorf("host link %s is a %s, not a veth", a.HostVeth, host.Type())
 	}
+	if host.Attrs().Alias != a.Owner {
+		return fmt.Errorf("%w: %s has alias %q, want %q", ErrVethTaken, a.HostVeth, host.Attrs().Alias, a.Owner)
+	}
 	if link.Attrs().ParentIndex != host.Attrs().Index {
 		return fmt.Errorf("interface %s in pod is not the peer of host veth %s", a.IfName, a.HostVeth)
 	}
@@ -262,18 +281,4 @@ func (NetlinkPodNetwork) Check(a Attachment) error {
 		return fmt.Errorf("host veth %s is not attached to bridge %s", a.HostVeth, a.Bridge)
 	}
 	return nil
-}
-
-// retryDump repeats a netlink dump the kernel reported as interrupted by a
-// concurrent change; its partial result must not be trusted.
-func retryDump[T any](dump func() ([]T, error)) ([]T, error) {
-	var err error
-	for range 5 {
-		var out []T
-		out, err = dump()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return out, err
-		}
-	}
-	return nil, err
 }

@@ -15,20 +15,19 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 
 	"github.com/weftnet/weft/router/tun"
 	"github.com/weftnet/weft/router/udp"
 
+	"github.com/weftnet/weft/internal/netnstest"
 	"github.com/weftnet/weft/internal/roottest"
 )
 
@@ -39,36 +38,6 @@ func run(t *testing.T, args ...string) string {
 		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return string(out)
-}
-
-// inNetns runs fn on a thread switched into the named namespace. Sockets
-// and TUN devices created there stay in that namespace.
-func inNetns(name string, fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("current netns: %w", err)
-	}
-	defer orig.Close()
-	target, err := netns.GetFromName(name)
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("netns %s: %w", name, err)
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter netns %s: %w", name, err)
-	}
-	fnErr := fn()
-	if err := netns.Set(orig); err != nil {
-		// Leave the thread locked: the runtime discards it when the
-		// goroutine ends instead of reusing a thread in the wrong netns.
-		return fmt.Errorf("leave netns %s: %w", name, err)
-	}
-	runtime.UnlockOSThread()
-	return fnErr
 }
 
 // dpHost is one simulated host: a namespace with an underlay address, an
@@ -137,7 +106,7 @@ func (tb *dpTestbed) start(t *testing.T, self, peer *dpHost, tunMTU, routerMTU i
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	var dev tun.Device
 	var conn udp.Conn
-	err := inNetns(self.ns, func() error {
+	err := netnstest.Do(self.ns, func() error {
 		var err error
 		if dev, _, err = tun.Open("weft-tun", tunMTU, log); err != nil {
 			return err
@@ -182,7 +151,7 @@ func (tb *dpTestbed) start(t *testing.T, self, peer *dpHost, tunMTU, routerMTU i
 func tcpTransfer(t *testing.T, a, b *dpHost, size int) time.Duration {
 	t.Helper()
 	var ln net.Listener
-	if err := inNetns(b.ns, func() (err error) {
+	if err := netnstest.Do(b.ns, func() (err error) {
 		ln, err = net.Listen("tcp", netip.AddrPortFrom(b.overlay, 0).String())
 		return err
 	}); err != nil {
@@ -201,7 +170,7 @@ func tcpTransfer(t *testing.T, a, b *dpHost, size int) time.Duration {
 		_, _ = c.Write(h.Sum(nil))
 	}()
 	var c net.Conn
-	if err := inNetns(a.ns, func() (err error) {
+	if err := netnstest.Do(a.ns, func() (err error) {
 		c, err = net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
 		return err
 	}); err != nil {
@@ -404,7 +373,7 @@ func tryPing(h *dpHost, dst netip.Addr, size, count int, timeout time.Duration) 
 		src = h.overlay
 	}
 	var c *icmp.PacketConn
-	if err := inNetns(h.ns, func() (err error) {
+	if err := netnstest.Do(h.ns, func() (err error) {
 		c, err = icmp.ListenPacket("ip4:icmp", src.String())
 		return err
 	}); err != nil {

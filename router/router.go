@@ -13,13 +13,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"sync"
 
+	"github.com/weftnet/weft/internal/logx"
 	"github.com/weftnet/weft/router/tun"
 	"github.com/weftnet/weft/router/udp"
 	"github.com/weftnet/weft/router/wire"
@@ -146,10 +146,7 @@ func New(cfg Config) (*Router, error) {
 	if cfg.TUN == nil || cfg.Conn == nil || cfg.Routes == nil {
 		return nil, errors.New("router: TUN, Conn and Routes are required")
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
+	log := logx.OrDiscard(cfg.Logger)
 	mtu := cfg.MTU
 	if mtu == 0 {
 		mtu = cfg.TUN.MTU()

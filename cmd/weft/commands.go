@@ -11,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/weftnet/weft/api"
+	"github.com/weftnet/weft/ipam"
 )
 
 func reportCommand() *cli.Command {
@@ -58,7 +59,8 @@ func psCommand() *cli.Command {
 	}
 }
 
-func isHostEntry(id string) bool { return len(id) > 5 && id[:5] == "weft:" }
+// isHostEntry tells the host's own gateway allocation from a container's.
+func isHostEntry(id string) bool { return id == ipam.HostContainerID }
 
 func peersArgs(c *cli.Context) ([]string, error) {
 	if !c.Args().Present() {

@@ -3,6 +3,7 @@
 package nlconv
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 
@@ -34,4 +35,19 @@ func RouteDst(r netlink.Route) netip.Prefix {
 		return netip.PrefixFrom(netip.IPv4Unspecified(), 0)
 	}
 	return Prefix(r.Dst)
+}
+
+// RetryDump repeats a netlink dump the kernel reported as interrupted by a
+// concurrent change (netlink.ErrDumpInterrupted): a partial result must not
+// be trusted. It gives up after a few tries and returns the last error.
+func RetryDump[T any](dump func() ([]T, error)) ([]T, error) {
+	var err error
+	for range 5 {
+		var out []T
+		out, err = dump()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return out, err
+		}
+	}
+	return nil, err
 }

@@ -4,11 +4,12 @@ package crypto
 
 import (
 	"errors"
-	"io"
 	"log/slog"
 	"math"
 	"net/netip"
 	"time"
+
+	"github.com/weftnet/weft/internal/logx"
 )
 
 // Limits of one session.
@@ -84,9 +85,7 @@ func (c *Config) validate() error {
 	if c.HandshakeRetry == 0 {
 		c.HandshakeRetry = min(DefaultHandshakeRetry, c.RekeyAfter/4)
 	}
-	if c.Logger == nil {
-		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
+	c.Logger = logx.OrDiscard(c.Logger)
 	if c.Clock == nil {
 		c.Clock = time.Now
 	}

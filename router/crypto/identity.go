@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 
 	"golang.org/x/crypto/curve25519"
+
+	"github.com/weftnet/weft/internal/atomicfile"
 )
 
 // IdentityFile is the name of the identity key file inside the state dir.
@@ -79,7 +81,7 @@ func LoadOrCreateIdentity(stateDir string) (Identity, error) {
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return Identity{}, fmt.Errorf("create state dir: %w", err)
 	}
-	if err := writeFileAtomic(path, formatIdentity(id)); err != nil {
+	if err := atomicfile.Write(path, formatIdentity(id), 0o600); err != nil {
 		return Identity{}, fmt.Errorf("write identity: %w", err)
 	}
 	return id, nil
@@ -115,41 +117,6 @@ func parseIdentity(data []byte) (Identity, error) {
 		return Identity{}, errors.New("private key is all zero")
 	}
 	return identityFromPrivate(priv)
-}
-
-// writeFileAtomic writes data to path so that a crash leaves either the old
-// file or the new one: temp file in the same dir, fsync, rename, fsync dir.
-func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // no-op once renamed
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // String shows only the public key, so that logging an Identity by mistake

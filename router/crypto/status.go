@@ -14,9 +14,7 @@ type SessionInfo struct {
 	Peer      string
 	PublicKey [32]byte
 	Endpoint  netip.AddrPort
-	// State is "established" (a session to send with), "handshake" (one in
-	// flight, none established) or "none".
-	State string
+	State     SessionState
 	// Cipher of the current session: "aes-256-gcm" or "chacha20-poly1305";
 	// empty without a session.
 	Cipher string
@@ -36,13 +34,13 @@ func (m *Manager) Sessions() []SessionInfo {
 	var out []SessionInfo
 	for _, p := range *m.peers.Load() {
 		si := SessionInfo{
-			Peer: p.name, PublicKey: p.pub, Endpoint: p.ep, State: "none",
+			Peer: p.name, PublicKey: p.pub, Endpoint: p.ep, State: SessionNone,
 			Established: p.established, LastRekey: p.lastRekey, HandshakeFailures: p.failures,
 		}
 		if cur := p.current.Load(); cur != nil && !cur.sendExpired.Load() {
-			si.State, si.Cipher = "established", cur.cipher.String()
+			si.State, si.Cipher = SessionEstablished, cur.cipher.String()
 		} else if p.pending != nil {
-			si.State = "handshake"
+			si.State = SessionHandshake
 		}
 		out = append(out, si)
 	}

@@ -6,6 +6,8 @@ import (
 	"os"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/weftnet/weft/internal/logx"
 )
 
 // Open creates (or attaches to) the TUN device name with the given MTU, sets
@@ -13,7 +15,7 @@ import (
 // or "tun-water" when offloads are unavailable or WEFT_DATAPATH=water.
 // Addresses and routes are not its business (hostnet).
 func Open(name string, mtu int, log *slog.Logger) (Device, string, error) {
-	log = orDiscard(log)
+	log = logx.OrDiscard(log)
 	if mtu < 576 || mtu > 65535 {
 		return nil, "", fmt.Errorf("open tun %q: mtu %d out of range 576..65535", name, mtu)
 	}

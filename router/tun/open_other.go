@@ -4,6 +4,8 @@ package tun
 
 import (
 	"log/slog"
+
+	"github.com/weftnet/weft/internal/logx"
 )
 
 // Open creates the TUN device with water, the only device on this platform.
@@ -13,6 +15,6 @@ func Open(name string, mtu int, log *slog.Logger) (Device, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	orDiscard(log).Info("tun open", "name", d.Name(), "datapath", DatapathWater)
+	logx.OrDiscard(log).Info("tun open", "name", d.Name(), "datapath", DatapathWater)
 	return d, DatapathWater, nil
 }

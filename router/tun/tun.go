@@ -18,9 +18,6 @@
 package tun
 
 import (
-	"io"
-	"log/slog"
-
 	"github.com/weftnet/weft/router/gso"
 )
 
@@ -64,11 +61,4 @@ func DatapathOf(d Device) string {
 		return dp.Datapath()
 	}
 	return "tun"
-}
-
-func orDiscard(log *slog.Logger) *slog.Logger {
-	if log == nil {
-		return slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	return log
 }

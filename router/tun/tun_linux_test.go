@@ -5,13 +5,11 @@ import (
 	"math/rand/v2"
 	"net"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
-
+	"github.com/weftnet/weft/internal/netnstest"
 	"github.com/weftnet/weft/internal/roottest"
 	"github.com/weftnet/weft/router/gso"
 )
@@ -25,33 +23,6 @@ func newNetns(t *testing.T) string {
 	}
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
 	return name
-}
-
-// inNetns runs fn on a thread switched into namespace name.
-func inNetns(t *testing.T, name string, fn func()) {
-	t.Helper()
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	target, err := netns.GetFromName(name)
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatal(err)
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		runtime.UnlockOSThread()
-		t.Fatal(err)
-	}
-	fn()
-	if err := netns.Set(orig); err != nil {
-		t.Fatalf("leave netns: %v", err) // thread stays locked and dies with the goroutine
-	}
-	runtime.UnlockOSThread()
 }
 
 func TestOpenKinds(t *testing.T) {
@@ -70,7 +41,9 @@ func TestOpenKinds(t *testing.T) {
 			var dev Device
 			var dp string
 			var err error
-			inNetns(t, ns, func() { dev, dp, err = Open("weft-tun", 1400, nil) })
+			if nerr := netnstest.Do(ns, func() error { dev, dp, err = Open("weft-tun", 1400, nil); return nil }); nerr != nil {
+				t.Fatal(nerr)
+			}
 			if err != nil {
 				t.Fatalf("Open: %v", err)
 			}
@@ -90,16 +63,17 @@ func TestOpenKinds(t *testing.T) {
 				}
 			}
 			run("addr", "add", "10.40.1.1/24", "dev", "weft-tun")
-			inNetns(t, ns, func() {
+			if err := netnstest.Do(ns, func() error {
 				c, err := net.Dial("udp4", "10.40.1.9:9")
-				if err == nil {
-					_, err = c.Write([]byte("hello"))
-					c.Close()
-				}
 				if err != nil {
-					t.Errorf("send into tun: %v", err)
+					return err
 				}
-			})
+				defer c.Close()
+				_, err = c.Write([]byte("hello"))
+				return err
+			}); err != nil {
+				t.Errorf("send into tun: %v", err)
+			}
 			buf := make([]byte, 16+gso.MaxPacket)
 			timer := time.AfterFunc(5*time.Second, func() { _ = dev.Close() }) // bounds the loop
 			defer timer.Stop()

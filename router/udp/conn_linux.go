@@ -13,6 +13,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/internal/logx"
 )
 
 // batchMax bounds how many messages one system call carries; longer batches
@@ -64,7 +66,7 @@ type linuxConn struct {
 // Listen opens the data-plane socket on addr, raises its buffers and turns on
 // GRO and GSO when the kernel has them.
 func Listen(addr netip.AddrPort, log *slog.Logger) (Conn, error) {
-	log = orDiscard(log)
+	log = logx.OrDiscard(log)
 	network := "udp4"
 	if addr.Addr().Is6() && !addr.Addr().Is4In6() {
 		network = "udp6"

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+
+	"github.com/weftnet/weft/internal/logx"
 )
 
 // portableConn sends and receives one datagram per system call; it exists
@@ -28,7 +30,7 @@ func Listen(addr netip.AddrPort, log *slog.Logger) (Conn, error) {
 	}
 	_ = pc.SetReadBuffer(SocketBuffer)
 	_ = pc.SetWriteBuffer(SocketBuffer)
-	orDiscard(log).Info("udp listen", "addr", pc.LocalAddr(), "datapath", "udp-plain")
+	logx.OrDiscard(log).Info("udp listen", "addr", pc.LocalAddr(), "datapath", "udp-plain")
 	return &portableConn{pc: pc, local: pc.LocalAddr().(*net.UDPAddr).AddrPort()}, nil
 }
 

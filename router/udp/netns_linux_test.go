@@ -7,10 +7,9 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"testing"
 
-	"github.com/vishvananda/netns"
+	"github.com/weftnet/weft/internal/netnstest"
 )
 
 // TestTrainAboveRouteMTU sends a GSO train whose datagrams exceed the route
@@ -35,30 +34,18 @@ func TestTrainAboveRouteMTU(t *testing.T) {
 		}
 	}
 	var a, b Conn
-	func() {
-		runtime.LockOSThread()
-		orig, _ := netns.Get()
-		defer orig.Close()
-		target, err := netns.GetFromName(ns)
+	if err := netnstest.Do(ns, func() (err error) {
+		if a, err = Listen(netip.MustParseAddrPort("127.0.0.1:0"), nil); err != nil {
+			return err
+		}
+		b, err = Listen(netip.MustParseAddrPort("127.0.0.1:0"), nil)
 		if err != nil {
-			t.Fatal(err)
+			a.Close()
 		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			t.Fatal(err)
-		}
-		a, err = Listen(netip.MustParseAddrPort("127.0.0.1:0"), nil)
-		if err == nil {
-			b, err = Listen(netip.MustParseAddrPort("127.0.0.1:0"), nil)
-		}
-		if serr := netns.Set(orig); serr != nil {
-			t.Fatalf("leave netns: %v", serr) // thread stays locked, dies with the goroutine
-		}
-		runtime.UnlockOSThread()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}()
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { _ = a.Close(); _ = b.Close() })
 	parts := [][]byte{bytes.Repeat([]byte{1}, 2000), bytes.Repeat([]byte{2}, 2000), bytes.Repeat([]byte{3}, 100)}
 	if err := a.WriteBatch([]Message{{Addr: b.LocalAddr(), Parts: parts}}); err != nil {

@@ -16,8 +16,6 @@
 package udp
 
 import (
-	"io"
-	"log/slog"
 	"net/netip"
 )
 
@@ -77,13 +75,6 @@ type Conn interface {
 	Close() error
 	// Datapath says which offloads are in use: "udp-gso" or "udp-mmsg".
 	Datapath() string
-}
-
-func orDiscard(log *slog.Logger) *slog.Logger {
-	if log == nil {
-		return slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	return log
 }
 
 // AppendDatagram appends datagram i of a Parts message (Heads[i], when set,

@@ -17,10 +17,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 
 	"github.com/containernetworking/cni/pkg/types"
-	"github.com/vishvananda/netns"
+
+	"github.com/weftnet/weft/internal/netnstest"
 )
 
 // CnitoolModule is what EnsureCnitool installs when no cnitool is found.
@@ -54,38 +54,6 @@ func EnsureCnitoolInstalled(ctx context.Context) (path string, installed bool, e
 	return path, true, nil
 }
 
-// InNetns runs fn on a thread switched into the network namespace at path
-// ("" runs fn where the caller is). Processes fn starts inherit the
-// namespace. If the thread cannot be switched back it is left locked, so the
-// Go runtime discards it instead of reusing it.
-func InNetns(path string, fn func() error) error {
-	if path == "" {
-		return fn()
-	}
-	target, err := netns.GetFromPath(path)
-	if err != nil {
-		return fmt.Errorf("open netns %s: %w", path, err)
-	}
-	defer target.Close()
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("open own netns: %w", err)
-	}
-	defer orig.Close()
-	if err := netns.Set(target); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter netns %s: %w", path, err)
-	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		return errors.Join(ferr, fmt.Errorf("return from netns %s: %w", path, err))
-	}
-	runtime.UnlockOSThread()
-	return ferr
-}
-
 // Tool runs cnitool. HostNetns is the namespace the plugin runs in (the
 // simulated host), "" for the caller's own.
 type Tool struct {
@@ -106,7 +74,7 @@ func (t Tool) Run(ctx context.Context, verb, name, netnsPath string) ([]byte, er
 	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := InNetns(t.HostNetns, cmd.Run)
+	err := netnstest.Do(t.HostNetns, cmd.Run)
 	if err != nil {
 		return stdout.Bytes(), fmt.Errorf("cnitool %s %s %s: %w: %s", verb, name, netnsPath, err, bytes.TrimSpace(stderr.Bytes()))
 	}
@@ -201,7 +169,7 @@ func (r Runtime) Invoke(ctx context.Context, verb, name, containerID, netnsPath,
 	var stdout, stderr bytes.Buffer
 	cmd.Stdin = bytes.NewReader(conf)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err = InNetns(r.HostNetns, cmd.Run)
+	err = netnstest.Do(r.HostNetns, cmd.Run)
 	if err != nil {
 		var ce types.Error
 		if json.Unmarshal(stdout.Bytes(), &ce) == nil && ce.Code != 0 {

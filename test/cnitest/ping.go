@@ -11,6 +11,8 @@ import (
 
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
+
+	"github.com/weftnet/weft/internal/netnstest"
 )
 
 // Ping sends ICMP echo requests from inside the namespace at netnsPath to
@@ -19,7 +21,7 @@ import (
 // and stays there.
 func Ping(ctx context.Context, netnsPath string, addr netip.Addr) error {
 	var conn *icmp.PacketConn
-	err := InNetns(netnsPath, func() error {
+	err := netnstest.Do(netnsPath, func() error {
 		var err error
 		conn, err = icmp.ListenPacket("ip4:icmp", "0.0.0.0")
 		return err

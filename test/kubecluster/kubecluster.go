@@ -40,6 +40,7 @@ import (
 	"github.com/weftnet/weft/test/kubeapi"
 	"github.com/weftnet/weft/test/testbed"
 
+	"github.com/weftnet/weft/internal/logx"
 	"github.com/weftnet/weft/test/testpki"
 )
 
@@ -152,9 +153,7 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	if opts.Dir == "" {
 		return nil, errors.New("kubecluster: Options.Dir is required")
 	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
+	opts.Logger = logx.OrDiscard(opts.Logger)
 	if err := Check(); err != nil {
 		return nil, err
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/api"
+	"github.com/weftnet/weft/internal/atomicfile"
 )
 
 // ProbePort is where every probe pod (and the host-network probe) serves.
@@ -387,11 +388,7 @@ func (c *Cluster) writePeers(peers map[string]string) error {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
 		}
-		tmp := filepath.Join(dir, ".peers.tmp")
-		if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err != nil {
-			return err
-		}
-		if err := os.Rename(tmp, filepath.Join(dir, "peers")); err != nil {
+		if err := atomicfile.Write(filepath.Join(dir, "peers"), []byte(b.String()), 0o644); err != nil {
 			return err
 		}
 	}

@@ -68,9 +68,10 @@ type Host struct {
 	// Env is added to the agent's environment at the next Launch.
 	Env []string
 
-	mu   sync.Mutex
-	proc *exec.Cmd
-	done chan struct{}
+	mu       sync.Mutex
+	proc     *exec.Cmd
+	done     chan struct{}
+	exitCode int // of the last agent process, once done is closed
 }
 
 // New creates the namespaces and the underlay. On error everything made so
@@ -257,6 +258,9 @@ func (h *Host) Launch(extra []string, peers ...string) error {
 	go func() {
 		_ = cmd.Wait()
 		logf.Close()
+		h.mu.Lock()
+		h.exitCode = cmd.ProcessState.ExitCode()
+		h.mu.Unlock()
 		close(done)
 	}()
 	h.bed.opts.Logf("%s: weft launched (pid %d)", h.Name, cmd.Process.Pid)
@@ -276,6 +280,26 @@ func (h *Host) Running() bool {
 	default:
 		return true
 	}
+}
+
+// WaitExit waits up to timeout for the agent process to end by itself and
+// returns its exit status (-1 when a signal ended it).
+func (h *Host) WaitExit(timeout time.Duration) (int, error) {
+	h.mu.Lock()
+	done := h.done
+	h.mu.Unlock()
+	if done == nil {
+		return 0, fmt.Errorf("%s: agent never launched", h.Name)
+	}
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		return 0, fmt.Errorf("%s: agent still running after %s", h.Name, timeout)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.proc = nil
+	return h.exitCode, nil
 }
 
 // Stop sends SIGTERM and waits up to grace before SIGKILL.

@@ -30,6 +30,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/weftnet/weft/internal/atomicfile"
 )
 
 func main() {
@@ -258,9 +260,5 @@ func writeReport(dir string, rep *Report) error {
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(dir, "."+rep.Name+".json.tmp")
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, filepath.Join(dir, rep.Name+".json"))
+	return atomicfile.Write(filepath.Join(dir, rep.Name+".json"), b, 0o644)
 }

@@ -1,0 +1,84 @@
+package agent
+
+import (
+	"log/slog"
+	"net/netip"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/weftnet/weft/hostnet"
+	"github.com/weftnet/weft/router/tun"
+	"github.com/weftnet/weft/router/udp"
+)
+
+// Devices are what the agent opens on the host: the TUN device, the data
+// plane's UDP socket, the gossip transport and the host network. The zero
+// value means the real ones (root needed for the TUN and the host network);
+// tests give fakes (router/tun/tuntest, router/udp/udptest, mesh/meshtest,
+// agent/agenttest) to run whole agents in one unprivileged process.
+type Devices struct {
+	// OpenTUN opens the TUN device; nil means tun.Open.
+	OpenTUN func(name string, mtu int, log *slog.Logger) (dev tun.Device, desc string, err error)
+	// ListenUDP opens the data plane's socket; nil means udp.Listen.
+	ListenUDP func(addr netip.AddrPort, log *slog.Logger) (udp.Conn, error)
+	// GossipTransport carries gossip for a member bound to addr; nil means
+	// memberlist's own UDP and TCP sockets. The mesh owns what it returns.
+	GossipTransport func(addr netip.AddrPort) (memberlist.NodeAwareTransport, error)
+	// HostNet sets up the bridge, routes and masquerade; nil means the
+	// kernel's, through hostnet.
+	HostNet HostNetwork
+}
+
+// HostNetwork is the host side of the data plane (package hostnet on a real
+// host). Every method is idempotent, as hostnet's are.
+type HostNetwork interface {
+	// UnderlayMTU is the MTU of the link that carries host, for --mtu 0.
+	UnderlayMTU(host netip.Addr) (int, error)
+	// Setup makes the bridge with the host's overlay address, forwarding and
+	// masquerade; see hostnet.Setup.
+	Setup(cfg hostnet.Config) (HostRoutes, error)
+	// Teardown removes what Setup made (weft reset).
+	Teardown(bridge string, log *slog.Logger) error
+}
+
+// HostRoutes keeps the kernel's routes of a set-up host network in step.
+type HostRoutes interface {
+	// RouteOverlay routes the whole overlay range to the TUN.
+	RouteOverlay() error
+	// SyncLocalRanges routes exactly these ranges, the ones this host owns,
+	// to the bridge.
+	SyncLocalRanges(prefixes []netip.Prefix) error
+	// SetPeers keeps the host filter's peer addresses and ports current.
+	SetPeers(addrs []netip.Addr, ports []uint16) error
+}
+
+// kernelHost is HostNetwork over package hostnet: the real thing.
+type kernelHost struct{}
+
+func (kernelHost) UnderlayMTU(host netip.Addr) (int, error) { return hostnet.UnderlayMTU(host) }
+
+func (kernelHost) Setup(cfg hostnet.Config) (HostRoutes, error) {
+	h, err := hostnet.Setup(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+func (kernelHost) Teardown(bridge string, log *slog.Logger) error {
+	return hostnet.Teardown(bridge, log)
+}
+
+// withDefaults fills the nil fields with the real devices.
+func (d Devices) withDefaults() Devices {
+	if d.OpenTUN == nil {
+		d.OpenTUN = tun.Open
+	}
+	if d.ListenUDP == nil {
+		d.ListenUDP = udp.Listen
+	}
+	if d.HostNet == nil {
+		d.HostNet = kernelHost{}
+	}
+	return d
+}

@@ -1,0 +1,80 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/weftnet/weft/ipam"
+	"github.com/weftnet/weft/kube"
+)
+
+// downAPIServer is a cluster handle whose every API call fails, as while
+// the API server is down.
+func downAPIServer(t *testing.T, node string) *kubeSide {
+	t.Helper()
+	client := fake.NewClientset()
+	client.PrependReactor("*", "*", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, errors.New("connection refused")
+	})
+	c, err := kube.New(kube.Config{Client: client, NodeName: node, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &kubeSide{cluster: c}
+}
+
+// An agent restarted while the API server is down comes up from the ring it
+// saved (issue 16 item 4); before, BootstrapRing retried until the deadline.
+func TestKubeRestartWithoutAPIServerUsesSavedRing(t *testing.T) {
+	cfg := validConfig()
+	cfg.StateDir = t.TempDir()
+	seeds := []string{"host0", cfg.Name}
+	p, err := ipam.New(ipam.Config{Name: cfg.Name, Range: netip.MustParsePrefix("10.40.0.0/24"),
+		Init: ipam.Init{Mode: ipam.ModeSeed, Seeds: seeds}, StateDir: cfg.StateDir,
+		Transport: nopTransport{}, Alive: func(string) bool { return true }, Peers: func() []string { return seeds }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if _, err := p.Allocate(ctx, "c1", "eth0", ""); err != nil {
+		t.Fatal(err) // persists the ring
+	}
+	a := &Agent{cfg: cfg, log: slog.New(slog.DiscardHandler), kube: downAPIServer(t, cfg.Name)}
+	start := time.Now()
+	init, err := a.ipamInit(ctx)
+	if err != nil {
+		t.Fatalf("ipamInit with a saved ring and no API server: %v (after %v)", err, time.Since(start))
+	}
+	if init.Mode != ipam.ModeSeed || !slices.Equal(init.Seeds, seeds) {
+		t.Fatalf("init %+v, want the saved seeds %v", init, seeds)
+	}
+}
+
+// Without a saved ring the bootstrap still goes through the API server and
+// waits for it.
+func TestKubeFirstStartNeedsAPIServer(t *testing.T) {
+	cfg := validConfig()
+	cfg.StateDir = t.TempDir()
+	a := &Agent{cfg: cfg, log: slog.New(slog.DiscardHandler), kube: downAPIServer(t, cfg.Name)}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if init, err := a.ipamInit(ctx); err == nil {
+		t.Fatalf("bootstrapped without an API server or saved ring: %+v", init)
+	}
+}
+
+type nopTransport struct{}
+
+func (nopTransport) Broadcast([]byte)              {}
+func (nopTransport) BroadcastKeyed(string, []byte) {}
+func (nopTransport) SendTo(string, []byte) error   { return nil }
