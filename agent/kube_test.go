@@ -13,6 +13,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/weftnet/weft/identity"
 	"github.com/weftnet/weft/ipam"
 	"github.com/weftnet/weft/kube"
 )
@@ -38,7 +39,11 @@ func TestKubeRestartWithoutAPIServerUsesSavedRing(t *testing.T) {
 	cfg := validConfig()
 	cfg.StateDir = t.TempDir()
 	seeds := []string{"host0", cfg.Name}
-	p, err := ipam.New(ipam.Config{Name: cfg.Name, Range: netip.MustParsePrefix("10.40.0.0/24"),
+	signer, err := identity.LoadOrCreate(cfg.StateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := ipam.New(ipam.Config{Signer: signer, Name: cfg.Name, Range: netip.MustParsePrefix("10.40.0.0/24"),
 		Init: ipam.Init{Mode: ipam.ModeSeed, Seeds: seeds}, StateDir: cfg.StateDir,
 		Transport: nopTransport{}, Alive: func(string) bool { return true }, Peers: func() []string { return seeds }})
 	if err != nil {
