@@ -389,6 +389,10 @@ func (m *Mesh) joinOne(ctx context.Context, t *target) {
 	}
 	m.log.Debug("joining", "target", t.addr)
 	n, err := m.list.Join([]string{t.addr})
+	// Never call memberlist with m.mu held: memberlist calls the delegate,
+	// which takes m.mu, with its node lock held (a deadlock seen with 100
+	// agents joining at once).
+	members := m.list.NumMembers()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err != nil || n == 0 {
@@ -408,7 +412,7 @@ func (m *Mesh) joinOne(ctx context.Context, t *target) {
 		return
 	}
 	if t.failures > 0 || t.lastErr != "" || t.explicit {
-		m.log.Info("joined", "target", t.addr, "peers", m.list.NumMembers())
+		m.log.Info("joined", "target", t.addr, "peers", members)
 	}
 	t.failures, t.lastErr = 0, ""
 	t.lastAlive = m.now()

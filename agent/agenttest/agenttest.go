@@ -197,6 +197,8 @@ func New(t testing.TB, opts Options) *Cluster {
 	}
 	// Registered after CheckGoroutines, so it runs before the check.
 	t.Cleanup(func() {
+		// One after the other: an agent leaving waits until a peer has
+		// heard of it, which is quick while the others still run.
 		for _, n := range c.Nodes {
 			n.stop()
 		}
