@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"time"
+
+	"github.com/weftnet/weft/router/gso"
 )
 
 // IPv4UDP builds an IPv4 UDP packet from src to dst with valid checksums, as
@@ -21,7 +23,7 @@ func IPv4UDP(src, dst netip.Addr, srcPort, dstPort uint16, payload []byte) []byt
 	s4, d4 := src.As4(), dst.As4()
 	copy(p[12:16], s4[:])
 	copy(p[16:20], d4[:])
-	binary.BigEndian.PutUint16(p[10:12], ^fold(sum(0, p[:ihl])))
+	binary.BigEndian.PutUint16(p[10:12], ^gso.Fold(gso.Sum(p[:ihl], 0)))
 
 	u := p[ihl:]
 	binary.BigEndian.PutUint16(u[0:2], srcPort)
@@ -29,32 +31,13 @@ func IPv4UDP(src, dst netip.Addr, srcPort, dstPort uint16, payload []byte) []byt
 	binary.BigEndian.PutUint16(u[4:6], uint16(udpLen+len(payload)))
 	copy(u[udpLen:], payload)
 	// Pseudo-header: addresses, protocol, UDP length.
-	acc := sum(0, p[12:20])
-	acc += 17 + uint32(udpLen+len(payload))
-	c := ^fold(sum(acc, u))
+	acc := gso.Sum(p[12:20], 17+uint64(udpLen+len(payload)))
+	c := ^gso.Fold(gso.Sum(u, acc))
 	if c == 0 {
 		c = 0xffff
 	}
 	binary.BigEndian.PutUint16(u[6:8], c)
 	return p
-}
-
-func sum(acc uint32, b []byte) uint32 {
-	for len(b) >= 2 {
-		acc += uint32(binary.BigEndian.Uint16(b))
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		acc += uint32(b[0]) << 8
-	}
-	return acc
-}
-
-func fold(acc uint32) uint16 {
-	for acc > 0xffff {
-		acc = acc>>16 + acc&0xffff
-	}
-	return uint16(acc)
 }
 
 // ExpectPacket waits until the agent writes want to its TUN, for a pod on
