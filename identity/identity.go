@@ -20,6 +20,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/weftnet/weft/internal/atomicfile"
 )
 
 // KeyFile is the signing key inside the state directory.
@@ -79,47 +81,8 @@ func LoadOrCreate(stateDir string) (*Signer, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := WriteFileAtomic(path, []byte(hex.EncodeToString(s.priv.Seed())+"\n")); err != nil {
+	if err := atomicfile.Write(path, []byte(hex.EncodeToString(s.priv.Seed())+"\n"), 0o600); err != nil {
 		return nil, fmt.Errorf("save signing key: %w", err)
 	}
 	return s, nil
-}
-
-// WriteFileAtomic replaces path with data (mode 0600): a crash leaves the old
-// or the new file, never a torn one.
-func WriteFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	fail := func(err error) error {
-		f.Close()
-		os.Remove(tmp)
-		return err
-	}
-	if err := f.Chmod(0o600); err != nil {
-		return fail(err)
-	}
-	if _, err := f.Write(data); err != nil {
-		return fail(err)
-	}
-	if err := f.Sync(); err != nil {
-		return fail(err)
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

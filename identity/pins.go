@@ -13,6 +13,9 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+
+	"github.com/weftnet/weft/internal/atomicfile"
+	"github.com/weftnet/weft/internal/logx"
 )
 
 // PinsFile holds the name→key pins inside the state directory.
@@ -37,15 +40,13 @@ type Pins struct {
 
 // NewPins is an in-memory table (tests).
 func NewPins() *Pins {
-	return &Pins{keys: map[string]ed25519.PublicKey{}, log: slog.New(slog.DiscardHandler)}
+	return &Pins{keys: map[string]ed25519.PublicKey{}, log: logx.OrDiscard(nil)}
 }
 
 // LoadPins reads stateDir/pins.json (none yet is an empty table). A corrupt
 // file is an error: starting with no pins would trust every key afresh.
 func LoadPins(stateDir string, log *slog.Logger) (*Pins, error) {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log = logx.OrDiscard(log)
 	p := &Pins{path: filepath.Join(stateDir, PinsFile), keys: map[string]ed25519.PublicKey{}, log: log}
 	b, err := os.ReadFile(p.path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -140,5 +141,5 @@ func (p *Pins) saveLocked() error {
 	if err != nil {
 		return err
 	}
-	return WriteFileAtomic(p.path, b)
+	return atomicfile.Write(p.path, b, 0o600)
 }

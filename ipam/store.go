@@ -13,7 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/weftnet/weft/identity"
 	"github.com/weftnet/weft/internal/atomicfile"
 )
 
@@ -214,7 +213,7 @@ func (s *store) nextIncarnation() (uint64, error) {
 		return 0, fmt.Errorf("reading IPAM incarnation: %w", err)
 	}
 	inc := max(last+1, uint64(time.Now().Unix()))
-	if err := identity.WriteFileAtomic(path, []byte(strconv.FormatUint(inc, 10)+"\n")); err != nil {
+	if err := atomicfile.Write(path, []byte(strconv.FormatUint(inc, 10)+"\n"), 0o600); err != nil {
 		return 0, fmt.Errorf("saving IPAM incarnation: %w", err)
 	}
 	return inc, nil
