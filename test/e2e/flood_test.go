@@ -47,7 +47,6 @@ const (
 func TestHandshakeFloodKeepsSessions(t *testing.T) {
 	bed := threeHosts(t, testbed.Options{Outside: true},
 		"--password", "flood test passphrase", "--rekey-after", floodRekey.String())
-
 	ps := pods(t, bed, 1)
 	h1, h2 := bed.Hosts[0], bed.Hosts[1]
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -123,6 +122,8 @@ func TestHandshakeFloodKeepsSessions(t *testing.T) {
 			case <-stopWatch:
 				rekeys <- at
 				return
+			case <-ctx.Done(): // the test ended early
+				return
 			case <-tick.C:
 			}
 		}
@@ -159,13 +160,13 @@ func TestHandshakeFloodKeepsSessions(t *testing.T) {
 	}
 	dropped := delta("handshake_failed_duplicate") + delta("handshake_failed_cookie_required") +
 		delta("handshake_failed_busy") + delta("handshake_failed_rate_limited")
-	t.Logf("flood: %s (%s, failed sends %s); %s: %d rekeys with %s during the flood, %v handshakes completed, "+
-		"drops: %v duplicate, %v cookie_required, %v busy, %v rate_limited, %v replayed_initiation (after a key exchange); "+
-		"transfer %s bytes",
-		fields["sent"]+" datagrams in "+fields["seconds"]+" s", victim.Name, fields["failed"], victim.Name, during, peer.Name,
+	t.Logf("flood: %s datagrams to %s in %s s (%s sends failed); %s: %d rekeys with %s during the flood, "+
+		"%v handshakes completed in all; drops: %v duplicate, %v cookie_required, %v busy, %v rate_limited; "+
+		"%v replayed_initiation (after a key exchange); transfer %s -> %s: %s bytes",
+		fields["sent"], ini.to, fields["seconds"], fields["failed"], victim.Name, during, peer.Name,
 		delta("handshake_completed"), delta("handshake_failed_duplicate"), delta("handshake_failed_cookie_required"),
 		delta("handshake_failed_busy"), delta("handshake_failed_rate_limited"), delta("handshake_failed_replayed_initiation"),
-		tr["bytes"])
+		peerPod.Name+"@"+peer.Name, victimPod.Name+"@"+victim.Name, tr["bytes"])
 
 	if sent < floodRate*floodSeconds*9/10 {
 		t.Errorf("the flood sent only %d datagrams, want at least %d: it proves less than asked", sent, floodRate*floodSeconds*9/10)
