@@ -41,6 +41,11 @@ func TestMain(m *testing.M) {
 		exit(sendUDP(os.Getenv("WEFT_E2E_SRC"), os.Getenv("WEFT_E2E_TARGETS"), os.Getenv("WEFT_E2E_PAYLOAD")))
 	case "inject":
 		exit(inject(os.Getenv("WEFT_E2E_SRC"), os.Getenv("WEFT_E2E_DST"), os.Getenv("WEFT_E2E_PAYLOAD")))
+	case "flood":
+		rate, _ := strconv.Atoi(os.Getenv("WEFT_E2E_RATE"))
+		count, _ := strconv.Atoi(os.Getenv("WEFT_E2E_COUNT"))
+		secs, _ := strconv.Atoi(os.Getenv("WEFT_E2E_SECONDS"))
+		exit(flood(os.Getenv("WEFT_E2E_DST"), os.Getenv("WEFT_E2E_PAYLOAD"), rate, count, time.Duration(secs)*time.Second))
 	}
 }
 
@@ -102,7 +107,8 @@ func sendOnce(addr string, n int64, pattern string) error {
 	if secs, _ := strconv.Atoi(os.Getenv("WEFT_E2E_SECONDS")); secs > 0 {
 		src = &paced{r: src, until: time.Now().Add(time.Duration(secs) * time.Second)}
 	}
-	if _, err := io.Copy(io.MultiWriter(c, h), src); err != nil {
+	sent, err := io.Copy(io.MultiWriter(c, h), src)
+	if err != nil {
 		return fmt.Errorf("send: %w", err)
 	}
 	_ = c.(*net.TCPConn).CloseWrite()
@@ -110,7 +116,7 @@ func sendOnce(addr string, n int64, pattern string) error {
 	if err != nil {
 		return fmt.Errorf("read digest: %w", err)
 	}
-	fmt.Printf("seen=%s match=%v\n", strings.TrimSpace(seen), strings.TrimSpace(digest) == hex.EncodeToString(h.Sum(nil)))
+	fmt.Printf("seen=%s match=%v bytes=%d\n", strings.TrimSpace(seen), strings.TrimSpace(digest) == hex.EncodeToString(h.Sum(nil)), sent)
 	return nil
 }
 
@@ -171,14 +177,7 @@ func inject(src, dst, payloadHex string) error {
 	binary.BigEndian.PutUint16(pkt[2:], uint16(len(pkt)))
 	copy(pkt[12:16], s.Addr().AsSlice())
 	copy(pkt[16:20], d.Addr().AsSlice())
-	var sum uint32
-	for i := 0; i < 20; i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(pkt[i:]))
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	binary.BigEndian.PutUint16(pkt[10:], ^uint16(sum))
+	binary.BigEndian.PutUint16(pkt[10:], ipChecksum(pkt[:20]))
 	binary.BigEndian.PutUint16(pkt[20:], s.Port())
 	binary.BigEndian.PutUint16(pkt[22:], d.Port())
 	binary.BigEndian.PutUint16(pkt[24:], uint16(8+len(payload))) // checksum 0: none, allowed for IPv4
@@ -189,6 +188,92 @@ func inject(src, dst, payloadHex string) error {
 	}
 	defer syscall.Close(fd)
 	return syscall.Sendto(fd, pkt, 0, &syscall.SockaddrInet4{Addr: d.Addr().As4()})
+}
+
+// Bounds of the flood helper, whatever its caller asks: it stops by itself.
+const (
+	floodMaxCount = 300_000
+	floodMaxTime  = 35 * time.Second
+)
+
+// testNet is the only range the flood helper sends to or from (RFC 2544
+// benchmarking addresses, which the test bed uses).
+var testNet = netip.MustParsePrefix("198.18.0.0/15")
+
+// flood sends one UDP payload to dst about rate times a second for d (at
+// most count datagrams, floodMaxCount and floodMaxTime), each from another
+// spoofed source address in 198.19.0.0/16 and port, through a raw socket:
+// an attacker replaying a captured datagram from the underlay. It prints
+// "sent=N failed=N seconds=S".
+func flood(dst, payloadHex string, rate, count int, d time.Duration) error {
+	to, err := netip.ParseAddrPort(dst)
+	if err != nil {
+		return err
+	}
+	if !to.Addr().Is4() || !testNet.Contains(to.Addr()) {
+		return fmt.Errorf("flood: %s is outside the test range %s", to, testNet)
+	}
+	payload, err := hex.DecodeString(payloadHex)
+	if err != nil {
+		return err
+	}
+	if rate <= 0 {
+		return fmt.Errorf("flood: rate %d", rate)
+	}
+	count = min(max(count, 0), floodMaxCount)
+	d = min(d, floodMaxTime)
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_RAW, syscall.IPPROTO_RAW)
+	if err != nil {
+		return fmt.Errorf("flood: raw socket: %w", err)
+	}
+	defer syscall.Close(fd)
+	sa := &syscall.SockaddrInet4{Addr: to.Addr().As4()}
+	pkt := make([]byte, 28+len(payload))
+	pkt[0], pkt[8], pkt[9] = 0x45, 64, 17 // IPv4, TTL, UDP
+	binary.BigEndian.PutUint16(pkt[2:], uint16(len(pkt)))
+	copy(pkt[16:20], sa.Addr[:])
+	binary.BigEndian.PutUint16(pkt[22:], to.Port())
+	binary.BigEndian.PutUint16(pkt[24:], uint16(8+len(payload))) // UDP checksum 0: none
+	copy(pkt[28:], payload)
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0x77656674))
+	start := time.Now()
+	sent, failed := 0, 0
+	for sent+failed < count {
+		elapsed := time.Since(start)
+		if elapsed >= d {
+			break
+		}
+		// Catch up with the schedule, then yield a millisecond: about rate
+		// datagrams a second without a timer per datagram.
+		due := min(count, int(elapsed.Seconds()*float64(rate))+1)
+		for sent+failed < due {
+			r := rng.Uint64()
+			pkt[12], pkt[13], pkt[14], pkt[15] = 198, 19, byte(r), byte(r>>8)|1
+			binary.BigEndian.PutUint16(pkt[20:], 1024+uint16(r>>16)%64512)
+			pkt[10], pkt[11] = 0, 0
+			binary.BigEndian.PutUint16(pkt[10:], ipChecksum(pkt[:20]))
+			if err := syscall.Sendto(fd, pkt, 0, sa); err != nil {
+				failed++ // ENOBUFS when the queue is full: counted, not sent
+				continue
+			}
+			sent++
+		}
+		time.Sleep(time.Millisecond)
+	}
+	fmt.Printf("sent=%d failed=%d seconds=%.1f\n", sent, failed, time.Since(start).Seconds())
+	return nil
+}
+
+// ipChecksum is the IPv4 header checksum of hdr (its checksum field zero).
+func ipChecksum(hdr []byte) uint16 {
+	var sum uint32
+	for i := 0; i+1 < len(hdr); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(hdr[i:]))
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	return ^uint16(sum)
 }
 
 // inNetns runs the test binary as a helper inside namespace ns.
@@ -219,6 +304,13 @@ func transfer(t *testing.T, clientNS, serverNS, addr string, n int64) string {
 
 // transferPattern is transfer of a repeated pattern ("" = random bytes).
 func transferPattern(t *testing.T, clientNS, serverNS, addr string, n int64, pattern string, env ...string) string {
+	t.Helper()
+	return transferFields(t, clientNS, serverNS, addr, n, pattern, env...)["seen"]
+}
+
+// transferFields is transferPattern returning what the client reported:
+// "seen" (the client address the server saw), "match" and "bytes" (sent).
+func transferFields(t *testing.T, clientNS, serverNS, addr string, n int64, pattern string, env ...string) map[string]string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -259,5 +351,5 @@ func transferPattern(t *testing.T, clientNS, serverNS, addr string, n int64, pat
 	if fields["match"] != "true" {
 		t.Fatalf("transfer %s -> %s: data arrived altered: %s", clientNS, addr, out)
 	}
-	return fields["seen"]
+	return fields
 }
