@@ -141,6 +141,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			return fmt.Errorf("gossip transport on %s: %w", bind, err)
 		}
 	}
+	if a.cfg.Kube {
+		// Before the mesh listens: the first peers' keys are then already
+		// checked against their Nodes (see startKube).
+		if a.kube, err = a.startKube(ctx); err != nil {
+			return err
+		}
+	}
 	m, err := mesh.New(mcfg)
 	if err != nil {
 		return err
@@ -153,12 +160,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer func() { cancel(); wg.Wait() }()
 	goRun := func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() }
 
-	if a.cfg.Kube {
-		if a.kube, err = a.startKube(ctx); err != nil {
-			m.Shutdown()
-			return err
-		}
-	}
 	init, err := a.ipamInit(ctx)
 	if err != nil {
 		m.Shutdown()

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/api"
+	"github.com/weftnet/weft/identity"
 	"github.com/weftnet/weft/kube"
 )
 
@@ -29,11 +30,53 @@ func (a *Agent) startKube(ctx context.Context) (*kubeSide, error) {
 		return nil, err
 	}
 	a.log.Info("running in Kubernetes: peers come from Node objects", "node", a.cfg.Name, "namespace", c.Namespace())
+	// The API server is the authority on peers' signing keys: each agent
+	// publishes its own on its Node (run), and a key announced in gossip is
+	// checked against the peer's Node, from a cache that run keeps.
+	a.pins.SetAuthority(c.SigningKey)
 	return &kubeSide{cluster: c}, nil
+}
+
+// publishKeyTimeout bounds the first attempt to publish the signing key,
+// made before joining peers so that they find it on the Node.
+const publishKeyTimeout = 5 * time.Second
+
+// publishSigningKey writes this host's signing key on its Node, retrying
+// until it succeeds or ctx is done. It reports whether it succeeded.
+func (k *kubeSide) publishSigningKey(ctx context.Context, a *Agent, first bool) bool {
+	for {
+		pctx, cancel := context.WithTimeout(ctx, publishKeyTimeout)
+		err := k.cluster.PublishSigningKey(pctx, a.signer.Public())
+		cancel()
+		if err == nil {
+			a.log.Info("signing key published on the Node", "annotation", kube.SigningKeyAnnotation,
+				"key", identity.Fingerprint(a.signer.Public()))
+			return true
+		}
+		if first {
+			a.log.Warn("publishing the signing key on the Node, will retry", "err", err)
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(5 * time.Second):
+		}
+	}
 }
 
 // run starts its watchers with goRun, so that they end before the agent's Run.
 func (k *kubeSide) run(ctx context.Context, a *Agent, goRun func(func())) {
+	goRun(func() {
+		if err := k.cluster.WatchSigningKeys(ctx); err != nil {
+			a.log.Error("watching Nodes' signing keys; peers' keys are trusted on first use", "err", err)
+		}
+	})
+	// One attempt before joining peers, so they find the key on the Node;
+	// if the API server is down, keep trying in the background.
+	if !k.publishSigningKey(ctx, a, true) {
+		goRun(func() { k.publishSigningKey(ctx, a, false) })
+	}
 	var nodesElsewhere atomic.Bool // other Nodes exist, so there is a mesh to join
 	goRun(func() {
 		var current []string

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
@@ -83,3 +85,38 @@ type nopTransport struct{}
 func (nopTransport) Broadcast([]byte)              {}
 func (nopTransport) BroadcastKeyed(string, []byte) {}
 func (nopTransport) SendTo(string, []byte) error   { return nil }
+
+// The agent publishes its own signing key on its Node; with the API server
+// down the first attempt gives up at once (retried in the background) rather
+// than holding up the join.
+func TestKubePublishesSigningKey(t *testing.T) {
+	cfg := validConfig()
+	cfg.StateDir = t.TempDir()
+	signer, err := identity.LoadOrCreate(cfg.StateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: cfg.Name}})
+	c, err := kube.New(kube.Config{Client: client, NodeName: cfg.Name, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{cfg: cfg, log: slog.New(slog.DiscardHandler), signer: signer}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if !(&kubeSide{cluster: c}).publishSigningKey(ctx, a, true) {
+		t.Fatal("publish failed")
+	}
+	n, err := client.CoreV1().Nodes().Get(ctx, cfg.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := kube.ParseSigningKey(n.Annotations[kube.SigningKeyAnnotation])
+	if err != nil || !got.Equal(signer.Public()) {
+		t.Fatalf("Node annotation %q (%v), want this agent's key", n.Annotations[kube.SigningKeyAnnotation], err)
+	}
+
+	if downAPIServer(t, cfg.Name).publishSigningKey(ctx, a, true) {
+		t.Fatal("publish with the API server down reported success")
+	}
+}

@@ -34,8 +34,26 @@ type Pins struct {
 	path string // "" = in memory only
 	log  *slog.Logger
 
-	mu   sync.Mutex
-	keys map[string]ed25519.PublicKey
+	mu        sync.Mutex
+	keys      map[string]ed25519.PublicKey
+	authority Authority
+	authDown  bool // the authority failed last time (logged once per outage)
+}
+
+// Authority is an outside source of truth for peers' signing keys (in
+// Kubernetes, the annotation on each Node). It answers ok=false when it knows
+// nothing of name, and an error when it cannot be asked (then Check falls back
+// to trust on first use). It may block briefly; Check calls it without any
+// lock held.
+type Authority func(name string) (key ed25519.PublicKey, ok bool, err error)
+
+// SetAuthority makes Check consult a before its pins: a key the authority
+// holds for a name is pinned (replacing an older pin), and any other key is
+// refused, also on first contact. nil removes it.
+func (p *Pins) SetAuthority(a Authority) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.authority = a
 }
 
 // NewPins is an in-memory table (tests).
@@ -73,10 +91,23 @@ func LoadPins(stateDir string, log *slog.Logger) (*Pins, error) {
 }
 
 // Check pins key to name on first sight and refuses a different key for a
-// known name with ErrKeyMismatch.
+// known name with ErrKeyMismatch. With an authority that knows name, the
+// authority decides instead: its key is pinned, any other is refused.
 func (p *Pins) Check(name string, key []byte) error {
 	if len(key) != ed25519.PublicKeySize {
 		return fmt.Errorf("signing key of %d bytes", len(key))
+	}
+	p.mu.Lock()
+	auth := p.authority
+	p.mu.Unlock()
+	if auth != nil {
+		want, ok, err := auth(name)
+		p.noteAuthority(name, err)
+		if err == nil && ok {
+			return p.checkAuthoritative(name, key, want)
+		}
+		// Unreachable authority, or one that does not know name: a peer must
+		// still be able to join, so the local pins decide as without one.
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -96,6 +127,57 @@ func (p *Pins) Check(name string, key []byte) error {
 		p.log.Error("could not persist a pinned peer key", "peer", name, "err", err)
 	}
 	return nil
+}
+
+// noteAuthority logs when the authority stops and starts answering, once
+// per outage rather than on every gossip message.
+func (p *Pins) noteAuthority(name string, err error) {
+	p.mu.Lock()
+	was := p.authDown
+	p.authDown = err != nil
+	p.mu.Unlock()
+	switch {
+	case err != nil && !was:
+		p.log.Warn("signing-key authority unavailable; trusting peers' keys on first use until it answers", "peer", name, "err", err)
+	case err == nil && was:
+		p.log.Info("signing-key authority answers again")
+	}
+}
+
+// checkAuthoritative pins want to name if key is want, and refuses key
+// otherwise, whatever was pinned before: the authority outranks the local
+// pins, so a re-provisioned host is re-pinned without an operator.
+func (p *Pins) checkAuthoritative(name string, key, want []byte) error {
+	if !bytes.Equal(key, want) {
+		return fmt.Errorf("%w: %s announces %s…, the authority holds %s…",
+			ErrKeyMismatch, name, Fingerprint(key), Fingerprint(want))
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	old, had := p.keys[name]
+	if had && bytes.Equal(old, key) {
+		return nil
+	}
+	if !had && len(p.keys) >= MaxPins {
+		return ErrTooManyPins
+	}
+	p.keys[name] = append(ed25519.PublicKey(nil), key...)
+	if had {
+		p.log.Info("re-pinned a peer's signing key from the authority", "peer", name,
+			"old", Fingerprint(old), "new", Fingerprint(key))
+	}
+	if err := p.saveLocked(); err != nil {
+		p.log.Error("could not persist a pinned peer key", "peer", name, "err", err)
+	}
+	return nil
+}
+
+// Fingerprint is the short form of a key shown in logs and errors.
+func Fingerprint(key []byte) string {
+	if len(key) > 6 {
+		key = key[:6]
+	}
+	return hex.EncodeToString(key)
 }
 
 // Key is the key pinned to name.

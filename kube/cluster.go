@@ -68,6 +68,8 @@ type Cluster struct {
 	renewDeadline   time.Duration
 	retryPeriod     time.Duration
 	reclaimInterval time.Duration
+
+	keys keyCache // Nodes' signing keys, filled by WatchSigningKeys
 }
 
 // New checks cfg and fills in defaults.
