@@ -20,7 +20,6 @@ import (
 	"os"
 	"slices"
 	"sort"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,10 +48,6 @@ const HostContainerID = "weft:host"
 // Transport carries IPAM messages between peers (mesh.Transport).
 type Transport interface {
 	Broadcast(msg []byte)
-	// BroadcastKeyed is Broadcast of a message that supersedes a queued one
-	// with the same key: only the newest version of a ring entry is worth
-	// gossiping, and the queue stays bounded under a burst of changes.
-	BroadcastKeyed(key string, msg []byte)
 	SendTo(peer string, msg []byte) error
 }
 
@@ -149,7 +144,6 @@ type IPAM struct {
 
 type outMsg struct {
 	to  string // "" = broadcast
-	key string // broadcast only: supersedes a queued broadcast with this key
 	msg []byte
 }
 
@@ -392,13 +386,7 @@ func (p *IPAM) broadcastEntriesLocked(es []entry) {
 			size += entryWireSize(es[n])
 			n++
 		}
-		m := &message{Type: msgRing, RingID: p.ring.ID, Entries: toWire(es[:n])}
-		if n == 1 {
-			// A newer version of this one entry replaces it in the queue.
-			p.outbox = append(p.outbox, outMsg{key: "ring/" + m.RingID + "/" + strconv.FormatUint(es[0].Start, 10), msg: p.encodeLocked(m)})
-		} else {
-			p.broadcastLocked(m)
-		}
+		p.broadcastLocked(&message{Type: msgRing, RingID: p.ring.ID, Entries: toWire(es[:n])})
 		es = es[n:]
 	}
 }
@@ -428,11 +416,7 @@ func (p *IPAM) flushUnlock() {
 	}
 	for _, o := range out {
 		if o.to == "" {
-			if o.key != "" {
-				p.cfg.Transport.BroadcastKeyed(o.key, o.msg)
-			} else {
-				p.cfg.Transport.Broadcast(o.msg)
-			}
+			p.cfg.Transport.Broadcast(o.msg)
 			continue
 		}
 		if err := p.cfg.Transport.SendTo(o.to, o.msg); err != nil {

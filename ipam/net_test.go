@@ -101,10 +101,6 @@ type endpoint struct {
 	name string
 }
 
-// BroadcastKeyed delivers like Broadcast: the fake network has no queue in
-// which a newer message could supersede an older one.
-func (e endpoint) BroadcastKeyed(_ string, msg []byte) { e.Broadcast(msg) }
-
 func (e endpoint) Broadcast(msg []byte) {
 	n := e.n
 	n.mu.Lock()
