@@ -82,9 +82,8 @@ func TestKubeFirstStartNeedsAPIServer(t *testing.T) {
 
 type nopTransport struct{}
 
-func (nopTransport) Broadcast([]byte)              {}
-func (nopTransport) BroadcastKeyed(string, []byte) {}
-func (nopTransport) SendTo(string, []byte) error   { return nil }
+func (nopTransport) Broadcast([]byte)            {}
+func (nopTransport) SendTo(string, []byte) error { return nil }
 
 // The agent publishes its own signing key on its Node; with the API server
 // down the first attempt gives up at once (retried in the background) rather
