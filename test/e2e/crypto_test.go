@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/hex"
 	"io"
 	"os"
@@ -74,29 +73,9 @@ func captureFilter(t *testing.T, bed *testbed.Bed, fn func(), filter ...string) 
 // src to dst.
 func datagrams(pcap []byte, src, dst string) [][]byte {
 	var out [][]byte
-	if len(pcap) < 24 {
-		return nil
-	}
-	for p := pcap[24:]; len(p) >= 16; {
-		incl := int(binary.LittleEndian.Uint32(p[8:12]))
-		if len(p) < 16+incl {
-			break
-		}
-		frame := p[16 : 16+incl]
-		p = p[16+incl:]
-		if len(frame) < 14+20+8 || frame[12] != 0x08 || frame[13] != 0x00 {
-			continue
-		}
-		ip := frame[14:]
-		ihl := int(ip[0]&0x0f) * 4
-		if ip[9] != 17 || len(ip) < ihl+8 {
-			continue
-		}
-		udp := ip[ihl:]
-		from := netipString(ip[12:16]) + ":" + strconv.Itoa(int(binary.BigEndian.Uint16(udp[0:2])))
-		to := netipString(ip[16:20]) + ":" + strconv.Itoa(int(binary.BigEndian.Uint16(udp[2:4])))
-		if from == src && to == dst {
-			out = append(out, udp[8:])
+	for _, g := range udpGrams(pcap) {
+		if g.from == src && g.to == dst {
+			out = append(out, g.payload)
 		}
 	}
 	return out
