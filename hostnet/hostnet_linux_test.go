@@ -300,19 +300,7 @@ func TestMasquerade(t *testing.T) {
 		}
 		return h.SyncLocalRanges([]netip.Prefix{netip.MustParsePrefix("10.32.0.0/24")})
 	})
-	// The pod, wired as the shim does.
-	run(t, "ip", "-n", hostName, "link", "add", "vethwetest", "type", "veth", "peer", "name", "eth0", "netns", podName)
-	run(t, "ip", "-n", hostName, "link", "set", "vethwetest", "master", "weft", "up")
-	run(t, "ip", "-n", podName, "addr", "add", "10.32.0.2/32", "dev", "eth0")
-	run(t, "ip", "-n", podName, "link", "set", "eth0", "up")
-	run(t, "ip", "-n", podName, "route", "add", "10.32.0.1", "dev", "eth0", "scope", "link")
-	run(t, "ip", "-n", podName, "route", "add", "default", "via", "10.32.0.1", "dev", "eth0")
-	// The outside world on the underlay.
-	run(t, "ip", "-n", hostName, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", outName)
-	run(t, "ip", "-n", hostName, "addr", "add", "198.18.0.1/24", "dev", "ul0")
-	run(t, "ip", "-n", hostName, "link", "set", "ul0", "up")
-	run(t, "ip", "-n", outName, "addr", "add", "198.18.0.2/24", "dev", "ul0")
-	run(t, "ip", "-n", outName, "link", "set", "ul0", "up")
+	wirePodAndUnderlay(t, hostName, podName, outName)
 	run(t, "ip", "-n", hostName, "route", "add", "default", "via", "198.18.0.2")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -426,17 +414,7 @@ func TestHostFilter(t *testing.T) {
 		}
 		return h.SyncLocalRanges([]netip.Prefix{netip.MustParsePrefix("10.32.0.0/24")})
 	})
-	run(t, "ip", "-n", hostName, "link", "add", "vethwetest", "type", "veth", "peer", "name", "eth0", "netns", podName)
-	run(t, "ip", "-n", hostName, "link", "set", "vethwetest", "master", "weft", "up")
-	run(t, "ip", "-n", podName, "addr", "add", "10.32.0.2/32", "dev", "eth0")
-	run(t, "ip", "-n", podName, "link", "set", "eth0", "up")
-	run(t, "ip", "-n", podName, "route", "add", "10.32.0.1", "dev", "eth0", "scope", "link")
-	run(t, "ip", "-n", podName, "route", "add", "default", "via", "10.32.0.1", "dev", "eth0")
-	run(t, "ip", "-n", hostName, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", peerName)
-	run(t, "ip", "-n", hostName, "addr", "add", "198.18.0.1/24", "dev", "ul0")
-	run(t, "ip", "-n", hostName, "link", "set", "ul0", "up")
-	run(t, "ip", "-n", peerName, "addr", "add", "198.18.0.2/24", "dev", "ul0")
-	run(t, "ip", "-n", peerName, "link", "set", "ul0", "up")
+	wirePodAndUnderlay(t, hostName, podName, peerName)
 
 	for _, p := range []string{"6782", "6783", "7000"} {
 		listen(t, hostNS, "0.0.0.0:"+p)
@@ -490,4 +468,22 @@ func TestHostFilter(t *testing.T) {
 	if dial(t, podNS, "198.18.0.1:6783") {
 		t.Error("pod reached its host's port 6783 after a second Setup")
 	}
+}
+
+// wirePodAndUnderlay plugs a pod (10.32.0.2) into the host's bridge as the
+// shim does, and links the host (198.18.0.1) to a namespace on the underlay
+// (198.18.0.2): the outside world or a peer.
+func wirePodAndUnderlay(t *testing.T, hostName, podName, otherName string) {
+	t.Helper()
+	run(t, "ip", "-n", hostName, "link", "add", "vethwetest", "type", "veth", "peer", "name", "eth0", "netns", podName)
+	run(t, "ip", "-n", hostName, "link", "set", "vethwetest", "master", "weft", "up")
+	run(t, "ip", "-n", podName, "addr", "add", "10.32.0.2/32", "dev", "eth0")
+	run(t, "ip", "-n", podName, "link", "set", "eth0", "up")
+	run(t, "ip", "-n", podName, "route", "add", "10.32.0.1", "dev", "eth0", "scope", "link")
+	run(t, "ip", "-n", podName, "route", "add", "default", "via", "10.32.0.1", "dev", "eth0")
+	run(t, "ip", "-n", hostName, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", otherName)
+	run(t, "ip", "-n", hostName, "addr", "add", "198.18.0.1/24", "dev", "ul0")
+	run(t, "ip", "-n", hostName, "link", "set", "ul0", "up")
+	run(t, "ip", "-n", otherName, "addr", "add", "198.18.0.2/24", "dev", "ul0")
+	run(t, "ip", "-n", otherName, "link", "set", "ul0", "up")
 }

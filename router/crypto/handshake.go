@@ -320,14 +320,7 @@ func (m *Manager) handleInitiation(from netip.AddrPort, msg []byte) error {
 // by index and is authenticated with its mac1 and the password, so it
 // cannot be forged or replayed to make us send more than one initiation.
 func (m *Manager) handleCookieReply(msg []byte) error {
-	idx := binary.BigEndian.Uint32(msg[4:8])
-	m.mu.Lock()
-	p := m.pending[idx]
-	var st *initiatorState
-	if p != nil {
-		st = p.pending
-	}
-	m.mu.Unlock()
+	p, st := m.pendingAt(binary.BigEndian.Uint32(msg[4:8]))
 	if st == nil {
 		return ErrUnknownIndex
 	}
@@ -349,6 +342,17 @@ func (m *Manager) handleCookieReply(msg []byte) error {
 	return nil
 }
 
+// pendingAt returns the peer and its initiation in flight that a reply
+// names by our sender index; st is nil when none is.
+func (m *Manager) pendingAt(idx uint32) (p *peer, st *initiatorState) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if p = m.pending[idx]; p != nil {
+		st = p.pending
+	}
+	return p, st
+}
+
 // staticDHWith returns the precomputed DH with a known peer's static key.
 func (m *Manager) staticDHWith(pub [32]byte) ([32]byte, error) {
 	m.mu.Lock()
@@ -362,13 +366,7 @@ func (m *Manager) staticDHWith(pub [32]byte) ([32]byte, error) {
 
 func (m *Manager) handleResponse(from netip.AddrPort, msg []byte) error {
 	idx := binary.BigEndian.Uint32(msg[4:8])
-	m.mu.Lock()
-	p := m.pending[idx]
-	var st *initiatorState
-	if p != nil {
-		st = p.pending
-	}
-	m.mu.Unlock()
+	p, st := m.pendingAt(idx)
 	if st == nil {
 		return ErrUnknownIndex
 	}
