@@ -93,8 +93,16 @@ type Host struct {
 	cfg Config
 	log *slog.Logger
 
+	// mu serialises every change of the host network: the agent changes
+	// routes, the filter and repairs from different goroutines.
 	mu    sync.Mutex
 	guard guard // what the filter's sets hold
+
+	// What the reconcile loop (Check, Repair) compares the host with.
+	local     []netip.Prefix    // last SyncLocalRanges
+	overlay   bool              // RouteOverlay succeeded: the TUN and its route must exist
+	tuned     map[string]string // sysctls set (or found set): path -> value
+	bridgeMAC net.HardwareAddr  // last seen; a re-created bridge gets it back
 }
 
 // Setup brings the host network to the state cfg describes: bridge up with
@@ -110,7 +118,7 @@ func Setup(cfg Config) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	h := &Host{cfg: cfg, log: logx.OrDiscard(cfg.Logger), guard: g}
+	h := &Host{cfg: cfg, log: logx.OrDiscard(cfg.Logger), guard: g, tuned: map[string]string{}}
 	br, err := h.ensureBridge()
 	if err != nil {
 		return nil, err
@@ -118,15 +126,9 @@ func Setup(cfg Config) (*Host, error) {
 	if err := h.ensureHostAddr(br); err != nil {
 		return nil, err
 	}
-	if err := writeSysctl("/proc/sys/net/ipv4/ip_forward", "1"); err != nil {
+	if err := h.bridgeSysctls(); err != nil {
 		return nil, err
 	}
-	// The rest is tuning, not correctness: in an unprivileged container
-	// /proc/sys is read-only, and weft still works with the defaults.
-	h.tune(setRPFilterLoose(cfg.Bridge))
-	// Pod to pod on this host goes in and out of the bridge through the
-	// host's routing; a redirect would teach pods to bypass the gateway.
-	h.tune(writeSysctl("/proc/sys/net/ipv4/conf/"+cfg.Bridge+"/send_redirects", "0"))
 	if err := h.ensureFailClosed(); err != nil {
 		return nil, err
 	}
@@ -136,6 +138,21 @@ func Setup(cfg Config) (*Host, error) {
 	h.log.Info("host network ready", "bridge", cfg.Bridge, "host_addr", cfg.HostAddr, "range", cfg.Range, "mtu", cfg.MTU,
 		"filtered_ports", g.ports, "peers", len(g.peers))
 	return h, nil
+}
+
+// bridgeSysctls turns forwarding on and tunes the bridge's kernel settings.
+func (h *Host) bridgeSysctls() error {
+	if err := writeSysctl(sysctlForward, "1"); err != nil {
+		return err
+	}
+	h.tuned[sysctlForward] = "1"
+	// The rest is tuning, not correctness: in an unprivileged container
+	// /proc/sys is read-only, and weft still works with the defaults.
+	h.tune(rpFilterPath(h.cfg.Bridge), "2")
+	// Pod to pod on this host goes in and out of the bridge through the
+	// host's routing; a redirect would teach pods to bypass the gateway.
+	h.tune("/proc/sys/net/ipv4/conf/"+h.cfg.Bridge+"/send_redirects", "0")
+	return nil
 }
 
 func (h *Host) ensureBridge() (netlink.Link, error) {
@@ -148,6 +165,10 @@ func (h *Host) ensureBridge() (netlink.Link, error) {
 		attrs := netlink.NewLinkAttrs()
 		attrs.Name = name
 		attrs.MTU = h.cfg.MTU
+		// A re-created bridge keeps the MAC address its pods have in their
+		// neighbour tables: with a new one they could not reach their
+		// gateway until those entries expire.
+		attrs.HardwareAddr = h.bridgeMAC
 		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil && !errors.Is(err, unix.EEXIST) {
 			return nil, fmt.Errorf("hostnet: create bridge %s: %w", name, err)
 		}
@@ -169,6 +190,7 @@ func (h *Host) ensureBridge() (netlink.Link, error) {
 			return nil, fmt.Errorf("hostnet: set %s up: %w", name, err)
 		}
 	}
+	h.bridgeMAC = slices.Clone(link.Attrs().HardwareAddr)
 	return link, nil
 }
 
@@ -206,12 +228,23 @@ func (h *Host) ensureHostAddr(br netlink.Link) error {
 // exactly prefixes: missing ones are added, weft routes on the bridge not in
 // the list are removed; routes of anyone else are left alone.
 func (h *Host) SyncLocalRanges(prefixes []netip.Prefix) error {
-	want := make(map[netip.Prefix]bool, len(prefixes))
+	local := make([]netip.Prefix, 0, len(prefixes))
 	for _, p := range prefixes {
 		if !p.IsValid() || !p.Addr().Is4() {
 			return fmt.Errorf("hostnet: local range %v is not an IPv4 prefix", p)
 		}
-		want[p.Masked()] = true
+		local = append(local, p.Masked())
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.local = local
+	return h.syncLocalRanges()
+}
+
+func (h *Host) syncLocalRanges() error {
+	want := make(map[netip.Prefix]bool, len(h.local))
+	for _, p := range h.local {
+		want[p] = true
 	}
 	br, err := netlink.LinkByName(h.cfg.Bridge)
 	if err != nil {
@@ -273,14 +306,27 @@ func (h *Host) ensureFailClosed() error {
 // it, since packets from remote pods arrive there. Call it once the data
 // plane has created the TUN; calling it again changes nothing.
 func (h *Host) RouteOverlay() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if err := h.routeOverlay(); err != nil {
+		return err
+	}
+	h.overlay = true
+	return nil
+}
+
+func (h *Host) routeOverlay() error {
 	tun, err := netlink.LinkByName(h.cfg.TUN)
 	if err != nil {
+		if isNotFound(err) {
+			err = fmt.Errorf("%w: %w", ErrTUNGone, err)
+		}
 		return fmt.Errorf("hostnet: look up TUN %s (does the data plane run?): %w", h.cfg.TUN, err)
 	}
-	h.tune(setRPFilterLoose(h.cfg.TUN))
+	h.tune(rpFilterPath(h.cfg.TUN), "2")
 	// weft carries IPv4 only; without this the kernel sends IPv6 router
 	// solicitations into the TUN, which the data plane can only drop.
-	h.tune(writeSysctl("/proc/sys/net/ipv6/conf/"+h.cfg.TUN+"/disable_ipv6", "1"))
+	h.tune("/proc/sys/net/ipv6/conf/"+h.cfg.TUN+"/disable_ipv6", "1")
 	routes, err := weftRoutes(tun.Attrs().Index)
 	if err != nil {
 		return err
@@ -306,11 +352,15 @@ func (h *Host) RouteOverlay() error {
 	return nil
 }
 
-// tune logs a sysctl that could not be set and carries on.
-func (h *Host) tune(err error) {
-	if err != nil {
+// tune sets a sysctl that is tuning, not correctness; one that cannot be
+// set is logged and left out of the reconcile loop's checks.
+func (h *Host) tune(path, value string) {
+	if err := writeSysctl(path, value); err != nil {
 		h.log.Warn("kernel setting left as it is (read-only /proc/sys?)", "err", err)
+		delete(h.tuned, path)
+		return
 	}
+	h.tuned[path] = value
 }
 
 // SetMTU changes the bridge MTU, e.g. when the underlay's changes. Running
@@ -319,6 +369,8 @@ func (h *Host) SetMTU(mtu int) error {
 	if mtu < 68 || mtu > 65535 {
 		return fmt.Errorf("hostnet: MTU %d is outside 68..65535", mtu)
 	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	br, err := netlink.LinkByName(h.cfg.Bridge)
 	if err != nil {
 		return fmt.Errorf("hostnet: look up bridge %s: %w", h.cfg.Bridge, err)
