@@ -231,4 +231,3 @@ func TestWatchSignalsChanges(t *testing.T) {
 		t.Fatal("no signal within 5 s of a link change")
 	}
 }
-
