@@ -1,8 +1,10 @@
 package agent
 
 import (
+	"context"
 	"log/slog"
 	"net/netip"
+	"time"
 
 	"github.com/hashicorp/memberlist"
 
@@ -27,6 +29,9 @@ type Devices struct {
 	// HostNet sets up the bridge, routes and masquerade; nil means the
 	// kernel's, through hostnet.
 	HostNet HostNetwork
+	// NewTicker paces the reconcile loop (see ReconcileInterval); nil means
+	// time.NewTicker. Tests give a channel they tick by hand.
+	NewTicker func(d time.Duration) (c <-chan time.Time, stop func())
 }
 
 // HostNetwork is the host side of the data plane (package hostnet on a real
@@ -39,6 +44,13 @@ type HostNetwork interface {
 	Setup(cfg hostnet.Config) (HostRoutes, error)
 	// Teardown removes what Setup made (weft reset).
 	Teardown(bridge string, log *slog.Logger) error
+	// Watch signals (coalesced) every link, address and route change of
+	// the host until ctx ends; see hostnet.Watch.
+	Watch(ctx context.Context, log *slog.Logger) (<-chan struct{}, error)
+	// UnderlayLink names the link holding host as a local address.
+	UnderlayLink(host netip.Addr) (string, error)
+	// LinkAddrs lists the global IPv4 addresses of a link.
+	LinkAddrs(link string) ([]netip.Addr, error)
 }
 
 // HostRoutes keeps the kernel's routes of a set-up host network in step.
@@ -50,6 +62,9 @@ type HostRoutes interface {
 	SyncLocalRanges(prefixes []netip.Prefix) error
 	// SetPeers keeps the host filter's peer addresses and ports current.
 	SetPeers(addrs []netip.Addr, ports []uint16) error
+	// Repair checks the host network against what the calls so far made
+	// and puts back what differs; see hostnet.Host.Repair.
+	Repair() ([]hostnet.Fault, error)
 }
 
 // kernelHost is HostNetwork over package hostnet: the real thing.
@@ -69,6 +84,14 @@ func (kernelHost) Teardown(bridge string, log *slog.Logger) error {
 	return hostnet.Teardown(bridge, log)
 }
 
+func (kernelHost) Watch(ctx context.Context, log *slog.Logger) (<-chan struct{}, error) {
+	return hostnet.Watch(ctx, log)
+}
+
+func (kernelHost) UnderlayLink(host netip.Addr) (string, error) { return hostnet.UnderlayLink(host) }
+
+func (kernelHost) LinkAddrs(link string) ([]netip.Addr, error) { return hostnet.LinkAddrs(link) }
+
 // withDefaults fills the nil fields with the real devices.
 func (d Devices) withDefaults() Devices {
 	if d.OpenTUN == nil {
@@ -79,6 +102,12 @@ func (d Devices) withDefaults() Devices {
 	}
 	if d.HostNet == nil {
 		d.HostNet = kernelHost{}
+	}
+	if d.NewTicker == nil {
+		d.NewTicker = func(d time.Duration) (<-chan time.Time, func()) {
+			t := time.NewTicker(d)
+			return t.C, t.Stop
+		}
 	}
 	return d
 }

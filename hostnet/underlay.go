@@ -88,3 +88,43 @@ func DefaultRouteAddr() (netip.Addr, error) {
 	}
 	return netip.Addr{}, fmt.Errorf("hostnet: default route's link %s has no global IPv4 address", link.Attrs().Name)
 }
+
+// UnderlayLink names the link that holds host as a local address.
+func UnderlayLink(host netip.Addr) (string, error) {
+	host = host.Unmap()
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return "", fmt.Errorf("hostnet: list addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if nlconv.Prefix(a.IPNet).Addr() != host {
+			continue
+		}
+		link, err := netlink.LinkByIndex(a.LinkIndex)
+		if err != nil {
+			return "", fmt.Errorf("hostnet: link of %s: %w", host, err)
+		}
+		return link.Attrs().Name, nil
+	}
+	return "", fmt.Errorf("hostnet: no link holds %s", host)
+}
+
+// LinkAddrs lists the global IPv4 addresses of a link, primary ones first
+// (as the kernel lists them).
+func LinkAddrs(name string) ([]netip.Addr, error) {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("hostnet: look up %s: %w", name, err)
+	}
+	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, fmt.Errorf("hostnet: addresses of %s: %w", name, err)
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if a.Scope == unix.RT_SCOPE_UNIVERSE {
+			out = append(out, nlconv.Prefix(a.IPNet).Addr())
+		}
+	}
+	return out, nil
+}

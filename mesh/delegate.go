@@ -393,7 +393,7 @@ func (m *Mesh) PeerKey(name string) (ed25519.PublicKey, bool) {
 // Reachable reports whether name is an alive or suspect member: a suspect
 // may be only slow, and routing still sends to it, so it is never taken over.
 func (m *Mesh) Reachable(name string) bool {
-	for _, n := range m.list.Members() {
+	for _, n := range m.ml().Members() {
 		if n.Name == name {
 			return n.State == memberlist.StateAlive || n.State == memberlist.StateSuspect
 		}

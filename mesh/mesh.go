@@ -19,6 +19,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -129,13 +130,16 @@ type Config struct {
 type Mesh struct {
 	cfg      Config
 	log      *slog.Logger
-	list     *memberlist.Memberlist
+	listp    atomic.Pointer[memberlist.Memberlist] // replaced by Rebind; see ml
 	delegate *delegate
 	queue    *broadcastQueue
 	started  time.Time
 	now      func() time.Time // the clock of join targets; tests replace it
 
+	rebindMu sync.Mutex // one Rebind at a time, and none during leave
+
 	mu       sync.Mutex
+	bind     netip.Addr // the address bound and advertised now (Config.Bind until a Rebind)
 	handlers map[Channel]Handler
 	peers    map[string]*peer   // every peer ever seen, by name
 	targets  map[string]*target // addresses to keep joining, by host:port
@@ -190,32 +194,13 @@ func New(cfg Config) (*Mesh, error) {
 	d.meta.Store(&meta)
 	m.delegate = d
 
-	mc := memberlist.DefaultLANConfig()
-	mc.Name = cfg.Name
-	mc.BindAddr = cfg.Bind.String()
-	mc.BindPort = cfg.Port
-	mc.AdvertiseAddr = cfg.Bind.String()
-	mc.AdvertisePort = cfg.Port
-	mc.ProbeInterval = cfg.Timing.ProbeInterval
-	mc.ProbeTimeout = cfg.Timing.ProbeTimeout
-	mc.SuspicionMult = cfg.Timing.SuspicionMult
-	mc.GossipInterval = cfg.Timing.GossipInterval
-	mc.PushPullInterval = cfg.Timing.PushPullInterval
-	mc.TCPTimeout = cfg.Timing.TCPTimeout
+	m.bind = cfg.Bind
+	mc := m.memberlistConfig(cfg.Bind, cfg.Bind, cfg.Transport)
 	mc.Delegate = d
 	mc.Events = d
 	mc.Alive = d
 	mc.Merge = d
 	mc.Conflict = d
-	mc.Logger = newMemberlistLogger(cfg.Logger)
-	if cfg.Transport != nil {
-		mc.Transport = cfg.Transport
-	}
-	if len(cfg.SecretKey) > 0 {
-		mc.SecretKey = cfg.SecretKey
-		mc.GossipVerifyIncoming = true
-		mc.GossipVerifyOutgoing = true
-	}
 	list, err := memberlist.Create(mc)
 	if err != nil {
 		if cfg.Transport != nil {
@@ -224,15 +209,46 @@ func New(cfg Config) (*Mesh, error) {
 		}
 		return nil, fmt.Errorf("start gossip on %s:%d: %w", cfg.Bind, cfg.Port, err)
 	}
-	m.list = list
+	m.listp.Store(list)
 	// Subsystem broadcasts (ring changes) matter more than memberlist's own
 	// chatter and a lost one is only repaired at the next push/pull: send
 	// each more often than memberlist's default.
-	m.queue = newBroadcastQueue(list.NumMembers, 3*mc.RetransmitMult, cfg.MaxBroadcasts)
+	m.queue = newBroadcastQueue(func() int { return m.ml().NumMembers() }, 3*mc.RetransmitMult, cfg.MaxBroadcasts)
 	m.log.Info("listening for gossip", "address", net.JoinHostPort(cfg.Bind.String(), strconv.Itoa(cfg.Port)),
 		"encrypted", len(cfg.SecretKey) > 0)
 	return m, nil
 }
+
+// memberlistConfig is memberlist's configuration for this member bound to
+// bind and advertising advertise, without the delegates.
+func (m *Mesh) memberlistConfig(bind, advertise netip.Addr, transport memberlist.NodeAwareTransport) *memberlist.Config {
+	cfg := m.cfg
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = cfg.Name
+	mc.BindAddr = bind.String()
+	mc.BindPort = cfg.Port
+	mc.AdvertiseAddr = advertise.String()
+	mc.AdvertisePort = cfg.Port
+	mc.ProbeInterval = cfg.Timing.ProbeInterval
+	mc.ProbeTimeout = cfg.Timing.ProbeTimeout
+	mc.SuspicionMult = cfg.Timing.SuspicionMult
+	mc.GossipInterval = cfg.Timing.GossipInterval
+	mc.PushPullInterval = cfg.Timing.PushPullInterval
+	mc.TCPTimeout = cfg.Timing.TCPTimeout
+	mc.Logger = newMemberlistLogger(cfg.Logger)
+	if transport != nil {
+		mc.Transport = transport
+	}
+	if len(cfg.SecretKey) > 0 {
+		mc.SecretKey = cfg.SecretKey
+		mc.GossipVerifyIncoming = true
+		mc.GossipVerifyOutgoing = true
+	}
+	return mc
+}
+
+// ml is the memberlist of this member now.
+func (m *Mesh) ml() *memberlist.Memberlist { return m.listp.Load() }
 
 // Handle registers the handler of one channel; call before Run.
 func (m *Mesh) Handle(ch Channel, h Handler) {
@@ -267,6 +283,8 @@ func (m *Mesh) Run(ctx context.Context) {
 }
 
 func (m *Mesh) leave() {
+	m.rebindMu.Lock()
+	defer m.rebindMu.Unlock()
 	m.mu.Lock()
 	m.closing = true
 	m.mu.Unlock()
@@ -274,16 +292,16 @@ func (m *Mesh) leave() {
 	leaving.Leaving = true
 	if b, err := leaving.Encode(); err == nil {
 		m.delegate.meta.Store(&b)
-		if err := m.list.UpdateNode(time.Second); err != nil {
+		if err := m.ml().UpdateNode(time.Second); err != nil {
 			m.log.Debug("announcing leave", "err", err)
 		}
 	}
-	if err := m.list.Leave(2 * time.Second); err != nil {
+	if err := m.ml().Leave(2 * time.Second); err != nil {
 		m.log.Warn("leaving the mesh", "err", err)
 	} else {
 		m.log.Info("left the mesh")
 	}
-	if err := m.list.Shutdown(); err != nil {
+	if err := m.ml().Shutdown(); err != nil {
 		m.log.Warn("stopping gossip", "err", err)
 	}
 }
@@ -350,15 +368,15 @@ func NormalizeTarget(s string, defaultPort int) (string, error) {
 // own goroutine so one unreachable address does not hold up the others.
 func (m *Mesh) rejoin(ctx context.Context) {
 	alive := map[string]bool{}
-	for _, n := range m.list.Members() {
+	for _, n := range m.ml().Members() {
 		if n.Name != m.cfg.Name && n.State == memberlist.StateAlive {
 			alive[n.Address()] = true
 		}
 	}
-	self := net.JoinHostPort(m.cfg.Bind.String(), strconv.Itoa(m.cfg.Port))
 	now := m.now()
 	var due []*target
 	m.mu.Lock()
+	self := net.JoinHostPort(m.bind.String(), strconv.Itoa(m.cfg.Port))
 	for addr, t := range m.targets {
 		if alive[t.addr] {
 			t.lastAlive = now
@@ -388,11 +406,11 @@ func (m *Mesh) joinOne(ctx context.Context, t *target) {
 		return
 	}
 	m.log.Debug("joining", "target", t.addr)
-	n, err := m.list.Join([]string{t.addr})
+	n, err := m.ml().Join([]string{t.addr})
 	// Never call memberlist with m.mu held: memberlist calls the delegate,
 	// which takes m.mu, with its node lock held (a deadlock seen with 100
 	// agents joining at once).
-	members := m.list.NumMembers()
+	members := m.ml().NumMembers()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err != nil || n == 0 {
@@ -453,7 +471,7 @@ func (m *Mesh) BroadcastStats() BroadcastStats {
 // SendTo sends msg on channel ch to the named peer over TCP.
 func (m *Mesh) SendTo(name string, ch Channel, msg []byte) error {
 	var node *memberlist.Node
-	for _, n := range m.list.Members() {
+	for _, n := range m.ml().Members() {
 		if n.Name == name {
 			node = n
 			break
@@ -465,7 +483,7 @@ func (m *Mesh) SendTo(name string, ch Channel, msg []byte) error {
 	b := make([]byte, 1+len(msg))
 	b[0] = byte(ch)
 	copy(b[1:], msg)
-	if err := m.list.SendReliable(node, b); err != nil {
+	if err := m.ml().SendReliable(node, b); err != nil {
 		return fmt.Errorf("send to %s: %w", name, err)
 	}
 	return nil
@@ -506,7 +524,7 @@ func (m *Mesh) Members() []PeerInfo {
 // AliveNames returns the names of alive members, this one included, sorted.
 func (m *Mesh) AliveNames() []string {
 	var out []string
-	for _, n := range m.list.Members() {
+	for _, n := range m.ml().Members() {
 		if n.State == memberlist.StateAlive {
 			out = append(out, n.Name)
 		}
@@ -517,7 +535,7 @@ func (m *Mesh) AliveNames() []string {
 
 // IsAlive reports whether name is an alive member.
 func (m *Mesh) IsAlive(name string) bool {
-	for _, n := range m.list.Members() {
+	for _, n := range m.ml().Members() {
 		if n.Name == name {
 			return n.State == memberlist.StateAlive
 		}
@@ -528,7 +546,7 @@ func (m *Mesh) IsAlive(name string) bool {
 // liveStates reads memberlist's current view (it knows suspects; events do not).
 func (m *Mesh) liveStates() map[string]memberlist.NodeStateType {
 	live := map[string]memberlist.NodeStateType{}
-	for _, n := range m.list.Members() {
+	for _, n := range m.ml().Members() {
 		live[n.Name] = n.State
 	}
 	return live
@@ -622,7 +640,7 @@ func (m *Mesh) notifyChange() {
 // Shutdown stops gossip without leaving, for a start that is abandoned
 // before Run.
 func (m *Mesh) Shutdown() {
-	if err := m.list.Shutdown(); err != nil {
+	if err := m.ml().Shutdown(); err != nil {
 		m.log.Debug("stopping gossip", "err", err)
 	}
 }

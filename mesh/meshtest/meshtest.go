@@ -169,9 +169,14 @@ func (t *Transport) Stats() Stats {
 	}
 }
 
-// FinalAdvertiseAddr implements memberlist.Transport: the listening address,
-// whatever memberlist was configured with.
-func (t *Transport) FinalAdvertiseAddr(string, int) (net.IP, int, error) {
+// FinalAdvertiseAddr implements memberlist.Transport: the configured
+// advertise address when it is another one than the listening address (as
+// memberlist's own transport honours it, and as mesh.Rebind needs it), else
+// the listening address.
+func (t *Transport) FinalAdvertiseAddr(ip string, port int) (net.IP, int, error) {
+	if a, err := netip.ParseAddr(ip); err == nil && port > 0 && !a.IsUnspecified() {
+		return a.AsSlice(), port, nil
+	}
 	return t.local.Addr().AsSlice(), int(t.local.Port()), nil
 }
 
