@@ -68,4 +68,3 @@ func TestRebindMovesToNewAddress(t *testing.T) {
 	})
 	t.Logf("host2 sees host1 alive at its new address %v after the rebind began", time.Since(began).Round(time.Millisecond))
 }
-
