@@ -47,10 +47,13 @@ type Agent struct {
 	up atomic.Bool
 
 	pendingAllocs atomic.Int64 // allocation requests in progress, for metrics
+	repairs       repairCounts // host network repairs, for metrics
 
-	mu       sync.Mutex
-	hostAddr netip.Addr // this host's overlay address (bridge, pods' gateway)
-	blocker  string     // why not ready, for /readyz and status
+	mu         sync.Mutex
+	hostAddr   netip.Addr // this host's overlay address (bridge, pods' gateway)
+	blocker    string     // why not ready, for /readyz and status
+	hostBroken string     // why the host network is broken and not repaired ("" when fine)
+	host       netip.Addr // underlay address after a change of it (see rebind); invalid: cfg.Host
 
 	stop     context.CancelFunc // ends Run, used by reset
 	failure  error              // the fatal failure that stopped Run, see fail
@@ -298,16 +301,7 @@ func (a *Agent) becomeReady(ctx context.Context) {
 	}
 	a.setBlocker("")
 	a.log.Info("ready: pods can be attached", "address", a.HostAddr(), "bridge", a.cfg.Bridge, "mtu", a.dp.mtu)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-a.ipam.Changes():
-			if err := a.dp.host.SyncLocalRanges(a.ipam.OwnedPrefixes()); err != nil {
-				a.log.Warn("routing this host's ranges to the bridge", "err", err)
-			}
-		}
-	}
+	a.keepHost(ctx)
 }
 
 func (a *Agent) hostAddress(ctx context.Context) (netip.Addr, error) {
@@ -342,6 +336,9 @@ func (a *Agent) Ready() bool { return a.notReadyReason() == "" }
 func (a *Agent) notReadyReason() string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.blocker == "" && a.hostBroken != "" {
+		return "host network broken: " + a.hostBroken
+	}
 	return a.blocker
 }
 
@@ -356,12 +353,13 @@ func (a *Agent) status() api.Status {
 	st := api.Status{
 		Version:    api.Version,
 		Name:       a.cfg.Name,
-		Host:       a.cfg.Host.String(),
+		Host:       a.underlayAddr().String(),
 		Port:       a.cfg.Port,
 		Encryption: a.keys != nil,
 		Protocol:   mesh.ProtocolMax,
 		Uptime:     time.Since(a.started).Round(time.Second),
 		Ready:      a.Ready(),
+		NotReady:   a.notReadyReason(),
 	}
 	if !a.running() {
 		return st

@@ -11,7 +11,6 @@ import (
 	"github.com/weftnet/weft/router"
 	"github.com/weftnet/weft/router/crypto"
 	"github.com/weftnet/weft/router/tun"
-	"github.com/weftnet/weft/router/udp"
 )
 
 // dataplane is the TUN, the UDP socket, the forwarder, the optional crypto
@@ -20,7 +19,7 @@ type dataplane struct {
 	a      *Agent
 	mtu    int
 	tun    tun.Device
-	conn   udp.Conn
+	conn   *swapConn // the data socket; replaced when the underlay address changes
 	router *router.Router
 	crypto *crypto.Manager // nil without a password
 
@@ -48,11 +47,12 @@ func (a *Agent) startDataplane(ctx context.Context, goRun func(func())) (*datapl
 		return nil, fmt.Errorf("open TUN %s: %w", a.cfg.TUN, err)
 	}
 	dataAddr := netip.AddrPortFrom(a.cfg.Host, uint16(a.cfg.Port+1))
-	conn, err := a.dev.ListenUDP(dataAddr, a.log.With("component", "udp"))
+	sock, err := a.dev.ListenUDP(dataAddr, a.log.With("component", "udp"))
 	if err != nil {
 		dev.Close()
 		return nil, fmt.Errorf("data plane socket %s: %w", dataAddr, err)
 	}
+	conn := newSwapConn(sock)
 	dp := &dataplane{a: a, mtu: mtu, tun: dev, conn: conn}
 	cfg := router.Config{TUN: dev, Conn: conn, Routes: a.routes, MTU: mtu, Logger: a.log.With("component", "router")}
 	if encrypted {
@@ -115,6 +115,13 @@ func (dp *dataplane) setupHost(addr netip.Addr, local []netip.Prefix) error {
 	}
 	dp.host = h
 	return nil
+}
+
+// hostRoutes is the set-up host network, nil before setupHost.
+func (dp *dataplane) hostRoutes() HostRoutes {
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	return dp.host
 }
 
 // peersChanged tells crypto where every peer is and what its key is, and

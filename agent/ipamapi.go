@@ -151,8 +151,11 @@ func (a *Agent) gateway() (netip.Addr, error) {
 		return netip.Addr{}, notReady(errors.New("this agent runs without a data plane"))
 	}
 	gw := a.HostAddr()
-	if !gw.IsValid() {
-		return gw, notReady(fmt.Errorf("not ready: %s", a.notReadyReason()))
+	// Also once it has one: while the host network is broken (the bridge
+	// deleted, say) and not yet repaired, the shim answers "try again" (CNI
+	// code 11) rather than failing the pod for good.
+	if why := a.notReadyReason(); !gw.IsValid() || why != "" {
+		return gw, notReady(fmt.Errorf("not ready: %s", why))
 	}
 	return gw, nil
 }

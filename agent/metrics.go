@@ -35,6 +35,8 @@ var (
 	descUnreach = prometheus.NewDesc("weft_ipam_addresses_unreachable", "Addresses owned by peers that are not reachable (candidates for rmpeer).", nil, nil)
 	descReady   = prometheus.NewDesc("weft_ready", "1 when this host can network pods.", nil, nil)
 	descMTU     = prometheus.NewDesc("weft_mtu", "Overlay MTU of this host.", nil, nil)
+	descRepairs = prometheus.NewDesc("weft_repairs_total", "Repairs of the host network by the reconcile loop, by what was broken (bridge, bridge_addr, route, sysctl, nftables, tun).",
+		[]string{"what"}, nil)
 	descPending = prometheus.NewDesc("weft_ipam_pending_allocations", "Allocation requests waiting (e.g. for a donation).", nil, nil)
 )
 
@@ -56,6 +58,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(descReady, ready)
 	gauge(descPending, float64(a.pendingAllocs.Load()))
+	a.repairs.each(func(what string, n uint64) { counter(descRepairs, n, what) })
 	if a.running() {
 		byState := map[mesh.State]int{}
 		for _, p := range a.mesh.Peers() {

@@ -65,6 +65,7 @@ type Status struct {
 	Connected  int           `json:"connections"` // data-plane connections established
 	Uptime     time.Duration `json:"uptime_ns"`
 	Ready      bool          `json:"ready"`
+	NotReady   string        `json:"not_ready,omitempty"` // why not ready, e.g. the host network is broken
 	IPAM       *IPAMSummary  `json:"ipam,omitempty"`
 	Datapath   string        `json:"datapath,omitempty"` // e.g. "tun-offload+udp-gso", "tun-water+udp-mmsg"
 	MTU        int           `json:"mtu,omitempty"`

@@ -1,6 +1,7 @@
 package agenttest
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -24,9 +25,16 @@ type HostNet struct {
 	// MTU is the answer to UnderlayMTU (0: 1500).
 	MTU int
 
-	mu    sync.Mutex
-	state HostState
+	mu       sync.Mutex
+	state    HostState
+	broken   []hostnet.Fault // repaired by the next Repair
+	jammed   error           // Repair fails with it while set
+	underlay []netip.Addr    // addresses of the underlay link "eth0"; set by the first UnderlayLink
+	watchers []chan struct{}
 }
+
+// UnderlayLinkName is the fake underlay link's name.
+const UnderlayLinkName = "eth0"
 
 // HostState is what the host network looks like after the calls so far.
 type HostState struct {
@@ -38,6 +46,7 @@ type HostState struct {
 	FilterPeers   []netip.Addr   // the host filter's peer addresses (SetPeers)
 	FilterPorts   []uint16       // and the peers' ports
 	TornDown      bool
+	Repairs       []hostnet.Fault // every fault Repair repaired, in order
 }
 
 var _ agent.HostNetwork = (*HostNet)(nil)
@@ -50,8 +59,95 @@ func (h *HostNet) State() HostState {
 	s.Local = slices.Clone(s.Local)
 	s.FilterPeers = slices.Clone(s.FilterPeers)
 	s.FilterPorts = slices.Clone(s.FilterPorts)
+	s.Repairs = slices.Clone(s.Repairs)
 	s.Config.Logger = nil
 	return s
+}
+
+// Break damages the host network as an operator could (f.Part says what);
+// the next Repair repairs it, as hostnet's does. Watchers are told, as
+// netlink would tell them.
+func (h *HostNet) Break(f hostnet.Fault) {
+	h.mu.Lock()
+	h.broken = append(h.broken, f)
+	h.mu.Unlock()
+	h.signal()
+}
+
+// BreakSilently is Break without telling the watchers, as a sysctl
+// changes without a netlink event: only the reconcile timer finds it.
+func (h *HostNet) BreakSilently(f hostnet.Fault) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.broken = append(h.broken, f)
+}
+
+// Jam makes Repair fail with err until Jam(nil): damage that cannot be
+// repaired (a link of the bridge's name that is not a bridge, say).
+func (h *HostNet) Jam(err error) {
+	h.mu.Lock()
+	h.jammed = err
+	h.mu.Unlock()
+	h.signal()
+}
+
+// SetUnderlayAddrs replaces the addresses of the underlay link, as
+// `ip addr del/add` would, and tells the watchers.
+func (h *HostNet) SetUnderlayAddrs(addrs ...netip.Addr) {
+	h.mu.Lock()
+	h.underlay = slices.Clone(addrs)
+	h.mu.Unlock()
+	h.signal()
+}
+
+func (h *HostNet) signal() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, w := range h.watchers {
+		select {
+		case w <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Watch implements agent.HostNetwork: a signal after every Break, Jam and
+// SetUnderlayAddrs.
+func (h *HostNet) Watch(ctx context.Context, _ *slog.Logger) (<-chan struct{}, error) {
+	ch := make(chan struct{}, 1)
+	h.mu.Lock()
+	h.watchers = append(h.watchers, ch)
+	h.mu.Unlock()
+	context.AfterFunc(ctx, func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		h.watchers = slices.DeleteFunc(h.watchers, func(w chan struct{}) bool { return w == ch })
+	})
+	return ch, nil
+}
+
+// UnderlayLink implements agent.HostNetwork: the first address asked for
+// becomes the underlay link's.
+func (h *HostNet) UnderlayLink(host netip.Addr) (string, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.underlay == nil {
+		h.underlay = []netip.Addr{host}
+	}
+	if !slices.Contains(h.underlay, host) {
+		return "", fmt.Errorf("agenttest: no link holds %s", host)
+	}
+	return UnderlayLinkName, nil
+}
+
+// LinkAddrs implements agent.HostNetwork.
+func (h *HostNet) LinkAddrs(link string) ([]netip.Addr, error) {
+	if link != UnderlayLinkName {
+		return nil, fmt.Errorf("agenttest: no link %s", link)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.underlay), nil
 }
 
 // UnderlayMTU implements agent.HostNetwork.
@@ -130,6 +226,23 @@ func (r *hostRoutes) SyncLocalRanges(prefixes []netip.Prefix) error {
 	r.h.state.Local = slices.Clone(prefixes)
 	slices.SortFunc(r.h.state.Local, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
 	return nil
+}
+
+// Repair implements agent.HostRoutes: what Break damaged is repaired and
+// returned, each fault once; while jammed it fails.
+func (r *hostRoutes) Repair() ([]hostnet.Fault, error) {
+	r.h.mu.Lock()
+	defer r.h.mu.Unlock()
+	if r.h.state.TornDown {
+		return nil, nil
+	}
+	if r.h.jammed != nil {
+		return nil, fmt.Errorf("agenttest: repair: %w", r.h.jammed)
+	}
+	fixed := r.h.broken
+	r.h.broken = nil
+	r.h.state.Repairs = append(r.h.state.Repairs, fixed...)
+	return fixed, nil
 }
 
 func (r *hostRoutes) SetPeers(addrs []netip.Addr, ports []uint16) error {

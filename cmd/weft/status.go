@@ -116,6 +116,8 @@ func writeOverview(w io.Writer, st api.Status) {
 	ready := "no"
 	if st.Ready {
 		ready = "yes"
+	} else if st.NotReady != "" {
+		ready = "no (" + st.NotReady + ")"
 	}
 	line("Ready", ready)
 	line("Uptime", st.Uptime.Round(time.Second).String())

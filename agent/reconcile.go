@@ -1,0 +1,106 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/weftnet/weft/hostnet"
+)
+
+// ReconcileInterval is how often the host network is checked when no
+// netlink event came: events can be lost (a full socket buffer), and a
+// sysctl changes without one.
+const ReconcileInterval = 10 * time.Second
+
+// repairCounts counts the repairs of the host network by part, for
+// weft_repairs_total{what}. The parts are a fixed set, so the counters are
+// too.
+type repairCounts struct {
+	n [6]atomic.Uint64 // by index in hostnet.Parts()
+}
+
+func (r *repairCounts) add(p hostnet.Part) {
+	for i, q := range hostnet.Parts() {
+		if q == p {
+			r.n[i].Add(1)
+			return
+		}
+	}
+}
+
+// each calls f with every part and its count.
+func (r *repairCounts) each(f func(what string, n uint64)) {
+	for i, p := range hostnet.Parts() {
+		f(string(p), r.n[i].Load())
+	}
+}
+
+// keepHost runs once the host network is set up, until ctx ends: it keeps
+// the routes of this host's ranges in step with the ring, and repairs the
+// host network on every netlink change and every ReconcileInterval. It
+// also follows a change of the underlay address (see followUnderlay).
+func (a *Agent) keepHost(ctx context.Context) {
+	events, err := a.dev.HostNet.Watch(ctx, a.log.With("component", "hostnet"))
+	if err != nil {
+		a.log.Warn("cannot watch the host network for changes; checking it every interval only",
+			"interval", ReconcileInterval, "err", err)
+	}
+	tick, stop := a.dev.NewTicker(ReconcileInterval)
+	defer stop()
+	u := a.newUnderlayWatch()
+	for {
+		a.reconcileHost()
+		if ctx.Err() != nil {
+			return
+		}
+		u.follow(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.ipam.Changes():
+			if err := a.dp.hostRoutes().SyncLocalRanges(a.ipam.OwnedPrefixes()); err != nil {
+				a.log.Warn("routing this host's ranges to the bridge", "err", err)
+			}
+		case <-events:
+		case <-tick:
+		}
+	}
+}
+
+// reconcileHost repairs the host network once. A failed repair makes this
+// host not ready (CNI ADD answers "try again") until a later one succeeds;
+// a missing TUN is fatal: only a new data plane can make it again.
+func (a *Agent) reconcileHost() {
+	faults, err := a.dp.hostRoutes().Repair()
+	for _, f := range faults {
+		a.repairs.add(f.Part)
+	}
+	if errors.Is(err, hostnet.ErrTUNGone) {
+		a.log.Error("the TUN device is gone; stopping the agent so that it is restarted", "err", err)
+		a.setHostBroken(err.Error())
+		a.fail(fmt.Errorf("host network: %w", err))
+		return
+	}
+	if err != nil {
+		if a.setHostBroken(err.Error()) {
+			a.log.Error("the host network is broken and could not be repaired; not ready until it is", "err", err)
+		}
+		return
+	}
+	if a.setHostBroken("") {
+		a.log.Info("host network repaired; ready again")
+	}
+}
+
+// setHostBroken records why the host network is broken ("" for healthy)
+// and reports whether that changed.
+func (a *Agent) setHostBroken(why string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	changed := (a.hostBroken == "") != (why == "")
+	a.hostBroken = why
+	return changed
+}
