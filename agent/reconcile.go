@@ -51,12 +51,13 @@ func (a *Agent) keepHost(ctx context.Context) {
 	tick, stop := a.dev.NewTicker(ReconcileInterval)
 	defer stop()
 	u := a.newUnderlayWatch()
-	for {
+	check := func() {
 		a.reconcileHost()
-		if ctx.Err() != nil {
-			return
-		}
 		u.follow(ctx)
+	}
+	check()
+	var settle <-chan time.Time
+	for {
 		select {
 		case <-ctx.Done():
 			return
@@ -65,10 +66,24 @@ func (a *Agent) keepHost(ctx context.Context) {
 				a.log.Warn("routing this host's ranges to the bridge", "err", err)
 			}
 		case <-events:
+			// One change comes as a burst of events (a deleted bridge takes
+			// its addresses and routes with it; a pod's ADD makes a veth,
+			// addresses and routes): look once the burst is over.
+			if settle == nil {
+				settle = time.After(eventSettle)
+			}
+		case <-settle:
+			settle = nil
+			check()
 		case <-tick:
+			check()
 		}
 	}
 }
+
+// eventSettle is how long the reconcile loop lets a burst of netlink events
+// settle before it looks at the host.
+const eventSettle = 50 * time.Millisecond
 
 // reconcileHost repairs the host network once. A failed repair makes this
 // host not ready (CNI ADD answers "try again") until a later one succeeds;

@@ -143,8 +143,11 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		err = fmt.Errorf("%w (and rollback release: %v)", err, rerr)
 	}
 	code := uint(types.ErrInternal)
-	if errors.Is(err, ErrNetnsGone) {
+	switch {
+	case errors.Is(err, ErrNetnsGone):
 		code = types.ErrInvalidNetNS
+	case errors.Is(err, ErrNoBridge):
+		code = types.ErrTryAgainLater
 	}
 	return types.NewError(code, "weft-cni ADD failed", err.Error())
 }

@@ -169,6 +169,20 @@ func TestAddRollsBackAllocationWhenAttachFails(t *testing.T) {
 	}
 }
 
+// A bridge deleted a moment before the agent's reconcile loop re-creates
+// it: ADD says "try again" and leaves no allocation behind.
+func TestAddTryAgainWhenBridgeMissing(t *testing.T) {
+	h := newHarness(t)
+	h.net.attachErr = fmt.Errorf("%w: bridge weft: link not found", ErrNoBridge)
+	err := h.plugin.Add(h.args("c1", "eth0", h.conf("")))
+	if code := cniCode(t, err); code != types.ErrTryAgainLater {
+		t.Fatalf("ADD code %d (%v), want %d", code, err, types.ErrTryAgainLater)
+	}
+	if held := h.agent.Held(); len(held) != 0 {
+		t.Fatalf("allocation left after ADD without a bridge: %v", held)
+	}
+}
+
 func TestAddAndStatusTryAgainLater(t *testing.T) {
 	for _, tc := range []struct {
 		name  string

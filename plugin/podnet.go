@@ -56,6 +56,10 @@ type Links struct {
 	PodMAC  net.HardwareAddr
 }
 
+// ErrNoBridge says the bridge is missing: deleted a moment ago, the agent
+// re-creates it (its reconcile loop), so ADD answers "try again".
+var ErrNoBridge = errors.New("the weft bridge is missing")
+
 // ErrNetnsGone says the pod's network namespace no longer exists.
 var ErrNetnsGone = errors.New("network namespace does not exist")
 

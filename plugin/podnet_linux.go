@@ -55,7 +55,7 @@ func (NetlinkPodNetwork) Attach(a Attachment) (_ Links, err error) {
 
 	br, err := netlink.LinkByName(a.Bridge)
 	if err != nil {
-		return Links{}, fmt.Errorf("bridge %s (is the weft agent set up?): %w", a.Bridge, err)
+		return Links{}, fmt.Errorf("%w: bridge %s (is the weft agent set up?): %w", ErrNoBridge, a.Bridge, err)
 	}
 	if br.Type() != "bridge" {
 		return Links{}, fmt.Errorf("link %s is a %s, not a bridge", a.Bridge, br.Type())
