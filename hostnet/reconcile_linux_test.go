@@ -231,3 +231,21 @@ func TestWatchSignalsChanges(t *testing.T) {
 		t.Fatal("no signal within 5 s of a link change")
 	}
 }
+
+// Watch signals a change of table ip weft, which makes no link, address or
+// route event.
+func TestWatchSignalsTableChanges(t *testing.T) {
+	roottest.Require(t)
+	name, ns := newNetns(t, "")
+	in(t, ns, func() error { _, err := Setup(testConfig()); return err })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var ch <-chan struct{}
+	in(t, ns, func() (err error) { ch, err = Watch(ctx, nil); return err })
+	run(t, "ip", "netns", "exec", name, "nft", "flush", "table", "ip", "weft")
+	select {
+	case <-ch:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no signal within 5 s of nft flush table ip weft")
+	}
+}
