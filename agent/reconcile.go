@@ -94,7 +94,7 @@ func (a *Agent) reconcileHost() {
 		a.repairs.add(f.Part)
 	}
 	if errors.Is(err, hostnet.ErrTUNGone) {
-		a.log.Error("the TUN device is gone; stopping the agent so that it is restarted", "err", err)
+		a.log.Error("data plane failed: its TUN device is gone; stopping the agent so that it is restarted", "err", err)
 		a.setHostBroken(err.Error())
 		a.fail(fmt.Errorf("host network: %w", err))
 		return
