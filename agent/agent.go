@@ -48,6 +48,10 @@ type Agent struct {
 
 	pendingAllocs atomic.Int64 // allocation requests in progress, for metrics
 	repairs       repairCounts // host network repairs, for metrics
+	// reconcileMu serialises a repair and `weft reset`'s teardown; after
+	// tornDown the reconcile loop repairs nothing.
+	reconcileMu sync.Mutex
+	tornDown    bool
 
 	mu         sync.Mutex
 	hostAddr   netip.Addr // this host's overlay address (bridge, pods' gateway)

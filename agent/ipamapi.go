@@ -215,7 +215,7 @@ func (a *Agent) reset(ctx context.Context) error {
 		return ipamError(fmt.Errorf("hand this host's ranges to a live peer: %w", err))
 	}
 	if a.dp != nil {
-		if err := a.dev.HostNet.Teardown(a.cfg.Bridge, a.log); err != nil {
+		if err := a.teardownHost(); err != nil {
 			a.log.Warn("removing the host network", "err", err)
 		}
 	}

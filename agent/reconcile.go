@@ -89,6 +89,11 @@ const eventSettle = 50 * time.Millisecond
 // host not ready (CNI ADD answers "try again") until a later one succeeds;
 // a missing TUN is fatal: only a new data plane can make it again.
 func (a *Agent) reconcileHost() {
+	a.reconcileMu.Lock()
+	defer a.reconcileMu.Unlock()
+	if a.tornDown {
+		return // weft reset removed it on purpose
+	}
 	faults, err := a.dp.hostRoutes().Repair()
 	for _, f := range faults {
 		a.repairs.add(f.Part)
@@ -108,6 +113,15 @@ func (a *Agent) reconcileHost() {
 	if a.setHostBroken("") {
 		a.log.Info("host network repaired; ready again")
 	}
+}
+
+// teardownHost removes the host network for `weft reset`, so that the
+// reconcile loop does not put it back.
+func (a *Agent) teardownHost() error {
+	a.reconcileMu.Lock()
+	defer a.reconcileMu.Unlock()
+	a.tornDown = true
+	return a.dev.HostNet.Teardown(a.cfg.Bridge, a.log)
 }
 
 // setHostBroken records why the host network is broken ("" for healthy)
