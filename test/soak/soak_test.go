@@ -180,9 +180,10 @@ func TestSoak(t *testing.T) {
 	go func() { defer bg.Done(); s.watchMetrics(ctx) }()
 
 	type tally struct {
-		n     int
-		worst time.Duration
-		total time.Duration
+		n      int
+		worst  time.Duration // from the fault's end (the relaunch, the cable back)
+		total  time.Duration
+		outage time.Duration // worst from the fault's start
 	}
 	tallies := map[string]*tally{}
 	start := time.Now()
@@ -192,6 +193,7 @@ func TestSoak(t *testing.T) {
 		what := fmt.Sprintf("fault %d: %s on %s", n, k.name, h.Name)
 		s.setCurrent(what)
 		fctx, fcancel := context.WithTimeout(ctx, 2*time.Minute)
+		began := time.Now()
 		healed, repaired, err := k.inject(s, fctx, h)
 		if err != nil {
 			fcancel()
@@ -213,6 +215,7 @@ func TestSoak(t *testing.T) {
 		tl.n++
 		tl.total += took
 		tl.worst = max(tl.worst, took)
+		tl.outage = max(tl.outage, healed.Add(took).Sub(began))
 		if took > recoveryLimit {
 			s.violate("recovery", "%s: back after %s, more than %s", what, took.Round(10*time.Millisecond), recoveryLimit)
 		}
@@ -250,12 +253,12 @@ func TestSoak(t *testing.T) {
 	fmt.Fprintf(&b, "soak report: seed %d, %s of faults (%d hosts; %s encrypted %s; %s plaintext %s; %d pods, %d flows)\n",
 		cfg.seed, elapsed.Round(time.Second), len(s.bed.Hosts),
 		s.meshes[0].name, hostNames(s.meshes[0].hosts), s.meshes[1].name, hostNames(s.meshes[1].hosts), len(s.tr.pods), len(s.tr.flows))
-	fmt.Fprintf(&b, "  %-9s %6s %15s %14s\n", "fault", "count", "worst recovery", "mean recovery")
+	fmt.Fprintf(&b, "  %-9s %6s %15s %14s %13s\n", "fault", "count", "worst recovery", "mean recovery", "worst outage")
 	for _, f := range faults {
 		tl := tallies[f.name]
 		switch {
 		case tl != nil:
-			fmt.Fprintf(&b, "  %-9s %6d %14.2fs %13.2fs\n", f.name, tl.n, tl.worst.Seconds(), (tl.total / time.Duration(tl.n)).Seconds())
+			fmt.Fprintf(&b, "  %-9s %6d %14.2fs %13.2fs %12.2fs\n", f.name, tl.n, tl.worst.Seconds(), (tl.total / time.Duration(tl.n)).Seconds(), tl.outage.Seconds())
 		case !slices.ContainsFunc(cfg.kinds, func(k fault) bool { return k.name == f.name }) && f.needs != "":
 			fmt.Fprintf(&b, "  %-9s    off (needs %s; WEFT_SOAK_FAULTS=all)\n", f.name, f.needs)
 		case !slices.ContainsFunc(cfg.kinds, func(k fault) bool { return k.name == f.name }):
@@ -373,6 +376,11 @@ func (s *soak) setup() {
 			t.Fatal(err)
 		}
 		for _, h := range m.hosts {
+			if st, err := h.Client().Status(ctx); err != nil || st.Encryption != m.encrypted {
+				t.Fatalf("%s of %s: encryption %v, want %v (%v)", h.Name, m.name, st.Encryption, m.encrypted, err)
+			}
+		}
+		for _, h := range m.hosts {
 			for i := 1; i <= podsPerHost; i++ {
 				p, err := h.AddPod(ctx, fmt.Sprintf("p%d", i))
 				if err != nil {
@@ -422,7 +430,8 @@ func (s *soak) waitFlowing(ctx context.Context, since time.Time, limit time.Dura
 }
 
 // recover waits until every flow has delivered a packet after healed and
-// repaired (if any) holds, and returns how long after healed that was.
+// repaired (if any) holds, and returns how long after healed that was. The
+// resolution is a flow's packet interval (100 ms).
 func (s *soak) recover(ctx context.Context, h *testbed.Host, healed time.Time, repaired func(context.Context) error) (time.Duration, error) {
 	var flowsAt, repairedAt time.Time
 	var lastCheck time.Time
