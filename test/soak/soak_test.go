@@ -21,6 +21,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	mrand "math/rand/v2"
 	"net/netip"
@@ -200,7 +201,7 @@ func TestSoak(t *testing.T) {
 			s.violate("inject", "%s: %v", what, err)
 			break
 		}
-		took, err := s.recover(fctx, h, healed, repaired)
+		took, late, err := s.recover(fctx, h, healed, repaired)
 		fcancel()
 		if err != nil {
 			// Broken for good: report what there is and stop.
@@ -217,7 +218,7 @@ func TestSoak(t *testing.T) {
 		tl.worst = max(tl.worst, took)
 		tl.outage = max(tl.outage, healed.Add(took).Sub(began))
 		if took > recoveryLimit {
-			s.violate("recovery", "%s: back after %s, more than %s", what, took.Round(10*time.Millisecond), recoveryLimit)
+			s.violate("recovery", "%s: back after %s, more than %s; at %s: %s", what, took.Round(10*time.Millisecond), recoveryLimit, recoveryLimit, late)
 		}
 		t.Logf("%s: recovered in %s", what, took.Round(10*time.Millisecond))
 		s.setCurrent("quiet after " + what)
@@ -432,7 +433,9 @@ func (s *soak) waitFlowing(ctx context.Context, since time.Time, limit time.Dura
 // recover waits until every flow has delivered a packet after healed and
 // repaired (if any) holds, and returns how long after healed that was. The
 // resolution is a flow's packet interval (100 ms).
-func (s *soak) recover(ctx context.Context, h *testbed.Host, healed time.Time, repaired func(context.Context) error) (time.Duration, error) {
+//
+// If it takes longer than recoveryLimit, late says what was still wrong then.
+func (s *soak) recover(ctx context.Context, h *testbed.Host, healed time.Time, repaired func(context.Context) error) (took time.Duration, late string, err error) {
 	var flowsAt, repairedAt time.Time
 	var lastCheck time.Time
 	var repairErr error
@@ -452,26 +455,46 @@ func (s *soak) recover(ctx context.Context, h *testbed.Host, healed time.Time, r
 			}
 		}
 		if !flowsAt.IsZero() && !repairedAt.IsZero() {
-			return max(flowsAt.Sub(healed), repairedAt.Sub(healed)), nil
+			return max(flowsAt.Sub(healed), repairedAt.Sub(healed)), late, nil
+		}
+		if late == "" && now.Sub(healed) > recoveryLimit {
+			late = s.stillWrong(healed, flowsAt, repairedAt, repairErr)
 		}
 		if now.Sub(healed) > giveUpAfter {
-			var names []string
-			for _, f := range s.tr.stalled(healed) {
-				names = append(names, f.name)
-			}
-			return 0, fmt.Errorf("%d flows silent %v; repair: %v", len(names), names, repairErr)
+			return 0, late, errors.New(s.stillWrong(healed, flowsAt, repairedAt, repairErr))
 		}
 		for _, o := range s.bed.Hosts {
 			if !o.Running() {
-				return 0, fmt.Errorf("the agent of %s is not running: %s", o.Name, lastLines(o.Log(), 5))
+				return 0, late, fmt.Errorf("the agent of %s is not running: %s", o.Name, lastLines(o.Log(), 5))
 			}
 		}
 		select {
 		case <-ctx.Done():
-			return 0, ctx.Err()
+			return 0, late, ctx.Err()
 		case <-poll.C:
 		}
 	}
+}
+
+// stillWrong describes what has not recovered yet.
+func (s *soak) stillWrong(healed, flowsAt, repairedAt time.Time, repairErr error) string {
+	var parts []string
+	if flowsAt.IsZero() {
+		st := s.tr.stalled(healed)
+		var names []string
+		for _, f := range st[:min(len(st), 6)] {
+			names = append(names, f.name)
+		}
+		more := ""
+		if len(st) > len(names) {
+			more = fmt.Sprintf(" and %d more", len(st)-len(names))
+		}
+		parts = append(parts, fmt.Sprintf("%d flows silent (%s%s)", len(st), strings.Join(names, ", "), more))
+	}
+	if repairedAt.IsZero() && repairErr != nil {
+		parts = append(parts, "not repaired: "+repairErr.Error())
+	}
+	return strings.Join(parts, "; ")
 }
 
 func lastLines(s string, n int) string {

@@ -23,7 +23,7 @@ import (
 // second. Fixed rates, so the load is bounded whatever happens.
 const (
 	streamRate  = 10
-	pingRate    = 4
+	pingRate    = 5
 	streamPort  = 7777
 	payloadSize = 200
 )
