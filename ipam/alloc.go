@@ -62,12 +62,15 @@ func (p *IPAM) Allocate(ctx context.Context, containerID, ifName, netns string) 
 func (p *IPAM) recordLocked(key Attachment, netns string, off uint64) (netip.Addr, error) {
 	a := &Allocation{ContainerID: key.ContainerID, IfName: key.IfName, Netns: netns,
 		Addr: addrAt(p.cfg.Range, off), Created: p.now().UTC()}
-	undo := p.checkpointLocked()
+	// The undo of checkpointLocked, without copying every allocation.
+	ring, dirty := p.ring.clone(), p.dirty
 	p.allocs[key] = a
 	p.used = insertSorted(p.used, off)
 	p.refreshOwnLocked()
 	if err := p.persistLocked(); err != nil {
-		undo()
+		p.ring, p.dirty = ring, dirty
+		delete(p.allocs, key)
+		p.used = removeSorted(p.used, off)
 		return netip.Addr{}, fmt.Errorf("allocate for %s/%s: %w", key.ContainerID, key.IfName, err)
 	}
 	return a.Addr, nil
@@ -80,6 +83,9 @@ func (p *IPAM) recordLocked(key Attachment, netns string, off uint64) (netip.Add
 // disk) undoes the change, so memory, disk and peers never disagree about
 // which addresses this peer holds.
 func (p *IPAM) checkpointLocked() (undo func()) {
+	if p.store == nil || p.left {
+		return func() {} // persistLocked cannot fail
+	}
 	var ring *ring
 	if p.ring != nil {
 		ring = p.ring.clone()
