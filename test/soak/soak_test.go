@@ -71,6 +71,7 @@ type soak struct {
 	order   []string
 	current string // fault in progress, for leak reports
 	samples map[string][]sample
+	exits   []string // agents that exited by themselves and were relaunched
 }
 
 // violate records a broken invariant: the first time a message is seen it
@@ -224,6 +225,10 @@ func TestSoak(t *testing.T) {
 		s.setCurrent("quiet after " + what)
 		// The pace of faults: 1–3 s of calm between them.
 		time.Sleep(time.Second + time.Duration(s.rng.Int64N(int64(2*time.Second))))
+		if err := s.supervise(); err != nil {
+			s.violate("agent", "%v", err)
+			break
+		}
 	}
 	elapsed := time.Since(start)
 	s.setCurrent("the end")
@@ -289,6 +294,10 @@ func TestSoak(t *testing.T) {
 		if v != "" {
 			growth = append(growth, v)
 		}
+	}
+	fmt.Fprintf(&b, "  agents that exited by themselves (relaunched as systemd would): %d\n", len(s.exits))
+	for _, e := range s.exits {
+		fmt.Fprintf(&b, "    %s\n", e)
 	}
 	fmt.Fprintf(&b, "  violations: %d distinct\n", len(s.order))
 	for _, v := range s.order {
@@ -463,10 +472,8 @@ func (s *soak) recover(ctx context.Context, h *testbed.Host, healed time.Time, r
 		if now.Sub(healed) > giveUpAfter {
 			return 0, late, errors.New(s.stillWrong(healed, flowsAt, repairedAt, repairErr))
 		}
-		for _, o := range s.bed.Hosts {
-			if !o.Running() {
-				return 0, late, fmt.Errorf("the agent of %s is not running: %s", o.Name, lastLines(o.Log(), 5))
-			}
+		if err := s.supervise(); err != nil {
+			return 0, late, err
 		}
 		select {
 		case <-ctx.Done():
@@ -474,6 +481,32 @@ func (s *soak) recover(ctx context.Context, h *testbed.Host, healed time.Time, r
 		case <-poll.C:
 		}
 	}
+}
+
+// supervise does what systemd's Restart=on-failure or the kubelet does: an
+// agent that exited by itself with a failure is launched again and counted.
+// One that exited with 0 would stay down for good under systemd: a
+// violation (issue 16 item 3), relaunched all the same to go on.
+func (s *soak) supervise() error {
+	for _, h := range s.bed.Hosts {
+		if h.Running() {
+			continue
+		}
+		code, err := h.WaitExit(time.Second)
+		if err != nil {
+			return err
+		}
+		s.mu.Lock()
+		s.exits = append(s.exits, fmt.Sprintf("%s exited with %d during %s", h.Name, code, s.current))
+		s.mu.Unlock()
+		if code == 0 {
+			s.violate("agent", "%s exited with 0 on its own (systemd would not restart it): %s", h.Name, lastLines(h.Log(), 3))
+		}
+		if err := s.launch(h); err != nil {
+			return fmt.Errorf("relaunch of %s after it exited with %d: %w", h.Name, code, err)
+		}
+	}
+	return nil
 }
 
 // stillWrong describes what has not recovered yet.
