@@ -192,7 +192,7 @@ func TestSoak(t *testing.T) {
 	for n := 1; time.Since(start) < cfg.duration; n++ {
 		k := cfg.kinds[s.rng.IntN(len(cfg.kinds))]
 		h := s.bed.Hosts[s.rng.IntN(len(s.bed.Hosts))]
-		what := fmt.Sprintf("fault %d: %s on %s", n, k.name, h.Name)
+		what := fmt.Sprintf("fault %d: %s on %s at %s", n, k.name, h.Name, time.Now().UTC().Format("15:04:05.000"))
 		s.setCurrent(what)
 		fctx, fcancel := context.WithTimeout(ctx, 2*time.Minute)
 		began := time.Now()
@@ -513,16 +513,29 @@ func (s *soak) supervise() error {
 func (s *soak) stillWrong(healed, flowsAt, repairedAt time.Time, repairErr error) string {
 	var parts []string
 	if flowsAt.IsZero() {
+		// Which ones, and whether their packets leave the sender at all
+		// (the sending pod has no route, or the socket is stuck) and
+		// whether they cross hosts: where to look first.
 		st := s.tr.stalled(healed)
 		var names []string
-		for _, f := range st[:min(len(st), 6)] {
-			names = append(names, f.name)
+		unsent, local := 0, 0
+		for _, f := range st {
+			if f.lastTx.Load() <= healed.UnixNano() {
+				unsent++
+			}
+			if f.hostSide {
+				local++
+			}
+			if len(names) < 8 {
+				names = append(names, f.name)
+			}
 		}
 		more := ""
 		if len(st) > len(names) {
 			more = fmt.Sprintf(" and %d more", len(st)-len(names))
 		}
-		parts = append(parts, fmt.Sprintf("%d flows silent (%s%s)", len(st), strings.Join(names, ", "), more))
+		parts = append(parts, fmt.Sprintf("%d flows silent, %d of them not sent since, %d within one host (%s%s)",
+			len(st), unsent, local, strings.Join(names, ", "), more))
 	}
 	if repairedAt.IsZero() && repairErr != nil {
 		parts = append(parts, "not repaired: "+repairErr.Error())

@@ -35,6 +35,7 @@ type flow struct {
 	src, dst *pod
 	icmp     bool
 	lastRx   atomic.Int64
+	lastTx   atomic.Int64 // last packet the sender got out (unix nanoseconds)
 	rx, tx   atomic.Uint64
 	badSrc   atomic.Uint64 // arrived with another source address (NAT)
 	seq      uint32
@@ -190,6 +191,7 @@ func (tr *traffic) send(ctx context.Context) {
 			}
 			if err == nil {
 				f.tx.Add(1)
+				f.lastTx.Store(time.Now().UnixNano())
 			} // else: no route while a fault lasts (unreachable is fail-closed at work)
 		}
 	}
