@@ -52,9 +52,10 @@ type Agent struct {
 	hostAddr netip.Addr // this host's overlay address (bridge, pods' gateway)
 	blocker  string     // why not ready, for /readyz and status
 
-	stop     context.CancelFunc // ends Run, used by reset
-	failure  error              // the fatal failure that stopped Run, see fail
-	resetErr chan error
+	stop      context.CancelFunc // ends Run, used by reset
+	resetting atomic.Bool        // reset asked: Run removes the persistent TUN last
+	failure   error              // the fatal failure that stopped Run, see fail
+	resetErr  chan error
 }
 
 // New validates cfg, derives keys and loads persistent state; Run starts it.
@@ -98,6 +99,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	a.stop = cancel
+	// Last of all, once the data plane has let go of it.
+	defer a.removeTUNAfterReset()
 
 	apiSrv, err := a.serveAPI()
 	if err != nil {
@@ -134,6 +137,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	mcfg := mesh.Config{
 		Name: a.cfg.Name, Bind: a.cfg.Host, Port: a.cfg.Port, Meta: meta,
 		SecretKey: a.gossipKey(), Timing: a.cfg.Timing, Logger: a.log, Pins: a.pins,
+		StateDir: a.cfg.StateDir,
 	}
 	if a.dev.GossipTransport != nil {
 		bind := netip.AddrPortFrom(a.cfg.Host, uint16(a.cfg.Port))
@@ -157,7 +161,19 @@ func (a *Agent) Run(ctx context.Context) error {
 	// Every goroutine started below has ended when Run returns, also on an
 	// error: the context is cancelled before waiting for them.
 	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
+	// The data plane stops only after the mesh has left: pods keep their
+	// traffic while the peers are told, and a restart's gap is only the
+	// time between two processes (the TUN and its routes persist).
+	dpCtx, dpCancel := context.WithCancel(context.WithoutCancel(ctx))
+	meshRunning := false
+	defer func() {
+		cancel()
+		if !meshRunning {
+			dpCancel()
+		}
+		wg.Wait()
+		dpCancel()
+	}()
 	goRun := func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() }
 
 	init, err := a.ipamInit(ctx)
@@ -190,11 +206,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	goRun(func() { a.ipam.Run(ctx) })
 
 	if !a.cfg.NoDataplane {
-		if a.dp, err = a.startDataplane(ctx, goRun); err != nil {
+		if a.dp, err = a.startDataplane(dpCtx, goRun); err != nil {
 			m.Shutdown()
 			return err
 		}
 	}
+	// The peers of the last run, before gossip speaks: endpoints for the
+	// routes and keys for crypto, so that traffic flows at once.
+	a.membershipChanged()
 	a.up.Store(true)
 	if len(a.cfg.Peers) > 0 {
 		a.log.Info("joining peers", "peers", a.cfg.Peers)
@@ -205,7 +224,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	} else if !a.cfg.Kube {
 		a.log.Info("no peers given; waiting for others to join this host")
 	}
-	goRun(func() { m.Run(ctx) })
+	meshRunning = true
+	goRun(func() { defer dpCancel(); m.Run(ctx) })
 	goRun(func() { a.becomeReady(ctx) })
 	if a.kube != nil {
 		goRun(func() { a.kube.run(ctx, a, goRun) })
@@ -214,6 +234,19 @@ func (a *Agent) Run(ctx context.Context) error {
 	<-ctx.Done()
 	a.log.Info("shutting down")
 	return a.failed()
+}
+
+// removeTUNAfterReset deletes the persistent TUN once a reset has stopped
+// the agent; any other stop leaves it, and its routes, for the next agent.
+func (a *Agent) removeTUNAfterReset() {
+	if !a.resetting.Load() || a.cfg.NoDataplane {
+		return
+	}
+	if removed, err := a.dev.RemoveTUN(a.cfg.TUN); err != nil {
+		a.log.Warn("reset: removing the TUN", "tun", a.cfg.TUN, "err", err)
+	} else if removed {
+		a.log.Info("reset: removed the TUN", "tun", a.cfg.TUN)
+	}
 }
 
 // ipamInit decides how the ring is bootstrapped: the flag, or in Kubernetes
