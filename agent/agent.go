@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,7 +32,8 @@ type Agent struct {
 	log     *slog.Logger
 	started time.Time
 
-	keys     *crypto.PasswordKeys // nil without a password
+	keys       *crypto.PasswordKeys // nil without a password
+	keysCached bool                 // keys came from the cache: Run checks them against the password
 	identity crypto.Identity
 	signer   *identity.Signer // long-term IPAM signing key, with or without a password
 	pins     *identity.Pins   // peers' signing keys, pinned to their names
@@ -79,12 +81,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		return nil, err
 	}
 	if cfg.Password != nil {
-		// Slow on purpose (Argon2id): done once, here.
-		keys, err := crypto.DerivePasswordKeys(cfg.Password, crypto.PasswordSalt(cfg.Range.String(), cfg.ClusterName))
-		if err != nil {
-			return nil, fmt.Errorf("password: %w", err)
+		if a.keys, a.keysCached, err = passwordKeys(cfg, log); err != nil {
+			return nil, err
 		}
-		a.keys = &keys
 		if a.identity, err = crypto.LoadOrCreateIdentity(cfg.StateDir); err != nil {
 			return nil, err
 		}
@@ -100,7 +99,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer cancel()
 	a.stop = cancel
 	// Last of all, once the data plane has let go of it.
-	defer a.removeTUNAfterReset()
+	defer a.afterReset()
 
 	apiSrv, err := a.serveAPI()
 	if err != nil {
@@ -230,16 +229,30 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.kube != nil {
 		goRun(func() { a.kube.run(ctx, a, goRun) })
 	}
+	if a.keysCached {
+		goRun(func() { a.checkCachedKeys(ctx) })
+	}
 
 	<-ctx.Done()
 	a.log.Info("shutting down")
 	return a.failed()
 }
 
-// removeTUNAfterReset deletes the persistent TUN once a reset has stopped
-// the agent; any other stop leaves it, and its routes, for the next agent.
-func (a *Agent) removeTUNAfterReset() {
-	if !a.resetting.Load() || a.cfg.NoDataplane {
+// afterReset runs once a reset has stopped everything. It deletes the
+// persistent TUN, which any other stop leaves, with its routes, for the
+// next agent; and the peers of this run (a reset host joins only whom it
+// is told to) and the keys cached from the password, which the mesh and
+// the data plane no longer touch.
+func (a *Agent) afterReset() {
+	if !a.resetting.Load() {
+		return
+	}
+	for _, f := range []string{mesh.KnownPeersFile, crypto.PasswordKeysFile} {
+		if err := os.Remove(filepath.Join(a.cfg.StateDir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			a.log.Warn("reset: removing state", "file", f, "err", err)
+		}
+	}
+	if a.cfg.NoDataplane {
 		return
 	}
 	if removed, err := a.dev.RemoveTUN(a.cfg.TUN); err != nil {
