@@ -34,14 +34,14 @@ type Agent struct {
 
 	keys       *crypto.PasswordKeys // nil without a password
 	keysCached bool                 // keys came from the cache: Run checks them against the password
-	identity crypto.Identity
-	signer   *identity.Signer // long-term IPAM signing key, with or without a password
-	pins     *identity.Pins   // peers' signing keys, pinned to their names
-	mesh     *mesh.Mesh
-	ipam     *ipam.IPAM
-	routes   *routes
-	dp       *dataplane // nil with NoDataplane
-	kube     *kubeSide  // nil outside Kubernetes
+	identity   crypto.Identity
+	signer     *identity.Signer // long-term IPAM signing key, with or without a password
+	pins       *identity.Pins   // peers' signing keys, pinned to their names
+	mesh       *mesh.Mesh
+	ipam       *ipam.IPAM
+	routes     *routes
+	dp         *dataplane // nil with NoDataplane
+	kube       *kubeSide  // nil outside Kubernetes
 
 	joined atomic.Int32 // alive peers last logged, to log changes once
 	// up is set once mesh, ipam, routes and dp are assigned; the API and
