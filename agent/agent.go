@@ -32,21 +32,22 @@ type Agent struct {
 	log     *slog.Logger
 	started time.Time
 
-	keys       *crypto.PasswordKeys // nil without a password
-	keysCached bool                 // keys came from the cache: Run checks them against the password
-	identity   crypto.Identity
-	signer     *identity.Signer // long-term IPAM signing key, with or without a password
-	pins       *identity.Pins   // peers' signing keys, pinned to their names
-	mesh       *mesh.Mesh
-	ipam       *ipam.IPAM
-	routes     *routes
-	dp         *dataplane // nil with NoDataplane
-	kube       *kubeSide  // nil outside Kubernetes
+	keys     *crypto.PasswordKeys // nil without a password
+	identity crypto.Identity
+	signer   *identity.Signer // long-term IPAM signing key, with or without a password
+	pins     *identity.Pins   // peers' signing keys, pinned to their names
+	mesh     *mesh.Mesh
+	ipam     *ipam.IPAM
+	routes   *routes
+	dp       *dataplane // nil with NoDataplane
+	kube     *kubeSide  // nil outside Kubernetes
 
 	joined atomic.Int32 // alive peers last logged, to log changes once
 	// up is set once mesh, ipam, routes and dp are assigned; the API and
 	// metrics, which start earlier, read those fields only after seeing it.
 	up atomic.Bool
+
+	keysCached bool // keys came from the cache: Run checks them against the password
 
 	pendingAllocs atomic.Int64 // allocation requests in progress, for metrics
 
