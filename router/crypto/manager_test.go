@@ -611,3 +611,39 @@ func TestConcurrentTrafficDuringRekey(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// The first session of two hosts that learn each other's key one after the
+// other (a host just started, gossip reaching one side first): the first
+// initiation is refused, since its receiver does not know the key yet. The
+// receiver's own initiation, once it learns the key, loses the tie-break
+// against the refused one; the loser of the refusal sends its initiation
+// again at once, so the session comes up in one more round trip, with no
+// retry timeout (the clock never moves here).
+func TestLateKeyConvergesWithoutRetryTimeout(t *testing.T) {
+	net, clock := newTestNet(), newFakeClock()
+	x := net.newNode(t, addrA, clock, nodeOpts{})
+	y := net.newNode(t, addrB, clock, nodeOpts{})
+	// small wins tie-breaks; it learns big's key first.
+	small, big, smallAddr, bigAddr := x, y, addrA, addrB
+	if xp, yp := x.cfg.Identity.Public(), y.cfg.Identity.Public(); bytes.Compare(yp[:], xp[:]) < 0 {
+		small, big, smallAddr, bigAddr = y, x, addrB, addrA
+	}
+	small.SetPeer("big", big.cfg.Identity.Public(), bigAddr)
+	small.tick() // initiates; big refuses it (unknown key)
+	if got := big.Counters()["handshake_failed_unknown_peer"]; got != 1 {
+		t.Fatalf("big refused %d initiations for an unknown key, want 1 (%v)", got, big.Counters())
+	}
+	big.SetPeer("small", small.cfg.Identity.Public(), smallAddr)
+	big.tick() // initiates; small, its own still pending, drops it on the tie-break
+	for _, m := range []*Manager{small, big} {
+		if s := m.Sessions(); len(s) != 1 || s[0].State != "established" {
+			t.Fatalf("without a retry timeout: sessions %+v", s)
+		}
+	}
+	if _, _, err := openMsg(big, smallAddr, sealTo(t, small, "big", []byte("x"))); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := openMsg(small, bigAddr, sealTo(t, big, "small", []byte("y"))); err != nil {
+		t.Fatal(err)
+	}
+}
