@@ -647,3 +647,39 @@ func TestLateKeyConvergesWithoutRetryTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A restarted host whose first initiation is lost hears the peer go on in
+// the session of before. That data (a session it does not know, from a
+// known peer's endpoint) makes it initiate again at once, well before
+// HandshakeRetry, and at most once per fastRetry however much of it comes.
+func TestUnknownSessionHurriesHandshake(t *testing.T) {
+	a, b, net, clock := pair(t, nodeOpts{}, nodeOpts{})
+	clock.Advance(time.Second)
+	b2, err := NewManager(Config{Identity: b.cfg.Identity, PSK: b.cfg.PSK, Send: net.sender(addrB), Clock: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	net.nodes[addrB] = b2
+	b2.SetPeer("a", a.cfg.Identity.Public(), addrA)
+	net.dropAll = true
+	b2.tick() // its initiation is lost
+	net.dropAll = false
+	sent := net.sentBy(addrB)
+	for range 100 {
+		if _, _, err := openMsg(b2, addrA, sealTo(t, a, "b", []byte("old session"))); !errors.Is(err, ErrUnknownSession) {
+			t.Fatalf("data in the session of before: %v", err)
+		}
+	}
+	clock.Advance(b2.fastRetry())
+	b2.tick()
+	if s := b2.Sessions(); len(s) != 1 || s[0].State != "established" {
+		t.Fatalf("%s after the loss, well before the retry timeout of %s: %+v", b2.fastRetry(), b2.cfg.HandshakeRetry, s)
+	}
+	// One initiation and one keepalive for a hundred datagrams.
+	if got := net.sentBy(addrB) - sent; got != 2 {
+		t.Fatalf("b sent %d datagrams, want an initiation and a keepalive", got)
+	}
+	if _, _, err := openMsg(b2, addrA, sealTo(t, a, "b", []byte("new session"))); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -44,6 +44,11 @@ func (m *Manager) tick() {
 	m.mu.Lock()
 	for _, p := range *m.peers.Load() {
 		m.expireLocked(p, now)
+		if p.hurry.Swap(false) && p.pending != nil && p.current.Load() == nil && now.Sub(p.pending.sentAt) >= m.fastRetry() {
+			// The peer sends in a session we do not know (see
+			// unknownSession): our initiation is likely lost.
+			m.abandonPending(p)
+		}
 		if st := p.pending; st != nil && now.Sub(st.sentAt) >= m.cfg.HandshakeRetry {
 			p.failures++
 			m.hsFailures[FailTimeout].Add(1)
