@@ -81,7 +81,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if a.pins, err = identity.LoadPins(cfg.StateDir, log); err != nil {
 		return nil, err
 	}
-	if cfg.Password != nil {
+	if cfg.Password == nil {
+		dropCachedKeys(cfg.StateDir, log) // no secret of a former password lingers
+	} else {
 		if a.keys, a.keysCached, err = passwordKeys(cfg, log); err != nil {
 			return nil, err
 		}

@@ -63,10 +63,15 @@ func (a *Agent) checkCachedKeys(ctx context.Context) {
 	if err := crypto.SavePasswordKeys(a.cfg.StateDir, salt, k); err != nil {
 		// Not replaced: removed, or the next start would use them again.
 		a.log.Error("could not replace the cached password keys; removing them", "err", err)
-		if err := os.Remove(filepath.Join(a.cfg.StateDir, crypto.PasswordKeysFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			a.log.Error("could not remove the cached password keys", "err", err)
-		}
+		dropCachedKeys(a.cfg.StateDir, a.log)
 	}
 	a.log.Error(errPasswordChanged.Error())
 	a.fail(errPasswordChanged)
+}
+
+// dropCachedKeys removes the cache of password keys, if any.
+func dropCachedKeys(dir string, log *slog.Logger) {
+	if err := os.Remove(filepath.Join(dir, crypto.PasswordKeysFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		log.Error("could not remove the cached password keys", "err", err)
+	}
 }
