@@ -45,6 +45,7 @@ func (m *Manager) initiateLocked(p *peer, now time.Time) ([]byte, error) {
 	st.sentAt = now
 	p.pending = st
 	p.attempts++
+	p.lastInit = now
 	m.pending[idx] = p
 	m.initiated.Add(1)
 	return msg, nil

@@ -121,6 +121,7 @@ type peer struct {
 	keypairs      []*keypair // every live session, for receiving
 	pending       *initiatorState
 	attempts      int // initiations sent since the last success
+	lastInit      time.Time
 	lastTimestamp [timestampLen]byte
 	established   time.Time
 	lastRekey     time.Time

@@ -458,6 +458,7 @@ func TestSessionExpiresWithoutRekey(t *testing.T) {
 	if _, err := a.Seal("b", packet(a, []byte("x")), 1); !errors.Is(err, ErrNoSession) {
 		t.Fatalf("Seal after expiry: %v", err)
 	}
+	a.tick() // the Seal asked for a handshake: tried at once, backoff or not
 	if _, _, err := openMsg(b, addrA, old); !errors.Is(err, ErrUnknownSession) && !errors.Is(err, ErrExpired) {
 		t.Fatalf("Open after expiry: %v", err)
 	}
@@ -681,5 +682,35 @@ func TestUnknownSessionHurriesHandshake(t *testing.T) {
 	}
 	if _, _, err := openMsg(b2, addrA, sealTo(t, a, "b", []byte("new session"))); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A peer that never answers (down, or gone for good) is tried less and less
+// often while nothing is sent to it, and at once when something is.
+func TestIdlePeerHandshakesBackOff(t *testing.T) {
+	net, clock := newTestNet(), newFakeClock()
+	a := net.newNode(t, addrA, clock, nodeOpts{})
+	id, err := GenerateIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.SetPeer("gone", id.Public(), addrB) // nobody there
+	step := a.cfg.HandshakeRetry / 5
+	ticks := int(10 * time.Minute / step)
+	for range ticks {
+		a.tick()
+		clock.Advance(step)
+	}
+	// Without backoff: one initiation per HandshakeRetry, 120 in 10 min.
+	sent := net.sentBy(addrA)
+	if sent < idleAfterAttempts || sent > 20 {
+		t.Fatalf("%d initiations in 10 minutes to a peer that never answers; want %d..20", sent, idleAfterAttempts)
+	}
+	if _, err := a.Seal("gone", packet(a, []byte("x")), 1); !errors.Is(err, ErrNoSession) {
+		t.Fatal(err)
+	}
+	a.tick()
+	if got := net.sentBy(addrA); got != sent+1 {
+		t.Fatalf("traffic for the peer: %d initiations, want one at once", got-sent)
 	}
 }
