@@ -39,13 +39,21 @@ func newRoutes(self string, ring *ipam.IPAM) *routes {
 // way until its ranges are taken over.
 func (r *routes) update(members []mesh.PeerInfo) {
 	e := &endpoints{byName: map[string]netip.AddrPort{}, byAddr: map[netip.AddrPort]string{}}
+	reachable := map[string]bool{}
+	for _, m := range members {
+		reachable[m.Name] = m.State.Reachable()
+	}
 	for _, m := range members {
 		if m.Name == r.self || !m.Addr.IsValid() || m.Meta.DataPort == 0 {
 			continue
 		}
 		ep := netip.AddrPortFrom(m.Addr, m.Meta.DataPort)
 		e.byName[m.Name] = ep
-		e.byAddr[ep] = m.Name
+		if other, taken := e.byAddr[ep]; !taken || m.State.Reachable() && !reachable[other] {
+			// An address reused by another host (a replaced node) is
+			// the live peer's, not the remembered one's.
+			e.byAddr[ep] = m.Name
+		}
 	}
 	r.eps.Store(e)
 }
