@@ -162,14 +162,19 @@ func (m *Mesh) seedKnown(peers []KnownPeer) {
 }
 
 // knownPeers is what KnownPeersFile should hold now: every peer seen with
-// an address, this one left out.
+// an address, this one left out, and those gone (or not heard of) for
+// longer than Timing.TargetExpiry, as the join targets are.
 func (m *Mesh) knownPeers() []KnownPeer {
+	now := m.now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := make([]KnownPeer, 0, len(m.peers))
 	for name, p := range m.peers {
 		addr, ok := netip.AddrFromSlice(p.node.Addr)
 		if name == m.cfg.Name || len(name) > maxKnownNameLen || !ok || p.node.Port == 0 || p.meta.DataPort == 0 || len(out) == maxKnownPeers {
+			continue
+		}
+		if (p.state.Gone() || p.state == StateUnknown) && now.Sub(p.since) > m.cfg.Timing.TargetExpiry {
 			continue
 		}
 		kp := KnownPeer{Name: name, Addr: addr.Unmap(), Port: p.node.Port, DataPort: p.meta.DataPort}

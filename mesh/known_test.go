@@ -157,3 +157,21 @@ func TestRelaunchWithoutPeersRejoins(t *testing.T) {
 	waitFor(t, "relaunched a and b alive to each other", 3*time.Second, func() bool { return a2.IsAlive("b") && b.IsAlive("a") })
 	t.Logf("rejoined in %s", time.Since(start).Round(time.Millisecond))
 }
+
+// Peers gone, or known only from the last run and never heard of since, for
+// longer than the join targets' expiry are not kept for the next run.
+func TestKnownPeersExpire(t *testing.T) {
+	m := &Mesh{cfg: Config{Name: "self", Timing: Timing{TargetExpiry: time.Minute}}, peers: map[string]*peer{}, targets: map[string]*target{}}
+	clock := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	m.now = func() time.Time { return clock }
+	m.seedKnown(knownSample())
+	m.peers["host2"].state = StateDead
+	if got := m.knownPeers(); len(got) != 2 {
+		t.Fatalf("at once: %+v", got)
+	}
+	m.peers["host1"].state, m.peers["host1"].since = StateAlive, clock.Add(30*time.Second)
+	clock = clock.Add(2 * time.Minute)
+	if got := m.knownPeers(); len(got) != 1 || got[0].Name != "host1" {
+		t.Fatalf("after the expiry: %+v, want only the alive host1", got)
+	}
+}
