@@ -82,8 +82,13 @@ func prepare(name string, vnetHdr bool, log *slog.Logger) (reuse bool, err error
 		return false, fmt.Errorf("look up tun %q: %w", name, err)
 	}
 	tt, ok := link.(*netlink.Tuntap)
-	if !ok || tt.Mode != netlink.TUNTAP_MODE_TUN {
+	if !ok || tt.Mode == netlink.TUNTAP_MODE_TAP {
 		return false, fmt.Errorf("open tun %q: %w (it is a %s)", name, ErrNotTUN, link.Type())
+	}
+	if tt.Mode == 0 {
+		// A kernel that does not describe its TUNs (before 4.15): attach
+		// and let TUNSETIFF refuse what does not fit.
+		return true, nil
 	}
 	if (tt.Flags&netlink.TUNTAP_VNET_HDR != 0) == vnetHdr {
 		return true, nil
@@ -106,7 +111,7 @@ func Remove(name string) (bool, error) {
 		}
 		return false, fmt.Errorf("look up tun %q: %w", name, err)
 	}
-	if tt, ok := link.(*netlink.Tuntap); !ok || tt.Mode != netlink.TUNTAP_MODE_TUN {
+	if tt, ok := link.(*netlink.Tuntap); !ok || tt.Mode == netlink.TUNTAP_MODE_TAP {
 		return false, fmt.Errorf("remove tun %q: %w (it is a %s)", name, ErrNotTUN, link.Type())
 	}
 	if err := netlink.LinkDel(link); err != nil {
