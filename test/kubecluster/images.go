@@ -19,6 +19,8 @@ const (
 	PauseImage = "registry.k8s.io/pause:3.10"
 	ProbeImage = "docker.io/weftnet/netprobe:test"
 	WeftImage  = "ghcr.io/weftnet/weft:latest" // the name prog/kube/weft.yaml uses
+	// CoreDNSImage is CoreDNS built from ./coredns (the version its go.mod pins).
+	CoreDNSImage = "registry.k8s.io/coredns/coredns:v1.14.7"
 )
 
 // imageFile is one file of a single-layer image.
@@ -98,11 +100,12 @@ func writeDockerArchive(out, ref string, entrypoint []string, files []imageFile)
 	return f.Close()
 }
 
-// buildImages writes the three image tarballs into dir and returns their
-// paths: the pause and probe images from test/kubecluster/netprobe, and the
-// weft image from this checkout through prog/image/build.sh (the shipping
-// path, so the test also proves the image build).
-func buildImages(root, dir string, logf func(string, ...any)) ([]string, error) {
+// buildImages writes the image tarballs into dir and returns their paths:
+// the pause and probe images from test/kubecluster/netprobe, CoreDNS from
+// k8sBin/coredns, and the weft image from this checkout through
+// prog/image/build.sh (the shipping path, so the test also proves the image
+// build).
+func buildImages(root, dir, k8sBin string, logf func(string, ...any)) ([]string, error) {
 	probeBin := filepath.Join(dir, "netprobe")
 	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", probeBin, "./test/kubecluster/netprobe")
 	build.Dir = root
@@ -123,6 +126,14 @@ func buildImages(root, dir string, logf func(string, ...any)) ([]string, error) 
 	if err := writeDockerArchive(probe, ProbeImage, []string{"/netprobe"}, files); err != nil {
 		return nil, fmt.Errorf("probe image: %w", err)
 	}
+	dnsBin, err := os.ReadFile(filepath.Join(k8sBin, "coredns"))
+	if err != nil {
+		return nil, err
+	}
+	coredns := filepath.Join(dir, "coredns-image.tar")
+	if err := writeDockerArchive(coredns, CoreDNSImage, []string{"/coredns"}, []imageFile{{path: "coredns", data: dnsBin, mode: 0o755}}); err != nil {
+		return nil, fmt.Errorf("coredns image: %w", err)
+	}
 	weft := filepath.Join(dir, "weft-image.tar")
 	start := time.Now()
 	cmd := exec.Command(filepath.Join(root, "prog", "image", "build.sh"), weft)
@@ -132,5 +143,5 @@ func buildImages(root, dir string, logf func(string, ...any)) ([]string, error) 
 		return nil, fmt.Errorf("prog/image/build.sh: %w\n%s", err, out)
 	}
 	logf("built the weft image from this checkout with prog/image/build.sh in %s", time.Since(start).Round(100*time.Millisecond))
-	return []string{pause, probe, weft}, nil
+	return []string{pause, probe, coredns, weft}, nil
 }

@@ -110,13 +110,14 @@ type ProbeReport struct {
 
 // ProbeResult is one pod's view of one peer.
 type ProbeResult struct {
-	Addr    string    `json:"addr"`
-	Answer  string    `json:"answer"`
-	FirstOK time.Time `json:"first_ok"`
-	LastOK  time.Time `json:"last_ok"`
-	MaxGap  float64   `json:"max_gap_seconds"`
-	Fails   int       `json:"fails"`
-	LastErr string    `json:"last_err"`
+	Addr    string         `json:"addr"`
+	Answer  string         `json:"answer"`
+	Answers map[string]int `json:"answers"` // every name answered, with counts
+	FirstOK time.Time      `json:"first_ok"`
+	LastOK  time.Time      `json:"last_ok"`
+	MaxGap  float64        `json:"max_gap_seconds"`
+	Fails   int            `json:"fails"`
+	LastErr string         `json:"last_err"`
 }
 
 // Results are the scenario's measurements.
@@ -128,6 +129,7 @@ type Results struct {
 	MaxGapInRestart  time.Duration // longest any pod pair went without an answer, over the probes' life (the restart dominates it)
 	ReclaimAfterDrop time.Duration // Node deleted to its ranges owned by the others
 	Pods             []PodStatus
+	Services         *ServiceResults
 }
 
 // Scenario narrates and runs the operator's path through weft on Kubernetes.
@@ -272,7 +274,14 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 		return r, err
 	}
 
-	s.Say("6. kubectl rollout restart ds/weft: agents restart one node at a time; the running pods keep their addresses.")
+	if r.Services, err = s.Services(ctx, pods, peers); err != nil {
+		return r, err
+	}
+	if err := s.SetOperatorChain(ctx); err != nil {
+		return r, err
+	}
+
+	s.Say("13. kubectl rollout restart ds/weft: agents restart one node at a time; the running pods keep their addresses.")
 	start = time.Now()
 	if _, err := c.Kubectl(ctx, "-n", "weft-system", "rollout", "restart", "ds/weft"); err != nil {
 		return r, err
@@ -295,8 +304,11 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 	r.MaxGapInRestart = c.maxGap(pods)
 	s.Say("   rolled out in %s; every pair answers again; longest silence of any pair so far: %s",
 		r.RolloutRestart.Round(100*time.Millisecond), r.MaxGapInRestart.Round(100*time.Millisecond))
+	if err := s.CheckOperatorChain(ctx); err != nil {
+		return r, err
+	}
 
-	s.Say("7. %s dies and its Node is deleted: the other agents take over its address ranges.", last.Name)
+	s.Say("15. %s dies and its Node is deleted: the other agents take over its address ranges.", last.Name)
 	before, err := c.ipam(ctx, c.Nodes[0])
 	if err != nil {
 		return r, err
