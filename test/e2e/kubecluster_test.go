@@ -7,6 +7,7 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -85,4 +86,57 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(string(b))
 	return len(b), nil
+}
+
+// TestConformance runs Kubernetes' own network tests (e2e.test built from
+// k8s.io/kubernetes v1.36.3, see site/conformance.md) against the three-node
+// cluster once weft is installed. Run by `make conformance`, which builds
+// e2e.test and agnhost and sets WEFT_CONFORMANCE_DIR (JUnit and log there).
+func TestConformance(t *testing.T) {
+	testbed.RequireRoot(t)
+	reportDir := os.Getenv("WEFT_CONFORMANCE_DIR")
+	if reportDir == "" {
+		t.Skip("CONFORMANCE NOT RUN: WEFT_CONFORMANCE_DIR unset (make conformance sets it)")
+	}
+	if err := kubecluster.Check(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 115*time.Minute)
+	defer cancel()
+	dir, err := os.MkdirTemp("", "wkc-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	c, err := kubecluster.Start(ctx, kubecluster.Options{Dir: dir, Logger: log, Conformance: true})
+	if err != nil {
+		os.RemoveAll(dir)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("teardown: %v", err)
+		}
+	})
+	s := &kubecluster.Scenario{C: c, Say: t.Logf, Show: func(title, text string) { t.Logf("%s\n%s", title, text) }}
+	if err := s.Install(ctx, &kubecluster.Results{}); err != nil {
+		t.Fatalf("%v\n%s", err, c.Diagnose())
+	}
+	// Old reports would be counted with the new ones.
+	old, _ := filepath.Glob(filepath.Join(reportDir, "junit*.xml"))
+	for _, f := range old {
+		os.Remove(f)
+	}
+	counts, err := c.RunConformance(ctx, reportDir, t.Logf)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, c.Diagnose())
+	}
+	for _, name := range counts.SkippedNames {
+		t.Logf("skipped: %s", name)
+	}
+	for _, name := range counts.Failures {
+		t.Errorf("FAILED: %s", name)
+	}
+	t.Logf("CONFORMANCE (%s): %d selected, %d passed, %d failed, %d skipped; JUnit in %s",
+		kubecluster.ConformanceFocus, counts.Selected, counts.Passed, counts.Failed, counts.Skipped, reportDir)
 }

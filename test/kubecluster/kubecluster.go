@@ -76,6 +76,9 @@ type Options struct {
 	Nodes  int          // default 3
 	Dir    string       // work directory (required); keep it short, unix socket paths live below it
 	Logger *slog.Logger // progress; nil = discard
+	// Conformance also imports the images Kubernetes' e2e tests use
+	// (agnhost, busybox) into every node.
+	Conformance bool
 }
 
 // Cluster is a running cluster.
@@ -188,6 +191,13 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	images, err := buildImages(root, imgDir, c.k8sBin, func(f string, a ...any) { c.log.Info(fmt.Sprintf(f, a...)) })
 	if err != nil {
 		return nil, fmt.Errorf("kubecluster: images: %w", err)
+	}
+	if opts.Conformance {
+		more, err := conformanceImages(imgDir, c.k8sBin)
+		if err != nil {
+			return nil, fmt.Errorf("kubecluster: e2e images: %w", err)
+		}
+		images = append(images, more...)
 	}
 	c.Bed, err = testbed.New(ctx, testbed.Options{Hosts: opts.Nodes, Dir: filepath.Join(c.Dir, "bed"), BinDir: imgDir, Prefix: "wkc", Outside: true,
 		Logf: func(f string, a ...any) { c.log.Warn(fmt.Sprintf(f, a...)) }})

@@ -152,59 +152,12 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 	c, r := s.C, &Results{}
 	last := c.Nodes[len(c.Nodes)-1]
 
-	s.Say("1. The nodes have registered but have no pod network: kubelet reports them NotReady.")
-	nodes, err := c.GetNodes(ctx)
-	if err != nil {
+	if err := s.Install(ctx, r); err != nil {
 		return r, err
 	}
-	for _, n := range nodes {
-		if n.Ready || !strings.Contains(n.ReadyMessage, "network") {
-			return r, fmt.Errorf("before weft, %s: want NotReady for lack of a network, got ready=%v %q", n.Name, n.Ready, n.ReadyMessage)
-		}
-	}
-	s.show(ctx, "get", "nodes", "-o", "wide")
-
-	s.Say("2. The password Secret (required: encryption, or WEFT_PLAINTEXT=true on purpose), then")
-	s.Say("   kubectl apply -f prog/kube/weft.yaml (the file as shipped, unmodified).")
-	manifest := filepath.Join(c.Root, "prog", "kube", "weft.yaml")
-	start := time.Now()
-	pw := make([]byte, 24)
-	_, _ = rand.Read(pw)
-	if _, err := c.KubectlStdin(ctx, fmt.Appendf(nil, passwordSecretYAML, base64.StdEncoding.EncodeToString(pw)), "apply", "-f", "-"); err != nil {
-		return r, err
-	}
-	out, err := c.Kubectl(ctx, "apply", "-f", manifest)
-	if err != nil {
-		return r, err
-	}
-	s.Show("$ kubectl apply -f prog/kube/weft.yaml", string(out))
-	err = c.WaitNodes(ctx, 3*time.Minute, func(nodes []NodeStatus) error {
-		for _, n := range nodes {
-			if !n.Ready {
-				return fmt.Errorf("%s not Ready: %s", n.Name, n.ReadyMessage)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return r, err
-	}
-	r.ApplyToReady = time.Since(start)
-	s.Say("   every node Ready %s after the apply", r.ApplyToReady.Round(100*time.Millisecond))
-	if err := c.WaitNodes(ctx, 30*time.Second, func(nodes []NodeStatus) error {
-		for _, n := range nodes {
-			if !n.NetworkSet {
-				return fmt.Errorf("%s: NetworkUnavailable not False", n.Name)
-			}
-		}
-		return nil
-	}); err != nil {
-		return r, err
-	}
-	s.show(ctx, "get", "nodes,pods", "-n", "weft-system", "-o", "wide")
 
 	s.Say("3. A Deployment of 6 probe pods spread over the nodes, and a host-network probe on %s.", last.Name)
-	start = time.Now()
+	start := time.Now()
 	if _, err := c.KubectlStdin(ctx, fmt.Appendf(nil, probesYAML, 6, ProbeImage, ProbePort, probeDir, last.Name), "apply", "-f", "-"); err != nil {
 		return r, err
 	}
@@ -344,6 +297,64 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 	s.Show("$ weft status ipam (on "+c.Nodes[0].Name+")", formatIPAM(final))
 	s.Say("   reclaimed %s after the Node was deleted", r.ReclaimAfterDrop.Round(100*time.Millisecond))
 	return r, nil
+}
+
+// Install is the operator's install: nodes NotReady without a network, the
+// password Secret and prog/kube/weft.yaml applied, every node Ready.
+func (s *Scenario) Install(ctx context.Context, r *Results) error {
+	c := s.C
+	s.Say("1. The nodes have registered but have no pod network: kubelet reports them NotReady.")
+	nodes, err := c.GetNodes(ctx)
+	if err != nil {
+		return err
+	}
+	for _, n := range nodes {
+		if n.Ready || !strings.Contains(n.ReadyMessage, "network") {
+			return fmt.Errorf("before weft, %s: want NotReady for lack of a network, got ready=%v %q", n.Name, n.Ready, n.ReadyMessage)
+		}
+	}
+	s.show(ctx, "get", "nodes", "-o", "wide")
+
+	s.Say("2. The password Secret (required: encryption, or WEFT_PLAINTEXT=true on purpose), then")
+	s.Say("   kubectl apply -f prog/kube/weft.yaml (the file as shipped, unmodified).")
+	manifest := filepath.Join(c.Root, "prog", "kube", "weft.yaml")
+	start := time.Now()
+	pw := make([]byte, 24)
+	_, _ = rand.Read(pw)
+	if _, err := c.KubectlStdin(ctx, fmt.Appendf(nil, passwordSecretYAML, base64.StdEncoding.EncodeToString(pw)), "apply", "-f", "-"); err != nil {
+		return err
+	}
+	out, err := c.Kubectl(ctx, "apply", "-f", manifest)
+	if err != nil {
+		return err
+	}
+	s.Show("$ kubectl apply -f prog/kube/weft.yaml", string(out))
+	err = c.WaitNodes(ctx, 3*time.Minute, func(nodes []NodeStatus) error {
+		for _, n := range nodes {
+			if !n.Ready {
+				return fmt.Errorf("%s not Ready: %s", n.Name, n.ReadyMessage)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	r.ApplyToReady = time.Since(start)
+	s.Say("   every node Ready %s after the apply", r.ApplyToReady.Round(100*time.Millisecond))
+	if err := c.WaitNodes(ctx, 30*time.Second, func(nodes []NodeStatus) error {
+		for _, n := range nodes {
+			if !n.NetworkSet {
+				return fmt.Errorf("%s: NetworkUnavailable not False", n.Name)
+			}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	s.show(ctx, "get", "nodes,pods", "-n", "weft-system", "-o", "wide")
+
+	return nil
 }
 
 func allRunning(pods []PodStatus, want int) error {
