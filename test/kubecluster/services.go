@@ -548,15 +548,33 @@ func (s *Scenario) CheckOperatorChain(ctx context.Context) error {
 	return err
 }
 
+// podProcesses lists the processes in the node's pod cgroups (containers
+// have pid namespaces of their own, so the node's pid namespace does not
+// hold them).
+func podProcesses(n *Node) []int {
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid)); err == nil && strings.Contains(string(b), n.Cgroup+"/") {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
 // podSysctl reads a net sysctl inside the network namespace of the pod with
-// address ip on node n, found through the node's processes.
+// address ip on node n, found through the node's pod processes.
 func podSysctl(n *Node, ip, key string) (string, error) {
 	want, err := netip.ParseAddr(ip)
 	if err != nil {
 		return "", err
 	}
 	seen := map[string]bool{}
-	for _, pid := range pidsInNamespace(n.pidNS) {
+	for _, pid := range podProcesses(n) {
 		ns := fmt.Sprintf("/proc/%d/ns/net", pid)
 		id, err := os.Readlink(ns)
 		if err != nil || seen[id] {
