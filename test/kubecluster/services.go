@@ -292,7 +292,7 @@ func (s *Scenario) Services(ctx context.Context, pods []PodStatus, peers map[str
 		return r, err
 	}
 	if _, err := c.runPod(ctx, "hairpin", c.Nodes[1], "", "probe", "--name", "hairpin", "--listen", fmt.Sprintf(":%d", ProbePort),
-		"--peers", "self="+hairpinIP+":80,selfdns=hairpin:80", "--results-dir", probeDir+"/results"); err != nil {
+		"--peers", "self="+hairpinIP+":80,selfdns=hairpin.default.svc."+ClusterDomain+":80", "--results-dir", probeDir+"/results"); err != nil {
 		return r, err
 	}
 	if err := c.wait(ctx, time.Minute, "hairpin answer", func() error {
@@ -310,7 +310,7 @@ func (s *Scenario) Services(ctx context.Context, pods []PodStatus, peers map[str
 	}); err != nil {
 		return r, err
 	}
-	s.Say("   hairpin answered itself through %s:80 and through the name hairpin", hairpinIP)
+	s.Say("   hairpin answered itself through %s:80 and through hairpin.default.svc.%s (its own name in /etc/hosts is its pod address)", hairpinIP, ClusterDomain)
 
 	host := c.Nodes[1]
 	s.Say("9. hostPort: a pod on %s with hostPort %d, from the outside world, from the other nodes and from their pods.", host.Name, HostPort)
