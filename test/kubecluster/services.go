@@ -76,7 +76,7 @@ const oneServiceYAML = `apiVersion: v1
 kind: Service
 metadata: {name: %[1]s, namespace: default}
 spec:
-  selector: {%[2]s: %[3]s}
+  selector: {%[2]s: "%[3]s"}
   ports: [{port: 80, targetPort: 7777}]
 %[4]s
 `
