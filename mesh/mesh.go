@@ -626,3 +626,7 @@ func (m *Mesh) Shutdown() {
 		m.log.Debug("stopping gossip", "err", err)
 	}
 }
+
+// StateSize is the size in bytes of what this member sends in a push/pull
+// exchange on top of memberlist's own node list: every channel's state.
+func (m *Mesh) StateSize() int { return len(m.delegate.LocalState(false)) }
