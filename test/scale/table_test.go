@@ -15,7 +15,7 @@ import (
 
 // TestScaleTable is `make scale`: WEFT_SCALE=1 turns it on,
 // WEFT_SCALE_REAL is the number of real agents (default 50, 0 for none),
-// WEFT_SCALE_SIZES the simulated sizes (default 100,300,1000), and the
+// WEFT_SCALE_SIZES the simulated sizes (default 100,300,1000; 0 for none), and the
 // table goes to WEFT_SCALE_OUT (default: the test log).
 func TestScaleTable(t *testing.T) {
 	if os.Getenv("WEFT_SCALE") != "1" {
@@ -33,6 +33,9 @@ func TestScaleTable(t *testing.T) {
 	if s := os.Getenv("WEFT_SCALE_SIZES"); s != "" {
 		sizes = nil
 		for _, f := range strings.Split(s, ",") {
+			if f == "0" {
+				continue // none
+			}
 			n, err := strconv.Atoi(strings.TrimSpace(f))
 			if err != nil || n < 10 {
 				t.Fatalf("WEFT_SCALE_SIZES=%q: want sizes of 10 or more", s)
