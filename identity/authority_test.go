@@ -59,6 +59,9 @@ func TestPinsAuthority(t *testing.T) {
 	if err := p.Check("n1", a); !errors.Is(err, ErrKeyMismatch) {
 		t.Fatalf("old key after re-pin: %v", err)
 	}
+	if err := p.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	reloaded, err := LoadPins(dir, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -2,11 +2,14 @@ package identity
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestSignerPersistsWithMode0600(t *testing.T) {
@@ -73,7 +76,10 @@ func TestPinsTrustOnFirstUse(t *testing.T) {
 	if err := p.Check("c", []byte{1}); err == nil {
 		t.Fatal("short key pinned")
 	}
-	// Pins survive a restart.
+	// Pins survive a restart (the agent flushes them when it stops).
+	if err := p.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	p2, err := LoadPins(dir, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -143,4 +149,42 @@ func FuzzLoadPins(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A new pin reaches the disk by itself, without Flush: written in the
+// background, since Check runs inside gossip callbacks.
+func TestPinsSavedInBackground(t *testing.T) {
+	dir := t.TempDir()
+	p, err := LoadPins(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := map[string]ed25519.PublicKey{}
+	for i := range 50 {
+		pub, _, err := ed25519.GenerateKey(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := fmt.Sprintf("peer%d", i)
+		keys[name] = pub
+		if err := p.Check(name, pub); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		q, err := LoadPins(dir, nil)
+		if err == nil && q.Len() == len(keys) {
+			for name, k := range keys {
+				if got, ok := q.Key(name); !ok || !bytes.Equal(got, k) {
+					t.Fatalf("%s: pinned %x on disk, want %x", name, got, k)
+				}
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pins not all on disk after 10 s (err %v), want %d", err, len(keys))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

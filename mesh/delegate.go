@@ -151,6 +151,7 @@ func (d *delegate) record(n *memberlist.Node, state State) {
 	p.node = *n
 	p.node.Meta = nil
 	p.meta = meta
+	m.live.Store(nil) // the cached states are out of date
 	if changed {
 		p.state = state
 		p.since = time.Now()
@@ -231,7 +232,8 @@ func (d *delegate) vet(n *memberlist.Node) error {
 	}
 	err = fmt.Errorf("refusing peer %s at %s: %w", n.Name, n.Address(), err)
 	d.refusedMu.Lock()
-	if d.refused == nil {
+	if d.refused == nil || len(d.refused) >= maxRefusalsLogged {
+		// Bounded: past the cap, forget and log each refusal once more.
 		d.refused = map[string]string{}
 	}
 	first := d.refused[n.Name] != err.Error()
@@ -393,10 +395,6 @@ func (m *Mesh) PeerKey(name string) (ed25519.PublicKey, bool) {
 // Reachable reports whether name is an alive or suspect member: a suspect
 // may be only slow, and routing still sends to it, so it is never taken over.
 func (m *Mesh) Reachable(name string) bool {
-	for _, n := range m.list.Members() {
-		if n.Name == name {
-			return n.State == memberlist.StateAlive || n.State == memberlist.StateSuspect
-		}
-	}
-	return false
+	st, ok := m.liveStates()[name]
+	return ok && (st == memberlist.StateAlive || st == memberlist.StateSuspect)
 }

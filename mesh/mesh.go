@@ -14,11 +14,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -142,7 +144,22 @@ type Mesh struct {
 	onChange []func()
 	closing  bool
 	changed  chan struct{} // coalesced membership-change signal, drained by Run
+
+	// live caches memberlist's view of every member's state for IsAlive,
+	// Reachable and the like, which IPAM asks per peer: a fresh list each
+	// time made those loops N² in a big mesh. Events clear it.
+	live atomic.Pointer[liveView]
 }
+
+// liveView is memberlist's member states at one moment.
+type liveView struct {
+	at     time.Time
+	states map[string]memberlist.NodeStateType
+}
+
+// liveMaxAge bounds how stale the cached states may be: events clear the
+// cache at once, so this is how late a probe's alive-to-suspect turn shows.
+const liveMaxAge = 100 * time.Millisecond
 
 type peer struct {
 	node  memberlist.Node // last seen
@@ -357,7 +374,7 @@ func (m *Mesh) rejoin(ctx context.Context) {
 	}
 	self := net.JoinHostPort(m.cfg.Bind.String(), strconv.Itoa(m.cfg.Port))
 	now := m.now()
-	var due []*target
+	var due, learnt []*target
 	m.mu.Lock()
 	for addr, t := range m.targets {
 		if alive[t.addr] {
@@ -373,14 +390,49 @@ func (m *Mesh) rejoin(ctx context.Context) {
 		if t.addr == self || now.Before(t.next) {
 			continue
 		}
+		if t.explicit {
+			due = append(due, t)
+		} else {
+			learnt = append(learnt, t)
+		}
+	}
+	due = append(due, pickLearnt(learnt, len(alive))...)
+	for _, t := range due {
 		// Mark as in flight so the next tick does not start a second join.
 		t.next = now.Add(m.cfg.Timing.RejoinMaxBackoff + m.cfg.Timing.TCPTimeout)
-		due = append(due, t)
 	}
 	m.mu.Unlock()
 	for _, t := range due {
 		go m.joinOne(ctx, t)
 	}
+}
+
+// Learnt join targets that are not alive are peers this member lost: a
+// partition, a crash. One join across a healed partition is enough, as
+// memberlist's gossip then tells both sides about each other; every member
+// re-dialling every peer it lost, each join a full state exchange, is N²
+// joins when a big mesh heals. So a member with alive peers joins one lost
+// peer per pass with a chance that makes about rejoinFanout joins per pass
+// in the whole mesh; a member alone tries up to maxLearntJoins per pass.
+const (
+	rejoinFanout   = 2
+	maxLearntJoins = 4
+)
+
+// pickLearnt chooses the learnt targets to join in this pass.
+func pickLearnt(learnt []*target, aliveOthers int) []*target {
+	if len(learnt) == 0 {
+		return nil
+	}
+	n := maxLearntJoins
+	if aliveOthers > 0 {
+		n = 0
+		if rand.Float64()*float64(aliveOthers) < rejoinFanout {
+			n = 1
+		}
+	}
+	rand.Shuffle(len(learnt), func(i, j int) { learnt[i], learnt[j] = learnt[j], learnt[i] })
+	return learnt[:min(n, len(learnt))]
 }
 
 func (m *Mesh) joinOne(ctx context.Context, t *target) {
@@ -517,20 +569,23 @@ func (m *Mesh) AliveNames() []string {
 
 // IsAlive reports whether name is an alive member.
 func (m *Mesh) IsAlive(name string) bool {
-	for _, n := range m.list.Members() {
-		if n.Name == name {
-			return n.State == memberlist.StateAlive
-		}
-	}
-	return false
+	st, ok := m.liveStates()[name]
+	return ok && st == memberlist.StateAlive
 }
 
-// liveStates reads memberlist's current view (it knows suspects; events do not).
+// liveStates reads memberlist's current view (it knows suspects; events do
+// not), at most liveMaxAge old. The map is shared: read it only.
 func (m *Mesh) liveStates() map[string]memberlist.NodeStateType {
-	live := map[string]memberlist.NodeStateType{}
-	for _, n := range m.list.Members() {
+	now := time.Now()
+	if v := m.live.Load(); v != nil && now.Sub(v.at) < liveMaxAge {
+		return v.states
+	}
+	members := m.list.Members()
+	live := make(map[string]memberlist.NodeStateType, len(members))
+	for _, n := range members {
 		live[n.Name] = n.State
 	}
+	m.live.Store(&liveView{at: now, states: live})
 	return live
 }
 
@@ -607,7 +662,12 @@ func (m *Mesh) Counts() (known, alive int) {
 	m.mu.Lock()
 	known = len(m.peers)
 	m.mu.Unlock()
-	return known, len(m.AliveNames())
+	for _, st := range m.liveStates() {
+		if st == memberlist.StateAlive {
+			alive++
+		}
+	}
+	return known, alive
 }
 
 func (m *Mesh) notifyChange() {

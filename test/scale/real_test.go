@@ -179,6 +179,7 @@ func measureReal(t *testing.T, n int) result {
 	}
 	if _, err := waitHosts(bed.Hosts, deadline, realFormed(n)); err != nil {
 		r.miss("no formation within %s (%v)", deadline, err)
+		logTails(t, bed.Hosts)
 		return r
 	}
 	r.Formation = time.Since(start)
@@ -244,8 +245,24 @@ func measureReal(t *testing.T, n int) result {
 	}
 	if _, err := waitHosts(bed.Hosts, deadline, realFormed(n)); err != nil {
 		r.miss("not whole after relaunch within %s (%v)", deadline, err)
+		logTails(t, bed.Hosts)
 		return r
 	}
 	r.Whole = time.Since(start)
 	return r
+}
+
+// logTails logs the last lines of the agents that are not formed, to say
+// why a phase was missed.
+func logTails(t *testing.T, hosts []*testbed.Host) {
+	shown := 0
+	for _, h := range hosts {
+		if realFormed(len(hosts))(h) == nil || shown == 3 {
+			continue
+		}
+		shown++
+		log := strings.TrimRight(h.Log(), "\n")
+		lines := strings.Split(log, "\n")
+		t.Logf("---- last lines of %s ----\n%s", h.Name, strings.Join(lines[max(0, len(lines)-15):], "\n"))
+	}
 }
