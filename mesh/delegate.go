@@ -39,11 +39,24 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	return meta
 }
 
-// NotifyMsg implements memberlist.Delegate: a user message, tagged by channel.
+// NotifyMsg implements memberlist.Delegate: a user message, tagged by
+// channel, queued for Run (see Mesh.inbox).
 func (d *delegate) NotifyMsg(b []byte) {
 	if len(b) < 1 {
 		return
 	}
+	select {
+	case d.m.inbox <- append([]byte(nil), b...): // memberlist reuses b
+	default:
+		if d.m.inboxDropped.Add(1) == 1 {
+			d.m.log.Warn("gossip messages arrive faster than they are handled: dropping some (push/pull repairs them); further drops are only counted")
+		}
+	}
+}
+
+// deliver hands one queued message to its channel's handler.
+func (m *Mesh) deliver(b []byte) {
+	d := m.delegate
 	d.m.mu.Lock()
 	h := d.m.handlers[Channel(b[0])]
 	d.m.mu.Unlock()

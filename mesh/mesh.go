@@ -145,6 +145,14 @@ type Mesh struct {
 	closing  bool
 	changed  chan struct{} // coalesced membership-change signal, drained by Run
 
+	// inbox holds subsystem messages for Run to hand to their handlers:
+	// memberlist delivers them on the goroutine that also handles its
+	// alive, suspect and dead messages, and a handler that verifies a
+	// signature and writes a file there (IPAM) held those up until
+	// memberlist's queue overflowed and dropped them (seen at 100 agents).
+	inbox        chan []byte
+	inboxDropped atomic.Uint64
+
 	// live caches memberlist's view of every member's state for IsAlive,
 	// Reachable and the like, which IPAM asks per peer: a fresh list each
 	// time made those loops N² in a big mesh. Events clear it.
@@ -202,6 +210,7 @@ func New(cfg Config) (*Mesh, error) {
 		started:  time.Now(),
 		now:      time.Now,
 		changed:  make(chan struct{}, 1),
+		inbox:    make(chan []byte, inboxSize),
 	}
 	d := &delegate{m: m}
 	d.meta.Store(&meta)
@@ -265,10 +274,29 @@ func (m *Mesh) OnChange(f func()) {
 	m.onChange = append(m.onChange, f)
 }
 
-// Run keeps joining targets until ctx is done, then leaves the mesh cleanly.
+// inboxSize bounds the subsystem messages waiting for their handler; past
+// it they are dropped (and counted), as memberlist would drop them: gossip
+// retransmits and push/pull repair what they carried.
+const inboxSize = 4096
+
+// Run keeps joining targets and delivers subsystem messages until ctx is
+// done, then leaves the mesh cleanly.
 func (m *Mesh) Run(ctx context.Context) {
 	tick := time.NewTicker(m.cfg.Timing.RejoinInterval / 4)
 	defer tick.Stop()
+	delivered := make(chan struct{})
+	go func() {
+		defer close(delivered)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case b := <-m.inbox:
+				m.deliver(b)
+			}
+		}
+	}()
+	defer func() { <-delivered }()
 	m.rejoin(ctx)
 	for {
 		select {
@@ -495,11 +523,14 @@ func (m *Mesh) enqueue(ch Channel, key string, msg []byte) {
 type BroadcastStats struct {
 	Queued  int    // not yet sent as often as planned
 	Dropped uint64 // dropped by the cap since start
+	// InboxDropped counts received messages dropped because their handler
+	// was too far behind.
+	InboxDropped uint64
 }
 
 // BroadcastStats reads the broadcast queue's counters.
 func (m *Mesh) BroadcastStats() BroadcastStats {
-	return BroadcastStats{Queued: m.queue.len(), Dropped: m.queue.droppedTotal()}
+	return BroadcastStats{Queued: m.queue.len(), Dropped: m.queue.droppedTotal(), InboxDropped: m.inboxDropped.Load()}
 }
 
 // SendTo sends msg on channel ch to the named peer over TCP.

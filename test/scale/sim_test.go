@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -20,7 +21,7 @@ type simOptions struct {
 	Partition bool          // also measure a 50/50 partition and its heal
 	Steady    time.Duration // window of the steady-state figures
 	Deadline  time.Duration // of each phase; past it the phase is reported as not reached
-	Timing    mesh.Timing   // zero: mesh.DefaultTiming, as a real agent runs
+	Timing    mesh.Timing   // zero: simTiming
 }
 
 // result is one row of the table; a zero duration is a phase not reached
@@ -95,7 +96,11 @@ func formed(want int) func(*agenttest.Node) error {
 			return fmt.Errorf("sees %d alive, %d suspect, want %d alive", v.Alive, v.Suspect, want)
 		}
 		if !a.Ready() {
-			return fmt.Errorf("not ready")
+			why := "?"
+			if st, err := n.Status(); err == nil && st.IPAM != nil {
+				why = st.IPAM.State
+			}
+			return fmt.Errorf("not ready (IPAM: %s)", why)
 		}
 		return nil
 	}
@@ -143,6 +148,21 @@ func gossipTotals(nodes []*agenttest.Node) (s meshtest.Stats) {
 	return s
 }
 
+// simTiming is mesh.DefaultTiming with failure detection made patient: a
+// thousand agents share this machine's two cores (with whatever else runs
+// on it), so an agent is often not scheduled within DefaultTiming's
+// 500 ms probe timeout, and would be declared dead though it is not; on
+// real hosts each agent has a CPU of its own. Gossip and push/pull
+// intervals, which set the traffic measured, are DefaultTiming's.
+func simTiming() mesh.Timing {
+	t := mesh.DefaultTiming()
+	t.ProbeInterval = 2 * time.Second
+	t.ProbeTimeout = 1500 * time.Millisecond
+	t.SuspicionMult = 6
+	t.TCPTimeout = 10 * time.Second
+	return t
+}
+
 // simulate runs opts.N agents in this process (real memberlist over the
 // in-memory transport, real IPAM, no data plane) through formation, a
 // steady window, a crash of five agents and their relaunch, and optionally
@@ -150,7 +170,7 @@ func gossipTotals(nodes []*agenttest.Node) (s meshtest.Stats) {
 func simulate(t *testing.T, opts simOptions) result {
 	t.Helper()
 	if opts.Timing == (mesh.Timing{}) {
-		opts.Timing = mesh.DefaultTiming()
+		opts.Timing = simTiming()
 	}
 	if opts.Steady == 0 {
 		opts.Steady = 10 * time.Second
@@ -160,8 +180,17 @@ func simulate(t *testing.T, opts simOptions) result {
 	}
 	r := result{Kind: "simulated", N: opts.N}
 	heapBefore := liveHeap()
+	// The ring is seeded with every agent, as Kubernetes bootstraps it
+	// (the Nodes recorded at the start): each owns a range from the start,
+	// so the ring has the N keys of a mesh in use. Consensus among
+	// hundreds of peers is a bootstrap for small bare-metal meshes.
+	names := make([]string, opts.N)
+	for i := range names {
+		names[i] = fmt.Sprintf("host%d", i+1)
+	}
 	c := agenttest.New(t, agenttest.Options{
 		N: opts.N, NoDataplane: true, Timing: opts.Timing,
+		IPAMInit: "seed=" + strings.Join(names, ","),
 		LogLevel: slog.LevelWarn, StopWorkers: 64,
 	})
 	start := time.Now()
