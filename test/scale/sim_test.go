@@ -279,7 +279,9 @@ func TestSimulated100(t *testing.T) {
 	if testing.Short() {
 		t.Skip("100 agents take about a minute")
 	}
-	r := simulate(t, simOptions{N: 100, Partition: true, Steady: 5 * time.Second, Deadline: 60 * time.Second})
+	// Deadlines with room for a loaded machine (the test shares two cores
+	// with whatever else runs); the bounds checked below are the goals.
+	r := simulate(t, simOptions{N: 100, Partition: true, Steady: 5 * time.Second, Deadline: 150 * time.Second})
 	t.Logf("%+v", r)
 	if r.Note != "" {
 		t.Fatal(r.Note)
