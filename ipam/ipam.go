@@ -88,6 +88,9 @@ const (
 	paxosTimeout     = 2 * time.Second // a proposal not chosen by then is retried higher
 	rankDelay        = 300 * time.Millisecond
 	getStateInterval = 2 * time.Second
+	refusalMemory    = 2 * time.Second // a donor that said no is skipped this long
+	saveInterval     = 5 * time.Second // others' ring changes are saved this often
+
 	// membershipEvery: membership is compared with the last view at least
 	// this often, and at once on a change.
 	membershipEvery = time.Second
@@ -98,8 +101,6 @@ const (
 	// this long before we noticed it gone (failure detection is not
 	// instant), so such a write is announced again when it comes back.
 	missedMargin = 30 * time.Second
-	refusalMemory    = 2 * time.Second // a donor that said no is skipped this long
-	saveInterval     = 5 * time.Second // others' ring changes are saved this often
 )
 
 // IPAM is one peer's address manager. All methods are safe for concurrent use.

@@ -303,4 +303,3 @@ func TestSimulated100(t *testing.T) {
 		t.Errorf("ring of %d keys for 100 agents", r.RingKeys)
 	}
 }
-
