@@ -22,7 +22,7 @@ func genKey(t *testing.T) ed25519.PublicKey {
 func TestPinsAuthority(t *testing.T) {
 	a, b, c := genKey(t), genKey(t), genKey(t)
 	dir := t.TempDir()
-	p, err := LoadPins(dir, nil)
+	p, err := loadPins(t, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +62,7 @@ func TestPinsAuthority(t *testing.T) {
 	if err := p.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	reloaded, err := LoadPins(dir, nil)
+	reloaded, err := loadPins(t, dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -63,7 +63,7 @@ func TestCorruptKeyIsAnErrorAndKept(t *testing.T) {
 func TestPinsTrustOnFirstUse(t *testing.T) {
 	dir := t.TempDir()
 	k1, k2 := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
-	p, err := LoadPins(dir, nil)
+	p, err := loadPins(t, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +80,7 @@ func TestPinsTrustOnFirstUse(t *testing.T) {
 	if err := p.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	p2, err := LoadPins(dir, nil)
+	p2, err := loadPins(t, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +94,7 @@ func TestPinsTrustOnFirstUse(t *testing.T) {
 	if err := p2.Forget("b"); err != nil {
 		t.Fatal(err)
 	}
-	p3, _ := LoadPins(dir, nil)
+	p3, _ := loadPins(t, dir)
 	if err := p3.Check("b", k2); err != nil {
 		t.Fatalf("after forget: %v", err)
 	}
@@ -122,7 +122,7 @@ func TestCorruptPinsAreAnError(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(dir, PinsFile), []byte(junk), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := LoadPins(dir, nil); !errors.Is(err, ErrCorrupt) {
+		if _, err := loadPins(t, dir); !errors.Is(err, ErrCorrupt) {
 			t.Fatalf("corrupt pins %q: %v", junk, err)
 		}
 	}
@@ -139,7 +139,7 @@ func FuzzLoadPins(f *testing.F) {
 		if err := os.WriteFile(filepath.Join(dir, PinsFile), b, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		p, err := LoadPins(dir, nil)
+		p, err := loadPins(t, dir)
 		if err != nil {
 			return
 		}
@@ -155,7 +155,7 @@ func FuzzLoadPins(f *testing.F) {
 // background, since Check runs inside gossip callbacks.
 func TestPinsSavedInBackground(t *testing.T) {
 	dir := t.TempDir()
-	p, err := LoadPins(dir, nil)
+	p, err := loadPins(t, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +173,7 @@ func TestPinsSavedInBackground(t *testing.T) {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		q, err := LoadPins(dir, nil)
+		q, err := loadPins(t, dir)
 		if err == nil && q.Len() == len(keys) {
 			for name, k := range keys {
 				if got, ok := q.Key(name); !ok || !bytes.Equal(got, k) {
@@ -187,4 +187,15 @@ func TestPinsSavedInBackground(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// loadPins is LoadPins for a test: pins written in the background are on
+// disk before the test's directory is removed.
+func loadPins(t *testing.T, dir string) (*Pins, error) {
+	t.Helper()
+	p, err := LoadPins(dir, nil)
+	if p != nil {
+		t.Cleanup(func() { _ = p.Flush() })
+	}
+	return p, err
 }
