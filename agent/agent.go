@@ -47,6 +47,8 @@ type Agent struct {
 	up atomic.Bool
 
 	pendingAllocs atomic.Int64 // allocation requests in progress, for metrics
+	met           *agentMetrics
+	pods          *podNames // which pod each container is, for weft ps
 
 	mu       sync.Mutex
 	hostAddr netip.Addr // this host's overlay address (bridge, pods' gateway)
@@ -69,7 +71,8 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 			return nil, fmt.Errorf("create %s: %w", dir, err)
 		}
 	}
-	a := &Agent{cfg: cfg, dev: cfg.Devices.withDefaults(), log: log, blocker: "starting"}
+	a := &Agent{cfg: cfg, dev: cfg.Devices.withDefaults(), log: log, blocker: "starting",
+		met: newAgentMetrics(), pods: loadPodNames(cfg.StateDir, log)}
 	var err error
 	if a.signer, err = identity.LoadOrCreate(cfg.StateDir); err != nil {
 		return nil, err
@@ -245,6 +248,7 @@ func (a *Agent) ipamInit(ctx context.Context) (ipam.Init, error) {
 // membershipChanged runs on a mesh goroutine after every membership change.
 func (a *Agent) membershipChanged() {
 	members := a.mesh.Members()
+	a.met.membersChanged(a.cfg.Name, members)
 	a.routes.update(members)
 	if a.dp != nil {
 		a.dp.peersChanged(members)

@@ -32,6 +32,7 @@ const (
 	PathGC          = "/v1/ipam/gc"
 	PathContainers  = "/v1/containers" // GET []Container (weft ps)
 	PathNetwork     = "/v1/network"    // GET Network (what the CNI shim needs)
+	PathCNITiming   = "/v1/cni/timing" // POST CNITiming (the shim's own latency, for metrics)
 )
 
 // Error is the body of every non-2xx answer.
@@ -166,6 +167,10 @@ type AllocateRequest struct {
 	ContainerID string `json:"container_id"`
 	IfName      string `json:"ifname"`
 	Netns       string `json:"netns,omitempty"` // informational, shown by weft ps
+	// PodNamespace and PodName are K8S_POD_NAMESPACE and K8S_POD_NAME from
+	// the runtime's CNI_ARGS, when it passed them: shown by weft ps.
+	PodNamespace string `json:"pod_namespace,omitempty"`
+	PodName      string `json:"pod_name,omitempty"`
 	// Address, for Claim only: the address (no prefix) the container had.
 	Address string `json:"address,omitempty"`
 }
@@ -208,6 +213,9 @@ type Container struct {
 	Address     string    `json:"address"` // no prefix, e.g. 10.32.0.5; read it with Addr
 	Netns       string    `json:"netns,omitempty"`
 	Created     time.Time `json:"created"`
+	// PodNamespace and PodName, where the runtime named the pod (Kubernetes).
+	PodNamespace string `json:"pod_namespace,omitempty"`
+	PodName      string `json:"pod_name,omitempty"`
 }
 
 // Addr parses Address. It also accepts the CIDR form (10.32.0.5/32), so a
@@ -230,3 +238,14 @@ type Network struct {
 	Range   string `json:"range"`   // the overlay range
 	MTU     int    `json:"mtu"`
 }
+
+// CNITiming is what the CNI shim measured of one operation, reported after
+// it for weft_cni_add_seconds: only the shim sees a whole ADD.
+type CNITiming struct {
+	Op      string  `json:"op"` // CNIOpAdd
+	Seconds float64 `json:"seconds"`
+	Failed  bool    `json:"failed,omitempty"`
+}
+
+// CNI operations reported in CNITiming.
+const CNIOpAdd = "add"
