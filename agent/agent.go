@@ -49,6 +49,7 @@ type Agent struct {
 	pendingAllocs atomic.Int64 // allocation requests in progress, for metrics
 	met           *agentMetrics
 	pods          *podNames // which pod each container is, for weft ps
+	health        *healthGossip
 
 	mu       sync.Mutex
 	hostAddr netip.Addr // this host's overlay address (bridge, pods' gateway)
@@ -73,6 +74,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, dev: cfg.Devices.withDefaults(), log: log, blocker: "starting",
 		met: newAgentMetrics(), pods: loadPodNames(cfg.StateDir, log)}
+	a.health = newHealthGossip(cfg.Name, log, cfg.Timing, a.ownHealth)
 	var err error
 	if a.signer, err = identity.LoadOrCreate(cfg.StateDir); err != nil {
 		return nil, err
@@ -189,6 +191,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.routes = newRoutes(a.cfg.Name, a.ipam)
 	m.Handle(mesh.ChannelIPAM, a.ipam)
+	m.Handle(mesh.ChannelHealth, a.health)
 	m.OnChange(a.membershipChanged)
 	goRun(func() { a.ipam.Run(ctx) })
 
@@ -210,6 +213,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	goRun(func() { m.Run(ctx) })
 	goRun(func() { a.becomeReady(ctx) })
+	goRun(func() { a.health.run(ctx, m) })
 	if a.kube != nil {
 		goRun(func() { a.kube.run(ctx, a, goRun) })
 	}

@@ -33,6 +33,7 @@ const (
 	PathContainers  = "/v1/containers" // GET []Container (weft ps)
 	PathNetwork     = "/v1/network"    // GET Network (what the CNI shim needs)
 	PathCNITiming   = "/v1/cni/timing" // POST CNITiming (the shim's own latency, for metrics)
+	PathMesh        = "/v1/mesh"       // GET MeshHealth (weft status mesh)
 )
 
 // Error is the body of every non-2xx answer.
@@ -144,6 +145,31 @@ type Report struct {
 	IPAM        *IPAMStatus  `json:"ipam,omitempty"`
 	Targets     []string     `json:"targets"`
 	Containers  []Container  `json:"containers,omitempty"`
+	Mesh        *MeshHealth  `json:"mesh,omitempty"`
+}
+
+// MeshHealth is `weft status mesh`: each peer's own summary of its health
+// and its connections, as gossiped to this agent. Together they are the
+// N×N matrix of who reaches whom.
+type MeshHealth struct {
+	Peers []PeerHealth `json:"peers"`
+}
+
+// PeerHealth is one peer's summary of itself.
+type PeerHealth struct {
+	Name     string `json:"name"`
+	Version  string `json:"version"`
+	Ready    bool   `json:"ready"`
+	Datapath string `json:"datapath,omitempty"`
+	// Age is how long ago this agent last heard the summary.
+	Age         time.Duration `json:"age_ns"`
+	Connections []PeerLink    `json:"connections"`
+}
+
+// PeerLink is one connection as the peer that has it sees it.
+type PeerLink struct {
+	Peer  string `json:"peer"`
+	State string `json:"state"` // established, connecting, down
 }
 
 // PeersRequest names peers for connect and forget: host or host:port.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -44,7 +45,7 @@ func statusCommand() *cli.Command {
 		Usage: "show the agent's view of the mesh",
 		Description: "With no view: an overview. Exit codes: 0 ready, 1 no agent answers, 2 usage,\n" +
 			"3 the agent answers but is not ready (for the overview and every view).\n" +
-			"Views: peers, connections, ipam, targets.",
+			"Views: peers, connections, ipam, mesh, targets.",
 		Flags: []cli.Flag{runDirFlag(), outputFlag(outTable)},
 		Action: func(c *cli.Context) error {
 			if c.Args().Present() {
@@ -77,6 +78,9 @@ func statusCommand() *cli.Command {
 			view("ipam", "how the address range is split between peers",
 				func(ctx context.Context, cl *api.Client) (any, error) { return cl.IPAM(ctx) },
 				func(w io.Writer, v any) { writeIPAM(w, v.(api.IPAMStatus)) }),
+			view("mesh", "the whole mesh as every peer sees it: who reaches whom, outliers first",
+				func(ctx context.Context, cl *api.Client) (any, error) { return cl.Mesh(ctx) },
+				func(w io.Writer, v any) { writeMesh(w, v.(api.MeshHealth)) }),
 			view("targets", "the addresses this agent keeps joining",
 				func(ctx context.Context, cl *api.Client) (any, error) { return cl.Targets(ctx) },
 				func(w io.Writer, v any) {
@@ -89,7 +93,7 @@ func statusCommand() *cli.Command {
 }
 
 // statusViews are the subcommands of status, for suggestions.
-var statusViews = []string{"peers", "connections", "ipam", "targets"}
+var statusViews = []string{"peers", "connections", "ipam", "mesh", "targets"}
 
 // readiness turns a status that is not ready into exit code 3.
 func readiness(st api.Status) error {
@@ -234,4 +238,77 @@ func bytesHuman(n uint64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// writeMesh prints the N×N matrix of gossiped connection states: one row
+// per peer as it reports itself, one column per peer it connects to. Rows
+// and columns with the most connections not established come first, so
+// the outliers are at the top left.
+func writeMesh(w io.Writer, m api.MeshHealth) {
+	state := map[[2]string]string{} // from, to -> state
+	problems := map[string]int{}    // by peer, as source or target
+	names := map[string]bool{}
+	for _, p := range m.Peers {
+		names[p.Name] = true
+		for _, c := range p.Connections {
+			names[c.Peer] = true
+			state[[2]string{p.Name, c.Peer}] = c.State
+			if c.State != "established" {
+				problems[p.Name]++
+				problems[c.Peer]++
+			}
+		}
+	}
+	reported := map[string]api.PeerHealth{}
+	for _, p := range m.Peers {
+		reported[p.Name] = p
+		if !p.Ready {
+			problems[p.Name]++
+		}
+	}
+	order := make([]string, 0, len(names))
+	for n := range names {
+		if _, ok := reported[n]; !ok {
+			problems[n]++ // no summary heard from it
+		}
+		order = append(order, n)
+	}
+	sort.Slice(order, func(i, j int) bool {
+		if problems[order[i]] != problems[order[j]] {
+			return problems[order[i]] > problems[order[j]]
+		}
+		return order[i] < order[j]
+	})
+	header := "PEER\tREADY\tVERSION\tDATAPATH\tHEARD"
+	for _, n := range order {
+		header += "\t" + n
+	}
+	rows := make([][]string, 0, len(order))
+	for _, from := range order {
+		p, ok := reported[from]
+		row := []string{from, "?", "?", "?", "never"}
+		if ok {
+			ready := "yes"
+			if !p.Ready {
+				ready = "NO"
+			}
+			row = []string{from, ready, p.Version, p.Datapath, p.Age.Round(time.Second).String() + " ago"}
+		}
+		for _, to := range order {
+			cell := "?"
+			switch st, known := state[[2]string{from, to}]; {
+			case from == to:
+				cell = "-"
+			case !ok, !known:
+				cell = "?"
+			case st == "established":
+				cell = "ok"
+			default:
+				cell = strings.ToUpper(st)
+			}
+			row = append(row, cell)
+		}
+		rows = append(rows, row)
+	}
+	table(w, header, rows)
 }
