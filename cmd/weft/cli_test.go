@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -282,5 +283,67 @@ func TestCompletionScripts(t *testing.T) {
 		if out, err := exec.Command(shell, "-n", path).CombinedOutput(); err != nil {
 			t.Errorf("%s -n on the %s completion: %v\n%s", sh, sh, err, out)
 		}
+	}
+}
+
+// TestStatusMesh: three agents; from any one of them, `weft status mesh`
+// shows all three with every connection established.
+func TestStatusMesh(t *testing.T) {
+	c := agenttest.Start(t, agenttest.Options{N: 3})
+	c.WaitFormed()
+	dir := c.Nodes[1].Config.RunDir
+	c.Wait("every summary with two established connections", func() error {
+		r := runCLI(t, "status", "mesh", "-o", "json", "--run-dir", dir)
+		var m api.MeshHealth
+		if err := json.Unmarshal([]byte(r.stdout), &m); err != nil {
+			return err
+		}
+		if len(m.Peers) != 3 {
+			return fmt.Errorf("%d peers in %s", len(m.Peers), r.stdout)
+		}
+		for _, p := range m.Peers {
+			est := 0
+			for _, l := range p.Connections {
+				if l.State == "established" {
+					est++
+				}
+			}
+			if !p.Ready || est != 2 || p.Version != api.Version {
+				return fmt.Errorf("%s: ready %v, %d established", p.Name, p.Ready, est)
+			}
+		}
+		return nil
+	})
+	r := runCLI(t, "status", "mesh", "--run-dir", dir)
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if r.code != exitOK || len(lines) != 4 || !strings.Contains(lines[0], "host1") || strings.Count(r.stdout, " ok ")+strings.Count(r.stdout, " ok\n") != 6 {
+		t.Errorf("status mesh (exit %d):\n%s", r.code, r.stdout)
+	}
+	if rep := decodeJSON[api.Report](t, "report", "--run-dir", dir); rep.Mesh == nil || len(rep.Mesh.Peers) != 3 {
+		t.Errorf("report has no mesh of 3: %+v", rep.Mesh)
+	}
+}
+
+// TestMeshMatrixOutliersFirst: the peer that others cannot reach, and that
+// is not ready, sorts first in rows and columns.
+func TestMeshMatrixOutliersFirst(t *testing.T) {
+	var b bytes.Buffer
+	writeMesh(&b, api.MeshHealth{Peers: []api.PeerHealth{
+		{Name: "a", Ready: true, Version: "1", Connections: []api.PeerLink{{Peer: "b", State: "established"}, {Peer: "z", State: "down"}}},
+		{Name: "b", Ready: true, Version: "1", Connections: []api.PeerLink{{Peer: "a", State: "established"}, {Peer: "z", State: "connecting"}}},
+		{Name: "z", Ready: false, Version: "0.9", Connections: []api.PeerLink{{Peer: "a", State: "down"}, {Peer: "b", State: "down"}}},
+	}})
+	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+	if len(lines) != 4 {
+		t.Fatalf("want header and 3 rows:\n%s", b.String())
+	}
+	if !strings.HasPrefix(lines[1], "z ") || !strings.Contains(lines[1], "NO") || !strings.Contains(lines[1], "DOWN") {
+		t.Errorf("the outlier z is not first:\n%s", b.String())
+	}
+	if f := strings.Fields(lines[0]); len(f) < 8 || f[5] != "z" {
+		t.Errorf("columns not outliers first: %q", lines[0])
+	}
+	if !strings.Contains(lines[2], "CONNECTING") && !strings.Contains(lines[3], "CONNECTING") {
+		t.Errorf("b's connecting link to z not shown:\n%s", b.String())
 	}
 }
