@@ -13,7 +13,7 @@ export CGO_ENABLED = 0
 export WEFT_BIN_DIR = $(BIN)
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: all build test unit e2e demo bench lint deps fuzz clean k8s-bins soak scale
+.PHONY: all build test unit e2e demo bench lint deps fuzz clean k8s-bins soak scale release
 
 all: build
 
@@ -91,7 +91,16 @@ scale: deps build
 	if [ $$rc -ne 0 ]; then grep -E '^\s*(--- FAIL|FAIL|panic)' $$log | head -20; echo "full log: $$log"; fi; exit $$rc
 
 clean:
-	rm -rf $(BIN) $(CURDIR)/.cache
+	rm -rf $(BIN) $(CURDIR)/.cache $(CURDIR)/dist
+
+# release builds, offline, everything a release ships into dist/VERSION:
+# weft.yaml (image pinned to IMAGE:VERSION@digest), image.tar (OCI image
+# index for linux/amd64 and linux/arm64, as an OCI layout tarball), the
+# binaries weft-linux-{amd64,arm64} and weft-cni-linux-{amd64,arm64}, and
+# SHA256SUMS. site/install-kubernetes.md says how to push or load it.
+IMAGE ?= ghcr.io/weftnet/weft
+release:
+	$(GO) run ./prog/release -version '$(VERSION)' -image '$(IMAGE)' -out dist/$(VERSION)
 
 # Kubernetes in the test bed: a real three-node cluster (test/kubecluster)
 # with kube-proxy and CoreDNS. Not part of `make test`: ~5 min with cached

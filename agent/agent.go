@@ -55,6 +55,9 @@ type Agent struct {
 	// tornDown the reconcile loop repairs nothing.
 	reconcileMu sync.Mutex
 	tornDown    bool
+	met           *agentMetrics
+	pods          *podNames // which pod each container is, for weft ps
+	health        *healthGossip
 
 	mu         sync.Mutex
 	hostAddr   netip.Addr // this host's overlay address (bridge, pods' gateway)
@@ -80,7 +83,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 			return nil, fmt.Errorf("create %s: %w", dir, err)
 		}
 	}
-	a := &Agent{cfg: cfg, dev: cfg.Devices.withDefaults(), log: log, blocker: "starting"}
+	a := &Agent{cfg: cfg, dev: cfg.Devices.withDefaults(), log: log, blocker: "starting",
+		met: newAgentMetrics(), pods: loadPodNames(cfg.StateDir, log)}
+	a.health = newHealthGossip(cfg.Name, log, cfg.Timing, a.ownHealth)
 	var err error
 	if a.signer, err = identity.LoadOrCreate(cfg.StateDir); err != nil {
 		return nil, err
@@ -218,6 +223,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.routes = newRoutes(a.cfg.Name, a.ipam)
 	m.Handle(mesh.ChannelIPAM, a.ipam)
+	m.Handle(mesh.ChannelHealth, a.health)
 	m.OnChange(a.membershipChanged)
 	goRun(func() { a.ipam.Run(ctx) })
 
@@ -243,6 +249,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	meshRunning = true
 	goRun(func() { defer dpCancel(); m.Run(ctx) })
 	goRun(func() { a.becomeReady(ctx) })
+	goRun(func() { a.health.run(ctx, m) })
 	if a.kube != nil {
 		goRun(func() { a.kube.run(ctx, a, goRun) })
 	}
@@ -308,6 +315,7 @@ func (a *Agent) ipamInit(ctx context.Context) (ipam.Init, error) {
 // membershipChanged runs on a mesh goroutine after every membership change.
 func (a *Agent) membershipChanged() {
 	members := a.mesh.Members()
+	a.met.membersChanged(a.cfg.Name, members)
 	a.routes.update(members)
 	if a.dp != nil {
 		a.dp.peersChanged(members)

@@ -91,6 +91,7 @@ func (a *Agent) apiHandler() http.Handler {
 	get(api.PathTargets, func(*http.Request) (any, error) { return a.targets(), nil })
 	get(api.PathConnections, func(*http.Request) (any, error) { return a.connections(), nil })
 	get(api.PathReport, func(*http.Request) (any, error) { return a.report(), nil })
+	get(api.PathMesh, func(*http.Request) (any, error) { return a.meshHealth() })
 	post(api.PathConnect, func(r *http.Request) (any, error) {
 		var req api.PeersRequest
 		if err := decode(r, &req); err != nil {
@@ -147,7 +148,16 @@ func (a *Agent) report() api.Report {
 		IPAM:        a.ipamStatus(),
 		Targets:     a.targets(),
 		Containers:  a.containers(),
+		Mesh:        a.meshReport(),
 	}
+}
+
+func (a *Agent) meshReport() *api.MeshHealth {
+	m, err := a.meshHealth()
+	if err != nil {
+		return nil
+	}
+	return &m
 }
 
 // apiErr carries an HTTP status and a stable code to reply.

@@ -73,6 +73,10 @@ type Config struct {
 	// ClusterName goes into the password's salt beside Range, so that one
 	// password gives other keys in another cluster; the same on every peer.
 	ClusterName string
+
+	// NoPerPeerMetrics sums the per-peer series into one
+	// (--metrics-per-peer=false): they grow as N² across a cluster.
+	NoPerPeerMetrics bool
 }
 
 // Validate checks every field and returns one error naming each bad one.

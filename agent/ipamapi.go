@@ -56,6 +56,7 @@ func (a *Agent) ipamRoutes(get, post route) {
 			a.pendingAllocs.Add(1)
 			defer a.pendingAllocs.Add(-1)
 			var addr netip.Addr
+			start := time.Now()
 			if claim {
 				if addr, err = netip.ParseAddr(req.Address); err != nil {
 					return nil, badRequest(fmt.Errorf("address %q: %w", req.Address, err))
@@ -63,9 +64,14 @@ func (a *Agent) ipamRoutes(get, post route) {
 				err = a.ipam.Claim(ctx, req.ContainerID, req.IfName, req.Netns, addr)
 			} else {
 				addr, err = a.ipam.Allocate(ctx, req.ContainerID, req.IfName, req.Netns)
+				a.met.observeAllocate(start)
 			}
 			if err != nil {
 				return nil, ipamError(err)
+			}
+			if req.PodName != "" {
+				a.pods.set(podRef{ContainerID: req.ContainerID, IfName: req.IfName, Namespace: req.PodNamespace, Name: req.PodName},
+					a.allocated)
 			}
 			return api.AllocateResponse{
 				Address: netip.PrefixFrom(addr, 32).String(),
@@ -137,6 +143,14 @@ func (a *Agent) ipamRoutes(get, post route) {
 		a.log.Info("took over a removed peer's addresses", "peer", req.Name, "addresses", n)
 		return api.RmpeerResponse{Reclaimed: n}, nil
 	})
+	post(api.PathCNITiming, func(r *http.Request) (any, error) {
+		var t api.CNITiming
+		if err := decode(r, &t); err != nil {
+			return nil, err
+		}
+		a.met.observeCNI(t)
+		return struct{}{}, nil
+	})
 	post(api.PathReset, func(r *http.Request) (any, error) {
 		return struct{}{}, a.reset(r.Context())
 	})
@@ -191,8 +205,21 @@ func (a *Agent) containers() []api.Container {
 		return out
 	}
 	for _, al := range a.ipam.Allocations() {
-		out = append(out, api.Container{ContainerID: al.ContainerID, IfName: al.IfName,
-			Address: al.Addr.String(), Netns: al.Netns, Created: al.Created})
+		c := api.Container{ContainerID: al.ContainerID, IfName: al.IfName,
+			Address: al.Addr.String(), Netns: al.Netns, Created: al.Created}
+		if pod, ok := a.pods.get(al.ContainerID, al.IfName); ok {
+			c.PodNamespace, c.PodName = pod.Namespace, pod.Name
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// allocated lists the container interfaces that have an address here.
+func (a *Agent) allocated() map[podKey]bool {
+	out := map[podKey]bool{}
+	for _, al := range a.ipam.Allocations() {
+		out[podKey{al.ContainerID, al.IfName}] = true
 	}
 	return out
 }

@@ -4,11 +4,15 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"runtime"
+	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/weftnet/weft/api"
 	"github.com/weftnet/weft/mesh"
 	"github.com/weftnet/weft/router"
 )
@@ -38,7 +42,92 @@ var (
 	descRepairs = prometheus.NewDesc("weft_repairs_total", "Repairs of the host network by the reconcile loop, by what was broken (bridge, bridge_addr, route, sysctl, nftables, tun).",
 		[]string{"what"}, nil)
 	descPending = prometheus.NewDesc("weft_ipam_pending_allocations", "Allocation requests waiting (e.g. for a donation).", nil, nil)
+	descBuild   = prometheus.NewDesc("weft_build_info", "Always 1; the labels say which weft runs here and on which data path.",
+		[]string{"version", "goversion", "datapath"}, nil)
 )
+
+// Termination reasons of weft_connection_terminations_total: why a remote
+// peer this agent had as alive stopped being reachable.
+const (
+	termPeerFailed  = "peer-failed"  // gossip declared it dead (no answer to probes)
+	termPeerLeft    = "peer-left"    // it left the mesh cleanly (shutdown, reset)
+	termPeerRemoved = "peer-removed" // it vanished from the member list (reaped, rmpeer)
+)
+
+// terminationReasons are exported at zero from the start, so that rate()
+// and alerts see the series before the first flap.
+var terminationReasons = []string{termPeerFailed, termPeerLeft, termPeerRemoved}
+
+// latencyBuckets span a fast local allocation (~100 µs) to an ADD that
+// waited for a donation from another host (seconds).
+var latencyBuckets = prometheus.ExponentialBuckets(0.0001, 2.5, 14)
+
+// agentMetrics are the metrics that are events rather than state read at
+// scrape time: latencies and connection terminations.
+type agentMetrics struct {
+	cniAdd       prometheus.Histogram
+	ipamAllocate prometheus.Histogram
+	terminations *prometheus.CounterVec
+
+	mu   sync.Mutex
+	last map[string]mesh.State // remote members' states at the last change
+}
+
+func newAgentMetrics() *agentMetrics {
+	m := &agentMetrics{
+		cniAdd: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "weft_cni_add_seconds",
+			Help: "Duration of CNI ADD as the weft-cni shim measured it, allocation and pod attachment included.", Buckets: latencyBuckets}),
+		ipamAllocate: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "weft_ipam_allocate_seconds",
+			Help: "Duration of address allocations for pods (successful or not), waiting for a donation included.", Buckets: latencyBuckets}),
+		terminations: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "weft_connection_terminations_total",
+			Help: "Connections to remote peers lost, by reason (a rising rate is flapping)."}, []string{"reason"}),
+		last: map[string]mesh.State{},
+	}
+	for _, r := range terminationReasons {
+		m.terminations.WithLabelValues(r)
+	}
+	return m
+}
+
+// membersChanged counts the remote peers that were reachable at the last
+// change and are not any more. self is this agent's name.
+func (m *agentMetrics) membersChanged(self string, members []mesh.PeerInfo) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := make(map[string]mesh.State, len(members))
+	for _, p := range members {
+		if p.Name == self {
+			continue
+		}
+		now[p.Name] = p.State
+		was, ok := m.last[p.Name]
+		if !ok || was.Gone() || !p.State.Gone() {
+			continue
+		}
+		if p.State == mesh.StateLeft {
+			m.terminations.WithLabelValues(termPeerLeft).Inc()
+		} else {
+			m.terminations.WithLabelValues(termPeerFailed).Inc()
+		}
+	}
+	for name, was := range m.last {
+		if _, ok := now[name]; !ok && !was.Gone() {
+			m.terminations.WithLabelValues(termPeerRemoved).Inc()
+		}
+	}
+	m.last = now
+}
+
+// observeCNI records one CNI operation the shim reported.
+func (m *agentMetrics) observeCNI(t api.CNITiming) {
+	if t.Op == api.CNIOpAdd && t.Seconds >= 0 {
+		m.cniAdd.Observe(t.Seconds)
+	}
+}
+
+func (m *agentMetrics) observeAllocate(start time.Time) {
+	m.ipamAllocate.Observe(time.Since(start).Seconds())
+}
 
 type collector struct{ a *Agent }
 
@@ -57,6 +146,14 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ready = 1
 	}
 	gauge(descReady, ready)
+	datapath := "starting"
+	if a.running() {
+		datapath = "none"
+		if a.dp != nil {
+			datapath = a.dp.router.Datapath()
+		}
+	}
+	gauge(descBuild, 1, api.Version, runtime.Version(), datapath)
 	gauge(descPending, float64(a.pendingAllocs.Load()))
 	a.repairs.each(func(what string, n uint64) { counter(descRepairs, n, what) })
 	if a.running() {
@@ -86,11 +183,27 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		for k, n := range conns {
 			gauge(descConnections, float64(n), k[0], k[1])
 		}
-		for _, s := range a.dp.router.Stats() {
-			counter(descTxPackets, s.TxPackets, s.Peer)
-			counter(descTxBytes, s.TxBytes, s.Peer)
-			counter(descRxPackets, s.RxPackets, s.Peer)
-			counter(descRxBytes, s.RxBytes, s.Peer)
+		if a.cfg.NoPerPeerMetrics {
+			// One series for all peers: per-peer series grow as N² across
+			// a cluster (--metrics-per-peer=false).
+			var sum router.PeerStats
+			for _, s := range a.dp.router.Stats() {
+				sum.TxPackets += s.TxPackets
+				sum.TxBytes += s.TxBytes
+				sum.RxPackets += s.RxPackets
+				sum.RxBytes += s.RxBytes
+			}
+			counter(descTxPackets, sum.TxPackets, "")
+			counter(descTxBytes, sum.TxBytes, "")
+			counter(descRxPackets, sum.RxPackets, "")
+			counter(descRxBytes, sum.RxBytes, "")
+		} else {
+			for _, s := range a.dp.router.Stats() {
+				counter(descTxPackets, s.TxPackets, s.Peer)
+				counter(descTxBytes, s.TxBytes, s.Peer)
+				counter(descRxPackets, s.RxPackets, s.Peer)
+				counter(descRxBytes, s.RxBytes, s.Peer)
+			}
 		}
 		drops := a.dp.router.Drops()
 		for _, why := range router.DropReasons() {
@@ -105,8 +218,13 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	if a.running() {
 		st := a.ipam.Status()
 		var unreachable uint64
+		owned := map[bool]uint64{} // by reachability, without --metrics-per-peer
 		for _, e := range st.Entries {
-			gauge(descOwned, float64(e.Owned), e.Name, fmt.Sprint(e.Reachable))
+			if a.cfg.NoPerPeerMetrics {
+				owned[e.Reachable] += e.Owned
+			} else {
+				gauge(descOwned, float64(e.Owned), e.Name, fmt.Sprint(e.Reachable))
+			}
 			if e.Local {
 				gauge(descInUse, float64(e.InUse))
 			}
@@ -115,19 +233,31 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 		gauge(descUnreach, float64(unreachable))
+		if a.cfg.NoPerPeerMetrics {
+			for _, r := range []bool{true, false} {
+				gauge(descOwned, float64(owned[r]), "", fmt.Sprint(r))
+			}
+		}
 	}
+}
+
+// MetricsHandler serves this agent's metrics in the Prometheus format, as
+// /metrics does; tests scrape an in-process agent through it.
+func (a *Agent) MetricsHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collector{a}, a.met.cniAdd, a.met.ipamAllocate, a.met.terminations,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }
 
 // serveMetrics serves Prometheus /metrics on --metrics-addr.
 func (a *Agent) serveMetrics() (*httpServer, error) {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collector{a}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ln, err := net.Listen("tcp", a.cfg.MetricsAddr)
 	if err != nil {
 		return nil, fmt.Errorf("--metrics-addr: %w", err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", a.MetricsHandler())
 	a.log.Info("metrics listening", "address", ln.Addr().String())
 	return serve(ln, mux), nil
 }

@@ -154,6 +154,12 @@ func (c *Client) Claim(ctx context.Context, req AllocateRequest) (r AllocateResp
 func (c *Client) Release(ctx context.Context, req ReleaseRequest) error {
 	return c.post(ctx, PathRelease, req, nil)
 }
+func (c *Client) ReportCNITiming(ctx context.Context, t CNITiming) error {
+	return c.post(ctx, PathCNITiming, t, nil)
+}
+func (c *Client) Mesh(ctx context.Context) (m MeshHealth, err error) {
+	return m, c.get(ctx, PathMesh, &m)
+}
 func (c *Client) GC(ctx context.Context, req GCRequest) (r GCResponse, err error) {
 	return r, c.post(ctx, PathGC, req, &r)
 }

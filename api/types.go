@@ -32,6 +32,8 @@ const (
 	PathGC          = "/v1/ipam/gc"
 	PathContainers  = "/v1/containers" // GET []Container (weft ps)
 	PathNetwork     = "/v1/network"    // GET Network (what the CNI shim needs)
+	PathCNITiming   = "/v1/cni/timing" // POST CNITiming (the shim's own latency, for metrics)
+	PathMesh        = "/v1/mesh"       // GET MeshHealth (weft status mesh)
 )
 
 // Error is the body of every non-2xx answer.
@@ -147,6 +149,31 @@ type Report struct {
 	IPAM        *IPAMStatus  `json:"ipam,omitempty"`
 	Targets     []string     `json:"targets"`
 	Containers  []Container  `json:"containers,omitempty"`
+	Mesh        *MeshHealth  `json:"mesh,omitempty"`
+}
+
+// MeshHealth is `weft status mesh`: each peer's own summary of its health
+// and its connections, as gossiped to this agent. Together they are the
+// N×N matrix of who reaches whom.
+type MeshHealth struct {
+	Peers []PeerHealth `json:"peers"`
+}
+
+// PeerHealth is one peer's summary of itself.
+type PeerHealth struct {
+	Name     string `json:"name"`
+	Version  string `json:"version"`
+	Ready    bool   `json:"ready"`
+	Datapath string `json:"datapath,omitempty"`
+	// Age is how long ago this agent last heard the summary.
+	Age         time.Duration `json:"age_ns"`
+	Connections []PeerLink    `json:"connections"`
+}
+
+// PeerLink is one connection as the peer that has it sees it.
+type PeerLink struct {
+	Peer  string `json:"peer"`
+	State string `json:"state"` // established, connecting, down
 }
 
 // PeersRequest names peers for connect and forget: host or host:port.
@@ -170,6 +197,10 @@ type AllocateRequest struct {
 	ContainerID string `json:"container_id"`
 	IfName      string `json:"ifname"`
 	Netns       string `json:"netns,omitempty"` // informational, shown by weft ps
+	// PodNamespace and PodName are K8S_POD_NAMESPACE and K8S_POD_NAME from
+	// the runtime's CNI_ARGS, when it passed them: shown by weft ps.
+	PodNamespace string `json:"pod_namespace,omitempty"`
+	PodName      string `json:"pod_name,omitempty"`
 	// Address, for Claim only: the address (no prefix) the container had.
 	Address string `json:"address,omitempty"`
 }
@@ -212,6 +243,9 @@ type Container struct {
 	Address     string    `json:"address"` // no prefix, e.g. 10.32.0.5; read it with Addr
 	Netns       string    `json:"netns,omitempty"`
 	Created     time.Time `json:"created"`
+	// PodNamespace and PodName, where the runtime named the pod (Kubernetes).
+	PodNamespace string `json:"pod_namespace,omitempty"`
+	PodName      string `json:"pod_name,omitempty"`
 }
 
 // Addr parses Address. It also accepts the CIDR form (10.32.0.5/32), so a
@@ -234,3 +268,14 @@ type Network struct {
 	Range   string `json:"range"`   // the overlay range
 	MTU     int    `json:"mtu"`
 }
+
+// CNITiming is what the CNI shim measured of one operation, reported after
+// it for weft_cni_add_seconds: only the shim sees a whole ADD.
+type CNITiming struct {
+	Op      string  `json:"op"` // CNIOpAdd
+	Seconds float64 `json:"seconds"`
+	Failed  bool    `json:"failed,omitempty"`
+}
+
+// CNI operations reported in CNITiming.
+const CNIOpAdd = "add"

@@ -33,7 +33,8 @@ type Channel byte
 
 // Channels in use.
 const (
-	ChannelIPAM Channel = 1
+	ChannelIPAM   Channel = 1
+	ChannelHealth Channel = 2 // agents' health summaries (weft status mesh)
 )
 
 // Handler receives one channel's messages and state.

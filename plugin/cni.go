@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -100,7 +101,8 @@ func agentCtx() (context.Context, context.CancelFunc) {
 
 // Add allocates an address from the agent and attaches the pod. On any
 // failure after the allocation it releases the address again.
-func (p *Plugin) Add(args *skel.CmdArgs) error {
+func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
+	start := time.Now()
 	conf, err := parse(args)
 	if err != nil {
 		return err
@@ -109,6 +111,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		return types.NewError(types.ErrInvalidNetNS, "ADD needs CNI_NETNS", "")
 	}
 	agent := p.Agent(conf.Socket)
+	defer func() { reportAddTiming(agent, start, err != nil) }()
 
 	ctx, cancel := agentCtx()
 	network, err := agent.Network(ctx)
@@ -116,9 +119,11 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	if err != nil {
 		return agentError("get network from agent", err)
 	}
+	ns, pod := podOf(args.Args)
 	ctx, cancel = agentCtx()
 	alloc, err := agent.Allocate(ctx, api.AllocateRequest{
 		ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns,
+		PodNamespace: ns, PodName: pod,
 	})
 	cancel()
 	if err != nil {
@@ -382,4 +387,31 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 			errors.Join(failed...).Error())
 	}
 	return nil
+}
+
+// podOf reads K8S_POD_NAMESPACE and K8S_POD_NAME from CNI_ARGS
+// ("K=V;K=V"), which Kubernetes runtimes pass; "" when absent.
+func podOf(cniArgs string) (namespace, name string) {
+	for _, kv := range strings.Split(cniArgs, ";") {
+		k, v, _ := strings.Cut(kv, "=")
+		switch k {
+		case "K8S_POD_NAMESPACE":
+			namespace = v
+		case "K8S_POD_NAME":
+			name = v
+		}
+	}
+	return namespace, name
+}
+
+// timingTimeout bounds the report of an ADD's duration: it is for metrics
+// only and must not hold up the runtime.
+const timingTimeout = 200 * time.Millisecond
+
+// reportAddTiming tells the agent how long the whole ADD took
+// (weft_cni_add_seconds); failures to report are ignored.
+func reportAddTiming(agent *api.Client, start time.Time, failed bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), timingTimeout)
+	defer cancel()
+	_ = agent.ReportCNITiming(ctx, api.CNITiming{Op: api.CNIOpAdd, Seconds: time.Since(start).Seconds(), Failed: failed})
 }

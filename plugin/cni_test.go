@@ -355,3 +355,17 @@ func TestHostVethName(t *testing.T) {
 		t.Fatalf("owner alias %q", o)
 	}
 }
+
+func TestPodOfCNIArgs(t *testing.T) {
+	for args, want := range map[string][2]string{
+		"IgnoreUnknown=1;K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-abc;K8S_POD_INFRA_CONTAINER_ID=123": {"kube-system", "coredns-abc"},
+		"":                       {"", ""},
+		"K8S_POD_NAME=solo":      {"", "solo"},
+		"garbage;=;K8S_POD_NAME": {"", ""},
+	} {
+		ns, name := podOf(args)
+		if ns != want[0] || name != want[1] {
+			t.Errorf("podOf(%q) = %q, %q; want %q, %q", args, ns, name, want[0], want[1])
+		}
+	}
+}

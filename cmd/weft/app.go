@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -11,15 +12,16 @@ import (
 )
 
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:  "weft",
 		Usage: "an overlay network for containers and Kubernetes",
 		Description: "weft connects containers on many hosts into one flat network. Run `weft launch PEER...`\n" +
-			"on every host; inspect the mesh with `weft status`.",
-		Version:         api.Version,
-		HideVersion:     true,
-		HideHelpCommand: true,
-		Flags:           []cli.Flag{runDirFlag()},
+			"on every host; inspect the mesh with `weft status`.\n" +
+			"Exit codes: 0 ok (status: ready), 1 no agent or error, 2 usage, 3 agent not ready.",
+		Version:              api.Version,
+		HideHelpCommand:      true,
+		EnableBashCompletion: true,
+		Flags:                []cli.Flag{runDirFlag()},
 		Commands: []*cli.Command{
 			launchCommand(),
 			statusCommand(),
@@ -31,8 +33,37 @@ func newApp() *cli.App {
 			resetCommand(),
 			versionCommand(),
 			installCNICommand(),
+			completionCommand(),
 		},
+		OnUsageError: onUsageError,
+		// No command, or a word that is none: a usage error naming the nearest
+		// command, not urfave/cli's "No help topic" with exit 3.
+		Action: func(c *cli.Context) error {
+			if !c.Args().Present() {
+				_ = cli.ShowAppHelp(c)
+				return usagef(c, "name a command")
+			}
+			return unknownCommand(c, c.Args().First(), c.App.Commands)
+		},
+		// Errors are printed once, by run, with their exit code: never let
+		// urfave/cli exit the process by itself.
+		ExitErrHandler: func(*cli.Context, error) {},
 	}
+	var walk func(cmds []*cli.Command)
+	walk = func(cmds []*cli.Command) {
+		for _, c := range cmds {
+			c.OnUsageError = onUsageError
+			c.HideHelpCommand = true
+			walk(c.Subcommands)
+		}
+	}
+	walk(app.Commands)
+	return app
+}
+
+func init() {
+	// `weft --version` prints what `weft version` prints.
+	cli.VersionPrinter = func(c *cli.Context) { fmt.Fprintf(c.App.Writer, "weft %s\n", api.Version) }
 }
 
 // runDirFlag is shared by every command that talks to a running agent.

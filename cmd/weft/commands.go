@@ -2,10 +2,10 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"text/tabwriter"
+	"io"
+	"runtime"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -16,47 +16,81 @@ import (
 
 func reportCommand() *cli.Command {
 	return &cli.Command{
-		Name:  "report",
-		Usage: "print everything the agent knows as JSON (stable field names)",
-		Flags: []cli.Flag{runDirFlag()},
+		Name:   "report",
+		Usage:  "print everything the agent knows as JSON (stable field names); -o table prints every view",
+		Flags:  []cli.Flag{runDirFlag(), outputFlag(outJSON)},
+		Before: noArgs,
 		Action: func(c *cli.Context) error {
+			if _, err := outputFormat(c); err != nil {
+				return err
+			}
 			cl, ctx, cancel := client(c)
 			defer cancel()
 			r, err := cl.Report(ctx)
 			if err != nil {
 				return explain(cl, err)
 			}
-			enc := json.NewEncoder(c.App.Writer)
-			enc.SetIndent("", "  ")
-			return enc.Encode(r)
+			if err := show(c, r, func(w io.Writer) { writeReport(w, r, time.Now()) }); err != nil {
+				return err
+			}
+			return readiness(r.Status)
 		},
 	}
 }
 
+// writeReport is every view one after the other, as `weft status` shows them.
+func writeReport(w io.Writer, r api.Report, now time.Time) {
+	writeOverview(w, r.Status)
+	fmt.Fprintln(w)
+	writePeers(w, r.Peers, now)
+	fmt.Fprintln(w)
+	writeConnections(w, r.Connections, now)
+	if r.IPAM != nil {
+		fmt.Fprintln(w)
+		writeIPAM(w, *r.IPAM)
+	}
+	fmt.Fprintln(w)
+	writeContainers(w, r.Containers)
+	fmt.Fprintln(w, "\nTargets:", strings.Join(r.Targets, " "))
+}
+
 func psCommand() *cli.Command {
 	return &cli.Command{
-		Name:  "ps",
-		Usage: "list the containers on this host with their weft addresses",
-		Flags: []cli.Flag{runDirFlag()},
+		Name:   "ps",
+		Usage:  "list the containers on this host with their pods and weft addresses",
+		Flags:  []cli.Flag{runDirFlag(), outputFlag(outTable)},
+		Before: noArgs,
 		Action: func(c *cli.Context) error {
+			if _, err := outputFormat(c); err != nil {
+				return err
+			}
 			cl, ctx, cancel := client(c)
 			defer cancel()
 			cs, err := cl.Containers(ctx)
 			if err != nil {
 				return explain(cl, err)
 			}
-			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "CONTAINER\tIFACE\tADDRESS\tCREATED")
-			for _, ct := range cs {
-				id := ct.ContainerID
-				if len(id) > 12 && !isHostEntry(id) {
-					id = id[:12]
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", id, ct.IfName, ct.Address, ct.Created.Format(time.RFC3339))
-			}
-			return tw.Flush()
+			return show(c, cs, func(w io.Writer) { writeContainers(w, cs) })
 		},
 	}
+}
+
+// writeContainers is `weft ps`: POD is namespace/name where the runtime
+// passed K8S_POD_NAMESPACE and K8S_POD_NAME, else "-".
+func writeContainers(w io.Writer, cs []api.Container) {
+	rows := make([][]string, 0, len(cs))
+	for _, ct := range cs {
+		id := ct.ContainerID
+		if len(id) > 12 && !isHostEntry(id) {
+			id = id[:12]
+		}
+		pod := "-"
+		if ct.PodName != "" {
+			pod = ct.PodNamespace + "/" + ct.PodName
+		}
+		rows = append(rows, []string{id, pod, ct.IfName, ct.Address, ct.Created.Format(time.RFC3339)})
+	}
+	table(w, "CONTAINER\tPOD\tIFACE\tADDRESS\tCREATED", rows)
 }
 
 // isHostEntry tells the host's own gateway allocation from a container's.
@@ -64,7 +98,7 @@ func isHostEntry(id string) bool { return id == ipam.HostContainerID }
 
 func peersArgs(c *cli.Context) ([]string, error) {
 	if !c.Args().Present() {
-		return nil, errors.New("name at least one PEER (host or host:port)")
+		return nil, usagef(c, "name at least one PEER (host or host:port)")
 	}
 	return c.Args().Slice(), nil
 }
@@ -106,7 +140,7 @@ func rmpeerCommand() *cli.Command {
 		Flags: []cli.Flag{runDirFlag()},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
-				return errors.New("name exactly one peer")
+				return usagef(c, "name exactly one peer")
 			}
 			cl, ctx, cancel := client(c)
 			defer cancel()
@@ -122,9 +156,10 @@ func rmpeerCommand() *cli.Command {
 
 func resetCommand() *cli.Command {
 	return &cli.Command{
-		Name:  "reset",
-		Usage: "hand this host's address ranges to a live peer, remove weft's host network and stop the agent",
-		Flags: []cli.Flag{runDirFlag()},
+		Name:   "reset",
+		Usage:  "hand this host's address ranges to a live peer, remove weft's host network and stop the agent",
+		Flags:  []cli.Flag{runDirFlag()},
+		Before: noArgs,
 		Action: func(c *cli.Context) error {
 			cl, _, cancel := client(c)
 			cancel()
@@ -143,11 +178,24 @@ func resetCommand() *cli.Command {
 
 func versionCommand() *cli.Command {
 	return &cli.Command{
-		Name:  "version",
-		Usage: "print the version of this binary",
+		Name:   "version",
+		Usage:  "print the version of this binary",
+		Flags:  []cli.Flag{outputFlag(outTable)},
+		Before: noArgs,
 		Action: func(c *cli.Context) error {
-			fmt.Fprintf(c.App.Writer, "weft %s\n", api.Version)
-			return nil
+			v := versionInfo()
+			return show(c, v, func(w io.Writer) { fmt.Fprintf(w, "weft %s\n", v.Version) })
 		},
 	}
+}
+
+// buildVersion is `weft version -o json`.
+type buildVersion struct {
+	Version   string `json:"version"`
+	GoVersion string `json:"go_version"`
+	Platform  string `json:"platform"`
+}
+
+func versionInfo() buildVersion {
+	return buildVersion{Version: api.Version, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH}
 }

@@ -35,7 +35,7 @@ func docFiles(t *testing.T) []string {
 	if len(pages) == 0 {
 		t.Fatal("no Markdown pages in site/")
 	}
-	return append([]string{filepath.Join(repoRoot, "README.md")}, pages...)
+	return append([]string{filepath.Join(repoRoot, "README.md"), filepath.Join(repoRoot, "CHANGELOG.md")}, pages...)
 }
 
 func readFile(t *testing.T, path string) string {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"k8s.io/klog/v2"
 
 	"github.com/weftnet/weft/agent"
 	"github.com/weftnet/weft/kube"
@@ -39,6 +41,7 @@ func launchCommand() *cli.Command {
 			&cli.StringFlag{Name: "state-dir", EnvVars: []string{"WEFT_STATE_DIR"}, Value: agent.DefaultStateDir, Usage: "what must survive a restart (address ring, identity)"},
 			runDirFlag(),
 			&cli.StringFlag{Name: "metrics-addr", EnvVars: []string{"WEFT_METRICS_ADDR"}, Value: agent.DefaultMetricsAddr, Usage: "listen address of Prometheus /metrics (empty: off)"},
+			&cli.BoolFlag{Name: "metrics-per-peer", EnvVars: []string{"WEFT_METRICS_PER_PEER"}, Value: true, Usage: "per-peer traffic and IPAM series; false sums them (per-peer series grow as N² across a cluster)"},
 			&cli.StringFlag{Name: "http-addr", EnvVars: []string{"WEFT_HTTP_ADDR"}, Value: agent.DefaultHTTPAddr, Usage: "listen address of /healthz and /readyz (empty: off)"},
 			&cli.BoolFlag{Name: "kube", EnvVars: []string{"WEFT_KUBE"}, Usage: "take peers and the address ring from the Kubernetes API", DefaultText: "on when running in a cluster"},
 			&cli.StringFlag{Name: "kubeconfig", EnvVars: []string{"KUBECONFIG"}, Usage: "kubeconfig for --kube outside a pod (default: in-cluster)"},
@@ -53,13 +56,14 @@ func launchCommand() *cli.Command {
 }
 
 func launch(c *cli.Context) error {
-	log, err := newLogger(c.String("log-format"), c.String("log-level"))
+	log, err := newLogger(os.Stderr, c.String("log-format"), c.String("log-level"))
 	if err != nil {
-		return err
+		return usagef(c, "%v", err)
 	}
+	bridgeKlog(log)
 	cfg, err := launchConfig(c)
 	if err != nil {
-		return err
+		return usagef(c, "%v", err)
 	}
 	a, err := agent.New(cfg, log)
 	if err != nil {
@@ -91,6 +95,7 @@ func launchConfig(c *cli.Context) (agent.Config, error) {
 		CNIConfDir:  c.String("cni-conf-dir"),
 		RekeyAfter:  c.Duration("rekey-after"),
 
+		NoPerPeerMetrics: !c.Bool("metrics-per-peer"),
 		PasswordInsecure: c.Bool("password-insecure"),
 		ClusterName:      c.String("cluster-name"),
 	}
@@ -151,7 +156,13 @@ func checkEncryptionChoice(password, plaintext, inCluster bool) error {
 	return nil
 }
 
-func newLogger(format, level string) (*slog.Logger, error) {
+// bridgeKlog sends the log lines of client-go (klog) through log, so that
+// --log-format json makes every line JSON.
+func bridgeKlog(log *slog.Logger) {
+	klog.SetSlogLogger(log.With("component", "client-go"))
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
@@ -159,9 +170,9 @@ func newLogger(format, level string) (*slog.Logger, error) {
 	opts := &slog.HandlerOptions{Level: lv}
 	switch format {
 	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+		return slog.New(slog.NewTextHandler(w, opts)), nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: want text or json", format)
 }

@@ -2,13 +2,24 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"os"
 )
 
 func main() {
-	if err := newApp().Run(os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "weft:", err)
-		os.Exit(1)
+	os.Exit(run(context.Background(), os.Args, os.Stdout, os.Stderr))
+}
+
+// run is the whole command line: it returns the exit code instead of
+// exiting, so tests drive the CLI in-process against real agents.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	app := newApp()
+	app.Writer, app.ErrWriter = stdout, stderr
+	err := app.RunContext(ctx, args)
+	if err != nil {
+		fmt.Fprintln(stderr, "weft:", err)
 	}
+	return exitCode(err)
 }

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -13,23 +15,47 @@ import (
 )
 
 func statusCommand() *cli.Command {
-	view := func(name, usage string, show func(c *cli.Context, cl *api.Client) error) *cli.Command {
-		return &cli.Command{Name: name, Usage: usage, Flags: []cli.Flag{runDirFlag()}, Action: func(c *cli.Context) error {
-			cl, ctx, cancel := client(c)
-			defer cancel()
-			c.Context = ctx
-			return show(c, cl)
-		}}
+	// view is one `weft status VIEW`: fetch asks the agent, table prints the
+	// answer for people; -o json prints it as the API gave it. Every view
+	// exits 3 while the agent is not ready, like the overview.
+	view := func(name, usage string, fetch func(ctx context.Context, cl *api.Client) (any, error), table func(w io.Writer, v any)) *cli.Command {
+		return &cli.Command{Name: name, Usage: usage, Flags: []cli.Flag{runDirFlag(), outputFlag(outTable)}, Before: noArgs,
+			Action: func(c *cli.Context) error {
+				if _, err := outputFormat(c); err != nil {
+					return err
+				}
+				cl, ctx, cancel := client(c)
+				defer cancel()
+				v, err := fetch(ctx, cl)
+				if err != nil {
+					return explain(cl, err)
+				}
+				if err := show(c, v, func(w io.Writer) { table(w, v) }); err != nil {
+					return err
+				}
+				st, err := cl.Status(ctx)
+				if err != nil {
+					return explain(cl, err)
+				}
+				return readiness(st)
+			}}
 	}
 	return &cli.Command{
 		Name:  "status",
 		Usage: "show the agent's view of the mesh",
-		Description: "With no view: an overview. Exits non-zero when no agent answers.\n" +
-			"Views: peers, connections, ipam, targets.",
-		Flags: []cli.Flag{runDirFlag()},
+		Description: "With no view: an overview. Exit codes: 0 ready, 1 no agent answers, 2 usage,\n" +
+			"3 the agent answers but is not ready (for the overview and every view).\n" +
+			"Views: peers, connections, ipam, mesh, targets.",
+		Flags: []cli.Flag{runDirFlag(), outputFlag(outTable)},
 		Action: func(c *cli.Context) error {
 			if c.Args().Present() {
-				return fmt.Errorf("unknown status view %q; want peers, connections, ipam or targets", c.Args().First())
+				if near := nearest(c.Args().First(), statusViews); near != "" {
+					return usagef(c, "unknown status view %q; did you mean %q?", c.Args().First(), near)
+				}
+				return usagef(c, "unknown status view %q; want %s", c.Args().First(), strings.Join(statusViews, ", "))
+			}
+			if _, err := outputFormat(c); err != nil {
+				return err
 			}
 			cl, ctx, cancel := client(c)
 			defer cancel()
@@ -37,46 +63,50 @@ func statusCommand() *cli.Command {
 			if err != nil {
 				return explain(cl, err)
 			}
-			writeOverview(c.App.Writer, st)
-			return nil
+			if err := show(c, st, func(w io.Writer) { writeOverview(w, st) }); err != nil {
+				return err
+			}
+			return readiness(st)
 		},
 		Subcommands: []*cli.Command{
-			view("peers", "one line per peer of the mesh", func(c *cli.Context, cl *api.Client) error {
-				ps, err := cl.Peers(c.Context)
-				if err != nil {
-					return explain(cl, err)
-				}
-				writePeers(c.App.Writer, ps, time.Now())
-				return nil
-			}),
-			view("connections", "one line per data-plane connection", func(c *cli.Context, cl *api.Client) error {
-				cs, err := cl.Connections(c.Context)
-				if err != nil {
-					return explain(cl, err)
-				}
-				writeConnections(c.App.Writer, cs, time.Now())
-				return nil
-			}),
-			view("ipam", "how the address range is split between peers", func(c *cli.Context, cl *api.Client) error {
-				st, err := cl.IPAM(c.Context)
-				if err != nil {
-					return explain(cl, err)
-				}
-				writeIPAM(c.App.Writer, st)
-				return nil
-			}),
-			view("targets", "the addresses this agent keeps joining", func(c *cli.Context, cl *api.Client) error {
-				ts, err := cl.Targets(c.Context)
-				if err != nil {
-					return explain(cl, err)
-				}
-				for _, t := range ts {
-					fmt.Fprintln(c.App.Writer, t)
-				}
-				return nil
-			}),
+			view("peers", "one line per peer of the mesh",
+				func(ctx context.Context, cl *api.Client) (any, error) { return cl.Peers(ctx) },
+				func(w io.Writer, v any) { writePeers(w, v.([]api.Peer), time.Now()) }),
+			view("connections", "one line per data-plane connection",
+				func(ctx context.Context, cl *api.Client) (any, error) { return cl.Connections(ctx) },
+				func(w io.Writer, v any) { writeConnections(w, v.([]api.Connection), time.Now()) }),
+			view("ipam", "how the address range is split between peers",
+				func(ctx context.Context, cl *api.Client) (any, error) { return cl.IPAM(ctx) },
+				func(w io.Writer, v any) { writeIPAM(w, v.(api.IPAMStatus)) }),
+			view("mesh", "the whole mesh as every peer sees it: who reaches whom, outliers first",
+				func(ctx context.Context, cl *api.Client) (any, error) { return cl.Mesh(ctx) },
+				func(w io.Writer, v any) { writeMesh(w, v.(api.MeshHealth)) }),
+			view("targets", "the addresses this agent keeps joining",
+				func(ctx context.Context, cl *api.Client) (any, error) { return cl.Targets(ctx) },
+				func(w io.Writer, v any) {
+					for _, t := range v.([]string) {
+						fmt.Fprintln(w, t)
+					}
+				}),
 		},
 	}
+}
+
+// statusViews are the subcommands of status, for suggestions.
+var statusViews = []string{"peers", "connections", "ipam", "mesh", "targets"}
+
+// readiness turns a status that is not ready into exit code 3.
+func readiness(st api.Status) error {
+	if st.Ready {
+		return nil
+	}
+	why := "host network not set up yet"
+	if st.IPAM == nil {
+		why = "gossip is still starting"
+	} else if !st.IPAM.Ready {
+		why = "address ring: " + st.IPAM.State
+	}
+	return &errNotReady{why: why}
 }
 
 // explain turns "cannot reach the agent" into advice naming the socket.
@@ -210,4 +240,77 @@ func bytesHuman(n uint64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// writeMesh prints the N×N matrix of gossiped connection states: one row
+// per peer as it reports itself, one column per peer it connects to. Rows
+// and columns with the most connections not established come first, so
+// the outliers are at the top left.
+func writeMesh(w io.Writer, m api.MeshHealth) {
+	state := map[[2]string]string{} // from, to -> state
+	problems := map[string]int{}    // by peer, as source or target
+	names := map[string]bool{}
+	for _, p := range m.Peers {
+		names[p.Name] = true
+		for _, c := range p.Connections {
+			names[c.Peer] = true
+			state[[2]string{p.Name, c.Peer}] = c.State
+			if c.State != "established" {
+				problems[p.Name]++
+				problems[c.Peer]++
+			}
+		}
+	}
+	reported := map[string]api.PeerHealth{}
+	for _, p := range m.Peers {
+		reported[p.Name] = p
+		if !p.Ready {
+			problems[p.Name]++
+		}
+	}
+	order := make([]string, 0, len(names))
+	for n := range names {
+		if _, ok := reported[n]; !ok {
+			problems[n]++ // no summary heard from it
+		}
+		order = append(order, n)
+	}
+	sort.Slice(order, func(i, j int) bool {
+		if problems[order[i]] != problems[order[j]] {
+			return problems[order[i]] > problems[order[j]]
+		}
+		return order[i] < order[j]
+	})
+	header := "PEER\tREADY\tVERSION\tDATAPATH\tHEARD"
+	for _, n := range order {
+		header += "\t" + n
+	}
+	rows := make([][]string, 0, len(order))
+	for _, from := range order {
+		p, ok := reported[from]
+		row := []string{from, "?", "?", "?", "never"}
+		if ok {
+			ready := "yes"
+			if !p.Ready {
+				ready = "NO"
+			}
+			row = []string{from, ready, p.Version, p.Datapath, p.Age.Round(time.Second).String() + " ago"}
+		}
+		for _, to := range order {
+			cell := "?"
+			switch st, known := state[[2]string{from, to}]; {
+			case from == to:
+				cell = "-"
+			case !ok, !known:
+				cell = "?"
+			case st == "established":
+				cell = "ok"
+			default:
+				cell = strings.ToUpper(st)
+			}
+			row = append(row, cell)
+		}
+		rows = append(rows, row)
+	}
+	table(w, header, rows)
 }

@@ -1,0 +1,268 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/weftnet/weft/api"
+	"github.com/weftnet/weft/mesh"
+)
+
+// Each agent gossips a small summary of its own health on mesh.ChannelHealth:
+// ready, version, datapath and the state of each of its connections. Any
+// agent can then show the whole mesh's matrix of who reaches whom (`weft
+// status mesh`). The summaries are informational: they decide nothing.
+
+const (
+	// healthInterval is how often a summary is broadcast (at most; five
+	// probe intervals with faster gossip timing, as in tests).
+	healthInterval = 5 * time.Second
+	// healthStaleAfter intervals, a summary that was not refreshed is
+	// replaced by any other from its peer, newer or not (its clock may
+	// have gone back).
+	healthStaleAfter = 6
+	// healthBroadcastMax is the largest summary sent by broadcast; larger
+	// ones (hundreds of peers) travel with the push/pull exchange only.
+	healthBroadcastMax = 1024
+
+	maxHealthBytes = 1 << 20  // one summary on the wire
+	maxStateBytes  = 64 << 20 // the push/pull state of all summaries
+	maxHealthLinks = 1 << 14  // connections in one summary
+	maxHealthPeers = 1 << 14  // summaries in one push/pull state
+	maxNameLen     = 253
+)
+
+// ErrBadHealth is a summary from the wire that is malformed or out of bounds.
+var ErrBadHealth = errors.New("bad health summary")
+
+// healthSummary is the wire form, JSON with short keys to fit a broadcast.
+type healthSummary struct {
+	Name     string       `json:"n"`
+	Version  string       `json:"v"`
+	Ready    bool         `json:"r"`
+	Datapath string       `json:"d,omitempty"`
+	Seq      int64        `json:"s"` // the origin's clock (unix ns) when made
+	Links    []healthLink `json:"c"`
+}
+
+type healthLink struct {
+	Peer  string `json:"p"`
+	State string `json:"s"`
+}
+
+// decodeHealth decodes and checks one summary from a peer.
+func decodeHealth(b []byte) (healthSummary, error) {
+	var h healthSummary
+	if len(b) > maxHealthBytes {
+		return h, fmt.Errorf("%w: %d bytes", ErrBadHealth, len(b))
+	}
+	if err := json.Unmarshal(b, &h); err != nil {
+		return h, fmt.Errorf("%w: %v", ErrBadHealth, err)
+	}
+	return h, h.check()
+}
+
+func (h healthSummary) check() error {
+	switch {
+	case h.Name == "" || len(h.Name) > maxNameLen:
+		return fmt.Errorf("%w: name of %d bytes", ErrBadHealth, len(h.Name))
+	case len(h.Version) > maxNameLen || len(h.Datapath) > maxNameLen:
+		return fmt.Errorf("%w: version or datapath too long", ErrBadHealth)
+	case len(h.Links) > maxHealthLinks:
+		return fmt.Errorf("%w: %d connections", ErrBadHealth, len(h.Links))
+	}
+	for _, l := range h.Links {
+		if l.Peer == "" || len(l.Peer) > maxNameLen {
+			return fmt.Errorf("%w: peer name of %d bytes", ErrBadHealth, len(l.Peer))
+		}
+		switch l.State {
+		case connEstablished, connConnecting, connDown:
+		default:
+			return fmt.Errorf("%w: connection state %q", ErrBadHealth, l.State)
+		}
+	}
+	return nil
+}
+
+// decodeHealthState decodes the push/pull state: a list of summaries.
+func decodeHealthState(b []byte) ([]healthSummary, error) {
+	if len(b) > maxStateBytes {
+		return nil, fmt.Errorf("%w: state of %d bytes", ErrBadHealth, len(b))
+	}
+	var raw []json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadHealth, err)
+	}
+	if len(raw) > maxHealthPeers {
+		return nil, fmt.Errorf("%w: %d summaries", ErrBadHealth, len(raw))
+	}
+	out := make([]healthSummary, 0, len(raw))
+	for _, r := range raw {
+		h, err := decodeHealth(r)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, h)
+	}
+	return out, nil
+}
+
+type healthEntry struct {
+	sum      healthSummary
+	received time.Time
+}
+
+// healthGossip keeps the latest summary of every peer (mesh.Handler).
+type healthGossip struct {
+	self      string
+	log       *slog.Logger
+	interval  time.Duration
+	summarize func() healthSummary // this agent's summary now
+
+	mu    sync.Mutex
+	peers map[string]healthEntry
+}
+
+func newHealthGossip(self string, log *slog.Logger, timing mesh.Timing, summarize func() healthSummary) *healthGossip {
+	interval := healthInterval
+	if timing.ProbeInterval > 0 {
+		interval = min(interval, 5*timing.ProbeInterval)
+	}
+	return &healthGossip{self: self, log: log, interval: interval, summarize: summarize, peers: map[string]healthEntry{}}
+}
+
+// merge keeps h if it is newer than what is known of its peer. A peer's
+// summary of itself is only taken from the wire for other peers: this
+// agent's own comes from summarize.
+func (g *healthGossip) merge(h healthSummary, now time.Time) {
+	if h.Name == g.self {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	old, ok := g.peers[h.Name]
+	if ok && h.Seq <= old.sum.Seq && now.Sub(old.received) < healthStaleAfter*g.interval {
+		return
+	}
+	g.peers[h.Name] = healthEntry{sum: h, received: now}
+}
+
+// HandleMessage implements mesh.Handler: one peer's summary.
+func (g *healthGossip) HandleMessage(msg []byte) {
+	h, err := decodeHealth(msg)
+	if err != nil {
+		g.log.Debug("dropped a health summary", "err", err)
+		return
+	}
+	g.merge(h, time.Now())
+}
+
+// LocalState implements mesh.Handler: every summary known, this one fresh.
+func (g *healthGossip) LocalState() []byte {
+	all := []healthSummary{g.summarize()}
+	g.mu.Lock()
+	for _, e := range g.peers {
+		all = append(all, e.sum)
+	}
+	g.mu.Unlock()
+	b, err := json.Marshal(all)
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+// MergeState implements mesh.Handler.
+func (g *healthGossip) MergeState(buf []byte) error {
+	all, err := decodeHealthState(buf)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	for _, h := range all {
+		g.merge(h, now)
+	}
+	return nil
+}
+
+// run broadcasts this agent's summary every interval until ctx ends.
+func (g *healthGossip) run(ctx context.Context, m *mesh.Mesh) {
+	t := time.NewTicker(g.interval)
+	defer t.Stop()
+	for {
+		if b, err := json.Marshal(g.summarize()); err == nil && len(b) <= healthBroadcastMax {
+			m.BroadcastKeyed(mesh.ChannelHealth, g.self, b)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// view is the API's MeshHealth: this agent's summary and those of the
+// members that are not gone, sorted by name.
+func (g *healthGossip) view(members []mesh.PeerInfo, now time.Time) api.MeshHealth {
+	own := g.summarize()
+	out := api.MeshHealth{Peers: []api.PeerHealth{toAPIHealth(own, 0)}}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, p := range members {
+		if p.Name == g.self || p.State.Gone() {
+			continue
+		}
+		if e, ok := g.peers[p.Name]; ok {
+			out.Peers = append(out.Peers, toAPIHealth(e.sum, now.Sub(e.received)))
+		}
+	}
+	// Forget the summaries of peers that are gone, so the table stays as
+	// small as the mesh.
+	alive := map[string]bool{}
+	for _, p := range members {
+		alive[p.Name] = !p.State.Gone()
+	}
+	for name := range g.peers {
+		if !alive[name] {
+			delete(g.peers, name)
+		}
+	}
+	sort.Slice(out.Peers, func(i, j int) bool { return out.Peers[i].Name < out.Peers[j].Name })
+	return out
+}
+
+func toAPIHealth(h healthSummary, age time.Duration) api.PeerHealth {
+	p := api.PeerHealth{Name: h.Name, Version: h.Version, Ready: h.Ready, Datapath: h.Datapath,
+		Age: age.Round(time.Millisecond), Connections: make([]api.PeerLink, 0, len(h.Links))}
+	for _, l := range h.Links {
+		p.Connections = append(p.Connections, api.PeerLink{Peer: l.Peer, State: l.State})
+	}
+	return p
+}
+
+// ownHealth is this agent's summary, from the same sources as `weft status`
+// and `weft status connections`.
+func (a *Agent) ownHealth() healthSummary {
+	h := healthSummary{Name: a.cfg.Name, Version: api.Version, Ready: a.Ready(), Seq: time.Now().UnixNano(), Links: []healthLink{}}
+	if a.running() && a.dp != nil {
+		h.Datapath = a.dp.router.Datapath()
+	}
+	for _, c := range a.connections() {
+		h.Links = append(h.Links, healthLink{Peer: c.Peer, State: c.State})
+	}
+	return h
+}
+
+// meshHealth serves GET /v1/mesh.
+func (a *Agent) meshHealth() (api.MeshHealth, error) {
+	if !a.running() {
+		return api.MeshHealth{}, notReady(errNoMesh)
+	}
+	return a.health.view(a.mesh.Members(), time.Now()), nil
+}
