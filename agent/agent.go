@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,6 +47,8 @@ type Agent struct {
 	// metrics, which start earlier, read those fields only after seeing it.
 	up atomic.Bool
 
+	keysCached bool // keys came from the cache: Run checks them against the password
+
 	pendingAllocs atomic.Int64 // allocation requests in progress, for metrics
 	repairs       repairCounts // host network repairs, for metrics
 	// reconcileMu serialises a repair and `weft reset`'s teardown; after
@@ -59,9 +62,10 @@ type Agent struct {
 	hostBroken string     // why the host network is broken and not repaired ("" when fine)
 	host       netip.Addr // underlay address after a change of it (see rebind); invalid: cfg.Host
 
-	stop     context.CancelFunc // ends Run, used by reset
-	failure  error              // the fatal failure that stopped Run, see fail
-	resetErr chan error
+	stop      context.CancelFunc // ends Run, used by reset
+	resetting atomic.Bool        // reset asked: Run removes the persistent TUN last
+	failure   error              // the fatal failure that stopped Run, see fail
+	resetErr  chan error
 }
 
 // New validates cfg, derives keys and loads persistent state; Run starts it.
@@ -84,13 +88,12 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if a.pins, err = identity.LoadPins(cfg.StateDir, log); err != nil {
 		return nil, err
 	}
-	if cfg.Password != nil {
-		// Slow on purpose (Argon2id): done once, here.
-		keys, err := crypto.DerivePasswordKeys(cfg.Password, crypto.PasswordSalt(cfg.Range.String(), cfg.ClusterName))
-		if err != nil {
-			return nil, fmt.Errorf("password: %w", err)
+	if cfg.Password == nil {
+		dropCachedKeys(cfg.StateDir, log) // no secret of a former password lingers
+	} else {
+		if a.keys, a.keysCached, err = passwordKeys(cfg, log); err != nil {
+			return nil, err
 		}
-		a.keys = &keys
 		if a.identity, err = crypto.LoadOrCreateIdentity(cfg.StateDir); err != nil {
 			return nil, err
 		}
@@ -105,6 +108,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	a.stop = cancel
+	// Last of all, once the data plane has let go of it.
+	defer a.afterReset()
 
 	apiSrv, err := a.serveAPI()
 	if err != nil {
@@ -141,6 +146,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	mcfg := mesh.Config{
 		Name: a.cfg.Name, Bind: a.cfg.Host, Port: a.cfg.Port, Meta: meta,
 		SecretKey: a.gossipKey(), Timing: a.cfg.Timing, Logger: a.log, Pins: a.pins,
+		StateDir: a.cfg.StateDir,
 	}
 	if a.dev.GossipTransport != nil {
 		bind := netip.AddrPortFrom(a.cfg.Host, uint16(a.cfg.Port))
@@ -164,7 +170,19 @@ func (a *Agent) Run(ctx context.Context) error {
 	// Every goroutine started below has ended when Run returns, also on an
 	// error: the context is cancelled before waiting for them.
 	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
+	// The data plane stops only after the mesh has left: pods keep their
+	// traffic while the peers are told, and a restart's gap is only the
+	// time between two processes (the TUN and its routes persist).
+	dpCtx, dpCancel := context.WithCancel(context.WithoutCancel(ctx))
+	meshRunning := false
+	defer func() {
+		cancel()
+		if !meshRunning {
+			dpCancel()
+		}
+		wg.Wait()
+		dpCancel()
+	}()
 	goRun := func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() }
 
 	init, err := a.ipamInit(ctx)
@@ -197,11 +215,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	goRun(func() { a.ipam.Run(ctx) })
 
 	if !a.cfg.NoDataplane {
-		if a.dp, err = a.startDataplane(ctx, goRun); err != nil {
+		if a.dp, err = a.startDataplane(dpCtx, goRun); err != nil {
 			m.Shutdown()
 			return err
 		}
 	}
+	// The peers of the last run, before gossip speaks: endpoints for the
+	// routes and keys for crypto, so that traffic flows at once.
+	a.membershipChanged()
 	a.up.Store(true)
 	if len(a.cfg.Peers) > 0 {
 		a.log.Info("joining peers", "peers", a.cfg.Peers)
@@ -212,15 +233,43 @@ func (a *Agent) Run(ctx context.Context) error {
 	} else if !a.cfg.Kube {
 		a.log.Info("no peers given; waiting for others to join this host")
 	}
-	goRun(func() { m.Run(ctx) })
+	meshRunning = true
+	goRun(func() { defer dpCancel(); m.Run(ctx) })
 	goRun(func() { a.becomeReady(ctx) })
 	if a.kube != nil {
 		goRun(func() { a.kube.run(ctx, a, goRun) })
+	}
+	if a.keysCached {
+		goRun(func() { a.checkCachedKeys(ctx) })
 	}
 
 	<-ctx.Done()
 	a.log.Info("shutting down")
 	return a.failed()
+}
+
+// afterReset runs once a reset has stopped everything. It deletes the
+// persistent TUN, which any other stop leaves, with its routes, for the
+// next agent; and the peers of this run (a reset host joins only whom it
+// is told to) and the keys cached from the password, which the mesh and
+// the data plane no longer touch.
+func (a *Agent) afterReset() {
+	if !a.resetting.Load() {
+		return
+	}
+	for _, f := range []string{mesh.KnownPeersFile, crypto.PasswordKeysFile} {
+		if err := os.Remove(filepath.Join(a.cfg.StateDir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			a.log.Warn("reset: removing state", "file", f, "err", err)
+		}
+	}
+	if a.cfg.NoDataplane {
+		return
+	}
+	if removed, err := a.dev.RemoveTUN(a.cfg.TUN); err != nil {
+		a.log.Warn("reset: removing the TUN", "tun", a.cfg.TUN, "err", err)
+	} else if removed {
+		a.log.Info("reset: removed the TUN", "tun", a.cfg.TUN)
+	}
 }
 
 // ipamInit decides how the ring is bootstrapped: the flag, or in Kubernetes

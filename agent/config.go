@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -47,6 +48,9 @@ type Config struct {
 	Kube        bool   // take peers and bootstrap from the Kubernetes API
 	Kubeconfig  string // "" = in-cluster
 	CNIConfDir  string // where to write 10-weft.conflist once ready ("" = do not)
+	// CNIChain are the operator's extra CNI plugins (--cni-chain), written
+	// after weft's own into every conflist (kube.ParseCNIChain).
+	CNIChain []json.RawMessage
 	// NoDataplane runs gossip, IPAM and the local API only: no TUN, no UDP
 	// data socket, no bridge or routes, so nothing needs root. The agent is
 	// ready once IPAM can allocate. It still announces its data port, so

@@ -50,6 +50,8 @@ func (a *Agent) connections() []api.Connection {
 		switch {
 		case m.State.Gone():
 			c.State, c.Reason = connDown, "peer "+m.State.String()+" in gossip"
+		case m.State == mesh.StateUnknown:
+			c.State, c.Reason = connConnecting, "known from the last run, not yet heard of in gossip"
 		case a.dp.crypto != nil:
 			sess, ok := sessions[m.Name]
 			c.Cipher, c.LastRekey = sess.Cipher, sess.LastRekey

@@ -78,9 +78,10 @@ func (a *Agent) startDataplane(ctx context.Context, goRun func(func())) (*datapl
 		return nil, err
 	}
 	a.log.Info("data plane up", "tun", a.cfg.TUN, "datapath", dp.router.Datapath()+" ("+desc+")", "listen", dataAddr, "mtu", mtu, "encrypted", encrypted)
-	// Run closes the TUN and the socket when it returns. Closing the TUN
-	// removes its routes; the bridge and the pods stay, so a relaunch does
-	// not disturb running pods.
+	// Run closes the TUN and the socket when it returns. The TUN is
+	// persistent: it stays with its routes (dropping what is routed to it
+	// until the next agent attaches), as do the bridge and the pods, so a
+	// relaunch does not disturb running pods.
 	goRun(func() {
 		if err := dp.router.Run(ctx); err != nil && ctx.Err() == nil {
 			a.log.Error("data plane failed; stopping the agent so that it is restarted", "err", err)

@@ -21,6 +21,10 @@ import (
 type Devices struct {
 	// OpenTUN opens the TUN device; nil means tun.Open.
 	OpenTUN func(name string, mtu int, log *slog.Logger) (dev tun.Device, desc string, err error)
+	// RemoveTUN deletes the persistent TUN (weft reset). nil means
+	// tun.Remove when OpenTUN is the real one too, and nothing otherwise:
+	// a test's fake TUN leaves no device behind.
+	RemoveTUN func(name string) (bool, error)
 	// ListenUDP opens the data plane's socket; nil means udp.Listen.
 	ListenUDP func(addr netip.AddrPort, log *slog.Logger) (udp.Conn, error)
 	// GossipTransport carries gossip for a member bound to addr; nil means
@@ -96,6 +100,12 @@ func (kernelHost) LinkAddrs(link string) ([]netip.Addr, error) { return hostnet.
 func (d Devices) withDefaults() Devices {
 	if d.OpenTUN == nil {
 		d.OpenTUN = tun.Open
+		if d.RemoveTUN == nil {
+			d.RemoveTUN = tun.Remove
+		}
+	}
+	if d.RemoveTUN == nil {
+		d.RemoveTUN = func(string) (bool, error) { return false, nil }
 	}
 	if d.ListenUDP == nil {
 		d.ListenUDP = udp.Listen

@@ -224,6 +224,7 @@ func (a *Agent) reset(ctx context.Context) error {
 		_ = os.Remove(filepath.Join(a.cfg.StateDir, crypto.IdentityFile))
 	}
 	a.log.Info("reset: ranges handed over, host network removed; stopping")
+	a.resetting.Store(true)
 	a.stop()
 	return nil
 }

@@ -130,7 +130,7 @@ func (k *kubeSide) run(ctx context.Context, a *Agent, goRun func(func())) {
 		}
 	}
 	if a.cfg.CNIConfDir != "" {
-		if err := kube.WriteCNIConfig(a.cfg.CNIConfDir, api.SocketPath(a.cfg.RunDir), 0); err != nil {
+		if err := kube.WriteCNIConfig(a.cfg.CNIConfDir, kube.CNIConfig{Socket: api.SocketPath(a.cfg.RunDir), Chain: a.cfg.CNIChain}); err != nil {
 			a.log.Error("writing the CNI config", "err", err)
 		} else {
 			a.log.Info("CNI config written", "dir", a.cfg.CNIConfDir)

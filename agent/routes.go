@@ -29,20 +29,31 @@ func newRoutes(self string, ring *ipam.IPAM) *routes {
 	return r
 }
 
-// update replaces the endpoint snapshot with the alive and suspect members.
-// A suspect peer keeps its traffic: it is often just slow to answer probes.
+// update replaces the endpoint snapshot with every member's last known
+// endpoint, whatever its state: the ring, not membership, says who owns an
+// address. A suspect peer is often just slow to answer probes; a peer that
+// left or died is most often restarting, and its packets flow again the
+// moment its new agent listens, without waiting for gossip to say so; a
+// peer known only from the last run (state unknown) is reachable before
+// gossip has spoken. Traffic for a peer that is really gone is lost either
+// way until its ranges are taken over.
 func (r *routes) update(members []mesh.PeerInfo) {
 	e := &endpoints{byName: map[string]netip.AddrPort{}, byAddr: map[netip.AddrPort]string{}}
+	reachable := map[string]bool{}
+	for _, m := range members {
+		reachable[m.Name] = m.State.Reachable()
+	}
 	for _, m := range members {
 		if m.Name == r.self || !m.Addr.IsValid() || m.Meta.DataPort == 0 {
 			continue
 		}
-		if !m.State.Reachable() {
-			continue
-		}
 		ep := netip.AddrPortFrom(m.Addr, m.Meta.DataPort)
 		e.byName[m.Name] = ep
-		e.byAddr[ep] = m.Name
+		if other, taken := e.byAddr[ep]; !taken || m.State.Reachable() && !reachable[other] {
+			// An address reused by another host (a replaced node) is
+			// the live peer's, not the remembered one's.
+			e.byAddr[ep] = m.Name
+		}
 	}
 	r.eps.Store(e)
 }

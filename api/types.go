@@ -89,6 +89,9 @@ const (
 	StateSuspect = "suspect"
 	StateDead    = "dead"
 	StateLeft    = "left"
+	// StateUnknown: known from the agent's last run (its state dir), not
+	// yet heard of in gossip since the start.
+	StateUnknown = "unknown"
 )
 
 // Connection is the data-plane view of one remote peer.

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/bits"
 	"net/netip"
+	"slices"
 	"sort"
 	"time"
 )
@@ -60,17 +62,41 @@ func (p *IPAM) Allocate(ctx context.Context, containerID, ifName, netns string) 
 func (p *IPAM) recordLocked(key Attachment, netns string, off uint64) (netip.Addr, error) {
 	a := &Allocation{ContainerID: key.ContainerID, IfName: key.IfName, Netns: netns,
 		Addr: addrAt(p.cfg.Range, off), Created: p.now().UTC()}
-	before := p.ring.clone()
+	// The undo of checkpointLocked, without copying every allocation.
+	ring, dirty := p.ring.clone(), p.dirty
 	p.allocs[key] = a
 	p.used = insertSorted(p.used, off)
 	p.refreshOwnLocked()
 	if err := p.persistLocked(); err != nil {
-		p.ring = before
+		p.ring, p.dirty = ring, dirty
 		delete(p.allocs, key)
 		p.used = removeSorted(p.used, off)
 		return netip.Addr{}, fmt.Errorf("allocate for %s/%s: %w", key.ContainerID, key.IfName, err)
 	}
 	return a.Addr, nil
+}
+
+// checkpointLocked saves what a local mutation may change (the ring, the
+// allocations, the free counts to broadcast) and returns the function that
+// puts it back. Every mutation of this peer's own state goes: checkpoint,
+// change, persist, and only then publish or gossip; a failed persist (a full
+// disk) undoes the change, so memory, disk and peers never disagree about
+// which addresses this peer holds.
+func (p *IPAM) checkpointLocked() (undo func()) {
+	if p.store == nil || p.left {
+		return func() {} // persistLocked cannot fail
+	}
+	var ring *ring
+	if p.ring != nil {
+		ring = p.ring.clone()
+	}
+	allocs := maps.Clone(p.allocs)
+	used := slices.Clone(p.used)
+	reported := maps.Clone(p.reported)
+	dirty := p.dirty
+	return func() {
+		p.ring, p.allocs, p.used, p.reported, p.dirty = ring, allocs, used, reported, dirty
+	}
 }
 
 // findFreeLocked is the lowest free offset in this peer's ranges.
@@ -241,9 +267,13 @@ func (p *IPAM) handleDonationRequestLocked(m *message) error {
 		p.sendLocked(to, &message{Type: msgNoDon})
 		return nil
 	}
+	undo := p.checkpointLocked()
 	changed := p.giveLocked(start, end, to)
 	if err := p.persistLocked(); err != nil {
-		// Do not tell anyone: if we crashed now our state would still own it.
+		// Our state on disk still owns the block: so must memory, and no
+		// one may hear of the donation (the requester asks elsewhere).
+		undo()
+		p.sendLocked(to, &message{Type: msgNoDon})
 		return fmt.Errorf("donation to %s not made: %w", to, err)
 	}
 	p.publishLocked()
@@ -397,7 +427,12 @@ func (p *IPAM) Release(containerID, ifName string) error {
 	return err
 }
 
+// releaseLocked frees keys only once the state file says so: on a failed
+// write (a full disk) the allocations stay, in memory as on disk, so the
+// caller's DEL fails and its retry releases them for real instead of finding
+// nothing while the old state brings them back at the next restart.
 func (p *IPAM) releaseLocked(keys []Attachment) error {
+	undo := p.checkpointLocked()
 	for _, k := range keys {
 		off, _ := offsetOf(p.cfg.Range, p.allocs[k].Addr)
 		p.used = removeSorted(p.used, off)
@@ -405,10 +440,11 @@ func (p *IPAM) releaseLocked(keys []Attachment) error {
 		delete(p.allocs, k)
 	}
 	p.refreshOwnLocked()
-	p.publishLocked()
 	if err := p.persistLocked(); err != nil {
-		return fmt.Errorf("release: %w", err)
+		undo()
+		return fmt.Errorf("release of %d allocations not made: %w", len(keys), err)
 	}
+	p.publishLocked()
 	return nil
 }
 
@@ -476,7 +512,7 @@ func (p *IPAM) RemovePeer(name string) (uint64, error) {
 		p.mu.Unlock()
 		return 0, fmt.Errorf("rmpeer %s: %w: no ring", name, ErrNotReady)
 	}
-	before := p.ring.clone()
+	undo := p.checkpointLocked()
 	idx, ends := p.ring.ownedBy(name)
 	var changed []entry
 	var n uint64
@@ -490,7 +526,7 @@ func (p *IPAM) RemovePeer(name string) (uint64, error) {
 		return 0, nil
 	}
 	if err := p.persistLocked(); err != nil {
-		p.ring = before
+		undo()
 		p.mu.Unlock()
 		return 0, fmt.Errorf("rmpeer %s: %w", name, err)
 	}
@@ -591,8 +627,16 @@ func (p *IPAM) handleHandOverLocked(m *message) error {
 			return fmt.Errorf("%w: hand over from %s names %s as owner", ErrBadMessage, m.From, e.Owner)
 		}
 	}
+	undo := p.checkpointLocked()
 	if err := p.mergeLocked(m.From, es); err != nil && p.store != nil {
-		// Not confirmed: the leaving peer keeps its state and may retry.
+		// Not confirmed: the leaving peer keeps its state and retries, maybe
+		// with another peer. Unless the merge is on disk, forget it, or
+		// that peer and this one would both own the ranges.
+		var pe *persistError
+		if errors.As(err, &pe) {
+			undo()
+			p.publishLocked()
+		}
 		return fmt.Errorf("hand over from %s: %w", m.From, err)
 	}
 	p.log.Info("took over the ranges of a leaving peer", "peer", m.From, "keys", len(es))

@@ -115,6 +115,19 @@ func FuzzDecodeState(f *testing.F) {
 	f.Add([]byte(`{"format":1,"name":"a","range":"10.32.0.0/24","ring":{"id":"x","seeds":["a"],"size":256,"entries":[]}}`))
 	f.Add([]byte(`{}`))
 	f.Add([]byte(`[`))
+	// Allocations the decoder must refuse: one interface twice, one address
+	// twice, the range's network and broadcast addresses.
+	for _, as := range [][]Allocation{
+		{{ContainerID: "c", IfName: "eth0", Addr: netip.MustParseAddr("10.32.0.1")}, {ContainerID: "c", IfName: "eth0", Addr: netip.MustParseAddr("10.32.0.2")}},
+		{{ContainerID: HostContainerID, IfName: "weft", Addr: netip.MustParseAddr("10.32.0.1")}, {ContainerID: "c", IfName: "eth0", Addr: netip.MustParseAddr("10.32.0.1")}},
+		{{ContainerID: "c", IfName: "eth0", Addr: netip.MustParseAddr("10.32.0.0")}},
+		{{ContainerID: "c", IfName: "eth0", Addr: netip.MustParseAddr("10.32.0.255")}},
+	} {
+		bad := good
+		bad.Allocations = as
+		b, _ := json.Marshal(bad)
+		f.Add(b)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		p, err := decodeState(b)
 		if err != nil {
@@ -124,6 +137,20 @@ func FuzzDecodeState(f *testing.F) {
 			if err := p.Ring.toRing().validate(); err != nil {
 				t.Fatalf("accepted an invalid ring: %v", err)
 			}
+		}
+		// What restore will hold: one address per interface, each address
+		// once, none reserved; otherwise an address would be lost or
+		// handed out twice after a restart.
+		pfx := netip.MustParsePrefix(p.Range)
+		size, _ := rangeSize(pfx)
+		keys, addrs := map[Attachment]bool{}, map[netip.Addr]bool{}
+		for _, a := range p.Allocations {
+			k := Attachment{a.ContainerID, a.IfName}
+			off, ok := offsetOf(pfx, a.Addr)
+			if keys[k] || addrs[a.Addr] || !ok || reserved(off, size) {
+				t.Fatalf("accepted allocation %+v", a)
+			}
+			keys[k], addrs[a.Addr] = true, true
 		}
 	})
 }

@@ -591,10 +591,17 @@ func (p *IPAM) mergeLocked(from string, es []entry) error {
 	}
 	if err := p.persistLocked(); err != nil {
 		p.log.Error("could not persist IPAM state after a merge", "err", err)
-		errs = append(errs, err)
+		errs = append(errs, &persistError{err})
 	}
 	return errors.Join(errs...)
 }
+
+// persistError is a merge that was applied in memory but not written: a
+// caller that must not confirm an unwritten change (hand-over) undoes it.
+type persistError struct{ err error }
+
+func (e *persistError) Error() string { return "not persisted: " + e.err.Error() }
+func (e *persistError) Unwrap() error { return e.err }
 
 func winnerOf(c conflict) entry {
 	if wins(c.Remote, c.Local) {

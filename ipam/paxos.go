@@ -72,8 +72,10 @@ func (p *IPAM) startProposalLocked(now time.Time, peers []string) {
 		p.nextTry = now.Add(p.jitter(paxosTimeout))
 		return
 	}
+	was := p.acceptor
 	p.acceptor.Promised = b
 	if err := p.persistLocked(); err != nil {
+		p.acceptor = was
 		p.log.Error("consensus: cannot persist promise", "err", err)
 		return
 	}
@@ -108,8 +110,10 @@ func (p *IPAM) startAcceptLocked(peers []string) {
 	}
 	pr.phase = 2
 	if p.acceptor.Promised.less(pr.b) || p.acceptor.Promised == pr.b {
+		was := p.acceptor
 		p.acceptor.Promised, p.acceptor.Accepted, p.acceptor.Value = pr.b, pr.b, pr.value
 		if err := p.persistLocked(); err != nil {
+			p.acceptor = was
 			p.log.Error("consensus: cannot persist accept", "err", err)
 			p.proposal = nil
 			return
@@ -139,6 +143,7 @@ func (p *IPAM) handleAcceptorLocked(m *message) error {
 	}
 	b := *m.Ballot
 	p.maxRound = max(p.maxRound, b.Round)
+	was := p.acceptor
 	reply := &message{Type: msgPromise, Ballot: &b}
 	if m.Type == msgAccept {
 		reply.Type = msgAccepted
@@ -161,6 +166,7 @@ func (p *IPAM) handleAcceptorLocked(m *message) error {
 	if reply.OK {
 		// A promise must survive a crash, or a restarted acceptor could vote twice.
 		if err := p.persistLocked(); err != nil {
+			p.acceptor = was // memory never promises what the disk does not
 			return err
 		}
 	}

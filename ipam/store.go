@@ -127,18 +127,8 @@ func decodeState(b []byte) (*persisted, error) {
 			return nil, fmt.Errorf("ring: %w", err)
 		}
 	}
-	seen := map[netip.Addr]bool{}
-	for _, a := range p.Allocations {
-		if a.ContainerID == "" {
-			return nil, errors.New("allocation without container ID")
-		}
-		if !pfx.Contains(a.Addr) {
-			return nil, fmt.Errorf("allocation %s of %s outside range %s", a.Addr, a.ContainerID, p.Range)
-		}
-		if seen[a.Addr] {
-			return nil, fmt.Errorf("address %s allocated twice", a.Addr)
-		}
-		seen[a.Addr] = true
+	if err := validAllocations(p.Allocations, pfx, size); err != nil {
+		return nil, err
 	}
 	if p.Paxos != nil && p.Paxos.Value != nil {
 		if err := validNames(p.Paxos.Value, "accepted paxos value"); err != nil {
@@ -146,6 +136,39 @@ func decodeState(b []byte) (*persisted, error) {
 		}
 	}
 	return &p, nil
+}
+
+// validAllocations refuses what restore could not hold without giving an
+// address out twice or losing one: an address held by two entries, an
+// interface holding two addresses (restore would keep only one, and the
+// other would look free), and the range's reserved addresses, which no
+// allocation ever gets (a hand-edited or corrupted file). Errors name the
+// entry, so an operator can fix the file.
+func validAllocations(as []Allocation, pfx netip.Prefix, size uint64) error {
+	byAddr := make(map[netip.Addr]int, len(as))
+	byKey := make(map[Attachment]int, len(as))
+	for i, a := range as {
+		name := fmt.Sprintf("allocation %d (%s of %s/%s)", i, a.Addr, a.ContainerID, a.IfName)
+		if a.ContainerID == "" {
+			return fmt.Errorf("%s: no container ID", name)
+		}
+		if !pfx.Contains(a.Addr) {
+			return fmt.Errorf("%s: outside range %s", name, pfx)
+		}
+		off, _ := offsetOf(pfx, a.Addr)
+		if reserved(off, size) {
+			return fmt.Errorf("%s: reserved address of range %s (its first and last are never allocated)", name, pfx)
+		}
+		if j, dup := byAddr[a.Addr]; dup {
+			return fmt.Errorf("%s: address also held by allocation %d (%s/%s)", name, j, as[j].ContainerID, as[j].IfName)
+		}
+		key := Attachment{a.ContainerID, a.IfName}
+		if j, dup := byKey[key]; dup {
+			return fmt.Errorf("%s: interface also holds %s (allocation %d)", name, as[j].Addr, j)
+		}
+		byAddr[a.Addr], byKey[key] = i, i
+	}
+	return nil
 }
 
 func (pr *persistedRing) toRing() *ring {

@@ -118,6 +118,10 @@ type Config struct {
 	// MaxBroadcasts caps the broadcast queue; 0 means DefaultMaxBroadcasts.
 	MaxBroadcasts int
 	Logger        *slog.Logger
+	// StateDir keeps the peers of the last run (KnownPeersFile): a
+	// restarted member rejoins them at once, and Members lists them (state
+	// unknown) until gossip speaks. "" keeps nothing.
+	StateDir string
 	// Transport carries gossip in place of memberlist's own UDP and TCP
 	// sockets on Bind:Port, e.g. an in-memory network in tests (see
 	// mesh/meshtest). It must answer FinalAdvertiseAddr with Bind:Port,
@@ -146,6 +150,8 @@ type Mesh struct {
 	onChange []func()
 	closing  bool
 	changed  chan struct{} // coalesced membership-change signal, drained by Run
+
+	savedKnown []byte // KnownPeersFile as last written; Run's goroutine only
 }
 
 type peer struct {
@@ -189,6 +195,17 @@ func New(cfg Config) (*Mesh, error) {
 		started:  time.Now(),
 		now:      time.Now,
 		changed:  make(chan struct{}, 1),
+	}
+	if cfg.StateDir != "" {
+		// On disk, so not trusted blindly: a file that does not check out
+		// is ignored (and replaced at the next membership change).
+		known, err := LoadKnownPeers(cfg.StateDir)
+		if err != nil {
+			m.log.Warn("ignoring the peers of the last run", "err", err)
+		} else if len(known) > 0 {
+			m.seedKnown(known)
+			m.log.Info("rejoining the peers of the last run", "peers", len(known))
+		}
 	}
 	d := &delegate{m: m}
 	d.meta.Store(&meta)
@@ -561,8 +578,10 @@ func stateOf(p *peer, live map[string]memberlist.NodeStateType) State {
 			return StateSuspect
 		}
 	}
-	if p.state == StateLeft {
-		return StateLeft
+	switch p.state {
+	case StateLeft, StateUnknown:
+		// Unknown: known from the last run, not heard of in gossip yet.
+		return p.state
 	}
 	return StateDead
 }
@@ -635,6 +654,7 @@ func (m *Mesh) notifyChange() {
 	for _, f := range fs {
 		f()
 	}
+	m.saveKnown()
 }
 
 // Shutdown stops gossip without leaving, for a start that is abandoned

@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -176,22 +177,28 @@ func (h *e2eHost) pod(t testing.TB, i int) string {
 func (h *e2eHost) hostVeths(t testing.TB) []string {
 	t.Helper()
 	var names []string
-	err := netnstest.Do(h.nsPath, func() error {
-		links, err := netlink.LinkList()
-		if err != nil {
-			return err
-		}
-		for _, l := range links {
-			if l.Type() == "veth" {
-				names = append(names, l.Attrs().Name)
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	if err := netnstest.Do(h.nsPath, func() (err error) {
+		names, err = hostVethsIn()
+		return err
+	}); err != nil {
 		t.Fatal(err)
 	}
 	return names
+}
+
+// hostVethsIn lists the veths of the current network namespace.
+func hostVethsIn() ([]string, error) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, l := range links {
+		if l.Type() == "veth" {
+			names = append(names, l.Attrs().Name)
+		}
+	}
+	return names, nil
 }
 
 func podAddr(t testing.TB, result []byte) netip.Addr {
@@ -300,6 +307,33 @@ func TestE2EAddCheckDelDel(t *testing.T) {
 		t.Fatalf("CHECK: %v", err)
 	}
 	if err := ping(pod, hostAddr); err != nil {
+		t.Fatal(err)
+	}
+	// The bridge port is in hairpin mode (a pod reaching itself through its
+	// Service): like the CNI bridge plugin's hairpinMode.
+	if err := netnstest.Do(h.nsPath, func() error {
+		names, err := hostVethsIn()
+		if err != nil {
+			return err
+		}
+		if len(names) != 1 {
+			return fmt.Errorf("host veths %v, want one", names)
+		}
+		for _, name := range names {
+			l, err := netlink.LinkByName(name)
+			if err != nil {
+				return err
+			}
+			pi, err := netlink.LinkGetProtinfo(l)
+			if err != nil {
+				return fmt.Errorf("protinfo of %s: %w", name, err)
+			}
+			if !pi.Hairpin {
+				return fmt.Errorf("bridge port %s: hairpin off", name)
+			}
+		}
+		return nil
+	}); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 2 {

@@ -107,6 +107,12 @@ func (NetlinkPodNetwork) Attach(a Attachment) (_ Links, err error) {
 			return Links{}, fmt.Errorf("name the owner of %s: %w", a.HostVeth, err)
 		}
 	}
+	// Hairpin, as the CNI bridge plugin's hairpinMode: a frame may leave by
+	// the port it came in on, so a pod whose Service sends it back to itself
+	// (kube-proxy DNAT to its own address) gets the answer.
+	if err := netlink.LinkSetHairpin(host, true); err != nil {
+		return Links{}, fmt.Errorf("hairpin mode on %s: %w", a.HostVeth, err)
+	}
 	if err := netlink.LinkSetUp(host); err != nil {
 		return Links{}, fmt.Errorf("set %s up: %w", a.HostVeth, err)
 	}

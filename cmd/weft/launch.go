@@ -43,6 +43,7 @@ func launchCommand() *cli.Command {
 			&cli.BoolFlag{Name: "kube", EnvVars: []string{"WEFT_KUBE"}, Usage: "take peers and the address ring from the Kubernetes API", DefaultText: "on when running in a cluster"},
 			&cli.StringFlag{Name: "kubeconfig", EnvVars: []string{"KUBECONFIG"}, Usage: "kubeconfig for --kube outside a pod (default: in-cluster)"},
 			&cli.StringFlag{Name: "cni-conf-dir", EnvVars: []string{"WEFT_CNI_CONF_DIR"}, Usage: "write 10-weft.conflist here once the agent is ready (Kubernetes)"},
+			&cli.StringFlag{Name: "cni-chain", EnvVars: []string{"WEFT_CNI_CHAIN"}, Usage: "JSON array of extra CNI plugin configs, chained after weft-cni, portmap and bandwidth in 10-weft.conflist"},
 			&cli.DurationFlag{Name: "rekey-after", EnvVars: []string{"WEFT_REKEY_AFTER"}, Value: 2 * time.Minute, Usage: "age at which encrypted sessions are replaced"},
 			&cli.StringFlag{Name: "log-format", EnvVars: []string{"WEFT_LOG_FORMAT"}, Value: "text", Usage: "text or json"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{"WEFT_LOG_LEVEL"}, Value: "info", Usage: "debug, info, warn or error"},
@@ -93,6 +94,11 @@ func launchConfig(c *cli.Context) (agent.Config, error) {
 		PasswordInsecure: c.Bool("password-insecure"),
 		ClusterName:      c.String("cluster-name"),
 	}
+	chain, err := kube.ParseCNIChain(c.String("cni-chain"))
+	if err != nil {
+		return cfg, fmt.Errorf("--cni-chain: %w", err)
+	}
+	cfg.CNIChain = chain
 	if !c.IsSet("kube") && kube.InCluster() {
 		cfg.Kube = true
 	}

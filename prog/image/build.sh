@@ -1,13 +1,14 @@
 #!/bin/bash
 # Builds the weft image without a docker daemon or network registry: the same
 # content as prog/image/Dockerfile (FROM scratch, /bin/weft, /bin/weft-cni,
-# entrypoint /bin/weft), written as an image tarball that
+# /bin/portmap, /bin/bandwidth, entrypoint /bin/weft), written as an image tarball that
 #   ctr -n k8s.io images import weft-image.tar   or   docker load -i weft-image.tar
 # loads under the name $IMAGE. crane talks to a throw-away registry it serves on
 # loopback; that registry process is stopped (by its pid) on exit.
 #
 # Usage: prog/image/build.sh [OUT.tar]     (default bin/weft-image.tar)
-# Env:   BIN_DIR (take weft and weft-cni from there instead of building),
+# Env:   BIN_DIR (take weft and weft-cni, and portmap and bandwidth if there,
+#        from there instead of building),
 #        IMAGE (default ghcr.io/weftnet/weft:latest), CRANE (crane binary; else
 #        crane in PATH or GOPATH/bin, else go install from the Go module proxy).
 set -euo pipefail
@@ -40,7 +41,16 @@ else
   CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$work/rootfs/bin/weft" ./cmd/weft
   CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$work/rootfs/bin/weft-cni" ./cmd/weft-cni
 fi
-for b in weft weft-cni; do # a dynamic binary would not start in a scratch image
+# The reference plugins weft chains (hostPort, bandwidth), from the pinned
+# module in prog/image/cni-plugins through the Go module proxy; the Go build
+# cache makes every build after the first a matter of seconds.
+if [ -n "${BIN_DIR:-}" ] && [ -x "$BIN_DIR/portmap" ] && [ -x "$BIN_DIR/bandwidth" ]; then
+  cp "$BIN_DIR/portmap" "$BIN_DIR/bandwidth" "$work/rootfs/bin/"
+else
+  (cd prog/image/cni-plugins && CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -trimpath -ldflags "-s -w" -o "$work/rootfs/bin/" \
+    github.com/containernetworking/plugins/plugins/meta/portmap github.com/containernetworking/plugins/plugins/meta/bandwidth)
+fi
+for b in weft weft-cni portmap bandwidth; do # a dynamic binary would not start in a scratch image
   if file "$work/rootfs/bin/$b" 2>/dev/null | grep -q "dynamically linked"; then
     echo "$b is dynamically linked; build with CGO_ENABLED=0" >&2; exit 1
   fi

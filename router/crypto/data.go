@@ -5,6 +5,7 @@ package crypto
 import (
 	"encoding/binary"
 	"net/netip"
+	"time"
 
 	"github.com/weftnet/weft/router/wire"
 )
@@ -96,6 +97,7 @@ func (m *Manager) Open(from netip.AddrPort, h wire.Header, msg []byte) ([]byte, 
 	}
 	kp := (*m.sessions.Load())[h.Index]
 	if kp == nil {
+		m.unknownSession(from)
 		return nil, "", m.drop(dropUnknownSession, ErrUnknownSession)
 	}
 	if kp.expired.Load() {
@@ -131,6 +133,30 @@ func (m *Manager) Open(from netip.AddrPort, h wire.Header, msg []byte) ([]byte, 
 	}
 	return plain, kp.peer.name, nil
 }
+
+// unknownSession hurries a handshake with the peer at from when it sends in
+// a session we do not know while we have none to send with: we restarted,
+// or our initiation was lost, and the peer still uses the session of
+// before. Waiting out HandshakeRetry would leave the pair silent that long.
+// At most once per fastRetry per peer, so that a flood of such datagrams
+// (their source is easily forged) costs at most that many initiations.
+func (m *Manager) unknownSession(from netip.AddrPort) {
+	p := (*m.epPeers.Load())[netip.AddrPortFrom(from.Addr().Unmap(), from.Port())]
+	if p == nil || p.current.Load() != nil {
+		return
+	}
+	now := m.cfg.Clock().UnixNano()
+	last := p.unknownAt.Load()
+	if now-last < int64(m.fastRetry()) || !p.unknownAt.CompareAndSwap(last, now) {
+		return
+	}
+	p.hurry.Store(true)
+	m.poke()
+}
+
+// fastRetry is the shortest time between two initiations to one peer that
+// data in an unknown session asks for.
+func (m *Manager) fastRetry() time.Duration { return m.cfg.HandshakeRetry / 10 }
 
 func (m *Manager) drop(r dropReason, err error) error {
 	m.drops[r].Add(1)

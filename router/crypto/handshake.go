@@ -45,6 +45,7 @@ func (m *Manager) initiateLocked(p *peer, now time.Time) ([]byte, error) {
 	st.sentAt = now
 	p.pending = st
 	p.attempts++
+	p.lastInit = now
 	m.pending[idx] = p
 	m.initiated.Add(1)
 	return msg, nil
@@ -285,8 +286,20 @@ func (m *Manager) handleInitiation(from netip.AddrPort, msg []byte) error {
 	if p.pending != nil {
 		ourPub := m.cfg.Identity.Public()
 		if bytes.Compare(ourPub[:], p.pub[:]) < 0 && p.attempts <= 1 {
+			// Ours stands, but the peer may have refused it: it did not
+			// know our key yet (a peer that just started, or learnt of
+			// us later than we of it), and would only hear from us again
+			// after HandshakeRetry. Its initiation, authenticated and
+			// fresh, proves it knows us now: ours goes again at once,
+			// and the peer, losing the tie-break its side, answers it.
+			// One round trip, not a retry timeout.
+			msg, ierr := m.initiateLocked(p, now)
+			ep := p.ep
 			m.mu.Unlock()
 			m.tieDropped.Add(1)
+			if ierr == nil && ep.IsValid() {
+				m.sendAll([]outMsg{{ep, msg}})
+			}
 			return ErrSimultaneousDropped
 		}
 		m.abandonPending(p)

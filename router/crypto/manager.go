@@ -38,9 +38,11 @@ type Manager struct {
 	// other addresses never starves the peers' own handshakes.
 	hsPriority chan hsJob
 	knownEPs   atomic.Pointer[map[netip.Addr]struct{}]
-	dedupMu    sync.Mutex
-	dedup      dedup // recent initiations, by mac1
-	cookies    *cookieJar
+	// epPeers finds a peer by its data endpoint, for Open's drop path.
+	epPeers atomic.Pointer[map[netip.AddrPort]*peer]
+	dedupMu sync.Mutex
+	dedup   dedup // recent initiations, by mac1
+	cookies *cookieJar
 	// forceLoad makes the Manager act as under load (tests).
 	forceLoad atomic.Bool
 
@@ -91,6 +93,7 @@ func NewManager(cfg Config) (*Manager, error) {
 	m.cookies = newCookieJar(&pub, &cfg.PSK, cfg.Clock)
 	m.peers.Store(&map[string]*peer{})
 	m.knownEPs.Store(&map[netip.Addr]struct{}{})
+	m.epPeers.Store(&map[netip.AddrPort]*peer{})
 	m.sessions.Store(&map[uint32]*keypair{})
 	return m, nil
 }
@@ -108,12 +111,17 @@ type peer struct {
 
 	current atomic.Pointer[keypair] // the session Seal uses
 	kicked  atomic.Bool             // Seal asked for a handshake already
+	// unknownAt (Clock, Unix nanoseconds) is when data in a session we do
+	// not know last made us hurry a handshake (see Open); it rate-limits that.
+	unknownAt atomic.Int64
+	hurry     atomic.Bool // tick: retry a pending initiation now, not after HandshakeRetry
 
 	// Guarded by Manager.mu.
 	ep            netip.AddrPort
 	keypairs      []*keypair // every live session, for receiving
 	pending       *initiatorState
 	attempts      int // initiations sent since the last success
+	lastInit      time.Time
 	lastTimestamp [timestampLen]byte
 	established   time.Time
 	lastRekey     time.Time
@@ -165,11 +173,14 @@ func (m *Manager) SetPeer(name string, pub [32]byte, ep netip.AddrPort) {
 // rate-limit buckets.
 func (m *Manager) knownAddrsLocked() {
 	var addrs []netip.Addr
+	eps := make(map[netip.AddrPort]*peer)
 	for _, p := range *m.peers.Load() {
 		if p.ep.IsValid() {
 			addrs = append(addrs, p.ep.Addr())
+			eps[netip.AddrPortFrom(p.ep.Addr().Unmap(), p.ep.Port())] = p
 		}
 	}
+	m.epPeers.Store(&eps)
 	m.limiter.setKnown(addrs)
 	known := make(map[netip.Addr]struct{}, len(addrs))
 	for _, a := range addrs {

@@ -458,6 +458,7 @@ func TestSessionExpiresWithoutRekey(t *testing.T) {
 	if _, err := a.Seal("b", packet(a, []byte("x")), 1); !errors.Is(err, ErrNoSession) {
 		t.Fatalf("Seal after expiry: %v", err)
 	}
+	a.tick() // the Seal asked for a handshake: tried at once, backoff or not
 	if _, _, err := openMsg(b, addrA, old); !errors.Is(err, ErrUnknownSession) && !errors.Is(err, ErrExpired) {
 		t.Fatalf("Open after expiry: %v", err)
 	}
@@ -609,5 +610,107 @@ func TestConcurrentTrafficDuringRekey(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+// The first session of two hosts that learn each other's key one after the
+// other (a host just started, gossip reaching one side first): the first
+// initiation is refused, since its receiver does not know the key yet. The
+// receiver's own initiation, once it learns the key, loses the tie-break
+// against the refused one; the loser of the refusal sends its initiation
+// again at once, so the session comes up in one more round trip, with no
+// retry timeout (the clock never moves here).
+func TestLateKeyConvergesWithoutRetryTimeout(t *testing.T) {
+	net, clock := newTestNet(), newFakeClock()
+	x := net.newNode(t, addrA, clock, nodeOpts{})
+	y := net.newNode(t, addrB, clock, nodeOpts{})
+	// small wins tie-breaks; it learns big's key first.
+	small, big, smallAddr, bigAddr := x, y, addrA, addrB
+	if xp, yp := x.cfg.Identity.Public(), y.cfg.Identity.Public(); bytes.Compare(yp[:], xp[:]) < 0 {
+		small, big, smallAddr, bigAddr = y, x, addrB, addrA
+	}
+	small.SetPeer("big", big.cfg.Identity.Public(), bigAddr)
+	small.tick() // initiates; big refuses it (unknown key)
+	if got := big.Counters()["handshake_failed_unknown_peer"]; got != 1 {
+		t.Fatalf("big refused %d initiations for an unknown key, want 1 (%v)", got, big.Counters())
+	}
+	big.SetPeer("small", small.cfg.Identity.Public(), smallAddr)
+	big.tick() // initiates; small, its own still pending, drops it on the tie-break
+	for _, m := range []*Manager{small, big} {
+		if s := m.Sessions(); len(s) != 1 || s[0].State != "established" {
+			t.Fatalf("without a retry timeout: sessions %+v", s)
+		}
+	}
+	if _, _, err := openMsg(big, smallAddr, sealTo(t, small, "big", []byte("x"))); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := openMsg(small, bigAddr, sealTo(t, big, "small", []byte("y"))); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A restarted host whose first initiation is lost hears the peer go on in
+// the session of before. That data (a session it does not know, from a
+// known peer's endpoint) makes it initiate again at once, well before
+// HandshakeRetry, and at most once per fastRetry however much of it comes.
+func TestUnknownSessionHurriesHandshake(t *testing.T) {
+	a, b, net, clock := pair(t, nodeOpts{}, nodeOpts{})
+	clock.Advance(time.Second)
+	b2, err := NewManager(Config{Identity: b.cfg.Identity, PSK: b.cfg.PSK, Send: net.sender(addrB), Clock: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	net.nodes[addrB] = b2
+	b2.SetPeer("a", a.cfg.Identity.Public(), addrA)
+	net.dropAll = true
+	b2.tick() // its initiation is lost
+	net.dropAll = false
+	sent := net.sentBy(addrB)
+	for range 100 {
+		if _, _, err := openMsg(b2, addrA, sealTo(t, a, "b", []byte("old session"))); !errors.Is(err, ErrUnknownSession) {
+			t.Fatalf("data in the session of before: %v", err)
+		}
+	}
+	clock.Advance(b2.fastRetry())
+	b2.tick()
+	if s := b2.Sessions(); len(s) != 1 || s[0].State != "established" {
+		t.Fatalf("%s after the loss, well before the retry timeout of %s: %+v", b2.fastRetry(), b2.cfg.HandshakeRetry, s)
+	}
+	// One initiation and one keepalive for a hundred datagrams.
+	if got := net.sentBy(addrB) - sent; got != 2 {
+		t.Fatalf("b sent %d datagrams, want an initiation and a keepalive", got)
+	}
+	if _, _, err := openMsg(b2, addrA, sealTo(t, a, "b", []byte("new session"))); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A peer that never answers (down, or gone for good) is tried less and less
+// often while nothing is sent to it, and at once when something is.
+func TestIdlePeerHandshakesBackOff(t *testing.T) {
+	net, clock := newTestNet(), newFakeClock()
+	a := net.newNode(t, addrA, clock, nodeOpts{})
+	id, err := GenerateIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.SetPeer("gone", id.Public(), addrB) // nobody there
+	step := a.cfg.HandshakeRetry / 5
+	ticks := int(10 * time.Minute / step)
+	for range ticks {
+		a.tick()
+		clock.Advance(step)
+	}
+	// Without backoff: one initiation per HandshakeRetry, 120 in 10 min.
+	sent := net.sentBy(addrA)
+	if sent < idleAfterAttempts || sent > 20 {
+		t.Fatalf("%d initiations in 10 minutes to a peer that never answers; want %d..20", sent, idleAfterAttempts)
+	}
+	if _, err := a.Seal("gone", packet(a, []byte("x")), 1); !errors.Is(err, ErrNoSession) {
+		t.Fatal(err)
+	}
+	a.tick()
+	if got := net.sentBy(addrA); got != sent+1 {
+		t.Fatalf("traffic for the peer: %d initiations, want one at once", got-sent)
 	}
 }

@@ -44,6 +44,11 @@ func (m *Manager) tick() {
 	m.mu.Lock()
 	for _, p := range *m.peers.Load() {
 		m.expireLocked(p, now)
+		if p.hurry.Swap(false) && p.pending != nil && p.current.Load() == nil && now.Sub(p.pending.sentAt) >= m.fastRetry() {
+			// The peer sends in a session we do not know (see
+			// unknownSession): our initiation is likely lost.
+			m.abandonPending(p)
+		}
 		if st := p.pending; st != nil && now.Sub(st.sentAt) >= m.cfg.HandshakeRetry {
 			p.failures++
 			m.hsFailures[FailTimeout].Add(1)
@@ -88,6 +93,15 @@ func (m *Manager) expireLocked(p *peer, now time.Time) {
 	}
 }
 
+// Backoff of handshakes with a peer that does not answer and that nothing is
+// sent to: after idleAfterAttempts unanswered initiations (half a minute
+// at the default HandshakeRetry), the wait doubles up to 2^idleMaxShift
+// retries (about 5 minutes).
+const (
+	idleAfterAttempts = 6
+	idleMaxShift      = 6
+)
+
 // handshakeDue says whether we should start a handshake with p now. Only the
 // initiator of the current session rekeys it on time, so that the two ends
 // do not race; the responder steps in later if that fails.
@@ -103,6 +117,14 @@ func (m *Manager) handshakeDue(p *peer, now time.Time) bool {
 			if kp.unconfirmed.Load() && now.Sub(kp.created) < m.cfg.HandshakeRetry {
 				return false
 			}
+		}
+		// A peer that has not answered for a while (down, or gone for
+		// good: peers keep their last endpoint) is tried less and less
+		// often while nothing waits to be sent to it. Traffic (Seal) or
+		// the peer's own handshake when it is back brings it up at once.
+		if p.attempts >= idleAfterAttempts && !p.kicked.Load() {
+			backoff := m.cfg.HandshakeRetry << min(p.attempts-idleAfterAttempts+1, idleMaxShift)
+			return now.Sub(p.lastInit) >= backoff
 		}
 		return true
 	}

@@ -70,6 +70,12 @@ func openOffload(name string, mtu int) (d *offloadDevice, ok bool, err error) {
 		_ = unix.Close(fd)
 		return nil, false, nil
 	}
+	// Persistent: the device, and the kernel's routes through it, outlive
+	// this descriptor, so a restarting agent finds them in place.
+	if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {
+		_ = unix.Close(fd)
+		return nil, false, fmt.Errorf("make tun %q persistent: %w", name, err)
+	}
 	f := os.NewFile(uintptr(fd), "/dev/net/tun") // non-blocking: Go's poller waits for it
 	rc, err := f.SyscallConn()
 	if err != nil {

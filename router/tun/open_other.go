@@ -5,6 +5,8 @@ package tun
 import (
 	"log/slog"
 
+	"github.com/songgao/water"
+
 	"github.com/weftnet/weft/internal/logx"
 )
 
@@ -18,3 +20,9 @@ func Open(name string, mtu int, log *slog.Logger) (Device, string, error) {
 	logx.OrDiscard(log).Info("tun open", "name", d.Name(), "datapath", DatapathWater)
 	return d, DatapathWater, nil
 }
+
+// persistent leaves water's defaults: persistence is a Linux feature.
+func persistent(*water.Config) {}
+
+// Remove does nothing where devices are not persistent.
+func Remove(name string) (bool, error) { return false, nil }

@@ -27,6 +27,7 @@ type waterDevice struct {
 func openWater(name string, mtu int) (*waterDevice, error) {
 	cfg := water.Config{DeviceType: water.TUN}
 	cfg.Name = name
+	persistent(&cfg)
 	ifce, err := water.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open water tun %q: %w", name, err)

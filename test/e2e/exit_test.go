@@ -12,7 +12,7 @@ import (
 // A data plane that fails (its TUN deleted under it) ends the agent with a
 // non-zero status, so that systemd's Restart=on-failure and the kubelet
 // restart it (issue 16 item 3); before, it exited 0. `weft reset` still
-// ends it with 0.
+// ends it with 0, and removes the persistent TUN.
 func TestE2EFatalFailureExitsNonZero(t *testing.T) {
 	bed := testbed.Start(t, testbed.Options{Hosts: 2})
 	h1, h2 := bed.Hosts[0], bed.Hosts[1]
@@ -45,5 +45,10 @@ func TestE2EFatalFailureExitsNonZero(t *testing.T) {
 	}
 	if code != 0 {
 		t.Fatalf("weft reset: exit status %d, want 0\n%s", code, h2.Log())
+	}
+	// Any other stop leaves the persistent TUN for the next agent; a reset
+	// removes it.
+	if out, err := h2.Exec(context.Background(), "ip", "link", "show", "weft-tun"); err == nil {
+		t.Fatalf("the TUN is still there after weft reset: %s", out)
 	}
 }

@@ -39,6 +39,8 @@ func TestMain(m *testing.M) {
 		exit(probeTCP(os.Getenv("WEFT_E2E_TARGETS")))
 	case "udp":
 		exit(sendUDP(os.Getenv("WEFT_E2E_SRC"), os.Getenv("WEFT_E2E_TARGETS"), os.Getenv("WEFT_E2E_PAYLOAD")))
+	case "pulse":
+		exit(pulse(os.Getenv("WEFT_E2E_TARGETS")))
 	case "inject":
 		exit(inject(os.Getenv("WEFT_E2E_SRC"), os.Getenv("WEFT_E2E_DST"), os.Getenv("WEFT_E2E_PAYLOAD")))
 	case "flood":

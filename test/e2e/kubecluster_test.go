@@ -7,6 +7,7 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -15,12 +16,17 @@ import (
 )
 
 // TestKubeCluster is the operator's path on a real three-node cluster (see
-// test/kubecluster): nodes NotReady without a pod network; `kubectl apply -f
+// test/kubecluster) with kube-proxy (nftables) on every node and CoreDNS:
+// nodes NotReady without a pod network; `kubectl apply -f
 // prog/kube/weft.yaml`; nodes Ready; six pods spread over the nodes reach
 // each other and a host-network pod; a new pod's first cross-node answer;
-// `kubectl rollout restart ds/weft` keeps pods connected; a deleted Node's
-// ranges are reclaimed. About 3 minutes with the Kubernetes binaries cached;
-// run by `make test-kube` (build tag kubecluster), not by `make test`.
+// Services across nodes: ClusterIP and DNS names from a pod on each node,
+// NodePort from the outside world to every node, hairpin, session affinity,
+// hostPort from outside and from other nodes; Service latency beside direct
+// pod latency and Service create -> first answer; an operator's chained CNI
+// plugin kept across `kubectl rollout restart ds/weft` and an agent restart;
+// a deleted Node's ranges are reclaimed. About 5 minutes with the binaries
+// cached; run by `make test-kube` (build tag kubecluster), not by `make test`.
 func TestKubeCluster(t *testing.T) {
 	testbed.RequireRoot(t)
 	if err := kubecluster.Check(); err != nil {
@@ -66,6 +72,12 @@ func TestKubeCluster(t *testing.T) {
 		r.ApplyToReady.Round(100*time.Millisecond), r.FirstCrossNode.Round(time.Millisecond),
 		r.DeployToReach.Round(100*time.Millisecond), r.RolloutRestart.Round(100*time.Millisecond),
 		r.MaxGapInRestart.Round(100*time.Millisecond), r.ReclaimAfterDrop.Round(100*time.Millisecond))
+	if sv := r.Services; sv != nil && sv.Latency != nil {
+		pod, svc := sv.Latency.Targets["pod"], sv.Latency.Targets["clusterip"]
+		t.Logf("MEASURED: request latency over 1000 requests, pod -> pod on another node p50 %.0f us p99 %.0f us; "+
+			"pod -> ClusterIP -> the same pod p50 %.0f us p99 %.0f us; Service created -> first answer across nodes %s",
+			pod.P50us, pod.P99us, svc.P50us, svc.P99us, sv.ServiceToFirst.Round(time.Millisecond))
+	}
 }
 
 // testWriter sends slog lines to t.Log.
@@ -74,4 +86,57 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(string(b))
 	return len(b), nil
+}
+
+// TestConformance runs Kubernetes' own network tests (e2e.test built from
+// k8s.io/kubernetes v1.36.3, see site/conformance.md) against the three-node
+// cluster once weft is installed. Run by `make conformance`, which builds
+// e2e.test and agnhost and sets WEFT_CONFORMANCE_DIR (JUnit and log there).
+func TestConformance(t *testing.T) {
+	testbed.RequireRoot(t)
+	reportDir := os.Getenv("WEFT_CONFORMANCE_DIR")
+	if reportDir == "" {
+		t.Skip("CONFORMANCE NOT RUN: WEFT_CONFORMANCE_DIR unset (make conformance sets it)")
+	}
+	if err := kubecluster.Check(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 115*time.Minute)
+	defer cancel()
+	dir, err := os.MkdirTemp("", "wkc-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	c, err := kubecluster.Start(ctx, kubecluster.Options{Dir: dir, Logger: log, Conformance: true})
+	if err != nil {
+		os.RemoveAll(dir)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("teardown: %v", err)
+		}
+	})
+	s := &kubecluster.Scenario{C: c, Say: t.Logf, Show: func(title, text string) { t.Logf("%s\n%s", title, text) }}
+	if err := s.Install(ctx, &kubecluster.Results{}); err != nil {
+		t.Fatalf("%v\n%s", err, c.Diagnose())
+	}
+	// Old reports would be counted with the new ones.
+	old, _ := filepath.Glob(filepath.Join(reportDir, "junit*.xml"))
+	for _, f := range old {
+		os.Remove(f)
+	}
+	counts, err := c.RunConformance(ctx, reportDir, t.Logf)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, c.Diagnose())
+	}
+	for _, name := range counts.SkippedNames {
+		t.Logf("skipped: %s", name)
+	}
+	for _, name := range counts.Failures {
+		t.Errorf("FAILED: %s", name)
+	}
+	t.Logf("CONFORMANCE (%s): %d selected, %d passed, %d failed, %d skipped; JUnit in %s",
+		kubecluster.ConformanceFocus, counts.Selected, counts.Passed, counts.Failed, counts.Skipped, reportDir)
 }

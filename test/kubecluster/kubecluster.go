@@ -7,9 +7,14 @@
 //   - each node is a test bed host namespace with its own containerd and
 //     kubelet, started by node-init.sh as PID 1 of a mount+pid namespace of
 //     the node's own (see that script for why);
+//   - each node also runs kube-proxy (nftables mode) as a node process, like
+//     the kubelet, with --cluster-cidr = weft's range;
 //   - the weft image is built from this checkout by prog/image/build.sh, the
-//     pause and probe images from ./netprobe, and all three are imported into
-//     every node's containerd, so nothing is pulled from any registry;
+//     pause and probe images from ./netprobe, CoreDNS from ./coredns, and all
+//     are imported into every node's containerd, so nothing is pulled from any
+//     registry;
+//   - CoreDNS is applied as the cluster DNS (Deployment + Service kube-dns at
+//     DNSServiceIP, which every kubelet hands to its pods), as kubeadm does;
 //   - no pod network: the nodes come up NotReady until weft is applied.
 //
 // Kubernetes binaries (v1.36.3, built through the Go module proxy by
@@ -55,16 +60,25 @@ var nodeInitScript []byte
 const (
 	APIServerPort = 6443
 	ServiceCIDR   = "10.96.0.0/16" // kubernetes Service is 10.96.0.1
+	DNSServiceIP  = "10.96.0.10"
+	ClusterDomain = "cluster.local"
+	// PodCIDR is weft's IPALLOC_RANGE in prog/kube/weft.yaml; kube-proxy's
+	// clusterCIDR must be the same range (it tells pod traffic from the rest).
+	PodCIDR = "10.32.0.0/12"
 )
 
 // K8SCommands are the Kubernetes binaries a cluster needs in $K8S_DIR/bin.
-var K8SCommands = []string{"kube-apiserver", "kubectl", "kubelet", "kube-controller-manager", "kube-scheduler"}
+// coredns is built by the same script from test/kubecluster/coredns.
+var K8SCommands = []string{"kube-apiserver", "kubectl", "kubelet", "kube-controller-manager", "kube-scheduler", "kube-proxy", "coredns"}
 
 // Options of a cluster.
 type Options struct {
 	Nodes  int          // default 3
 	Dir    string       // work directory (required); keep it short, unix socket paths live below it
 	Logger *slog.Logger // progress; nil = discard
+	// Conformance also imports the images Kubernetes' e2e tests use
+	// (agnhost, busybox) into every node.
+	Conformance bool
 }
 
 // Cluster is a running cluster.
@@ -137,8 +151,10 @@ func Check() error {
 		return fmt.Errorf("%w: %s missing in %s: run CMDS=%q K8S_DIR=%s test/kubeapi/k8s/build.sh (about 12 minutes the first time)",
 			ErrUnavailable, strings.Join(missing, " "), bin, strings.Join(missing, " "), kubeapi.K8SDir())
 	}
-	if _, err := os.Stat("/usr/lib/cni/loopback"); err != nil {
-		return fmt.Errorf("%w: /usr/lib/cni/loopback missing (apt-get install -y containernetworking-plugins)", ErrUnavailable)
+	for _, plugin := range []string{"loopback", "tuning"} {
+		if _, err := os.Stat("/usr/lib/cni/" + plugin); err != nil {
+			return fmt.Errorf("%w: /usr/lib/cni/%s missing (apt-get install -y containernetworking-plugins)", ErrUnavailable, plugin)
+		}
 	}
 	return nil
 }
@@ -172,9 +188,16 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	if err := os.MkdirAll(imgDir, 0o755); err != nil {
 		return nil, err
 	}
-	images, err := buildImages(root, imgDir, func(f string, a ...any) { c.log.Info(fmt.Sprintf(f, a...)) })
+	images, err := buildImages(root, imgDir, c.k8sBin, func(f string, a ...any) { c.log.Info(fmt.Sprintf(f, a...)) })
 	if err != nil {
 		return nil, fmt.Errorf("kubecluster: images: %w", err)
+	}
+	if opts.Conformance {
+		more, err := conformanceImages(imgDir, c.k8sBin)
+		if err != nil {
+			return nil, fmt.Errorf("kubecluster: e2e images: %w", err)
+		}
+		images = append(images, more...)
 	}
 	c.Bed, err = testbed.New(ctx, testbed.Options{Hosts: opts.Nodes, Dir: filepath.Join(c.Dir, "bed"), BinDir: imgDir, Prefix: "wkc", Outside: true,
 		Logf: func(f string, a ...any) { c.log.Warn(fmt.Sprintf(f, a...)) }})
@@ -207,6 +230,11 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		return nil, fmt.Errorf("kubecluster: nodes did not register: %w\n%s", err, c.Diagnose())
 	}
 	c.log.Info("nodes registered", "nodes", len(c.Nodes), "after", time.Since(start).Round(100*time.Millisecond))
+	// The cluster DNS, as kubeadm installs it: Pending until a pod network
+	// makes the nodes Ready.
+	if _, err := c.KubectlStdin(ctx, fmt.Appendf(nil, corednsYAML, CoreDNSImage, DNSServiceIP, ClusterDomain), "apply", "-f", "-"); err != nil {
+		return nil, fmt.Errorf("kubecluster: CoreDNS: %w", err)
+	}
 	return c, nil
 }
 
@@ -293,20 +321,35 @@ func (c *Cluster) startNode(ctx context.Context, p *testpki.PKI, n *Node) error 
 		}
 	}
 	// The loopback plugin is part of any node's CNI install (containerd's
-	// CRI sets up each pod's lo with it); weft-cni is installed by the
-	// DaemonSet's init container.
-	lo, err := os.ReadFile("/usr/lib/cni/loopback")
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(n.Dir, "cni-bin", "loopback"), lo, 0o755); err != nil {
-		return err
+	// CRI sets up each pod's lo with it); weft-cni, portmap and bandwidth
+	// are installed by the DaemonSet's init container. tuning is there for
+	// the operator's own chained plugin (the scenario adds it).
+	for _, plugin := range []string{"loopback", "tuning"} {
+		b, err := os.ReadFile(filepath.Join("/usr/lib/cni", plugin))
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(n.Dir, "cni-bin", plugin), b, 0o755); err != nil {
+			return err
+		}
 	}
 	cert, key, err := p.Client("kubelet-"+n.Name, "system:node:"+n.Name, "system:nodes")
 	if err != nil {
 		return err
 	}
 	if err := p.Kubeconfig(filepath.Join(n.Dir, "kubelet.kubeconfig"), c.APIServer, n.Name, cert, key); err != nil {
+		return err
+	}
+	// kube-proxy's identity: the built-in binding system:node-proxier
+	// grants the user system:kube-proxy what it needs.
+	cert, key, err = p.Client("kube-proxy-"+n.Name, "system:kube-proxy")
+	if err != nil {
+		return err
+	}
+	if err := p.Kubeconfig(filepath.Join(n.Dir, "kube-proxy.kubeconfig"), c.APIServer, "kube-proxy", cert, key); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(n.Dir, "kube-proxy.yaml"), []byte(kubeProxyConfig(n)), 0o644); err != nil {
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(n.Dir, "containerd.toml"), []byte(containerdConfig(n)), 0o644); err != nil {
@@ -324,7 +367,7 @@ func (c *Cluster) startNode(ctx context.Context, p *testpki.PKI, n *Node) error 
 	}
 	n.init, err = startIn(n.Host.Netns, filepath.Join(n.Dir, "logs", "init.log"), []string{
 		"NODE_DIR=" + n.Dir, "NODE_NAME=" + n.Name, "NODE_IP=" + n.IP.String(),
-		"APISERVER_IP=" + testbed.OutsideAddr.String(), "K8S_BIN=" + c.k8sBin, "IMAGES=" + strings.Join(n.images, " "),
+		"K8S_BIN=" + c.k8sBin, "IMAGES=" + strings.Join(n.images, " "),
 	}, "unshare", "--mount", "--propagation", "slave", "--pid", "--fork", "--mount-proc", "--kill-child", "--", "/bin/bash", script)
 	if err != nil {
 		return err
@@ -392,12 +435,38 @@ failSwapOn: false
 containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
 volumePluginDir: %[4]s/volume-plugins
 resolvConf: /etc/resolv.conf
+clusterDNS: [%[5]s]
+clusterDomain: %[6]s
 serializeImagePulls: false
 # Images are imported, never pulled: keep them all, evict nothing.
 evictionHard: {}
 imageGCHighThresholdPercent: 100
 nodeStatusUpdateFrequency: 4s
-`, n.IP, ca, n.Cgroup, n.Dir)
+`, n.IP, ca, n.Cgroup, n.Dir, DNSServiceIP, ClusterDomain)
+}
+
+// kubeProxyConfig: nftables mode (the kernel and nft here support it; see
+// site/conformance.md), the pod range of weft as clusterCIDR, and nothing
+// that needs more than the node's network namespace: conntrack sysctls and
+// the OOM score (no CAP_SYS_RESOURCE on this machine kind) are left alone.
+func kubeProxyConfig(n *Node) string {
+	return fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: %[1]s/kube-proxy.kubeconfig
+mode: nftables
+clusterCIDR: %[2]s
+hostnameOverride: %[3]s
+bindAddress: %[4]s
+healthzBindAddress: 0.0.0.0:10256
+metricsBindAddress: 127.0.0.1:10249
+oomScoreAdj: 0
+conntrack:
+  maxPerCore: 0
+  min: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+`, n.Dir, PodCIDR, n.Name, n.IP)
 }
 
 // ensureMountpoint creates target on the machine if missing, remembering

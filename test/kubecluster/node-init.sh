@@ -10,7 +10,7 @@
 #   (overlay rootfs, shm, secrets, netns pins) lives and dies with this namespace;
 # - pid: when this script dies (its parent unshare is killed) the kernel kills
 #   every process of the node: kubelet, containerd, shims and all containers.
-# Environment: NODE_DIR NODE_NAME NODE_IP APISERVER_IP K8S_BIN IMAGES (space-separated tarballs).
+# Environment: NODE_DIR NODE_NAME NODE_IP K8S_BIN IMAGES (space-separated tarballs).
 set -euo pipefail
 log() { echo "$(date +%T.%N) node-init $NODE_NAME: $*"; }
 
@@ -25,18 +25,6 @@ done
 # IPv4 forwarding (kubeadm refuses a node without it): a new network namespace
 # copies the machine's value, which is 0 here.
 sysctl -qw net.ipv4.ip_forward=1
-# Stand-in for kube-proxy, for the one Service the DaemonSet uses: in-cluster
-# clients (the weft agent, host network) dial the kubernetes Service at
-# 10.96.0.1:443; send that to the apiserver.
-nft -f - <<EOF
-table ip weft-kubecluster {
-  chain output {
-    type nat hook output priority -100; policy accept;
-    ip daddr 10.96.0.1 tcp dport 443 dnat to $APISERVER_IP:6443
-  }
-}
-EOF
-
 log "starting containerd"
 containerd --config "$NODE_DIR/containerd.toml" >"$NODE_DIR/logs/containerd.log" 2>&1 &
 for _ in $(seq 1 300); do
@@ -52,6 +40,13 @@ log "starting kubelet"
 "$K8S_BIN/kubelet" --config "$NODE_DIR/kubelet.yaml" --kubeconfig "$NODE_DIR/kubelet.kubeconfig" \
   --root-dir "$NODE_DIR/kubelet" --cert-dir "$NODE_DIR/kubelet/pki" \
   --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" -v=2 >"$NODE_DIR/logs/kubelet.log" 2>&1 &
+
+# kube-proxy as a node process beside the kubelet (as kubeadm-less installs
+# run it), nftables mode, configured by kube-proxy.yaml. It reaches the
+# apiserver directly (its kubeconfig), so it programs the kubernetes Service
+# that the weft agent then uses: no stand-in rule is needed.
+log "starting kube-proxy"
+"$K8S_BIN/kube-proxy" --config "$NODE_DIR/kube-proxy.yaml" -v=2 >"$NODE_DIR/logs/kube-proxy.log" 2>&1 &
 
 # Stay PID 1: reap the shims containerd orphans, until killed.
 while :; do

@@ -110,13 +110,14 @@ type ProbeReport struct {
 
 // ProbeResult is one pod's view of one peer.
 type ProbeResult struct {
-	Addr    string    `json:"addr"`
-	Answer  string    `json:"answer"`
-	FirstOK time.Time `json:"first_ok"`
-	LastOK  time.Time `json:"last_ok"`
-	MaxGap  float64   `json:"max_gap_seconds"`
-	Fails   int       `json:"fails"`
-	LastErr string    `json:"last_err"`
+	Addr    string         `json:"addr"`
+	Answer  string         `json:"answer"`
+	Answers map[string]int `json:"answers"` // every name answered, with counts
+	FirstOK time.Time      `json:"first_ok"`
+	LastOK  time.Time      `json:"last_ok"`
+	MaxGap  float64        `json:"max_gap_seconds"`
+	Fails   int            `json:"fails"`
+	LastErr string         `json:"last_err"`
 }
 
 // Results are the scenario's measurements.
@@ -128,6 +129,7 @@ type Results struct {
 	MaxGapInRestart  time.Duration // longest any pod pair went without an answer, over the probes' life (the restart dominates it)
 	ReclaimAfterDrop time.Duration // Node deleted to its ranges owned by the others
 	Pods             []PodStatus
+	Services         *ServiceResults
 }
 
 // Scenario narrates and runs the operator's path through weft on Kubernetes.
@@ -150,59 +152,12 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 	c, r := s.C, &Results{}
 	last := c.Nodes[len(c.Nodes)-1]
 
-	s.Say("1. The nodes have registered but have no pod network: kubelet reports them NotReady.")
-	nodes, err := c.GetNodes(ctx)
-	if err != nil {
+	if err := s.Install(ctx, r); err != nil {
 		return r, err
 	}
-	for _, n := range nodes {
-		if n.Ready || !strings.Contains(n.ReadyMessage, "network") {
-			return r, fmt.Errorf("before weft, %s: want NotReady for lack of a network, got ready=%v %q", n.Name, n.Ready, n.ReadyMessage)
-		}
-	}
-	s.show(ctx, "get", "nodes", "-o", "wide")
-
-	s.Say("2. The password Secret (required: encryption, or WEFT_PLAINTEXT=true on purpose), then")
-	s.Say("   kubectl apply -f prog/kube/weft.yaml (the file as shipped, unmodified).")
-	manifest := filepath.Join(c.Root, "prog", "kube", "weft.yaml")
-	start := time.Now()
-	pw := make([]byte, 24)
-	_, _ = rand.Read(pw)
-	if _, err := c.KubectlStdin(ctx, fmt.Appendf(nil, passwordSecretYAML, base64.StdEncoding.EncodeToString(pw)), "apply", "-f", "-"); err != nil {
-		return r, err
-	}
-	out, err := c.Kubectl(ctx, "apply", "-f", manifest)
-	if err != nil {
-		return r, err
-	}
-	s.Show("$ kubectl apply -f prog/kube/weft.yaml", string(out))
-	err = c.WaitNodes(ctx, 3*time.Minute, func(nodes []NodeStatus) error {
-		for _, n := range nodes {
-			if !n.Ready {
-				return fmt.Errorf("%s not Ready: %s", n.Name, n.ReadyMessage)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return r, err
-	}
-	r.ApplyToReady = time.Since(start)
-	s.Say("   every node Ready %s after the apply", r.ApplyToReady.Round(100*time.Millisecond))
-	if err := c.WaitNodes(ctx, 30*time.Second, func(nodes []NodeStatus) error {
-		for _, n := range nodes {
-			if !n.NetworkSet {
-				return fmt.Errorf("%s: NetworkUnavailable not False", n.Name)
-			}
-		}
-		return nil
-	}); err != nil {
-		return r, err
-	}
-	s.show(ctx, "get", "nodes,pods", "-n", "weft-system", "-o", "wide")
 
 	s.Say("3. A Deployment of 6 probe pods spread over the nodes, and a host-network probe on %s.", last.Name)
-	start = time.Now()
+	start := time.Now()
 	if _, err := c.KubectlStdin(ctx, fmt.Appendf(nil, probesYAML, 6, ProbeImage, ProbePort, probeDir, last.Name), "apply", "-f", "-"); err != nil {
 		return r, err
 	}
@@ -272,7 +227,14 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 		return r, err
 	}
 
-	s.Say("6. kubectl rollout restart ds/weft: agents restart one node at a time; the running pods keep their addresses.")
+	if r.Services, err = s.Services(ctx, pods, peers); err != nil {
+		return r, err
+	}
+	if err := s.SetOperatorChain(ctx); err != nil {
+		return r, err
+	}
+
+	s.Say("13. kubectl rollout restart ds/weft: agents restart one node at a time; the running pods keep their addresses.")
 	start = time.Now()
 	if _, err := c.Kubectl(ctx, "-n", "weft-system", "rollout", "restart", "ds/weft"); err != nil {
 		return r, err
@@ -295,8 +257,11 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 	r.MaxGapInRestart = c.maxGap(pods)
 	s.Say("   rolled out in %s; every pair answers again; longest silence of any pair so far: %s",
 		r.RolloutRestart.Round(100*time.Millisecond), r.MaxGapInRestart.Round(100*time.Millisecond))
+	if err := s.CheckOperatorChain(ctx); err != nil {
+		return r, err
+	}
 
-	s.Say("7. %s dies and its Node is deleted: the other agents take over its address ranges.", last.Name)
+	s.Say("15. %s dies and its Node is deleted: the other agents take over its address ranges.", last.Name)
 	before, err := c.ipam(ctx, c.Nodes[0])
 	if err != nil {
 		return r, err
@@ -332,6 +297,64 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 	s.Show("$ weft status ipam (on "+c.Nodes[0].Name+")", formatIPAM(final))
 	s.Say("   reclaimed %s after the Node was deleted", r.ReclaimAfterDrop.Round(100*time.Millisecond))
 	return r, nil
+}
+
+// Install is the operator's install: nodes NotReady without a network, the
+// password Secret and prog/kube/weft.yaml applied, every node Ready.
+func (s *Scenario) Install(ctx context.Context, r *Results) error {
+	c := s.C
+	s.Say("1. The nodes have registered but have no pod network: kubelet reports them NotReady.")
+	nodes, err := c.GetNodes(ctx)
+	if err != nil {
+		return err
+	}
+	for _, n := range nodes {
+		if n.Ready || !strings.Contains(n.ReadyMessage, "network") {
+			return fmt.Errorf("before weft, %s: want NotReady for lack of a network, got ready=%v %q", n.Name, n.Ready, n.ReadyMessage)
+		}
+	}
+	s.show(ctx, "get", "nodes", "-o", "wide")
+
+	s.Say("2. The password Secret (required: encryption, or WEFT_PLAINTEXT=true on purpose), then")
+	s.Say("   kubectl apply -f prog/kube/weft.yaml (the file as shipped, unmodified).")
+	manifest := filepath.Join(c.Root, "prog", "kube", "weft.yaml")
+	start := time.Now()
+	pw := make([]byte, 24)
+	_, _ = rand.Read(pw)
+	if _, err := c.KubectlStdin(ctx, fmt.Appendf(nil, passwordSecretYAML, base64.StdEncoding.EncodeToString(pw)), "apply", "-f", "-"); err != nil {
+		return err
+	}
+	out, err := c.Kubectl(ctx, "apply", "-f", manifest)
+	if err != nil {
+		return err
+	}
+	s.Show("$ kubectl apply -f prog/kube/weft.yaml", string(out))
+	err = c.WaitNodes(ctx, 3*time.Minute, func(nodes []NodeStatus) error {
+		for _, n := range nodes {
+			if !n.Ready {
+				return fmt.Errorf("%s not Ready: %s", n.Name, n.ReadyMessage)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	r.ApplyToReady = time.Since(start)
+	s.Say("   every node Ready %s after the apply", r.ApplyToReady.Round(100*time.Millisecond))
+	if err := c.WaitNodes(ctx, 30*time.Second, func(nodes []NodeStatus) error {
+		for _, n := range nodes {
+			if !n.NetworkSet {
+				return fmt.Errorf("%s: NetworkUnavailable not False", n.Name)
+			}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	s.show(ctx, "get", "nodes,pods", "-n", "weft-system", "-o", "wide")
+
+	return nil
 }
 
 func allRunning(pods []PodStatus, want int) error {

@@ -143,6 +143,7 @@ func (c *Cluster) Diagnose() string {
 	for _, n := range c.Nodes {
 		fmt.Fprintf(&b, "---- %s init ----\n%s\n", n.Name, n.Log("init", 10))
 		fmt.Fprintf(&b, "---- %s kubelet (errors) ----\n%s\n", n.Name, grepTail(filepath.Join(n.Dir, "logs", "kubelet.log"), klogError, 15))
+		fmt.Fprintf(&b, "---- %s kube-proxy (errors) ----\n%s\n", n.Name, grepTail(filepath.Join(n.Dir, "logs", "kube-proxy.log"), klogError, 10))
 		fmt.Fprintf(&b, "---- %s containerd (errors) ----\n%s\n", n.Name, grepTail(filepath.Join(n.Dir, "logs", "containerd.log"), func(l string) bool { return strings.Contains(l, "level=error") }, 10))
 		logs, _ := filepath.Glob(filepath.Join(n.Dir, "pod-logs", "weft-system_*", "weft", "*.log"))
 		for _, l := range logs {

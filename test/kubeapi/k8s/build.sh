@@ -1,10 +1,16 @@
 #!/bin/bash
-# Builds kube-apiserver and kubectl (CMDS overrides, e.g. CMDS="kube-apiserver kubectl kubelet")
-# v1.36.3 from the Go module proxy into $K8S_DIR/bin, skipping binaries already there.
+# Builds Kubernetes v1.36.3 binaries from the Go module proxy into $K8S_DIR/bin, skipping
+# binaries already there. CMDS picks them (default: kube-apiserver kubectl); names:
+#   kube-apiserver kubectl kubelet kube-controller-manager kube-scheduler kube-proxy
+#   agnhost   (the e2e test image's binary, k8s.io/kubernetes/test/images/agnhost)
+#   e2e.test  (Kubernetes' end-to-end suite, `go test -c k8s.io/kubernetes/test/e2e`)
+#   coredns   (the cluster DNS, from the wrapper module test/kubecluster/coredns)
 # build/ is a wrapper module requiring k8s.io/kubernetes v1.36.3 with every staging module
-# replaced by v0.36.3 (the proxy serves only that release). Copied from the checked recipe in
-# the shared k8s notes. ~7 min for kube-apiserver on 2 cores the first time; $K8S_DIR/bin and
-# GOCACHE are the cache (K8S_DIR defaults to /var/cache/weft-k8s, which survives reboots).
+# replaced by v0.36.3 (the proxy serves only that release); build/tools.go pins every package
+# built here so go.sum holds all their dependencies. Copied from the checked recipe in the
+# shared k8s notes. First builds on 2 cores: kube-apiserver ~7 min, kube-proxy ~3 min,
+# e2e.test ~15 min; $K8S_DIR/bin and GOCACHE are the cache (K8S_DIR defaults to
+# /var/cache/weft-k8s, which survives reboots).
 set -eu
 K8S_DIR=${K8S_DIR:-/var/cache/weft-k8s}; mkdir -p "$K8S_DIR/bin"
 cd "$(dirname "$0")/build"
@@ -14,7 +20,13 @@ for c in ${CMDS:-kube-apiserver kubectl}; do
   s=$(date +%s)
   # Build to a temporary name and rename, so an interrupted build never leaves a
   # truncated binary that the skip above would take for a good one.
-  CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -trimpath -ldflags "$LD" -o "$K8S_DIR/bin/.$c.tmp" k8s.io/kubernetes/cmd/$c
-  mv "$K8S_DIR/bin/.$c.tmp" "$K8S_DIR/bin/$c"
+  out="$K8S_DIR/bin/.$c.tmp"
+  case $c in
+  e2e.test) CGO_ENABLED=0 GOFLAGS=-buildvcs=false go test -c -trimpath -ldflags "$LD" -o "$out" k8s.io/kubernetes/test/e2e ;;
+  coredns) (cd ../../../kubecluster/coredns && CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -trimpath -ldflags "-s -w" -o "$out" .) ;;
+  agnhost) CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -trimpath -ldflags "$LD" -o "$out" k8s.io/kubernetes/test/images/agnhost ;;
+  *) CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -trimpath -ldflags "$LD" -o "$out" "k8s.io/kubernetes/cmd/$c" ;;
+  esac
+  mv "$out" "$K8S_DIR/bin/$c"
   echo "$c built in $(( $(date +%s) - s )) s"
 done

@@ -3,6 +3,7 @@
 //
 //	netprobe pause                 the pod sandbox ("pause") image: waits for SIGTERM
 //	netprobe probe [flags]         a test pod: serves TCP and probes its peers
+//	netprobe latency [flags]       times N requests to each target once, writes the percentiles, serves until SIGTERM
 //
 // A probing pod answers every TCP connection on --listen with one line
 // "NAME\n" and, every --interval, connects to each peer named in the peers
@@ -36,7 +37,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: netprobe pause | netprobe probe [flags]")
+		fmt.Fprintln(os.Stderr, "usage: netprobe pause | netprobe probe [flags] | netprobe latency [flags]")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -47,6 +48,8 @@ func main() {
 		<-ctx.Done()
 	case "probe":
 		err = probeMain(ctx, os.Args[2:])
+	case "latency":
+		err = latencyMain(ctx, os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown mode %q", os.Args[1])
 	}
@@ -59,14 +62,17 @@ func main() {
 // PeerResult is what one pod knows about reaching one peer. The test decodes
 // the same JSON (kubecluster.ProbeReport).
 type PeerResult struct {
-	Addr     string    `json:"addr"`
-	Answer   string    `json:"answer,omitempty"` // name the peer answered with
-	FirstOK  time.Time `json:"first_ok,omitzero"`
-	LastOK   time.Time `json:"last_ok,omitzero"`
-	MaxGap   float64   `json:"max_gap_seconds"` // longest time between two successes
-	Fails    int       `json:"fails"`
-	LastErr  string    `json:"last_err,omitempty"`
-	Attempts int       `json:"attempts"`
+	Addr   string `json:"addr"`
+	Answer string `json:"answer,omitempty"` // name the peer answered with
+	// Answers counts every name answered: a Service spreads requests over
+	// its endpoints, and the test checks which ones answered.
+	Answers  map[string]int `json:"answers,omitempty"`
+	FirstOK  time.Time      `json:"first_ok,omitzero"`
+	LastOK   time.Time      `json:"last_ok,omitzero"`
+	MaxGap   float64        `json:"max_gap_seconds"` // longest time between two successes
+	Fails    int            `json:"fails"`
+	LastErr  string         `json:"last_err,omitempty"`
+	Attempts int            `json:"attempts"`
 }
 
 // Report is the results file of one pod.
@@ -202,6 +208,10 @@ func record(self, peer string, r *PeerResult, answer string, err error, now time
 		}
 	}
 	r.LastOK, r.LastErr, r.Answer = now, "", answer
+	if r.Answers == nil {
+		r.Answers = map[string]int{}
+	}
+	r.Answers[answer]++
 }
 
 // dial connects and reads the peer's one-line answer.

@@ -1,0 +1,177 @@
+package mesh
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func knownSample() []KnownPeer {
+	return []KnownPeer{
+		{Name: "host2", Addr: netip.MustParseAddr("198.18.0.2"), Port: 6783, DataPort: 6784, PublicKey: bytes.Repeat([]byte{2}, 32)},
+		{Name: "host1", Addr: netip.MustParseAddr("198.18.0.1"), Port: 6783, DataPort: 6784},
+	}
+}
+
+func TestKnownPeersRoundTripAndStrictness(t *testing.T) {
+	b, err := EncodeKnownPeers(knownSample())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeKnownPeers(b)
+	if err != nil || len(got) != 2 || got[0].Name != "host1" || got[1].Addr != netip.MustParseAddr("198.18.0.2") || len(got[1].PublicKey) != 32 {
+		t.Fatalf("round trip: %+v %v", got, err)
+	}
+	for name, doc := range map[string]string{
+		"not json":      "peers",
+		"version":       `{"version":2,"peers":[]}`,
+		"unknown field": `{"version":1,"peers":[],"extra":1}`,
+		"trailing":      `{"version":1,"peers":[]} {}`,
+		"no name":       `{"version":1,"peers":[{"name":"","addr":"198.18.0.1","port":1,"data_port":2}]}`,
+		"twice":         `{"version":1,"peers":[{"name":"a","addr":"198.18.0.1","port":1,"data_port":2},{"name":"a","addr":"198.18.0.2","port":1,"data_port":2}]}`,
+		"no address":    `{"version":1,"peers":[{"name":"a","addr":"0.0.0.0","port":1,"data_port":2}]}`,
+		"bad address":   `{"version":1,"peers":[{"name":"a","addr":"198.18.0.300","port":1,"data_port":2}]}`,
+		"no port":       `{"version":1,"peers":[{"name":"a","addr":"198.18.0.1","port":0,"data_port":2}]}`,
+		"no data port":  `{"version":1,"peers":[{"name":"a","addr":"198.18.0.1","port":1}]}`,
+		"short key":     `{"version":1,"peers":[{"name":"a","addr":"198.18.0.1","port":1,"data_port":2,"public_key":"AAAA"}]}`,
+		"big port":      `{"version":1,"peers":[{"name":"a","addr":"198.18.0.1","port":70000,"data_port":2}]}`,
+	} {
+		if _, err := DecodeKnownPeers([]byte(doc)); !errors.Is(err, ErrKnownPeers) {
+			t.Errorf("%s: err %v, want ErrKnownPeers", name, err)
+		}
+	}
+	dir := t.TempDir()
+	if ps, err := LoadKnownPeers(dir); err != nil || ps != nil {
+		t.Fatalf("no file: %v %v", ps, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, KnownPeersFile), []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadKnownPeers(dir); !errors.Is(err, ErrKnownPeers) || !strings.Contains(err.Error(), KnownPeersFile) {
+		t.Fatalf("corrupt file: %v", err)
+	}
+}
+
+func FuzzDecodeKnownPeers(f *testing.F) {
+	good, _ := EncodeKnownPeers(knownSample())
+	f.Add(good)
+	f.Add([]byte(`{"version":1,"peers":[]}`))
+	f.Add([]byte(`{"version":1,"peers":[{"name":"a","addr":"::1","port":1,"data_port":2}]}`))
+	f.Add([]byte(`{"version":1,"peers":null}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ps, err := DecodeKnownPeers(b)
+		if err != nil {
+			return
+		}
+		again, err := EncodeKnownPeers(ps)
+		if err != nil {
+			t.Fatalf("accepted peers do not encode: %v", err)
+		}
+		if _, err := DecodeKnownPeers(again); err != nil {
+			t.Fatalf("re-encoded peers do not decode: %v", err)
+		}
+	})
+}
+
+// slowTiming rejoins and exchanges state rarely: what a member does by
+// itself shows, not what its peers' periodic work repairs.
+func slowTiming() Timing {
+	t := LocalTiming()
+	t.RejoinInterval, t.RejoinMaxBackoff = time.Minute, time.Minute
+	t.PushPullInterval = time.Minute
+	return t
+}
+
+func runMesh(t *testing.T, cfg Config) (*Mesh, func()) {
+	t.Helper()
+	m, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	stop := func() {
+		if cancel != nil {
+			cancel()
+			<-done
+			cancel = nil
+		}
+	}
+	t.Cleanup(stop)
+	return m, stop
+}
+
+// A member relaunched with no PEER arguments (SIGTERM, then the same
+// command line: the first host of a mesh is launched so) rejoins by itself
+// from the peers it saved, at once, and its peers take its new incarnation:
+// nobody waits for a periodic rejoin or push/pull. Until gossip speaks, the
+// saved peers are listed in state unknown with their endpoints and keys.
+func TestRelaunchWithoutPeersRejoins(t *testing.T) {
+	lo := netip.MustParseAddr("127.0.0.1")
+	pa, pb := freePort(t), freePort(t)
+	dirA := t.TempDir()
+	cfgA := Config{Name: "a", Bind: lo, Port: pa, StateDir: dirA, Timing: slowTiming(),
+		Meta: Meta{Protocol: ProtocolMin, DataPort: uint16(pa + 1), Version: "test", SigningKey: bytes.Repeat([]byte{'a'}, 32)}}
+	cfgB := Config{Name: "b", Bind: lo, Port: pb, Timing: slowTiming(),
+		Meta: Meta{Protocol: ProtocolMin, DataPort: uint16(pb + 1), Version: "test", SigningKey: bytes.Repeat([]byte{'b'}, 32),
+			PublicKey: bytes.Repeat([]byte{7}, 32)}}
+	a, stopA := runMesh(t, cfgA)
+	b, _ := runMesh(t, cfgB)
+	if err := b.Connect([]string{netip.AddrPortFrom(lo, uint16(pa)).String()}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a and b alive to each other", 5*time.Second, func() bool { return a.IsAlive("b") && b.IsAlive("a") })
+	waitFor(t, "a saved b", 5*time.Second, func() bool {
+		ps, err := LoadKnownPeers(dirA)
+		return err == nil && len(ps) == 1 && ps[0].Name == "b" && ps[0].Port == uint16(pb) && len(ps[0].PublicKey) == 32
+	})
+	stopA() // a leaves cleanly
+	waitFor(t, "b sees a gone", 5*time.Second, func() bool { return !b.IsAlive("a") })
+
+	a2, err := New(cfgA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Before Run: b is known from the last run, with its endpoint and key.
+	var seeded bool
+	for _, p := range a2.Members() {
+		if p.Name == "b" {
+			seeded = p.State == StateUnknown && p.Addr == lo && p.Meta.DataPort == uint16(pb+1) && len(p.Meta.PublicKey) == 32
+		}
+	}
+	if !seeded {
+		t.Fatalf("relaunched a does not list b from the last run: %+v", a2.Members())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { a2.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	start := time.Now()
+	waitFor(t, "relaunched a and b alive to each other", 3*time.Second, func() bool { return a2.IsAlive("b") && b.IsAlive("a") })
+	t.Logf("rejoined in %s", time.Since(start).Round(time.Millisecond))
+}
+
+// Peers gone, or known only from the last run and never heard of since, for
+// longer than the join targets' expiry are not kept for the next run.
+func TestKnownPeersExpire(t *testing.T) {
+	m := &Mesh{cfg: Config{Name: "self", Timing: Timing{TargetExpiry: time.Minute}}, peers: map[string]*peer{}, targets: map[string]*target{}}
+	clock := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	m.now = func() time.Time { return clock }
+	m.seedKnown(knownSample())
+	m.peers["host2"].state = StateDead
+	if got := m.knownPeers(); len(got) != 2 {
+		t.Fatalf("at once: %+v", got)
+	}
+	m.peers["host1"].state, m.peers["host1"].since = StateAlive, clock.Add(30*time.Second)
+	clock = clock.Add(2 * time.Minute)
+	if got := m.knownPeers(); len(got) != 1 || got[0].Name != "host1" {
+		t.Fatalf("after the expiry: %+v, want only the alive host1", got)
+	}
+}
