@@ -13,7 +13,7 @@ export CGO_ENABLED = 0
 export WEFT_BIN_DIR = $(BIN)
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: all build test unit e2e demo bench lint deps fuzz clean k8s-bins soak
+.PHONY: all build test unit e2e demo bench lint deps fuzz clean k8s-bins soak scale
 
 all: build
 
@@ -79,6 +79,16 @@ SOAK_FAULTS   ?=
 soak: deps build
 	WEFT_SOAK_DURATION=$(SOAK_DURATION) WEFT_SOAK_SEED=$(SOAK_SEED) WEFT_SOAK_FAULTS=$(SOAK_FAULTS) \
 		$(GO) test -count=1 -timeout 60m -run '^TestSoak$$' -v ./test/soak/
+
+# scale measures the mesh as it grows (issue 21) and prints one table: 50
+# real agents in network namespaces, then 100, 300 and 1,000 simulated ones
+# in one process (real gossip and IPAM, no data plane). Under 15 minutes.
+# WEFT_SCALE_REAL and WEFT_SCALE_SIZES change the sizes.
+scale: deps build
+	@out=$$(mktemp); log=$(CURDIR)/.cache/scale.log; mkdir -p $(CURDIR)/.cache; \
+	WEFT_SCALE=1 WEFT_SCALE_OUT=$$out $(GO) test -count=1 -v -run '^TestScaleTable$$' -timeout 15m ./test/scale >$$log 2>&1; rc=$$?; \
+	cat $$out; rm -f $$out; \
+	if [ $$rc -ne 0 ]; then grep -E '^\s*(--- FAIL|FAIL|panic)' $$log | head -20; echo "full log: $$log"; fi; exit $$rc
 
 clean:
 	rm -rf $(BIN) $(CURDIR)/.cache

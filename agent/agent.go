@@ -110,6 +110,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.stop = cancel
 	// Last of all, once the data plane has let go of it.
 	defer a.afterReset()
+	// Pins learnt while running are written in the background; the last
+	// ones reach the disk before Run returns.
+	defer func() {
+		if err := a.pins.Flush(); err != nil {
+			a.log.Warn("could not persist pinned peer keys", "err", err)
+		}
+	}()
 
 	apiSrv, err := a.serveAPI()
 	if err != nil {

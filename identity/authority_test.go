@@ -22,7 +22,7 @@ func genKey(t *testing.T) ed25519.PublicKey {
 func TestPinsAuthority(t *testing.T) {
 	a, b, c := genKey(t), genKey(t), genKey(t)
 	dir := t.TempDir()
-	p, err := LoadPins(dir, nil)
+	p, err := loadPins(t, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +59,10 @@ func TestPinsAuthority(t *testing.T) {
 	if err := p.Check("n1", a); !errors.Is(err, ErrKeyMismatch) {
 		t.Fatalf("old key after re-pin: %v", err)
 	}
-	reloaded, err := LoadPins(dir, nil)
+	if err := p.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	reloaded, err := loadPins(t, dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,11 +2,14 @@ package identity
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestSignerPersistsWithMode0600(t *testing.T) {
@@ -60,7 +63,7 @@ func TestCorruptKeyIsAnErrorAndKept(t *testing.T) {
 func TestPinsTrustOnFirstUse(t *testing.T) {
 	dir := t.TempDir()
 	k1, k2 := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
-	p, err := LoadPins(dir, nil)
+	p, err := loadPins(t, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,8 +76,11 @@ func TestPinsTrustOnFirstUse(t *testing.T) {
 	if err := p.Check("c", []byte{1}); err == nil {
 		t.Fatal("short key pinned")
 	}
-	// Pins survive a restart.
-	p2, err := LoadPins(dir, nil)
+	// Pins survive a restart (the agent flushes them when it stops).
+	if err := p.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	p2, err := loadPins(t, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +94,7 @@ func TestPinsTrustOnFirstUse(t *testing.T) {
 	if err := p2.Forget("b"); err != nil {
 		t.Fatal(err)
 	}
-	p3, _ := LoadPins(dir, nil)
+	p3, _ := loadPins(t, dir)
 	if err := p3.Check("b", k2); err != nil {
 		t.Fatalf("after forget: %v", err)
 	}
@@ -116,7 +122,7 @@ func TestCorruptPinsAreAnError(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(dir, PinsFile), []byte(junk), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := LoadPins(dir, nil); !errors.Is(err, ErrCorrupt) {
+		if _, err := loadPins(t, dir); !errors.Is(err, ErrCorrupt) {
 			t.Fatalf("corrupt pins %q: %v", junk, err)
 		}
 	}
@@ -133,7 +139,7 @@ func FuzzLoadPins(f *testing.F) {
 		if err := os.WriteFile(filepath.Join(dir, PinsFile), b, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		p, err := LoadPins(dir, nil)
+		p, err := loadPins(t, dir)
 		if err != nil {
 			return
 		}
@@ -143,4 +149,53 @@ func FuzzLoadPins(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A new pin reaches the disk by itself, without Flush: written in the
+// background, since Check runs inside gossip callbacks.
+func TestPinsSavedInBackground(t *testing.T) {
+	dir := t.TempDir()
+	p, err := loadPins(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := map[string]ed25519.PublicKey{}
+	for i := range 50 {
+		pub, _, err := ed25519.GenerateKey(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := fmt.Sprintf("peer%d", i)
+		keys[name] = pub
+		if err := p.Check(name, pub); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		q, err := loadPins(t, dir)
+		if err == nil && q.Len() == len(keys) {
+			for name, k := range keys {
+				if got, ok := q.Key(name); !ok || !bytes.Equal(got, k) {
+					t.Fatalf("%s: pinned %x on disk, want %x", name, got, k)
+				}
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pins not all on disk after 10 s (err %v), want %d", err, len(keys))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// loadPins is LoadPins for a test: pins written in the background are on
+// disk before the test's directory is removed.
+func loadPins(t *testing.T, dir string) (*Pins, error) {
+	t.Helper()
+	p, err := LoadPins(dir, nil)
+	if p != nil {
+		t.Cleanup(func() { _ = p.Flush() })
+	}
+	return p, err
 }

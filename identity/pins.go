@@ -37,7 +37,12 @@ type Pins struct {
 	mu        sync.Mutex
 	keys      map[string]ed25519.PublicKey
 	authority Authority
-	authDown  bool // the authority failed last time (logged once per outage)
+	authDown  bool   // the authority failed last time (logged once per outage)
+	version   uint64 // of keys, counts changes
+	saving    bool   // a background save is started and has not read keys yet
+
+	saveMu  sync.Mutex // serialises writes of the file; taken before mu
+	written uint64     // version of keys on disk
 }
 
 // Authority is an outside source of truth for peers' signing keys (in
@@ -122,10 +127,55 @@ func (p *Pins) Check(name string, key []byte) error {
 		return ErrTooManyPins
 	}
 	p.keys[name] = append(ed25519.PublicKey(nil), key...)
-	if err := p.saveLocked(); err != nil {
-		// Keep the pin in memory: refusing the peer for a full disk helps nobody.
-		p.log.Error("could not persist a pinned peer key", "peer", name, "err", err)
+	p.saveSoonLocked()
+	return nil
+}
+
+// saveSoonLocked persists the table in the background. Check runs inside
+// memberlist's callbacks with its node lock held: a whole-file rewrite and
+// fsync there, once per new peer, stalled gossip while a mesh of 100 formed
+// (alive messages dropped, joins timed out). Pins that arrive together are
+// written together. A pin not yet on disk when the agent dies is trusted on
+// first use again, as it was moments before; Flush writes at once.
+func (p *Pins) saveSoonLocked() {
+	p.version++
+	if p.path == "" || p.saving {
+		return
 	}
+	p.saving = true
+	go func() {
+		if err := p.flush(); err != nil {
+			// Keep the pins in memory: refusing peers for a full disk helps nobody.
+			p.log.Error("could not persist pinned peer keys", "err", err)
+		}
+	}()
+}
+
+// Flush writes pins not yet on disk.
+func (p *Pins) Flush() error {
+	if p.path == "" {
+		return nil
+	}
+	return p.flush()
+}
+
+// flush writes the table as it is once the previous write is done, unless
+// that one already wrote this version.
+func (p *Pins) flush() error {
+	p.saveMu.Lock()
+	defer p.saveMu.Unlock()
+	p.mu.Lock()
+	p.saving = false // changes from now on need another write
+	v := p.version
+	b, err := p.encodeLocked()
+	p.mu.Unlock()
+	if err != nil || v <= p.written {
+		return err
+	}
+	if err := atomicfile.Write(p.path, b, 0o600); err != nil {
+		return err
+	}
+	p.written = v
 	return nil
 }
 
@@ -166,9 +216,7 @@ func (p *Pins) checkAuthoritative(name string, key, want []byte) error {
 		p.log.Info("re-pinned a peer's signing key from the authority", "peer", name,
 			"old", Fingerprint(old), "new", Fingerprint(key))
 	}
-	if err := p.saveLocked(); err != nil {
-		p.log.Error("could not persist a pinned peer key", "peer", name, "err", err)
-	}
+	p.saveSoonLocked()
 	return nil
 }
 
@@ -189,14 +237,17 @@ func (p *Pins) Key(name string) (ed25519.PublicKey, bool) {
 }
 
 // Forget clears name's pin: its next key is trusted on first use again.
+// It is on disk when Forget returns.
 func (p *Pins) Forget(name string) error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if _, ok := p.keys[name]; !ok {
+		p.mu.Unlock()
 		return nil
 	}
 	delete(p.keys, name)
-	return p.saveLocked()
+	p.version++
+	p.mu.Unlock()
+	return p.Flush()
 }
 
 // Len is the number of pins.
@@ -206,10 +257,7 @@ func (p *Pins) Len() int {
 	return len(p.keys)
 }
 
-func (p *Pins) saveLocked() error {
-	if p.path == "" {
-		return nil
-	}
+func (p *Pins) encodeLocked() ([]byte, error) {
 	names := make([]string, 0, len(p.keys))
 	for n := range p.keys {
 		names = append(names, n)
@@ -219,9 +267,5 @@ func (p *Pins) saveLocked() error {
 	for _, n := range names {
 		raw[n] = hex.EncodeToString(p.keys[n])
 	}
-	b, err := json.MarshalIndent(raw, "", " ")
-	if err != nil {
-		return err
-	}
-	return atomicfile.Write(p.path, b, 0o600)
+	return json.MarshalIndent(raw, "", " ")
 }

@@ -170,6 +170,7 @@ func (p *IPAM) writeLocked(r *ring, start, end uint64, owner string, free uint64
 	}
 	copy(e.Sig[:], p.cfg.Signer.Sign(entryPayload(r.ID, e)))
 	r.put(i, ok, e)
+	p.ownWritten = p.now()
 	return e
 }
 

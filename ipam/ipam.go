@@ -90,6 +90,17 @@ const (
 	getStateInterval = 2 * time.Second
 	refusalMemory    = 2 * time.Second // a donor that said no is skipped this long
 	saveInterval     = 5 * time.Second // others' ring changes are saved this often
+
+	// membershipEvery: membership is compared with the last view at least
+	// this often, and at once on a change.
+	membershipEvery = time.Second
+	// ringCapEvery: the ring key cap follows the mesh size, counted this
+	// often (a count lists every member: per tick it costs N² in a mesh).
+	ringCapEvery = 2 * time.Second
+	// missedMargin: a peer may have missed a broadcast of ours sent up to
+	// this long before we noticed it gone (failure detection is not
+	// instant), so such a write is announced again when it comes back.
+	missedMargin = 30 * time.Second
 )
 
 // IPAM is one peer's address manager. All methods are safe for concurrent use.
@@ -104,7 +115,8 @@ type IPAM struct {
 	owners  atomic.Pointer[ownerTable]
 	changes chan struct{}
 	kick    chan struct{} // PeersChanged: run a tick now
-	// announce: membership changed, broadcast our own entries at the next tick.
+	// announce: membership changed; see at the next tick whether a peer
+	// came back that may have missed our own entries.
 	announce atomic.Bool
 
 	// donationRetry is how often a waiting Allocate asks again; tests shorten it.
@@ -140,6 +152,13 @@ type IPAM struct {
 	nonce          uint64
 	rng            *rand.Rand
 	mismatchN      int // ring mismatches logged (rate limit)
+	// Membership as last checked (checkReturnsLocked): who was alive, who
+	// went away and when, and when this peer last wrote one of its keys.
+	aliveSeen      map[string]bool
+	departed       map[string]time.Time
+	lastMembership time.Time
+	ownWritten     time.Time
+	lastRingCap    time.Time // when ringCap was counted
 }
 
 type outMsg struct {
@@ -202,6 +221,8 @@ func New(cfg Config) (*IPAM, error) {
 		refused:       map[string]time.Time{},
 		asked:         map[string]askedDonor{},
 		acks:          map[uint64]chan struct{}{},
+		aliveSeen:     map[string]bool{},
+		departed:      map[string]time.Time{},
 		rng:           rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 	}
 	if cfg.StateDir != "" {
@@ -288,9 +309,9 @@ func (p *IPAM) Run(ctx context.Context) {
 
 // PeersChanged tells IPAM that membership changed.
 func (p *IPAM) PeersChanged() {
-	// A peer may be back from a partition: tell it about our ranges at the
-	// next tick rather than at the next push/pull. No lock: membership may
-	// call this from its own callbacks.
+	// A peer may be back from a partition: the next tick checks whether it
+	// missed changes of our ranges (checkReturnsLocked). No lock:
+	// membership may call this from its own callbacks.
 	p.announce.Store(true)
 	select {
 	case p.kick <- struct{}{}:
@@ -301,7 +322,9 @@ func (p *IPAM) PeersChanged() {
 func (p *IPAM) tick() {
 	p.mu.Lock()
 	now := p.now()
-	p.ringCap = p.countRingCapLocked()
+	if p.ringCap == 0 || now.Sub(p.lastRingCap) >= ringCapEvery {
+		p.ringCap, p.lastRingCap = p.countRingCapLocked(), now
+	}
 	if p.ring == nil && !p.left {
 		if p.cfg.Init.Mode == ModeConsensus {
 			p.consensusTickLocked(now)
@@ -315,7 +338,7 @@ func (p *IPAM) tick() {
 			p.log.Error("could not persist IPAM state", "err", err)
 		}
 	}
-	if p.announce.Swap(false) {
+	if p.checkReturnsLocked(now, p.announce.Swap(false)) {
 		p.dirty = true
 	}
 	if p.ring != nil && p.dirty {
@@ -328,6 +351,50 @@ func (p *IPAM) tick() {
 		p.broadcastEntriesLocked(es)
 	}
 	p.flushUnlock()
+}
+
+// checkReturnsLocked reports whether this peer should broadcast its own
+// keys because a peer came back (from a partition, a crash) that may have
+// missed a change of them. Only then: every peer broadcasting its keys on
+// every membership change is N² signed messages while a mesh forms, which
+// stalled a simulated mesh at 100 agents; a newcomer learns the whole ring
+// by its join's push/pull anyway.
+func (p *IPAM) checkReturnsLocked(now time.Time, changed bool) bool {
+	if p.cfg.Peers == nil {
+		return changed // no view of membership: announce on every change
+	}
+	if !changed && now.Sub(p.lastMembership) < membershipEvery {
+		return false
+	}
+	p.lastMembership = now
+	alive := map[string]bool{}
+	for _, n := range p.cfg.Peers() {
+		if n != p.cfg.Name {
+			alive[n] = true
+		}
+	}
+	announce := false
+	for n := range p.aliveSeen {
+		if !alive[n] && len(p.departed) < maxSenders {
+			p.departed[n] = now
+		}
+	}
+	for n := range alive {
+		if gone, ok := p.departed[n]; ok {
+			delete(p.departed, n)
+			if !p.ownWritten.IsZero() && p.ownWritten.After(gone.Add(-missedMargin)) {
+				announce = true
+			}
+		}
+	}
+	// Peers gone for good are forgotten once nobody could still miss a write.
+	for n, gone := range p.departed {
+		if now.Sub(gone) > 24*time.Hour {
+			delete(p.departed, n)
+		}
+	}
+	p.aliveSeen = alive
+	return announce
 }
 
 // askForRingLocked asks one alive peer at random for its ring, at most once

@@ -9,7 +9,17 @@ type ownerTable struct {
 	starts []uint64 // sorted
 	ends   []uint64
 	owners []string
+	// index narrows the search: bucket b of the range (offsets b<<shift up
+	// to the next bucket) holds spans from index[b] to index[b+1]
+	// (inclusive), so a lookup searches a handful of spans instead of all
+	// of them: a mesh of 1,000 peers has thousands of ranges, and this is
+	// asked once per packet.
+	index []uint32
+	shift uint
 }
+
+// indexBuckets is the most buckets of the index (4 bytes each).
+const indexBuckets = 1 << 14
 
 func newOwnerTable(p netip.Prefix, spans []span) *ownerTable {
 	t := &ownerTable{
@@ -21,12 +31,47 @@ func newOwnerTable(p netip.Prefix, spans []span) *ownerTable {
 	for i, s := range spans {
 		t.starts[i], t.ends[i], t.owners[i] = s.Start, s.End, s.Owner
 	}
+	if len(spans) > 16 {
+		t.buildIndex(uint(p.Addr().BitLen() - p.Bits()))
+	}
 	return t
 }
 
-// lookup is a binary search for the span holding off; no allocation.
+// buildIndex splits the range of 2^hostBits offsets into about one bucket
+// per span (a power of two, at most indexBuckets) and records for each the
+// first span that may hold an offset in it.
+func (t *ownerTable) buildIndex(hostBits uint) {
+	bucketBits := uint(0)
+	for 1<<bucketBits < len(t.starts) && 1<<bucketBits < indexBuckets && bucketBits < hostBits {
+		bucketBits++
+	}
+	if hostBits > 63 {
+		return // an IPv6 range wider than /65: plain binary search
+	}
+	t.shift = hostBits - bucketBits
+	n := 1 << bucketBits
+	t.index = make([]uint32, n+1)
+	j := 0
+	for b := range n {
+		lo := uint64(b) << t.shift
+		// The last span starting at or before lo may still cover lo.
+		for j+1 < len(t.starts) && t.starts[j+1] <= lo {
+			j++
+		}
+		t.index[b] = uint32(j)
+	}
+	t.index[n] = uint32(len(t.starts) - 1)
+}
+
+// lookup is a binary search for the span holding off, within the spans of
+// its index bucket; no allocation.
 func (t *ownerTable) lookup(off uint64) (string, bool) {
 	lo, hi := 0, len(t.starts) // find first start > off
+	if t.index != nil {
+		if b := off >> t.shift; b+1 < uint64(len(t.index)) {
+			lo, hi = int(t.index[b]), int(t.index[b+1])+1
+		}
+	}
 	for lo < hi {
 		mid := int(uint(lo+hi) >> 1)
 		if t.starts[mid] <= off {

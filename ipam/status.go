@@ -138,3 +138,13 @@ func SavedRing(stateDir string) (seeds []string, ok bool, err error) {
 	}
 	return st.Ring.Seeds, true, nil
 }
+
+// RingEntries is the number of keys of the ring this peer holds (0 without one).
+func (p *IPAM) RingEntries() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ring == nil {
+		return 0
+	}
+	return len(p.ring.entries)
+}

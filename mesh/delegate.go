@@ -39,11 +39,24 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	return meta
 }
 
-// NotifyMsg implements memberlist.Delegate: a user message, tagged by channel.
+// NotifyMsg implements memberlist.Delegate: a user message, tagged by
+// channel, queued for Run (see Mesh.inbox).
 func (d *delegate) NotifyMsg(b []byte) {
 	if len(b) < 1 {
 		return
 	}
+	select {
+	case d.m.inbox <- append([]byte(nil), b...): // memberlist reuses b
+	default:
+		if d.m.inboxDropped.Add(1) == 1 {
+			d.m.log.Warn("gossip messages arrive faster than they are handled: dropping some (push/pull repairs them); further drops are only counted")
+		}
+	}
+}
+
+// deliver hands one queued message to its channel's handler.
+func (m *Mesh) deliver(b []byte) {
+	d := m.delegate
 	d.m.mu.Lock()
 	h := d.m.handlers[Channel(b[0])]
 	d.m.mu.Unlock()
@@ -151,6 +164,7 @@ func (d *delegate) record(n *memberlist.Node, state State) {
 	p.node = *n
 	p.node.Meta = nil
 	p.meta = meta
+	m.live.Store(nil) // the cached states are out of date
 	if changed {
 		p.state = state
 		p.since = time.Now()
@@ -231,7 +245,8 @@ func (d *delegate) vet(n *memberlist.Node) error {
 	}
 	err = fmt.Errorf("refusing peer %s at %s: %w", n.Name, n.Address(), err)
 	d.refusedMu.Lock()
-	if d.refused == nil {
+	if d.refused == nil || len(d.refused) >= maxRefusalsLogged {
+		// Bounded: past the cap, forget and log each refusal once more.
 		d.refused = map[string]string{}
 	}
 	first := d.refused[n.Name] != err.Error()
@@ -393,10 +408,6 @@ func (m *Mesh) PeerKey(name string) (ed25519.PublicKey, bool) {
 // Reachable reports whether name is an alive or suspect member: a suspect
 // may be only slow, and routing still sends to it, so it is never taken over.
 func (m *Mesh) Reachable(name string) bool {
-	for _, n := range m.ml().Members() {
-		if n.Name == name {
-			return n.State == memberlist.StateAlive || n.State == memberlist.StateSuspect
-		}
-	}
-	return false
+	st, ok := m.liveStates()[name]
+	return ok && (st == memberlist.StateAlive || st == memberlist.StateSuspect)
 }

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sort"
@@ -152,7 +153,30 @@ type Mesh struct {
 	changed  chan struct{} // coalesced membership-change signal, drained by Run
 
 	savedKnown []byte // KnownPeersFile as last written; Run's goroutine only
+
+	// inbox holds subsystem messages for Run to hand to their handlers:
+	// memberlist delivers them on the goroutine that also handles its
+	// alive, suspect and dead messages, and a handler that verifies a
+	// signature and writes a file there (IPAM) held those up until
+	// memberlist's queue overflowed and dropped them (seen at 100 agents).
+	inbox        chan []byte
+	inboxDropped atomic.Uint64
+
+	// live caches memberlist's view of every member's state for IsAlive,
+	// Reachable and the like, which IPAM asks per peer: a fresh list each
+	// time made those loops N² in a big mesh. Events clear it.
+	live atomic.Pointer[liveView]
 }
+
+// liveView is memberlist's member states at one moment.
+type liveView struct {
+	at     time.Time
+	states map[string]memberlist.NodeStateType
+}
+
+// liveMaxAge bounds how stale the cached states may be: events clear the
+// cache at once, so this is how late a probe's alive-to-suspect turn shows.
+const liveMaxAge = 100 * time.Millisecond
 
 type peer struct {
 	node  memberlist.Node // last seen
@@ -195,6 +219,7 @@ func New(cfg Config) (*Mesh, error) {
 		started:  time.Now(),
 		now:      time.Now,
 		changed:  make(chan struct{}, 1),
+		inbox:    make(chan []byte, inboxSize),
 	}
 	if cfg.StateDir != "" {
 		// On disk, so not trusted blindly: a file that does not check out
@@ -281,10 +306,29 @@ func (m *Mesh) OnChange(f func()) {
 	m.onChange = append(m.onChange, f)
 }
 
-// Run keeps joining targets until ctx is done, then leaves the mesh cleanly.
+// inboxSize bounds the subsystem messages waiting for their handler; past
+// it they are dropped (and counted), as memberlist would drop them: gossip
+// retransmits and push/pull repair what they carried.
+const inboxSize = 4096
+
+// Run keeps joining targets and delivers subsystem messages until ctx is
+// done, then leaves the mesh cleanly.
 func (m *Mesh) Run(ctx context.Context) {
 	tick := time.NewTicker(m.cfg.Timing.RejoinInterval / 4)
 	defer tick.Stop()
+	delivered := make(chan struct{})
+	go func() {
+		defer close(delivered)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case b := <-m.inbox:
+				m.deliver(b)
+			}
+		}
+	}()
+	defer func() { <-delivered }()
 	m.rejoin(ctx)
 	for {
 		select {
@@ -391,7 +435,7 @@ func (m *Mesh) rejoin(ctx context.Context) {
 		}
 	}
 	now := m.now()
-	var due []*target
+	var due, learnt []*target
 	m.mu.Lock()
 	self := net.JoinHostPort(m.bind.String(), strconv.Itoa(m.cfg.Port))
 	for addr, t := range m.targets {
@@ -408,14 +452,49 @@ func (m *Mesh) rejoin(ctx context.Context) {
 		if t.addr == self || now.Before(t.next) {
 			continue
 		}
+		if t.explicit {
+			due = append(due, t)
+		} else {
+			learnt = append(learnt, t)
+		}
+	}
+	due = append(due, pickLearnt(learnt, len(alive))...)
+	for _, t := range due {
 		// Mark as in flight so the next tick does not start a second join.
 		t.next = now.Add(m.cfg.Timing.RejoinMaxBackoff + m.cfg.Timing.TCPTimeout)
-		due = append(due, t)
 	}
 	m.mu.Unlock()
 	for _, t := range due {
 		go m.joinOne(ctx, t)
 	}
+}
+
+// Learnt join targets that are not alive are peers this member lost: a
+// partition, a crash. One join across a healed partition is enough, as
+// memberlist's gossip then tells both sides about each other; every member
+// re-dialling every peer it lost, each join a full state exchange, is N²
+// joins when a big mesh heals. So a member with alive peers joins one lost
+// peer per pass with a chance that makes about rejoinFanout joins per pass
+// in the whole mesh; a member alone tries up to maxLearntJoins per pass.
+const (
+	rejoinFanout   = 2
+	maxLearntJoins = 4
+)
+
+// pickLearnt chooses the learnt targets to join in this pass.
+func pickLearnt(learnt []*target, aliveOthers int) []*target {
+	if len(learnt) == 0 {
+		return nil
+	}
+	n := maxLearntJoins
+	if aliveOthers > 0 {
+		n = 0
+		if rand.Float64()*float64(aliveOthers) < rejoinFanout {
+			n = 1
+		}
+	}
+	rand.Shuffle(len(learnt), func(i, j int) { learnt[i], learnt[j] = learnt[j], learnt[i] })
+	return learnt[:min(n, len(learnt))]
 }
 
 func (m *Mesh) joinOne(ctx context.Context, t *target) {
@@ -478,11 +557,14 @@ func (m *Mesh) enqueue(ch Channel, key string, msg []byte) {
 type BroadcastStats struct {
 	Queued  int    // not yet sent as often as planned
 	Dropped uint64 // dropped by the cap since start
+	// InboxDropped counts received messages dropped because their handler
+	// was too far behind.
+	InboxDropped uint64
 }
 
 // BroadcastStats reads the broadcast queue's counters.
 func (m *Mesh) BroadcastStats() BroadcastStats {
-	return BroadcastStats{Queued: m.queue.len(), Dropped: m.queue.droppedTotal()}
+	return BroadcastStats{Queued: m.queue.len(), Dropped: m.queue.droppedTotal(), InboxDropped: m.inboxDropped.Load()}
 }
 
 // SendTo sends msg on channel ch to the named peer over TCP.
@@ -552,20 +634,23 @@ func (m *Mesh) AliveNames() []string {
 
 // IsAlive reports whether name is an alive member.
 func (m *Mesh) IsAlive(name string) bool {
-	for _, n := range m.ml().Members() {
-		if n.Name == name {
-			return n.State == memberlist.StateAlive
-		}
-	}
-	return false
+	st, ok := m.liveStates()[name]
+	return ok && st == memberlist.StateAlive
 }
 
-// liveStates reads memberlist's current view (it knows suspects; events do not).
+// liveStates reads memberlist's current view (it knows suspects; events do
+// not), at most liveMaxAge old. The map is shared: read it only.
 func (m *Mesh) liveStates() map[string]memberlist.NodeStateType {
-	live := map[string]memberlist.NodeStateType{}
-	for _, n := range m.ml().Members() {
+	now := time.Now()
+	if v := m.live.Load(); v != nil && now.Sub(v.at) < liveMaxAge {
+		return v.states
+	}
+	members := m.ml().Members()
+	live := make(map[string]memberlist.NodeStateType, len(members))
+	for _, n := range members {
 		live[n.Name] = n.State
 	}
+	m.live.Store(&liveView{at: now, states: live})
 	return live
 }
 
@@ -644,7 +729,12 @@ func (m *Mesh) Counts() (known, alive int) {
 	m.mu.Lock()
 	known = len(m.peers)
 	m.mu.Unlock()
-	return known, len(m.AliveNames())
+	for _, st := range m.liveStates() {
+		if st == memberlist.StateAlive {
+			alive++
+		}
+	}
+	return known, alive
 }
 
 func (m *Mesh) notifyChange() {
@@ -664,3 +754,7 @@ func (m *Mesh) Shutdown() {
 		m.log.Debug("stopping gossip", "err", err)
 	}
 }
+
+// StateSize is the size in bytes of what this member sends in a push/pull
+// exchange on top of memberlist's own node list: every channel's state.
+func (m *Mesh) StateSize() int { return len(m.delegate.LocalState(false)) }

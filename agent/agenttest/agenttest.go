@@ -76,6 +76,10 @@ type Options struct {
 	LogLevel slog.Level
 	// Configure has the last word on each agent's configuration.
 	Configure func(i int, cfg *agent.Config)
+	// StopWorkers is how many agents the cleanup stops at once (default 1,
+	// one after the other; a simulation of hundreds of agents wants more,
+	// or each leave in turn waits for its timeouts).
+	StopWorkers int
 }
 
 // Cluster is a set of agents on one in-memory network.
@@ -197,11 +201,9 @@ func New(t testing.TB, opts Options) *Cluster {
 	}
 	// Registered after CheckGoroutines, so it runs before the check.
 	t.Cleanup(func() {
-		// One after the other: an agent leaving waits until a peer has
-		// heard of it, which is quick while the others still run.
-		for _, n := range c.Nodes {
-			n.stop()
-		}
+		// One after the other by default: an agent leaving waits until a
+		// peer has heard of it, which is quick while the others still run.
+		c.stopAll(max(1, opts.StopWorkers))
 		if t.Failed() {
 			for _, n := range c.Nodes {
 				t.Logf("log of %s (%s):\n%s", n.Name, n.Addr, n.logs.tail(64<<10))
@@ -209,6 +211,26 @@ func New(t testing.TB, opts Options) *Cluster {
 		}
 	})
 	return c
+}
+
+// stopAll stops every node, workers at a time.
+func (c *Cluster) stopAll(workers int) {
+	next := make(chan *Node)
+	var wg sync.WaitGroup
+	for range min(workers, max(1, len(c.Nodes))) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := range next {
+				n.stop()
+			}
+		}()
+	}
+	for _, n := range c.Nodes {
+		next <- n
+	}
+	close(next)
+	wg.Wait()
 }
 
 // tempDir is a t.TempDir short enough for a unix socket path inside it
@@ -376,6 +398,25 @@ func (n *Node) Stop() error {
 }
 
 func (n *Node) stop() { n.stopWithin(WaitTimeout) }
+
+// Crash stops the agent as kill -9 would look to its peers: its gossip
+// transport is shut first, so its leave reaches nobody and the others must
+// find it dead by probing (its data plane, if any, stops with the agent). The state directory is kept, as on a host whose
+// agent crashed; Start runs it again.
+func (n *Node) Crash() {
+	n.c.T.Helper()
+	n.mu.Lock()
+	gossip := n.gossip
+	n.mu.Unlock()
+	if gossip != nil {
+		// Shutting the transport down frees the address: nothing sent to or
+		// from it arrives any more, and dials to it are refused.
+		_ = gossip.Shutdown()
+	}
+	if _, ok := n.stopWithin(WaitTimeout); !ok {
+		n.c.T.Fatalf("%s: Run did not return within %v of the crash", n.Name, WaitTimeout)
+	}
+}
 
 func (n *Node) stopWithin(d time.Duration) (error, bool) {
 	n.mu.Lock()
