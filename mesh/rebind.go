@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -85,34 +86,57 @@ func (m *Mesh) Rebind(addr netip.Addr, newTransport NewTransport) error {
 		t.next, t.failures = time.Time{}, 0 // join everyone again at once
 	}
 	m.mu.Unlock()
-	n, err := list.Join(peers)
+	n, err := joinAll(list, peers)
 	m.log.Info("gossip moved to the new underlay address", "old", old, "new", addr, "peers_joined", n,
 		"took", time.Since(start).Round(time.Millisecond), "err", err)
 	return nil
 }
 
-// rebindPeers are the gossip addresses of the alive peers and the join
-// targets: whom to tell of the move.
+// rebindPeers are the gossip addresses of the alive peers: whom to tell of
+// the move. Only when none is alive, the join targets. (A stale target costs
+// a whole dial timeout; the rejoin loop tries them all later anyway.)
 func (m *Mesh) rebindPeers() []string {
-	seen := map[string]bool{}
 	var out []string
-	add := func(a string) {
-		if !seen[a] {
-			seen[a] = true
-			out = append(out, a)
-		}
-	}
 	for _, n := range m.ml().Members() {
 		if n.Name != m.cfg.Name && n.State == memberlist.StateAlive {
-			add(n.Address())
+			out = append(out, n.Address())
 		}
 	}
-	m.mu.Lock()
-	for a := range m.targets {
-		add(a)
+	if len(out) > 0 {
+		return out
 	}
-	m.mu.Unlock()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for a := range m.targets {
+		out = append(out, a)
+	}
 	return out
+}
+
+// joinAll joins every address at once (memberlist's Join dials them one
+// after the other) and returns how many answered.
+func joinAll(list *memberlist.Memberlist, addrs []string) (int, error) {
+	type result struct {
+		n   int
+		err error
+	}
+	results := make(chan result, len(addrs))
+	for _, a := range addrs {
+		go func() {
+			n, err := list.Join([]string{a})
+			results <- result{n, err}
+		}()
+	}
+	var joined int
+	var errs []error
+	for range addrs {
+		r := <-results
+		joined += r.n
+		if r.err != nil {
+			errs = append(errs, r.err)
+		}
+	}
+	return joined, errors.Join(errs...)
 }
 
 // announceMove runs the announcer of Rebind step 2.
@@ -142,7 +166,7 @@ func (m *Mesh) announceMove(old, addr netip.Addr, peers []string, newTransport N
 	// The push/pull of the join brings the peers' view of this member; the
 	// announcer refutes it with a higher incarnation, so that its leave
 	// below outranks what the peers know.
-	if n, err := list.Join(peers); n == 0 {
+	if n, err := joinAll(list, peers); n == 0 {
 		return fmt.Errorf("join %v: %w", peers, err)
 	}
 	if err := list.Leave(2 * time.Second); err != nil {
