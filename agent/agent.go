@@ -55,9 +55,9 @@ type Agent struct {
 	// tornDown the reconcile loop repairs nothing.
 	reconcileMu sync.Mutex
 	tornDown    bool
-	met           *agentMetrics
-	pods          *podNames // which pod each container is, for weft ps
-	health        *healthGossip
+	met         *agentMetrics
+	pods        *podNames // which pod each container is, for weft ps
+	health      *healthGossip
 
 	mu         sync.Mutex
 	hostAddr   netip.Addr // this host's overlay address (bridge, pods' gateway)
