@@ -39,6 +39,7 @@ type Agent struct {
 	ipam     *ipam.IPAM
 	routes   *routes
 	dp       *dataplane // nil with NoDataplane
+	fp       *fastPath  // nil with NoDataplane
 	kube     *kubeSide  // nil outside Kubernetes
 
 	joined atomic.Int32 // alive peers last logged, to log changes once
@@ -131,6 +132,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		pub := a.identity.Public()
 		meta.PublicKey = pub[:]
 	}
+	if !a.cfg.NoDataplane {
+		// Before gossip: the metadata says whether this host offers it.
+		if a.fp, err = a.startFastPath(); err != nil {
+			return err
+		}
+		meta.VXLAN = a.fp.meta
+	}
 	mcfg := mesh.Config{
 		Name: a.cfg.Name, Bind: a.cfg.Host, Port: a.cfg.Port, Meta: meta,
 		SecretKey: a.gossipKey(), Timing: a.cfg.Timing, Logger: a.log, Pins: a.pins,
@@ -194,6 +202,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			m.Shutdown()
 			return err
 		}
+	}
+	if a.fp != nil {
+		goRun(func() { a.fp.run(ctx) })
 	}
 	a.up.Store(true)
 	if len(a.cfg.Peers) > 0 {

@@ -27,6 +27,10 @@ type Devices struct {
 	// HostNet sets up the bridge, routes and masquerade; nil means the
 	// kernel's, through hostnet.
 	HostNet HostNetwork
+
+	// realHost: HostNet is the kernel's, so the kernel fast path (package
+	// fastdp) may be used too. Set by withDefaults.
+	realHost bool
 }
 
 // HostNetwork is the host side of the data plane (package hostnet on a real
@@ -79,6 +83,7 @@ func (d Devices) withDefaults() Devices {
 	}
 	if d.HostNet == nil {
 		d.HostNet = kernelHost{}
+		d.realHost = true
 	}
 	return d
 }

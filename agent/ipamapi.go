@@ -215,6 +215,7 @@ func (a *Agent) reset(ctx context.Context) error {
 		if err := a.dev.HostNet.Teardown(a.cfg.Bridge, a.log); err != nil {
 			a.log.Warn("removing the host network", "err", err)
 		}
+		a.removeFastPath()
 	}
 	if a.dp != nil && a.dp.crypto != nil {
 		// A new identity next time: nothing of this host's past remains.

@@ -31,11 +31,20 @@ var (
 	descCrypto    = prometheus.NewDesc("weft_crypto_events_total", "Handshake and decryption events (failures by reason, rekeys, ...).", []string{"event"}, nil)
 	descOwned     = prometheus.NewDesc("weft_ipam_addresses_owned", "Addresses of the range owned, by peer reachability as seen from here.",
 		[]string{"peer", "reachable"}, nil)
-	descInUse   = prometheus.NewDesc("weft_ipam_addresses_in_use", "Addresses allocated to containers on this host.", nil, nil)
-	descUnreach = prometheus.NewDesc("weft_ipam_addresses_unreachable", "Addresses owned by peers that are not reachable (candidates for rmpeer).", nil, nil)
-	descReady   = prometheus.NewDesc("weft_ready", "1 when this host can network pods.", nil, nil)
-	descMTU     = prometheus.NewDesc("weft_mtu", "Overlay MTU of this host.", nil, nil)
-	descPending = prometheus.NewDesc("weft_ipam_pending_allocations", "Allocation requests waiting (e.g. for a donation).", nil, nil)
+	descInUse        = prometheus.NewDesc("weft_ipam_addresses_in_use", "Addresses allocated to containers on this host.", nil, nil)
+	descUnreach      = prometheus.NewDesc("weft_ipam_addresses_unreachable", "Addresses owned by peers that are not reachable (candidates for rmpeer).", nil, nil)
+	descReady        = prometheus.NewDesc("weft_ready", "1 when this host can network pods.", nil, nil)
+	descMTU          = prometheus.NewDesc("weft_mtu", "Overlay MTU of this host.", nil, nil)
+	descPeerDatapath = prometheus.NewDesc("weft_peer_datapath", "Datapath of the pair with a peer: 1 on the named one (fastdp: kernel VXLAN; userspace).",
+		[]string{"peer", "datapath"}, nil)
+	descFallbacks = prometheus.NewDesc("weft_fastdp_fallbacks_total", "Times the pair with a peer left the kernel fast path for userspace (probe unanswered, peer changed).",
+		[]string{"peer"}, nil)
+	descFastdpOn      = prometheus.NewDesc("weft_fastdp_enabled", "1 when this host offers the kernel fast path (VXLAN device up).", nil, nil)
+	descFastdpPackets = prometheus.NewDesc("weft_fastdp_device_packets_total", "Packets through the VXLAN device, by direction.", []string{"direction"}, nil)
+	descFastdpBytes   = prometheus.NewDesc("weft_fastdp_device_bytes_total", "Bytes of inner frames through the VXLAN device, by direction.", []string{"direction"}, nil)
+	descFastdpDropped = prometheus.NewDesc("weft_fastdp_device_dropped_total", "Packets the VXLAN device dropped, by direction.", []string{"direction"}, nil)
+	descFastdpErrors  = prometheus.NewDesc("weft_fastdp_device_errors_total", "Errors of the VXLAN device, by direction.", []string{"direction"}, nil)
+	descPending       = prometheus.NewDesc("weft_ipam_pending_allocations", "Allocation requests waiting (e.g. for a donation).", nil, nil)
 )
 
 type collector struct{ a *Agent }
@@ -83,6 +92,14 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		for k, n := range conns {
 			gauge(descConnections, float64(n), k[0], k[1])
 		}
+		for _, cn := range a.connections() {
+			dp := pairUserspace
+			if cn.Datapath == pairFastdp {
+				dp = pairFastdp
+			}
+			gauge(descPeerDatapath, 1, cn.Peer, dp)
+		}
+		c.fastPath(gauge, counter)
 		for _, s := range a.dp.router.Stats() {
 			counter(descTxPackets, s.TxPackets, s.Peer)
 			counter(descTxBytes, s.TxBytes, s.Peer)
@@ -127,4 +144,35 @@ func (a *Agent) serveMetrics() (*httpServer, error) {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	a.log.Info("metrics listening", "address", ln.Addr().String())
 	return serve(ln, mux), nil
+}
+
+// fastPath reports the kernel fast path: on or off, the device's own
+// counters, and the fall-backs per peer.
+func (c collector) fastPath(gauge func(*prometheus.Desc, float64, ...string), counter func(*prometheus.Desc, uint64, ...string)) {
+	fp := c.a.fp
+	on := 0.0
+	if fp.enabled() {
+		on = 1
+	}
+	gauge(descFastdpOn, on)
+	if fp == nil {
+		return
+	}
+	if st, ok := fp.stats(); ok {
+		for _, d := range []struct {
+			dir                      string
+			packets, bytes, drop, er uint64
+		}{
+			{"rx", st.RxPackets, st.RxBytes, st.RxDropped, st.RxErrors},
+			{"tx", st.TxPackets, st.TxBytes, st.TxDropped, st.TxErrors},
+		} {
+			counter(descFastdpPackets, d.packets, d.dir)
+			counter(descFastdpBytes, d.bytes, d.dir)
+			counter(descFastdpDropped, d.drop, d.dir)
+			counter(descFastdpErrors, d.er, d.dir)
+		}
+	}
+	for peer, n := range fp.fallbackCounts() {
+		counter(descFallbacks, n, peer)
+	}
 }
