@@ -278,6 +278,14 @@ func (fp *fastPath) fallbackCounts() map[string]uint64 {
 	return out
 }
 
+// tunnels names the VXLAN device for the host filter, when there is one.
+func (fp *fastPath) tunnels() []string {
+	if !fp.enabled() {
+		return nil
+	}
+	return []string{fp.cfg.Device}
+}
+
 // stats reads the VXLAN device's counters; false when off or unreadable.
 func (fp *fastPath) stats() (fastdp.Stats, bool) {
 	if !fp.enabled() {

@@ -16,7 +16,7 @@ import (
 // masqueraded, they leave with its host's underlay address, which peers
 // trust), and read /metrics on 6782. Two chains in table "ip weft":
 //
-//	input   (filter): iifname { Bridge, TUN } meta l4proto { tcp, udp } th dport @ports counter drop
+//	input   (filter): iifname { Bridge, TUN, Tunnels... } meta l4proto { tcp, udp } th dport @ports counter drop
 //	forward (filter): iifname Bridge ip daddr @peers meta l4proto { tcp, udp } th dport @ports counter drop
 //
 // The input chain covers every address of this host, whatever it is (the
@@ -121,7 +121,7 @@ func addFilter(conn *nftables.Conn, t *nftables.Table, cfg Config, g guard) erro
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept,
 	})
 	for _, proto := range []byte{unix.IPPROTO_TCP, unix.IPPROTO_UDP} {
-		for _, iif := range []string{cfg.Bridge, cfg.TUN} {
+		for _, iif := range append([]string{cfg.Bridge, cfg.TUN}, cfg.Tunnels...) {
 			conn.AddRule(&nftables.Rule{Table: t, Chain: input, Exprs: filterExprs(iif, proto, nil, ports)})
 		}
 		conn.AddRule(&nftables.Rule{Table: t, Chain: forward, Exprs: filterExprs(cfg.Bridge, proto, peers, ports)})
