@@ -44,12 +44,12 @@ const FailClosedMetric = 4000
 
 // Config is the host network weft sets up.
 type Config struct {
-	Bridge   string       // bridge pods attach to, e.g. "weft"
-	TUN      string       // TUN device of the data plane, e.g. "weft-tun"; created by the data plane
+	Bridge string // bridge pods attach to, e.g. "weft"
+	TUN    string // TUN device of the data plane, e.g. "weft-tun"; created by the data plane
 	// Tunnels are other links on which packets of remote pods arrive (the
 	// kernel fast path's VXLAN device); the host filter covers them as it
 	// covers the TUN.
-	Tunnels []string
+	Tunnels  []string
 	Range    netip.Prefix // the whole overlay range
 	HostAddr netip.Addr   // this host's overlay address: /32 on the bridge, the pods' gateway
 	MTU      int          // bridge MTU (overlay MTU); 0 leaves it
