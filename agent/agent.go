@@ -383,6 +383,9 @@ func (a *Agent) status() api.Status {
 	st.IPAM = &ipamSummary
 	if a.dp != nil {
 		st.Datapath, st.MTU = a.dp.router.Datapath(), a.dp.mtu
+		if a.fp.enabled() {
+			st.Datapath += ", kernel fast path (VXLAN)"
+		}
 		for _, c := range a.connections() {
 			if c.State == connEstablished {
 				st.Connected++

@@ -160,3 +160,23 @@ func TestParseReply(t *testing.T) {
 		t.Fatal("a short payload counted")
 	}
 }
+
+// FuzzParseReply: ICMP reaches the probe socket from anyone; parsing never
+// panics, and only a well-formed echo reply of this prober counts.
+func FuzzParseReply(f *testing.F) {
+	body := append(append([]byte{}, probeMagic...), 1, 2, 3, 4, 5, 6, 7, 8)
+	f.Add(append([]byte{0, 0, 0, 0, 0x12, 0x34, 0, 1}, body...))
+	f.Add(append([]byte{8, 0, 0, 0, 0x12, 0x34, 0, 1}, body...))
+	f.Add([]byte{3, 4, 0, 0, 0, 0, 5, 0x78})
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		n, ok := parseReply(b, 0x1234)
+		if !ok {
+			return
+		}
+		if len(b) < 8+probeLen || b[0] != 0 || b[4] != 0x12 || b[5] != 0x34 {
+			t.Fatalf("accepted %x", b)
+		}
+		_ = n
+	})
+}
