@@ -133,7 +133,10 @@ func (fp *fastPath) run(ctx context.Context) {
 	if !fp.enabled() {
 		return
 	}
-	go fp.prober.Run(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Add(1)
+	go func() { defer wg.Done(); fp.prober.Run(ctx) }()
 	start := time.Now()
 	tick := time.NewTicker(fastdpTick)
 	defer tick.Stop()
