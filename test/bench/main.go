@@ -80,7 +80,15 @@ type result struct {
 	gbps  float64 // one stream
 	gbps4 float64 // four streams
 	rtt   time.Duration
+	// paired: ratios to the bare underlay of the same bed, measured in
+	// turn with the row's own runs (the kernel rows only).
+	paired *pairedRatios
 }
+
+// pairedRatios are medians of per-run ratios row/bare, each run measuring
+// the bare underlay right before the row: on a shared, noisy machine that
+// cancels most of the drift between rows measured minutes apart.
+type pairedRatios struct{ gbps, gbps4, rtt float64 }
 
 func throughput(ctx context.Context, bin string) error {
 	fmt.Printf("\nThroughput and latency, one TCP stream, iperf3 %d s × %d runs (median), two simulated hosts sharing this machine's %d CPUs\n", *seconds, *runs, runtime.NumCPU())
@@ -125,6 +133,13 @@ func throughput(ctx context.Context, bin string) error {
 			r.gbps4, r.gbps4/bare.gbps4, float64(r.rtt)/float64(time.Millisecond))
 	}
 	fmt.Println("(Gbit/s; × bare is the ratio to the bare underlay measured in this run)")
+	fmt.Printf("\nKernel paths against the bare underlay of the same bed, measured in turn (median of %d per-run ratios)\n", *runs)
+	fmt.Printf("%-62s %9s %9s %8s\n", "datapath", "1 stream", "4 streams", "RTT")
+	for _, r := range rs {
+		if r.paired != nil {
+			fmt.Printf("%-62s %8.2f× %8.2f× %7.2f×\n", r.name, r.paired.gbps, r.paired.gbps4, r.paired.rtt)
+		}
+	}
 	return nil
 }
 
@@ -205,6 +220,11 @@ func measureBed(ctx context.Context, bin, name string, extra, env []string, bare
 		return gbps[len(gbps)/2], nil
 	}
 	r := result{name: name, mtu: mtu}
+	if name == handVXLAN || strings.Contains(name, "fastdp") {
+		if r.paired, err = paired(ctx, h1.Netns, h2.Netns, h2.Addr, srcNS, dstNS, dst); err != nil {
+			return r, err
+		}
+	}
 	if r.gbps, err = median(1); err != nil {
 		return r, err
 	}
@@ -551,4 +571,38 @@ func waitFastPath(ctx context.Context, h *testbed.Host, peer string) (bool, erro
 		case <-time.After(100 * time.Millisecond): // poll the agent's decision
 		}
 	}
+}
+
+// paired measures the row (pod to pod: srcNS to dst in dstNS) and the bare
+// underlay of the same two hosts (underlay addresses) alternately, and
+// returns the medians of the per-run ratios.
+func paired(ctx context.Context, bareSrc, bareDst string, bareAddr netip.Addr, srcNS, dstNS string, dst netip.Addr) (*pairedRatios, error) {
+	var one, four, rtt []float64
+	for i := 0; i < *runs; i++ {
+		for _, m := range []struct {
+			streams int
+			out     *[]float64
+		}{{1, &one}, {4, &four}} {
+			b, err := iperf(ctx, bareSrc, bareDst, bareAddr, m.streams)
+			if err != nil {
+				return nil, err
+			}
+			g, err := iperf(ctx, srcNS, dstNS, dst, m.streams)
+			if err != nil {
+				return nil, err
+			}
+			*m.out = append(*m.out, g/b)
+		}
+		b, err := pingRTT(ctx, bareSrc, bareAddr)
+		if err != nil {
+			return nil, err
+		}
+		g, err := pingRTT(ctx, srcNS, dst)
+		if err != nil {
+			return nil, err
+		}
+		rtt = append(rtt, float64(g)/float64(b))
+	}
+	med := func(v []float64) float64 { sort.Float64s(v); return v[len(v)/2] }
+	return &pairedRatios{gbps: med(one), gbps4: med(four), rtt: med(rtt)}, nil
 }
