@@ -108,7 +108,7 @@ func (dp *dataplane) setupHost(addr netip.Addr, local []netip.Prefix) error {
 	defer dp.mu.Unlock()
 	h, err := dp.a.dev.HostNet.Setup(hostnet.Config{
 		Bridge: dp.a.cfg.Bridge, TUN: dp.a.cfg.TUN, Range: dp.a.cfg.Range,
-		HostAddr: addr, MTU: dp.mtu, Logger: dp.a.log.With("component", "hostnet"), Tunnels: dp.a.fp.tunnels(),
+		HostAddr: addr, MTU: dp.mtu, Logger: dp.a.log.With("component", "hostnet"), Tunnels: dp.a.fp.tunnels(), VXLANPort: dp.a.fp.port(),
 		Ports: append(dp.a.cfg.agentPorts(), dp.peerPorts...), Peers: dp.peerAddrs,
 	})
 	if err != nil {

@@ -289,6 +289,14 @@ func (fp *fastPath) tunnels() []string {
 	return []string{fp.cfg.Device}
 }
 
+// port is the VXLAN port for the host filter, 0 when off.
+func (fp *fastPath) port() uint16 {
+	if !fp.enabled() {
+		return 0
+	}
+	return fp.cfg.Port
+}
+
 // stats reads the VXLAN device's counters; false when off or unreadable.
 func (fp *fastPath) stats() (fastdp.Stats, bool) {
 	if !fp.enabled() {

@@ -49,10 +49,13 @@ type Config struct {
 	// Tunnels are other links on which packets of remote pods arrive (the
 	// kernel fast path's VXLAN device); the host filter covers them as it
 	// covers the TUN.
-	Tunnels  []string
-	Range    netip.Prefix // the whole overlay range
-	HostAddr netip.Addr   // this host's overlay address: /32 on the bridge, the pods' gateway
-	MTU      int          // bridge MTU (overlay MTU); 0 leaves it
+	Tunnels []string
+	// VXLANPort, when not 0, is the kernel fast path's UDP port: only the
+	// peers' underlay addresses may send to it (see filter.go).
+	VXLANPort uint16
+	Range     netip.Prefix // the whole overlay range
+	HostAddr  netip.Addr   // this host's overlay address: /32 on the bridge, the pods' gateway
+	MTU       int          // bridge MTU (overlay MTU); 0 leaves it
 	// Ports are the agent's ports (gossip, data, metrics, health) that pods
 	// may not reach on this host or on a peer (see filter.go); required.
 	Ports []uint16

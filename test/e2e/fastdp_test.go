@@ -157,6 +157,35 @@ func TestFastPathThreeHostsAndFallback(t *testing.T) {
 		t.Errorf("weft status connections does not show host3 on fastdp:\n%s", out)
 	}
 
+	// A VXLAN frame forged from an address that is no peer is dropped by
+	// host1's filter before its VXLAN device sees it; one from a peer's
+	// address passes that rule.
+	vxlanDrops := func() int {
+		out, err := h1.Exec(ctx, "nft", "list", "chain", "ip", "weft", "input")
+		if err != nil {
+			t.Fatalf("nft: %v %s", err, out)
+		}
+		m := regexp.MustCompile(`dport ` + vxlanPort + ` ip saddr != @peers counter packets (\d+)`).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("host1's filter has no rule for the VXLAN port:\n%s", out)
+		}
+		var n int
+		fmt.Sscan(m[1], &n)
+		return n
+	}
+	frame := "08000000001a8200" + "ffffffffffff" + "020000000001" + "0800" + "4500001c0000000040010000c0000201c0000202"
+	before := vxlanDrops()
+	inNetns(t, h3.Netns, "WEFT_E2E_HELPER=inject", "WEFT_E2E_SRC="+h2.Addr.String()+":40000",
+		"WEFT_E2E_DST="+h1.Addr.String()+":"+vxlanPort, "WEFT_E2E_PAYLOAD="+frame)
+	if got := vxlanDrops(); got != before {
+		t.Errorf("a frame from a peer's address was dropped by the VXLAN rule (%d -> %d)", before, got)
+	}
+	inNetns(t, h3.Netns, "WEFT_E2E_HELPER=inject", "WEFT_E2E_SRC=198.18.0.99:40000",
+		"WEFT_E2E_DST="+h1.Addr.String()+":"+vxlanPort, "WEFT_E2E_PAYLOAD="+frame)
+	if got := vxlanDrops(); got != before+1 {
+		t.Errorf("a VXLAN frame from a non-peer: drop counter %d -> %d, want one more", before, got)
+	}
+
 	// Block VXLAN between host1 and host3 (in host3's namespace).
 	fallbacksBefore := metric(t, h1, `weft_fastdp_fallbacks_total{peer="host3"}`)
 	lift := blockVXLAN(t, h3, h1)
