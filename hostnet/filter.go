@@ -179,6 +179,31 @@ func filterExprs(iif string, proto byte, peers, ports *nftables.Set) []expr.Any 
 	)
 }
 
+// keptPeers reads the peer set of the filter a previous run left, if any.
+// Every peer ever seen stays in the set (see the agent), and one seen by
+// the previous run is no exception.
+func keptPeers() []netip.Addr {
+	conn, err := nftables.New()
+	if err != nil {
+		return nil
+	}
+	set, err := conn.GetSetByName(weftTable, nftSetPeers)
+	if err != nil {
+		return nil // no table yet: nothing to keep
+	}
+	elems, err := conn.GetSetElements(set)
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, e := range elems {
+		if a, ok := netip.AddrFromSlice(e.Key); ok && a.Is4() {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 // updateGuard replaces the contents of both sets in one transaction, so no
 // packet sees a half-updated filter.
 func updateGuard(g guard) error {
@@ -211,7 +236,7 @@ func updateGuard(g guard) error {
 // addresses. Call it on every membership change; an unchanged set costs no
 // netlink round trip.
 func (h *Host) SetPeers(peers []netip.Addr, ports []uint16) error {
-	g, err := newGuard(peers, h.cfg.Ports, ports)
+	g, err := newGuard(append(slices.Clone(peers), h.kept...), h.cfg.Ports, ports)
 	if err != nil {
 		return err
 	}

@@ -101,7 +101,8 @@ type Host struct {
 	log *slog.Logger
 
 	mu    sync.Mutex
-	guard guard // what the filter's sets hold
+	guard guard        // what the filter's sets hold
+	kept  []netip.Addr // peers of a previous run's filter, kept as peers (SetPeers)
 }
 
 // Setup brings the host network to the state cfg describes: bridge up with
@@ -113,11 +114,15 @@ func Setup(cfg Config) (*Host, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	g, err := newGuard(cfg.Peers, cfg.Ports)
+	// A relaunched agent learns its peers by gossip only after Setup; the
+	// peers of the filter it replaces stay until then, so that the VXLAN
+	// rule does not drop their fast-path traffic meanwhile.
+	kept := keptPeers()
+	g, err := newGuard(append(slices.Clone(cfg.Peers), kept...), cfg.Ports)
 	if err != nil {
 		return nil, err
 	}
-	h := &Host{cfg: cfg, log: logx.OrDiscard(cfg.Logger), guard: g}
+	h := &Host{cfg: cfg, log: logx.OrDiscard(cfg.Logger), guard: g, kept: kept}
 	br, err := h.ensureBridge()
 	if err != nil {
 		return nil, err
