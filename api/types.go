@@ -92,23 +92,26 @@ const (
 
 // Connection is the data-plane view of one remote peer.
 type Connection struct {
-	Peer      string `json:"peer"`
-	Address   string `json:"address"` // underlay host:port of data
-	State     string `json:"state"`   // established, connecting, down
-	Reason    string `json:"reason,omitempty"`
-	Encrypted bool   `json:"encrypted"`
-	Cipher    string `json:"cipher,omitempty"`
-	Datapath  string `json:"datapath,omitempty"` // "fastdp" (kernel VXLAN) or the userspace path's, e.g. "tun-offload"
-	// DatapathReason says why the pair is not on the kernel fast path.
-	DatapathReason string            `json:"datapath_reason,omitempty"`
-	MTU            int               `json:"mtu"`
-	LastHeard      time.Time         `json:"last_heard,omitzero"`
-	LastRekey      time.Time         `json:"last_rekey,omitzero"`
-	TxPackets      uint64            `json:"tx_packets"`
-	TxBytes        uint64            `json:"tx_bytes"`
-	RxPackets      uint64            `json:"rx_packets"`
-	RxBytes        uint64            `json:"rx_bytes"`
-	DropsByWhy     map[string]uint64 `json:"drops,omitempty"`
+	Peer       string            `json:"peer"`
+	Address    string            `json:"address"` // underlay host:port of data
+	State      string            `json:"state"`   // established, connecting, down
+	Reason     string            `json:"reason,omitempty"`
+	Encrypted  bool              `json:"encrypted"`
+	Cipher     string            `json:"cipher,omitempty"`
+	Datapath   string            `json:"datapath,omitempty"`
+	MTU        int               `json:"mtu"`
+	LastHeard  time.Time         `json:"last_heard,omitzero"`
+	LastRekey  time.Time         `json:"last_rekey,omitzero"`
+	TxPackets  uint64            `json:"tx_packets"`
+	TxBytes    uint64            `json:"tx_bytes"`
+	RxPackets  uint64            `json:"rx_packets"`
+	RxBytes    uint64            `json:"rx_bytes"`
+	DropsByWhy map[string]uint64 `json:"drops,omitempty"`
+
+	// DatapathReason says why the pair is not on the kernel fast path
+	// (Datapath is then the userspace path's, e.g. "tun-offload"; on the
+	// fast path it is "fastdp").
+	DatapathReason string `json:"datapath_reason,omitempty"`
 }
 
 // IPAMSummary is the line in the overview.
