@@ -293,6 +293,14 @@ func (h *Host) RouteOverlay() error {
 	// weft carries IPv4 only; without this the kernel sends IPv6 router
 	// solicitations into the TUN, which the data plane can only drop.
 	h.tune(writeSysctl("/proc/sys/net/ipv6/conf/"+h.cfg.TUN+"/disable_ipv6", "1"))
+	// The host's overlay address on the TUN too: without an address of its
+	// own the kernel's reverse-path check (rp_filter 1 or 2) drops every
+	// packet arriving on the TUN whose source is routed through another
+	// link, which is the case while a pair uses the kernel fast path one
+	// way and the userspace path the other.
+	if err := netlink.AddrAdd(tun, &netlink.Addr{IPNet: nlconv.IPNet(netip.PrefixFrom(h.cfg.HostAddr, 32))}); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("hostnet: add %s/32 to %s: %w", h.cfg.HostAddr, h.cfg.TUN, err)
+	}
 	routes, err := weftRoutes(tun.Attrs().Index)
 	if err != nil {
 		return err
