@@ -419,3 +419,34 @@ func TestFastPathSmallerUnderlayMTUOnOneHost(t *testing.T) {
 	transfer(t, p1.Netns, p2.Netns, p2.Addr.String()+":5015", 8<<20)
 	transfer(t, p2.Netns, p1.Netns, p1.Addr.String()+":5015", 8<<20)
 }
+
+// VXLAN dropped one way only (into host3 from host1): host1 sends to host3
+// through userspace, host3 keeps sending through VXLAN, and traffic flows
+// both ways: packets of one flow arrive on the TUN and leave through the
+// VXLAN device without the reverse-path check dropping them.
+func TestFastPathOneWayBlock(t *testing.T) {
+	bed := threeHosts(t, testbed.Options{})
+	h1, h3 := bed.Hosts[0], bed.Hosts[2]
+	allFast(t, []*testbed.Host{h1, h3}, 20*time.Second)
+	ps := pods(t, bed, 1)
+	p1, p3 := ps[0], ps[2]
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rules := fmt.Sprintf("add table ip e2eblock; add chain ip e2eblock in { type filter hook input priority -10; }; "+
+		"add rule ip e2eblock in ip saddr %s udp dport %s drop", h1.Addr, vxlanPort)
+	if out, err := h3.Exec(ctx, "nft", rules); err != nil {
+		t.Fatalf("nft: %v %s", err, out)
+	}
+	t.Cleanup(func() { _, _ = h3.Exec(context.Background(), "nft", "delete", "table", "ip", "e2eblock") })
+	waitDatapath(t, h1, "host3", false, 5*time.Second)
+	if dps, err := datapaths(ctx, h3); err != nil || dps["host1"] != "fastdp" {
+		t.Fatalf("host3 -> host1: %q, %v; want it to stay on the fast path", dps["host1"], err)
+	}
+	for _, pair := range [][2]*testbed.Pod{{p1, p3}, {p3, p1}} {
+		if err := testbed.Ping(ctx, pair[0].Netns, pair[1].Addr, 3); err != nil {
+			t.Errorf("%s -> %s with VXLAN blocked one way: %v", pair[0].Host.Name, pair[1].Host.Name, err)
+		}
+	}
+	transfer(t, p1.Netns, p3.Netns, p3.Addr.String()+":5016", 4<<20)
+	transfer(t, p3.Netns, p1.Netns, p1.Addr.String()+":5016", 4<<20)
+}
