@@ -128,20 +128,21 @@ func TestFastPathThreeHostsAndFallback(t *testing.T) {
 	pcap := captureFilter(t, bed, func() {
 		transferPattern(t, p1.Netns, p3.Netns, p3.Addr.String()+":5011", 4<<20, marker)
 	}, "udp")
-	vxlan, weftData := 0, 0
+	// Frames may be GSO super-frames on the simulated wire: count bytes.
+	vxlanBytes, weftData := 0, 0
 	for _, g := range udpGrams(pcap) {
 		switch {
 		case strings.HasPrefix(g.from, h1.Addr.String()+":") && g.to == h3.Addr.String()+":"+vxlanPort:
 			// VXLAN header: flags 0x08, VNI in bytes 4..6.
 			if len(g.payload) > 8 && g.payload[0] == 0x08 {
-				vxlan++
+				vxlanBytes += len(g.payload)
 			}
 		case g.from == h1.Addr.String()+":6784" && g.to == h3.Addr.String()+":6784":
 			weftData++
 		}
 	}
-	if vxlan < 100 || weftData > 0 {
-		t.Fatalf("host1 -> host3 during 4 MiB: %d VXLAN frames, %d weft datagrams; want VXLAN only", vxlan, weftData)
+	if vxlanBytes < 2<<20 || weftData > 0 { // a loaded capture may miss some frames
+		t.Fatalf("host1 -> host3 during 4 MiB: %d bytes of VXLAN frames, %d weft datagrams; want (most of) the 4 MiB in VXLAN only", vxlanBytes, weftData)
 	}
 	if !strings.Contains(string(pcap), marker) {
 		t.Error("the capture holds no pod payload: it saw other traffic than the transfer")
