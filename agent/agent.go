@@ -40,6 +40,7 @@ type Agent struct {
 	ipam     *ipam.IPAM
 	routes   *routes
 	dp       *dataplane // nil with NoDataplane
+	fp       *fastPath  // nil with NoDataplane
 	kube     *kubeSide  // nil outside Kubernetes
 
 	joined atomic.Int32 // alive peers last logged, to log changes once
@@ -155,6 +156,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		pub := a.identity.Public()
 		meta.PublicKey = pub[:]
 	}
+	if !a.cfg.NoDataplane {
+		// Before gossip: the metadata says whether this host offers it.
+		if a.fp, err = a.startFastPath(); err != nil {
+			return err
+		}
+		meta.VXLAN = a.fp.meta
+	}
 	mcfg := mesh.Config{
 		Name: a.cfg.Name, Bind: a.cfg.Host, Port: a.cfg.Port, Meta: meta,
 		SecretKey: a.gossipKey(), Timing: a.cfg.Timing, Logger: a.log, Pins: a.pins,
@@ -236,6 +244,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	// The peers of the last run, before gossip speaks: endpoints for the
 	// routes and keys for crypto, so that traffic flows at once.
 	a.membershipChanged()
+	if a.fp != nil {
+		goRun(func() { a.fp.run(ctx) })
+	}
 	a.up.Store(true)
 	if len(a.cfg.Peers) > 0 {
 		a.log.Info("joining peers", "peers", a.cfg.Peers)
@@ -438,6 +449,9 @@ func (a *Agent) status() api.Status {
 	st.IPAM = &ipamSummary
 	if a.dp != nil {
 		st.Datapath, st.MTU = a.dp.router.Datapath(), a.dp.mtu
+		if a.fp.enabled() {
+			st.Datapath += ", kernel fast path (VXLAN)"
+		}
 		for _, c := range a.connections() {
 			if c.State == connEstablished {
 				st.Connected++

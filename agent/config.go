@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/weftnet/weft/fastdp"
 	"github.com/weftnet/weft/mesh"
 	"github.com/weftnet/weft/router/crypto"
 )
@@ -26,6 +27,9 @@ const (
 	DefaultHTTPAddr    = "127.0.0.1:6784"
 	DefaultBridge      = "weft"
 	DefaultTUN         = "weft-tun"
+	DefaultDatapath    = DatapathAuto
+	DefaultVXLANPort   = fastdp.DefaultPort
+	DefaultVNI         = fastdp.DefaultVNI
 )
 
 // Config is everything the agent needs, decoded once from flags and
@@ -45,9 +49,14 @@ type Config struct {
 	HTTPAddr    string // "" disables health
 	Bridge      string
 	TUN         string
-	Kube        bool   // take peers and bootstrap from the Kubernetes API
-	Kubeconfig  string // "" = in-cluster
-	CNIConfDir  string // where to write 10-weft.conflist once ready ("" = do not)
+	// Datapath is --datapath: auto, kernel, userspace or water; "" is auto.
+	Datapath string
+	// VXLANPort and VNI of the kernel fast path's device; 0 is the default.
+	VXLANPort  int
+	VNI        int
+	Kube       bool   // take peers and bootstrap from the Kubernetes API
+	Kubeconfig string // "" = in-cluster
+	CNIConfDir string // where to write 10-weft.conflist once ready ("" = do not)
 	// CNIChain are the operator's extra CNI plugins (--cni-chain), written
 	// after weft's own into every conflist (kube.ParseCNIChain).
 	CNIChain []json.RawMessage
@@ -80,8 +89,18 @@ type Config struct {
 }
 
 // Validate checks every field and returns one error naming each bad one.
+// It fills in the defaults of the fast path's fields.
 func (c *Config) Validate() error {
 	var errs []error
+	if c.Datapath == "" {
+		c.Datapath = DefaultDatapath
+	}
+	if c.VXLANPort == 0 {
+		c.VXLANPort = DefaultVXLANPort
+	}
+	if c.VNI == 0 {
+		c.VNI = DefaultVNI
+	}
 	bad := func(flag, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("--%s: %s", flag, fmt.Sprintf(format, args...)))
 	}
@@ -126,6 +145,22 @@ func (c *Config) Validate() error {
 			bad(flag, "%q: must be an absolute path", dir)
 		}
 	}
+	switch c.Datapath {
+	case DatapathAuto, DatapathKernel, DatapathUserspace, DatapathWater:
+	default:
+		bad("datapath", "%q: want auto, kernel, userspace or water", c.Datapath)
+	}
+	if c.Datapath == DatapathKernel && c.Password != nil {
+		bad("datapath", "kernel: the kernel fast path carries no encryption; with a password use auto or userspace")
+	}
+	if c.VXLANPort < 1 || c.VXLANPort > 65535 {
+		bad("vxlan-port", "%d: must be 1..65535", c.VXLANPort)
+	} else if c.VXLANPort == c.Port || c.VXLANPort == c.Port+1 {
+		bad("vxlan-port", "%d is taken by gossip or data (--port %d and %d)", c.VXLANPort, c.Port, c.Port+1)
+	}
+	if c.VNI < 1 || c.VNI >= 1<<24 {
+		bad("vxlan-vni", "%d: must be 1..%d", c.VNI, 1<<24-1)
+	}
 	if len(c.Bridge) == 0 || len(c.Bridge) > 15 {
 		bad("bridge", "%q: link names are 1..15 characters", c.Bridge)
 	}
@@ -153,7 +188,12 @@ func ReadPasswordFile(path string) ([]byte, error) {
 // host filter): gossip, data, and the metrics and health listeners, as
 // configured.
 func (c *Config) agentPorts() []uint16 {
+	// The VXLAN port too: a pod that could send to it would inject frames
+	// into a peer's VXLAN device under this host's underlay address.
 	ports := []uint16{uint16(c.Port), uint16(c.Port + 1)}
+	if c.VXLANPort > 0 && c.VXLANPort < 65536 {
+		ports = append(ports, uint16(c.VXLANPort))
+	}
 	for _, addr := range []string{c.MetricsAddr, c.HTTPAddr} {
 		if addr == "" {
 			continue

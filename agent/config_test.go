@@ -20,6 +20,9 @@ func TestValidateAcceptsDefaults(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	if c.Datapath != DatapathAuto || c.VXLANPort != 6786 || c.VNI != 6786 {
+		t.Fatalf("fast path defaults: datapath %q, port %d, VNI %d", c.Datapath, c.VXLANPort, c.VNI)
+	}
 }
 
 func TestValidateNamesEachBadField(t *testing.T) {
@@ -41,6 +44,11 @@ func TestValidateNamesEachBadField(t *testing.T) {
 		{func(c *Config) { c.ClusterName = "a\nb" }, "--cluster-name"},
 		{func(c *Config) { c.Peers = []string{"host:99999"} }, "bad port"},
 		{func(c *Config) { c.Bridge = "a-very-long-bridge-name" }, "--bridge"},
+		{func(c *Config) { c.Datapath = "fast" }, "--datapath"},
+		{func(c *Config) { c.Datapath = DatapathKernel; c.Password = []byte("a long enough passphrase") }, "no encryption"},
+		{func(c *Config) { c.VXLANPort = DefaultPort + 1 }, "--vxlan-port"},
+		{func(c *Config) { c.VXLANPort = 70000 }, "--vxlan-port"},
+		{func(c *Config) { c.VNI = 1 << 24 }, "--vxlan-vni"},
 	} {
 		c := validConfig()
 		tc.mutate(&c)
@@ -86,5 +94,11 @@ func TestAgentPorts(t *testing.T) {
 	c.MetricsAddr, c.HTTPAddr = "", ""
 	if got, want := c.agentPorts(), []uint16{7000, 7001}; !slices.Equal(got, want) {
 		t.Errorf("without metrics and health: agentPorts = %v, want %v", got, want)
+	}
+	// Pods may not send to the VXLAN port either (frames injected into a
+	// peer's fast path under this host's address).
+	c.VXLANPort = 7786
+	if got, want := c.agentPorts(), []uint16{7000, 7001, 7786}; !slices.Equal(got, want) {
+		t.Errorf("with the fast path's port: agentPorts = %v, want %v", got, want)
 	}
 }

@@ -42,6 +42,11 @@ func (a *Agent) connections() []api.Connection {
 			LastHeard: s.LastHeard, TxPackets: s.TxPackets, TxBytes: s.TxBytes,
 			RxPackets: s.RxPackets, RxBytes: s.RxBytes, DropsByWhy: s.Drops,
 		}
+		if fast, why := a.fp.decision(m.Name); fast {
+			c.Datapath = pairFastdp
+		} else {
+			c.DatapathReason = why
+		}
 		if ep, ok := a.routes.endpoint(m.Name); ok {
 			c.Address = ep.String()
 		} else if m.Addr.IsValid() {

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"sync"
 
+	"github.com/weftnet/weft/fastdp"
 	"github.com/weftnet/weft/hostnet"
 	"github.com/weftnet/weft/mesh"
 	"github.com/weftnet/weft/router"
@@ -39,8 +40,14 @@ func (a *Agent) startDataplane(ctx context.Context, goRun func(func())) (*datapl
 		if err != nil {
 			return nil, fmt.Errorf("find the underlay MTU (or give --mtu): %w", err)
 		}
-		mtu = underlay - router.Overhead(encrypted)
-		a.log.Info("overlay MTU from the underlay", "underlay_mtu", underlay, "overhead", router.Overhead(encrypted), "mtu", mtu)
+		// With the kernel fast path, pods' packets may go either way: the
+		// larger overhead (VXLAN's) sets the MTU.
+		overhead := router.Overhead(encrypted)
+		if a.fp.enabled() {
+			overhead = max(overhead, fastdp.Overhead)
+		}
+		mtu = underlay - overhead
+		a.log.Info("overlay MTU from the underlay", "underlay_mtu", underlay, "overhead", overhead, "mtu", mtu)
 	}
 	dev, desc, err := a.dev.OpenTUN(a.cfg.TUN, mtu, a.log.With("component", "tun"))
 	if err != nil {
@@ -102,7 +109,7 @@ func (dp *dataplane) setupHost(addr netip.Addr, local []netip.Prefix) error {
 	defer dp.mu.Unlock()
 	h, err := dp.a.dev.HostNet.Setup(hostnet.Config{
 		Bridge: dp.a.cfg.Bridge, TUN: dp.a.cfg.TUN, Range: dp.a.cfg.Range,
-		HostAddr: addr, MTU: dp.mtu, Logger: dp.a.log.With("component", "hostnet"),
+		HostAddr: addr, MTU: dp.mtu, Logger: dp.a.log.With("component", "hostnet"), Tunnels: dp.a.fp.tunnels(), VXLANPort: dp.a.fp.port(),
 		Ports: append(dp.a.cfg.agentPorts(), dp.peerPorts...), Peers: dp.peerAddrs,
 	})
 	if err != nil {
@@ -161,6 +168,9 @@ func (dp *dataplane) guardPeers(members []mesh.PeerInfo) {
 		if m.Meta.DataPort > 1 {
 			// Gossip is on data port - 1 (the contract), data on DataPort.
 			ports = append(ports, m.Meta.DataPort-1, m.Meta.DataPort)
+		}
+		if m.Meta.VXLAN != nil {
+			ports = append(ports, m.Meta.VXLAN.Port)
 		}
 	}
 	dp.mu.Lock()

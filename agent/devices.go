@@ -36,6 +36,10 @@ type Devices struct {
 	// NewTicker paces the reconcile loop (see ReconcileInterval); nil means
 	// time.NewTicker. Tests give a channel they tick by hand.
 	NewTicker func(d time.Duration) (c <-chan time.Time, stop func())
+
+	// realHost: HostNet is the kernel's, so the kernel fast path (package
+	// fastdp) may be used too. Set by withDefaults.
+	realHost bool
 }
 
 // HostNetwork is the host side of the data plane (package hostnet on a real
@@ -112,6 +116,7 @@ func (d Devices) withDefaults() Devices {
 	}
 	if d.HostNet == nil {
 		d.HostNet = kernelHost{}
+		d.realHost = true
 	}
 	if d.NewTicker == nil {
 		d.NewTicker = func(d time.Duration) (<-chan time.Time, func()) {

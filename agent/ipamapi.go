@@ -245,6 +245,7 @@ func (a *Agent) reset(ctx context.Context) error {
 		if err := a.teardownHost(); err != nil {
 			a.log.Warn("removing the host network", "err", err)
 		}
+		a.removeFastPath()
 	}
 	if a.dp != nil && a.dp.crypto != nil {
 		// A new identity next time: nothing of this host's past remains.

@@ -44,6 +44,15 @@ var (
 	descPending = prometheus.NewDesc("weft_ipam_pending_allocations", "Allocation requests waiting (e.g. for a donation).", nil, nil)
 	descBuild   = prometheus.NewDesc("weft_build_info", "Always 1; the labels say which weft runs here and on which data path.",
 		[]string{"version", "goversion", "datapath"}, nil)
+	descPeerDatapath = prometheus.NewDesc("weft_peer_datapath", "Datapath of the pair with a peer: 1 on the named one (fastdp: kernel VXLAN; userspace).",
+		[]string{"peer", "datapath"}, nil)
+	descFallbacks = prometheus.NewDesc("weft_fastdp_fallbacks_total", "Times the pair with a peer left the kernel fast path for userspace (probe unanswered, peer changed).",
+		[]string{"peer"}, nil)
+	descFastdpOn      = prometheus.NewDesc("weft_fastdp_enabled", "1 when this host offers the kernel fast path (VXLAN device up).", nil, nil)
+	descFastdpPackets = prometheus.NewDesc("weft_fastdp_device_packets_total", "Packets through the VXLAN device, by direction.", []string{"direction"}, nil)
+	descFastdpBytes   = prometheus.NewDesc("weft_fastdp_device_bytes_total", "Bytes of inner frames through the VXLAN device, by direction.", []string{"direction"}, nil)
+	descFastdpDropped = prometheus.NewDesc("weft_fastdp_device_dropped_total", "Packets the VXLAN device dropped, by direction.", []string{"direction"}, nil)
+	descFastdpErrors  = prometheus.NewDesc("weft_fastdp_device_errors_total", "Errors of the VXLAN device, by direction.", []string{"direction"}, nil)
 )
 
 // Termination reasons of weft_connection_terminations_total: why a remote
@@ -184,6 +193,22 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			gauge(descConnections, float64(n), k[0], k[1])
 		}
 		if a.cfg.NoPerPeerMetrics {
+			// One series per datapath for all peers: per-peer series grow
+			// as N² across a cluster (--metrics-per-peer=false).
+			pairs := map[string]float64{}
+			for _, cn := range a.connections() {
+				pairs[pairDatapath(cn.Datapath)]++
+			}
+			for dp, n := range pairs {
+				gauge(descPeerDatapath, n, "", dp)
+			}
+		} else {
+			for _, cn := range a.connections() {
+				gauge(descPeerDatapath, 1, cn.Peer, pairDatapath(cn.Datapath))
+			}
+		}
+		c.fastPath(gauge, counter)
+		if a.cfg.NoPerPeerMetrics {
 			// One series for all peers: per-peer series grow as N² across
 			// a cluster (--metrics-per-peer=false).
 			var sum router.PeerStats
@@ -260,4 +285,51 @@ func (a *Agent) serveMetrics() (*httpServer, error) {
 	mux.Handle("GET /metrics", a.MetricsHandler())
 	a.log.Info("metrics listening", "address", ln.Addr().String())
 	return serve(ln, mux), nil
+}
+
+// fastPath reports the kernel fast path: on or off, the device's own
+// counters, and the fall-backs per peer.
+func (c collector) fastPath(gauge func(*prometheus.Desc, float64, ...string), counter func(*prometheus.Desc, uint64, ...string)) {
+	fp := c.a.fp
+	on := 0.0
+	if fp.enabled() {
+		on = 1
+	}
+	gauge(descFastdpOn, on)
+	if fp == nil {
+		return
+	}
+	if st, ok := fp.stats(); ok {
+		for _, d := range []struct {
+			dir                      string
+			packets, bytes, drop, er uint64
+		}{
+			{"rx", st.RxPackets, st.RxBytes, st.RxDropped, st.RxErrors},
+			{"tx", st.TxPackets, st.TxBytes, st.TxDropped, st.TxErrors},
+		} {
+			counter(descFastdpPackets, d.packets, d.dir)
+			counter(descFastdpBytes, d.bytes, d.dir)
+			counter(descFastdpDropped, d.drop, d.dir)
+			counter(descFastdpErrors, d.er, d.dir)
+		}
+	}
+	var sum uint64
+	for peer, n := range fp.fallbackCounts() {
+		if c.a.cfg.NoPerPeerMetrics {
+			sum += n
+			continue
+		}
+		counter(descFallbacks, n, peer)
+	}
+	if c.a.cfg.NoPerPeerMetrics {
+		counter(descFallbacks, sum, "")
+	}
+}
+
+// pairDatapath is the datapath label of a pair: fastdp or userspace.
+func pairDatapath(d string) string {
+	if d == pairFastdp {
+		return pairFastdp
+	}
+	return pairUserspace
 }

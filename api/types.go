@@ -113,6 +113,11 @@ type Connection struct {
 	RxPackets  uint64            `json:"rx_packets"`
 	RxBytes    uint64            `json:"rx_bytes"`
 	DropsByWhy map[string]uint64 `json:"drops,omitempty"`
+
+	// DatapathReason says why the pair is not on the kernel fast path
+	// (Datapath is then the userspace path's, e.g. "tun-offload"; on the
+	// fast path it is "fastdp").
+	DatapathReason string `json:"datapath_reason,omitempty"`
 }
 
 // IPAMSummary is the line in the overview.

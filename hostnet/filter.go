@@ -16,8 +16,9 @@ import (
 // masqueraded, they leave with its host's underlay address, which peers
 // trust), and read /metrics on 6782. Two chains in table "ip weft":
 //
-//	input   (filter): iifname { Bridge, TUN } meta l4proto { tcp, udp } th dport @ports counter drop
+//	input   (filter): iifname { Bridge, TUN, Tunnels... } meta l4proto { tcp, udp } th dport @ports counter drop
 //	forward (filter): iifname Bridge ip daddr @peers meta l4proto { tcp, udp } th dport @ports counter drop
+//	input   (filter): meta l4proto udp udp dport VXLANPort ip saddr != @peers counter drop   (with VXLANPort)
 //
 // The input chain covers every address of this host, whatever it is (the
 // bridge gateway, the underlay address, any other): traffic from a local
@@ -31,6 +32,13 @@ import (
 // weft's business, and pod-to-pod traffic never matches since peers'
 // underlay addresses are outside the overlay range. The peer set follows
 // membership (SetPeers).
+//
+// The last rule guards the kernel fast path. The VXLAN device learns
+// nothing and accepts a frame from any source with the right VNI, so
+// without it anyone who can reach the port could put packets with any
+// source address into this host's pods. The userspace path refuses
+// datagrams from unknown endpoints ("unknown-peer"); this is the same for
+// VXLAN.
 //
 // Drop rather than reject: a pod learns nothing, and a refused probe costs
 // the host no ICMP.
@@ -121,12 +129,30 @@ func addFilter(conn *nftables.Conn, t *nftables.Table, cfg Config, g guard) erro
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept,
 	})
 	for _, proto := range []byte{unix.IPPROTO_TCP, unix.IPPROTO_UDP} {
-		for _, iif := range []string{cfg.Bridge, cfg.TUN} {
+		for _, iif := range append([]string{cfg.Bridge, cfg.TUN}, cfg.Tunnels...) {
 			conn.AddRule(&nftables.Rule{Table: t, Chain: input, Exprs: filterExprs(iif, proto, nil, ports)})
 		}
 		conn.AddRule(&nftables.Rule{Table: t, Chain: forward, Exprs: filterExprs(cfg.Bridge, proto, peers, ports)})
 	}
+	if cfg.VXLANPort != 0 {
+		conn.AddRule(&nftables.Rule{Table: t, Chain: input, Exprs: vxlanExprs(cfg.VXLANPort, peers)})
+	}
 	return nil
+}
+
+// vxlanExprs is the rule: meta l4proto udp, udp dport port, ip saddr not in
+// @peers, counter, drop.
+func vxlanExprs(port uint16, peers *nftables.Set) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, port)},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+		&expr.Lookup{SourceRegister: 1, SetName: peers.Name, SetID: peers.ID, Invert: true},
+		&expr.Counter{},
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	}
 }
 
 // filterExprs is one drop rule: iifname iif, meta l4proto proto, ip daddr
@@ -151,6 +177,31 @@ func filterExprs(iif string, proto byte, peers, ports *nftables.Set) []expr.Any 
 		&expr.Counter{},
 		&expr.Verdict{Kind: expr.VerdictDrop},
 	)
+}
+
+// keptPeers reads the peer set of the filter a previous run left, if any.
+// Every peer ever seen stays in the set (see the agent), and one seen by
+// the previous run is no exception.
+func keptPeers() []netip.Addr {
+	conn, err := nftables.New()
+	if err != nil {
+		return nil
+	}
+	set, err := conn.GetSetByName(weftTable, nftSetPeers)
+	if err != nil {
+		return nil // no table yet: nothing to keep
+	}
+	elems, err := conn.GetSetElements(set)
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, e := range elems {
+		if a, ok := netip.AddrFromSlice(e.Key); ok && a.Is4() {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // updateGuard replaces the contents of both sets in one transaction, so no
@@ -185,7 +236,7 @@ func updateGuard(g guard) error {
 // addresses. Call it on every membership change; an unchanged set costs no
 // netlink round trip.
 func (h *Host) SetPeers(peers []netip.Addr, ports []uint16) error {
-	g, err := newGuard(peers, h.cfg.Ports, ports)
+	g, err := newGuard(append(slices.Clone(peers), h.kept...), h.cfg.Ports, ports)
 	if err != nil {
 		return err
 	}

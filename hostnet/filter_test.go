@@ -38,6 +38,27 @@ func TestNewGuardSortsAndDedups(t *testing.T) {
 
 // The forward rule matches the peer set, the input rules do not: a pod's
 // traffic to the outside world on these ports must pass.
+// The fast path's rule drops UDP to the VXLAN port from sources outside the
+// peer set: an inverted lookup of the source address.
+func TestVXLANExprsShape(t *testing.T) {
+	e := vxlanExprs(6786, peerSet(weftTable))
+	var inverted, port bool
+	for _, x := range e {
+		switch x := x.(type) {
+		case *expr.Lookup:
+			inverted = x.SetName == nftSetPeers && x.Invert
+		case *expr.Cmp:
+			port = port || slices.Equal(x.Data, []byte{0x1a, 0x82})
+		}
+	}
+	if !inverted || !port {
+		t.Fatalf("rule %#v: want port 6786 and source not in @peers", e)
+	}
+	if v, ok := e[len(e)-1].(*expr.Verdict); !ok || v.Kind != expr.VerdictDrop {
+		t.Fatalf("rule ends in %#v, want drop", e[len(e)-1])
+	}
+}
+
 func TestFilterExprsShape(t *testing.T) {
 	lookups := func(e []expr.Any) []string {
 		var out []string

@@ -44,11 +44,18 @@ const FailClosedMetric = 4000
 
 // Config is the host network weft sets up.
 type Config struct {
-	Bridge   string       // bridge pods attach to, e.g. "weft"
-	TUN      string       // TUN device of the data plane, e.g. "weft-tun"; created by the data plane
-	Range    netip.Prefix // the whole overlay range
-	HostAddr netip.Addr   // this host's overlay address: /32 on the bridge, the pods' gateway
-	MTU      int          // bridge MTU (overlay MTU); 0 leaves it
+	Bridge string // bridge pods attach to, e.g. "weft"
+	TUN    string // TUN device of the data plane, e.g. "weft-tun"; created by the data plane
+	// Tunnels are other links on which packets of remote pods arrive (the
+	// kernel fast path's VXLAN device); the host filter covers them as it
+	// covers the TUN.
+	Tunnels []string
+	// VXLANPort, when not 0, is the kernel fast path's UDP port: only the
+	// peers' underlay addresses may send to it (see filter.go).
+	VXLANPort uint16
+	Range     netip.Prefix // the whole overlay range
+	HostAddr  netip.Addr   // this host's overlay address: /32 on the bridge, the pods' gateway
+	MTU       int          // bridge MTU (overlay MTU); 0 leaves it
 	// Ports are the agent's ports (gossip, data, metrics, health) that pods
 	// may not reach on this host or on a peer (see filter.go); required.
 	Ports []uint16
@@ -96,7 +103,8 @@ type Host struct {
 	// mu serialises every change of the host network: the agent changes
 	// routes, the filter and repairs from different goroutines.
 	mu    sync.Mutex
-	guard guard // what the filter's sets hold
+	guard guard        // what the filter's sets hold
+	kept  []netip.Addr // peers of a previous run's filter, kept as peers (SetPeers)
 
 	// What the reconcile loop (Check, Repair) compares the host with.
 	local     []netip.Prefix    // last SyncLocalRanges
@@ -114,11 +122,15 @@ func Setup(cfg Config) (*Host, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	g, err := newGuard(cfg.Peers, cfg.Ports)
+	// A relaunched agent learns its peers by gossip only after Setup; the
+	// peers of the filter it replaces stay until then, so that the VXLAN
+	// rule does not drop their fast-path traffic meanwhile.
+	kept := keptPeers()
+	g, err := newGuard(append(slices.Clone(cfg.Peers), kept...), cfg.Ports)
 	if err != nil {
 		return nil, err
 	}
-	h := &Host{cfg: cfg, log: logx.OrDiscard(cfg.Logger), guard: g, tuned: map[string]string{}}
+	h := &Host{cfg: cfg, log: logx.OrDiscard(cfg.Logger), guard: g, tuned: map[string]string{}, kept: kept}
 	br, err := h.ensureBridge()
 	if err != nil {
 		return nil, err
@@ -327,6 +339,14 @@ func (h *Host) routeOverlay() error {
 	// weft carries IPv4 only; without this the kernel sends IPv6 router
 	// solicitations into the TUN, which the data plane can only drop.
 	h.tune("/proc/sys/net/ipv6/conf/"+h.cfg.TUN+"/disable_ipv6", "1")
+	// The host's overlay address on the TUN too: without an address of its
+	// own the kernel's reverse-path check (rp_filter 1 or 2) drops every
+	// packet arriving on the TUN whose source is routed through another
+	// link, which is the case while a pair uses the kernel fast path one
+	// way and the userspace path the other.
+	if err := netlink.AddrAdd(tun, &netlink.Addr{IPNet: nlconv.IPNet(netip.PrefixFrom(h.cfg.HostAddr, 32))}); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("hostnet: add %s/32 to %s: %w", h.cfg.HostAddr, h.cfg.TUN, err)
+	}
 	routes, err := weftRoutes(tun.Attrs().Index)
 	if err != nil {
 		return err

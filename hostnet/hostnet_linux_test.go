@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -486,4 +487,35 @@ func wirePodAndUnderlay(t *testing.T, hostName, podName, otherName string) {
 	run(t, "ip", "-n", hostName, "link", "set", "ul0", "up")
 	run(t, "ip", "-n", otherName, "addr", "add", "198.18.0.2/24", "dev", "ul0")
 	run(t, "ip", "-n", otherName, "link", "set", "ul0", "up")
+}
+
+// A relaunched agent's Setup keeps the peers of the filter it replaces, and
+// its SetPeers keeps them too: until gossip names them again, their traffic
+// to the VXLAN port must not be dropped.
+func TestSetupKeepsPreviousPeers(t *testing.T) {
+	roottest.Require(t)
+	_, ns := newNetns(t, "")
+	cfg := testConfig()
+	cfg.VXLANPort = 6786
+	peer := netip.MustParseAddr("198.18.0.7")
+	in(t, ns, func() error {
+		h, err := Setup(cfg)
+		if err != nil {
+			return err
+		}
+		if err := h.SetPeers([]netip.Addr{peer}, nil); err != nil {
+			return err
+		}
+		again, err := Setup(cfg) // the relaunch: no peers known yet
+		if err != nil {
+			return err
+		}
+		if err := again.SetPeers(nil, nil); err != nil {
+			return err
+		}
+		if got := keptPeers(); !slices.Contains(got, peer) {
+			return fmt.Errorf("peers after the relaunch: %v, want %v kept", got, peer)
+		}
+		return nil
+	})
 }

@@ -22,7 +22,8 @@ var weftTable = &nftables.Table{Family: nftables.TableFamilyIPv4, Name: NftTable
 //
 //	postrouting (nat, srcnat): ip saddr Range ip daddr != Range oifname != Bridge masquerade
 //
-// and the host filter (see filter.go) seeded with g.
+// the host filter (see filter.go) seeded with g, and the leak guard (see
+// leakguard.go).
 //
 // Replacing the whole table makes Setup idempotent and removes rules of an
 // older configuration, and the transaction means there is no moment without
@@ -47,6 +48,7 @@ func installTable(cfg Config, g guard) error {
 	if err := addFilter(conn, t, cfg, g); err != nil {
 		return err
 	}
+	addLeakGuard(conn, t, cfg)
 	if err := conn.Flush(); err != nil {
 		return fmt.Errorf("hostnet: install nftables table ip %s: %w", NftTable, err)
 	}

@@ -336,9 +336,15 @@ func (h *Host) checkRoutes(br, tun netlink.Link, add addFault) error {
 	return nil
 }
 
-// nftRules is how many rules each chain of table ip weft holds (see
-// installTable and addFilter).
-var nftRules = map[string]int{"postrouting": 1, nftChainInput: 4, nftChainForward: 2}
+// nftRules is how many rules each chain of table ip weft holds for cfg
+// (see installTable, addFilter and addLeakGuard).
+func nftRules(cfg Config) map[string]int {
+	input := 2 * (2 + len(cfg.Tunnels)) // tcp and udp, on the bridge, the TUN and each tunnel
+	if cfg.VXLANPort != 0 {
+		input++
+	}
+	return map[string]int{"postrouting": 1, nftChainInput: input, nftChainForward: 2, nftChainFailClosed: 1}
+}
 
 // checkTable compares table ip weft with what installTable makes: its
 // chains with their number of rules, and the filter's sets with their
@@ -363,7 +369,7 @@ func (h *Host) checkTable(add addFault) error {
 			have[c.Name] = c
 		}
 	}
-	for name, n := range nftRules {
+	for name, n := range nftRules(h.cfg) {
 		c := have[name]
 		if c == nil {
 			add(PartNftables, "chain %s of table ip %s is missing", name, NftTable)

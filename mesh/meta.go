@@ -42,6 +42,36 @@ type Meta struct {
 	// SigningKey is the long-term Ed25519 key (identity) that signs this
 	// peer's IPAM messages; 32 bytes, pinned to the name on first sight.
 	SigningKey []byte
+	// VXLAN is this peer's kernel fast path (package fastdp), nil when it
+	// offers none: it runs --datapath userspace, has a password, or its
+	// kernel cannot make a VXLAN device.
+	VXLAN *VXLAN
+}
+
+// VXLAN is what a peer needs to send to this one through its VXLAN device.
+type VXLAN struct {
+	MAC  [6]byte // the device's (VTEP) MAC, unicast
+	VNI  uint32  // 24 bits
+	Port uint16  // UDP port of the device
+	// UnderlayMTU of this host, so that a peer with a larger one limits
+	// what it sends here (route MTU) instead of blackholing big packets.
+	UnderlayMTU uint16
+}
+
+const vxlanLen = 6 + 3 + 2 + 2
+
+func (v *VXLAN) validate() error {
+	switch {
+	case v.MAC[0]&1 != 0:
+		return fmt.Errorf("%w: VXLAN MAC %x is multicast", ErrMetaInvalid, v.MAC)
+	case v.VNI >= 1<<24:
+		return fmt.Errorf("%w: VNI %d does not fit 24 bits", ErrMetaInvalid, v.VNI)
+	case v.Port == 0:
+		return fmt.Errorf("%w: VXLAN port 0", ErrMetaInvalid)
+	case v.UnderlayMTU < 576:
+		return fmt.Errorf("%w: underlay MTU %d below 576", ErrMetaInvalid, v.UnderlayMTU)
+	}
+	return nil
 }
 
 // Errors of the metadata decoder.
@@ -62,8 +92,10 @@ const (
 //	[0] format  [1] protocol  [2:4] data port (big endian)  [4] flags
 //	[5] key length (0|32)  key  [.] version length  version
 //	[.] signing key length (0|32)  signing key
+//	[.] VXLAN length (0|13)  MAC(6) VNI(3, big endian) port(2) underlay MTU(2)
 //
-// The signing key came last, later: an older decoder ignores it.
+// Each optional field came later, at the end: an older decoder ignores what
+// follows the fields it knows.
 // It returns ErrMetaTooBig rather than a slice memberlist would reject.
 func (m Meta) Encode() ([]byte, error) {
 	if n := len(m.PublicKey); n != 0 && n != 32 {
@@ -75,7 +107,14 @@ func (m Meta) Encode() ([]byte, error) {
 	if len(m.Version) > 255 {
 		return nil, fmt.Errorf("%w: version string of %d bytes", ErrMetaTooBig, len(m.Version))
 	}
-	size := 6 + len(m.PublicKey) + 1 + len(m.Version) + 1 + len(m.SigningKey)
+	vxLen := 0
+	if m.VXLAN != nil {
+		if err := m.VXLAN.validate(); err != nil {
+			return nil, err
+		}
+		vxLen = vxlanLen
+	}
+	size := 6 + len(m.PublicKey) + 1 + len(m.Version) + 1 + len(m.SigningKey) + 1 + vxLen
 	if size > MaxMetaSize {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrMetaTooBig, size, MaxMetaSize)
 	}
@@ -95,6 +134,13 @@ func (m Meta) Encode() ([]byte, error) {
 	b = append(b, m.Version...)
 	b = append(b, byte(len(m.SigningKey)))
 	b = append(b, m.SigningKey...)
+	b = append(b, byte(vxLen))
+	if v := m.VXLAN; v != nil {
+		b = append(b, v.MAC[:]...)
+		b = append(b, byte(v.VNI>>16), byte(v.VNI>>8), byte(v.VNI))
+		b = binary.BigEndian.AppendUint16(b, v.Port)
+		b = binary.BigEndian.AppendUint16(b, v.UnderlayMTU)
+	}
 	return b, nil
 }
 
@@ -143,6 +189,29 @@ func DecodeMeta(b []byte) (Meta, error) {
 		}
 		if n > 0 {
 			m.SigningKey = append([]byte(nil), rest[1:1+n]...)
+		}
+		rest = rest[1+n:]
+	}
+	if len(rest) > 0 {
+		n := int(rest[0])
+		if n != 0 && n != vxlanLen {
+			return m, fmt.Errorf("%w: VXLAN length %d", ErrMetaInvalid, n)
+		}
+		if len(rest) < 1+n {
+			return m, fmt.Errorf("%w: VXLAN", ErrMetaShort)
+		}
+		if n > 0 {
+			f := rest[1 : 1+n]
+			v := &VXLAN{
+				VNI:         uint32(f[6])<<16 | uint32(f[7])<<8 | uint32(f[8]),
+				Port:        binary.BigEndian.Uint16(f[9:11]),
+				UnderlayMTU: binary.BigEndian.Uint16(f[11:13]),
+			}
+			copy(v.MAC[:], f[:6])
+			if err := v.validate(); err != nil {
+				return m, err
+			}
+			m.VXLAN = v
 		}
 	}
 	if m.DataPort == 0 {

@@ -19,6 +19,8 @@ func TestMetaRoundTrip(t *testing.T) {
 		{Protocol: 2, DataPort: 6784, Version: "v0.1.0"},
 		{Protocol: 2, DataPort: 1, Encrypted: true, PublicKey: key, Version: ""},
 		{Protocol: 2, DataPort: 1, PublicKey: key, Version: "v1", SigningKey: bytes.Repeat([]byte{9}, 32)},
+		{Protocol: 3, DataPort: 6784, Version: "v2", SigningKey: bytes.Repeat([]byte{9}, 32), VXLAN: &testVXLAN},
+		{Protocol: 3, DataPort: 6784, Version: "v2", VXLAN: &VXLAN{MAC: [6]byte{2}, VNI: 1<<24 - 1, Port: 65535, UnderlayMTU: 9000}},
 	} {
 		b, err := m.Encode()
 		if err != nil {
@@ -29,9 +31,78 @@ func TestMetaRoundTrip(t *testing.T) {
 			t.Fatal(err)
 		}
 		if got.Protocol != m.Protocol || got.DataPort != m.DataPort || got.Encrypted != m.Encrypted ||
-			!bytes.Equal(got.PublicKey, m.PublicKey) || got.Version != m.Version || !bytes.Equal(got.SigningKey, m.SigningKey) {
+			!bytes.Equal(got.PublicKey, m.PublicKey) || got.Version != m.Version || !bytes.Equal(got.SigningKey, m.SigningKey) ||
+			!sameVXLAN(got.VXLAN, m.VXLAN) {
 			t.Fatalf("round trip: got %+v want %+v", got, m)
 		}
+	}
+}
+
+var testVXLAN = VXLAN{MAC: [6]byte{0x02, 1, 2, 3, 4, 5}, VNI: 6786, Port: 6786, UnderlayMTU: 1500}
+
+func sameVXLAN(a, b *VXLAN) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}
+
+// Metadata with the VXLAN field still decodes in a build that predates it
+// (it stops after the signing key), and metadata without it decodes here.
+func TestMetaVXLANBackwardCompatible(t *testing.T) {
+	sk := bytes.Repeat([]byte{9}, 32)
+	withVX, err := Meta{Protocol: 3, DataPort: 6784, Version: "v2", SigningKey: sk, VXLAN: &testVXLAN}.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	without, err := Meta{Protocol: 3, DataPort: 6784, Version: "v2", SigningKey: sk}.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(withVX, without[:len(without)-1]) {
+		t.Fatal("the VXLAN field is not appended after the fields an older build knows")
+	}
+	old := without[:len(without)-1] // exactly what the previous build encoded
+	m, err := DecodeMeta(old)
+	if err != nil || m.VXLAN != nil || !bytes.Equal(m.SigningKey, sk) {
+		t.Fatalf("previous build's metadata: %+v, %v", m, err)
+	}
+	m, err = DecodeMeta(withVX)
+	if err != nil || !sameVXLAN(m.VXLAN, &testVXLAN) {
+		t.Fatalf("VXLAN field: %+v, %v", m.VXLAN, err)
+	}
+}
+
+func TestMetaVXLANErrors(t *testing.T) {
+	for name, v := range map[string]VXLAN{
+		"multicast MAC": {MAC: [6]byte{1}, VNI: 1, Port: 1, UnderlayMTU: 1500},
+		"VNI":           {MAC: [6]byte{2}, VNI: 1 << 24, Port: 1, UnderlayMTU: 1500},
+		"port":          {MAC: [6]byte{2}, VNI: 1, UnderlayMTU: 1500},
+		"MTU":           {MAC: [6]byte{2}, VNI: 1, Port: 1, UnderlayMTU: 100},
+	} {
+		if _, err := (Meta{DataPort: 1, VXLAN: &v}).Encode(); !errors.Is(err, ErrMetaInvalid) {
+			t.Errorf("encode %s: %v", name, err)
+		}
+	}
+	good, _ := Meta{Protocol: 3, DataPort: 6784, Version: "v", VXLAN: &testVXLAN}.Encode()
+	cut := slices.Clone(good[:len(good)-1])
+	if _, err := DecodeMeta(cut); !errors.Is(err, ErrMetaShort) {
+		t.Errorf("cut VXLAN: %v", err)
+	}
+	badLen := slices.Clone(good)
+	badLen[len(good)-vxlanLen-1] = 7
+	if _, err := DecodeMeta(badLen); !errors.Is(err, ErrMetaInvalid) {
+		t.Errorf("VXLAN length 7: %v", err)
+	}
+	mcast := slices.Clone(good)
+	mcast[len(good)-vxlanLen] |= 1
+	if _, err := DecodeMeta(mcast); !errors.Is(err, ErrMetaInvalid) {
+		t.Errorf("multicast VTEP MAC: %v", err)
+	}
+	zeroPort := slices.Clone(good)
+	zeroPort[len(good)-4], zeroPort[len(good)-3] = 0, 0
+	if _, err := DecodeMeta(zeroPort); !errors.Is(err, ErrMetaInvalid) {
+		t.Errorf("VXLAN port 0: %v", err)
 	}
 }
 
@@ -46,7 +117,7 @@ func TestMetaEncodeErrors(t *testing.T) {
 
 func TestMetaDecodeErrors(t *testing.T) {
 	good, _ := Meta{Protocol: 2, DataPort: 6784, PublicKey: bytes.Repeat([]byte{1}, 32), Version: "v1"}.Encode()
-	good = good[:len(good)-1] // as an older build encodes it: no signing key at all
+	good = good[:len(good)-2] // as an older build encodes it: no signing key (nor VXLAN) at all
 	if _, err := DecodeMeta(good); err != nil {
 		t.Fatalf("metadata of an older build: %v", err)
 	}
@@ -95,6 +166,11 @@ func FuzzDecodeMeta(f *testing.F) {
 	f.Add(good)
 	signed, _ := Meta{Protocol: 2, DataPort: 6784, Version: "v1", SigningKey: testSigningKey}.Encode()
 	f.Add(signed)
+	vx, _ := Meta{Protocol: 3, DataPort: 6784, Version: "v2", SigningKey: testSigningKey, VXLAN: &testVXLAN}.Encode()
+	f.Add(vx)
+	vxNoKey, _ := Meta{Protocol: 3, DataPort: 6784, VXLAN: &testVXLAN}.Encode()
+	f.Add(vxNoKey)
+	f.Add(append(slices.Clone(signed), 13, 2, 0, 0, 0, 0, 0))
 	f.Add([]byte{1, 1, 0x1a, 0x80, 0, 0, 0})
 	f.Add([]byte{})
 	f.Add([]byte{1, 1, 0, 1, 0, 32})
@@ -109,7 +185,8 @@ func FuzzDecodeMeta(f *testing.F) {
 		}
 		m2, err := DecodeMeta(again)
 		if err != nil || m2.Protocol != m.Protocol || m2.DataPort != m.DataPort || m2.Encrypted != m.Encrypted ||
-			!bytes.Equal(m2.PublicKey, m.PublicKey) || m2.Version != m.Version || !bytes.Equal(m2.SigningKey, m.SigningKey) {
+			!bytes.Equal(m2.PublicKey, m.PublicKey) || m2.Version != m.Version || !bytes.Equal(m2.SigningKey, m.SigningKey) ||
+			!sameVXLAN(m2.VXLAN, m.VXLAN) {
 			t.Fatalf("round trip of %+v: %+v, %v", m, m2, err)
 		}
 	})

@@ -16,6 +16,7 @@ import (
 	"github.com/weftnet/weft/agent"
 	"github.com/weftnet/weft/kube"
 	"github.com/weftnet/weft/router/crypto"
+	"github.com/weftnet/weft/router/tun"
 )
 
 func launchCommand() *cli.Command {
@@ -37,6 +38,10 @@ func launchCommand() *cli.Command {
 			&cli.BoolFlag{Name: "password-insecure", EnvVars: []string{"WEFT_PASSWORD_INSECURE"}, Usage: fmt.Sprintf("accept a password shorter than %d characters", crypto.MinPasswordLength)},
 			&cli.StringFlag{Name: "cluster-name", EnvVars: []string{"WEFT_CLUSTER_NAME"}, Usage: "name of this mesh, mixed into the keys derived from the password (the same on every host)"},
 			&cli.BoolFlag{Name: "plaintext", EnvVars: []string{"WEFT_PLAINTEXT"}, Usage: "run without encryption on purpose (required in a Kubernetes pod when there is no password)"},
+			&cli.StringFlag{Name: "datapath", EnvVars: []string{tun.EnvDatapath}, Value: agent.DefaultDatapath,
+				Usage: "auto: the kernel's VXLAN fast path for unencrypted pairs that can use it, userspace otherwise; kernel: the same, but fail when the kernel has no VXLAN; userspace: never the kernel path; water: userspace through the portable TUN"},
+			&cli.IntFlag{Name: "vxlan-port", EnvVars: []string{"WEFT_VXLAN_PORT"}, Value: agent.DefaultVXLANPort, Usage: "UDP port of the kernel fast path (VXLAN); the same on every host"},
+			&cli.IntFlag{Name: "vxlan-vni", EnvVars: []string{"WEFT_VXLAN_VNI"}, Value: agent.DefaultVNI, Usage: "VXLAN network identifier of the fast path; the same on every host"},
 			&cli.IntFlag{Name: "mtu", EnvVars: []string{"WEFT_MTU"}, Usage: "overlay MTU", DefaultText: "underlay MTU minus weft's overhead"},
 			&cli.StringFlag{Name: "state-dir", EnvVars: []string{"WEFT_STATE_DIR"}, Value: agent.DefaultStateDir, Usage: "what must survive a restart (address ring, identity)"},
 			runDirFlag(),
@@ -84,6 +89,9 @@ func launchConfig(c *cli.Context) (agent.Config, error) {
 		Peers:       c.Args().Slice(),
 		IPAMInit:    c.String("ipalloc-init"),
 		MTU:         c.Int("mtu"),
+		Datapath:    c.String("datapath"),
+		VXLANPort:   c.Int("vxlan-port"),
+		VNI:         c.Int("vxlan-vni"),
 		StateDir:    c.String("state-dir"),
 		RunDir:      c.String("run-dir"),
 		MetricsAddr: c.String("metrics-addr"),
@@ -104,6 +112,13 @@ func launchConfig(c *cli.Context) (agent.Config, error) {
 		return cfg, fmt.Errorf("--cni-chain: %w", err)
 	}
 	cfg.CNIChain = chain
+	if cfg.Datapath == agent.DatapathWater {
+		// The TUN device reads its choice from the environment; the flag
+		// says the same thing.
+		if err := os.Setenv(tun.EnvDatapath, agent.DatapathWater); err != nil {
+			return cfg, err
+		}
+	}
 	if !c.IsSet("kube") && kube.InCluster() {
 		cfg.Kube = true
 	}

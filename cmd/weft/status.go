@@ -204,7 +204,11 @@ func writeConnections(w io.Writer, cs []api.Connection, now time.Time) {
 		if c.Reason != "" {
 			state += " (" + c.Reason + ")"
 		}
-		rows = append(rows, []string{c.Peer, c.Address, state, enc, fmt.Sprint(c.MTU), c.Datapath,
+		dp := c.Datapath
+		if c.DatapathReason != "" {
+			dp = "userspace: " + dp + " (" + c.DatapathReason + ")"
+		}
+		rows = append(rows, []string{c.Peer, c.Address, state, enc, fmt.Sprint(c.MTU), dp,
 			ago(now, c.LastHeard), fmt.Sprintf("%d/%s", c.TxPackets, bytesHuman(c.TxBytes)),
 			fmt.Sprintf("%d/%s", c.RxPackets, bytesHuman(c.RxBytes))})
 	}

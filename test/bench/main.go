@@ -80,7 +80,15 @@ type result struct {
 	gbps  float64 // one stream
 	gbps4 float64 // four streams
 	rtt   time.Duration
+	// paired: ratios to the bare underlay of the same bed, measured in
+	// turn with the row's own runs (the kernel rows only).
+	paired *pairedRatios
 }
+
+// pairedRatios are medians of per-run ratios row/bare, each run measuring
+// the bare underlay right before the row: on a shared, noisy machine that
+// cancels most of the drift between rows measured minutes apart.
+type pairedRatios struct{ gbps, gbps4, rtt float64 }
 
 func throughput(ctx context.Context, bin string) error {
 	fmt.Printf("\nThroughput and latency, one TCP stream, iperf3 %d s × %d runs (median), two simulated hosts sharing this machine's %d CPUs\n", *seconds, *runs, runtime.NumCPU())
@@ -102,10 +110,12 @@ func throughput(ctx context.Context, bin string) error {
 		goDefault bool // the comparison row with Go's default GOMAXPROCS
 	}{
 		{"bare underlay (veth + bridge)", nil, nil, true, false},
-		{"weft plaintext", nil, agentEnv, false, false},
+		{handVXLAN, nil, nil, false, false},
+		{"weft plaintext, kernel fast path", nil, agentEnv, false, false},
+		{"weft plaintext, userspace", []string{"--datapath", "userspace"}, agentEnv, false, false},
 		{"weft encrypted", []string{"--password", "bench passphrase"}, agentEnv, false, false},
 		{"weft plaintext, water TUN only", nil, append([]string{"WEFT_DATAPATH=water"}, agentEnv...), false, false},
-		{fmt.Sprintf("weft plaintext, Go default GOMAXPROCS=%d", runtime.NumCPU()), nil, nil, false, true},
+		{fmt.Sprintf("weft plaintext, userspace, Go default GOMAXPROCS=%d", runtime.NumCPU()), []string{"--datapath", "userspace"}, nil, false, true},
 	} {
 		if c.goDefault && *procs == 0 {
 			continue // the plaintext row is that already
@@ -123,6 +133,13 @@ func throughput(ctx context.Context, bin string) error {
 			r.gbps4, r.gbps4/bare.gbps4, float64(r.rtt)/float64(time.Millisecond))
 	}
 	fmt.Println("(Gbit/s; × bare is the ratio to the bare underlay measured in this run)")
+	fmt.Printf("\nKernel paths against the bare underlay of the same bed, measured in turn (median of %d per-run ratios)\n", *runs)
+	fmt.Printf("%-62s %9s %9s %8s\n", "datapath", "1 stream", "4 streams", "RTT")
+	for _, r := range rs {
+		if r.paired != nil {
+			fmt.Printf("%-62s %8.2f× %8.2f× %7.2f×\n", r.name, r.paired.gbps, r.paired.gbps4, r.paired.rtt)
+		}
+	}
 	return nil
 }
 
@@ -142,7 +159,12 @@ func measureBed(ctx context.Context, bin, name string, extra, env []string, bare
 	h1, h2 := bed.Hosts[0], bed.Hosts[1]
 	srcNS, dstNS, dst := h1.Netns, h2.Netns, h2.Addr
 	mtu := 1500
-	if !bare {
+	if name == handVXLAN {
+		if srcNS, dstNS, dst, err = flannelByHand(ctx, bed); err != nil {
+			return result{}, err
+		}
+		mtu = 1450
+	} else if !bare {
 		args := append([]string{"--ipalloc-init", "consensus=2"}, extra...)
 		h1.Env, h2.Env = env, env
 		if err := h1.Launch(args); err != nil {
@@ -168,7 +190,13 @@ func measureBed(ctx context.Context, bin, name string, extra, env []string, bare
 			return result{}, err
 		}
 		mtu = st.MTU
-		name += " [" + st.Datapath + "]"
+		dp := st.Datapath
+		if fast, err := waitFastPath(ctx, h1, h2.Name); err != nil {
+			return result{}, err
+		} else if fast {
+			dp = "fastdp: VXLAN"
+		}
+		name += " [" + dp + "]"
 	}
 	// Warm up: first packets wait for ARP and, encrypted, a handshake.
 	if err := testbed.Eventually(ctx, 10*time.Second, func() error { return testbed.Ping(ctx, srcNS, dst, 1) }); err != nil {
@@ -192,6 +220,11 @@ func measureBed(ctx context.Context, bin, name string, extra, env []string, bare
 		return gbps[len(gbps)/2], nil
 	}
 	r := result{name: name, mtu: mtu}
+	if name == handVXLAN || strings.Contains(name, "fastdp") {
+		if r.paired, err = paired(ctx, h1.Netns, h2.Netns, h2.Addr, srcNS, dstNS, dst); err != nil {
+			return r, err
+		}
+	}
 	if r.gbps, err = median(1); err != nil {
 		return r, err
 	}
@@ -456,3 +489,120 @@ func pct(d []time.Duration, q float64) time.Duration {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// handVXLAN names the row of kernel VXLAN configured by hand, as flannel's
+// vxlan backend has it, pod to pod: the gap between it and weft's fast path
+// is what weft's own setup costs.
+const handVXLAN = "kernel VXLAN by hand (flannel layout, pod to pod)"
+
+// flannelByHand wires the two hosts as flannel does, with iproute2: on each
+// host a bridge cni0 (10.250.i.1/24) with one pod (10.250.i.2) on a veth, a
+// VXLAN device flannel.1 (VNI 1, port 8472, 10.250.i.0/32, no learning), and
+// towards the other host a route "10.250.j.0/24 via 10.250.j.0 dev
+// flannel.1 onlink" with a permanent neighbour and FDB entry. It returns the
+// two pods' namespaces and the second pod's address.
+func flannelByHand(ctx context.Context, bed *testbed.Bed) (string, string, netip.Addr, error) {
+	mac := func(i int) string { return fmt.Sprintf("02:fa:00:00:00:%02x", i) }
+	var podNS [2]string
+	for i, h := range bed.Hosts[:2] {
+		n, other := i+1, 2-i
+		podNS[i] = h.Netns + "-pod"
+		if err := bed.AddNetns(ctx, podNS[i]); err != nil {
+			return "", "", netip.Addr{}, err
+		}
+		ns, pod := h.Netns, podNS[i]
+		for _, args := range [][]string{
+			{"ip", "-n", ns, "link", "add", "cni0", "mtu", "1450", "type", "bridge"},
+			{"ip", "-n", ns, "addr", "add", fmt.Sprintf("10.250.%d.1/24", n), "dev", "cni0"},
+			{"ip", "-n", ns, "link", "set", "cni0", "up"},
+			{"ip", "-n", ns, "link", "add", "vethpod", "mtu", "1450", "type", "veth", "peer", "name", "eth0", "mtu", "1450", "netns", pod},
+			{"ip", "-n", ns, "link", "set", "vethpod", "master", "cni0", "up"},
+			{"ip", "-n", pod, "addr", "add", fmt.Sprintf("10.250.%d.2/24", n), "dev", "eth0"},
+			{"ip", "-n", pod, "link", "set", "eth0", "up"},
+			{"ip", "-n", pod, "link", "set", "lo", "up"},
+			{"ip", "-n", pod, "route", "add", "default", "via", fmt.Sprintf("10.250.%d.1", n)},
+			{"ip", "-n", ns, "link", "add", "flannel.1", "address", mac(n), "mtu", "1450", "type", "vxlan", "id", "1",
+				"dstport", "8472", "local", h.Addr.String(), "nolearning"},
+			{"ip", "-n", ns, "addr", "add", fmt.Sprintf("10.250.%d.0/32", n), "dev", "flannel.1"},
+			{"ip", "-n", ns, "link", "set", "flannel.1", "up"},
+			{"ip", "-n", ns, "route", "add", fmt.Sprintf("10.250.%d.0/24", other), "via", fmt.Sprintf("10.250.%d.0", other),
+				"dev", "flannel.1", "onlink"},
+			{"ip", "-n", ns, "neigh", "add", fmt.Sprintf("10.250.%d.0", other), "lladdr", mac(other), "dev", "flannel.1", "nud", "permanent"},
+			{"bridge", "-n", ns, "fdb", "append", mac(other), "dev", "flannel.1", "dst", bed.Hosts[other-1].Addr.String(), "self", "permanent"},
+			{"ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"},
+		} {
+			if out, err := exec.CommandContext(ctx, args[0], args[1:]...).CombinedOutput(); err != nil {
+				return "", "", netip.Addr{}, fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, out)
+			}
+		}
+	}
+	return podNS[0], podNS[1], netip.MustParseAddr("10.250.2.2"), nil
+}
+
+// waitFastPath waits until h sees the pair with peer on the kernel fast
+// path, for up to 10 s; false at once when the pair is in userspace by
+// choice (--datapath userspace, a password).
+func waitFastPath(ctx context.Context, h *testbed.Host, peer string) (bool, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		cs, err := h.Client().Connections(ctx)
+		if err != nil {
+			return false, err
+		}
+		why := "no connection yet"
+		for _, c := range cs {
+			if c.Peer != peer {
+				continue
+			}
+			if c.Datapath == "fastdp" {
+				return true, nil
+			}
+			if strings.Contains(c.DatapathReason, "--datapath") || strings.Contains(c.DatapathReason, "encrypted") {
+				return false, nil
+			}
+			why = c.DatapathReason
+		}
+		if time.Now().After(deadline) {
+			return false, fmt.Errorf("%s: %s not on the fast path within 10 s: %s", h.Name, peer, why)
+		}
+		select {
+		case <-ctx.Done():
+			return false, ctx.Err()
+		case <-time.After(100 * time.Millisecond): // poll the agent's decision
+		}
+	}
+}
+
+// paired measures the row (pod to pod: srcNS to dst in dstNS) and the bare
+// underlay of the same two hosts (underlay addresses) alternately, and
+// returns the medians of the per-run ratios.
+func paired(ctx context.Context, bareSrc, bareDst string, bareAddr netip.Addr, srcNS, dstNS string, dst netip.Addr) (*pairedRatios, error) {
+	var one, four, rtt []float64
+	for i := 0; i < *runs; i++ {
+		for _, m := range []struct {
+			streams int
+			out     *[]float64
+		}{{1, &one}, {4, &four}} {
+			b, err := iperf(ctx, bareSrc, bareDst, bareAddr, m.streams)
+			if err != nil {
+				return nil, err
+			}
+			g, err := iperf(ctx, srcNS, dstNS, dst, m.streams)
+			if err != nil {
+				return nil, err
+			}
+			*m.out = append(*m.out, g/b)
+		}
+		b, err := pingRTT(ctx, bareSrc, bareAddr)
+		if err != nil {
+			return nil, err
+		}
+		g, err := pingRTT(ctx, srcNS, dst)
+		if err != nil {
+			return nil, err
+		}
+		rtt = append(rtt, float64(g)/float64(b))
+	}
+	med := func(v []float64) float64 { sort.Float64s(v); return v[len(v)/2] }
+	return &pairedRatios{gbps: med(one), gbps4: med(four), rtt: med(rtt)}, nil
+}

@@ -96,7 +96,9 @@ func TestPodsReachEachOther(t *testing.T) {
 // arrive byte-identical, a host reaches a pod on another host, and traffic
 // to the outside world is masqueraded behind the host's underlay address.
 func TestAcrossHostsNoNATAndMasquerade(t *testing.T) {
-	bed := threeHosts(t, testbed.Options{Outside: true})
+	// The userspace path: its per-peer counters are checked below (the
+	// kernel fast path has its own test, fastdp_test.go).
+	bed := threeHosts(t, testbed.Options{Outside: true}, "--datapath", "userspace")
 	ps := pods(t, bed, 1)
 	p1, p2, p3 := ps[0], ps[1], ps[2]
 
