@@ -52,7 +52,9 @@ func TestLeakGuardWhenRoutesAreFlushed(t *testing.T) {
 
 	// The routes an operator or a script might flush: all of the range's.
 	run(t, "ip", "-n", hostName, "route", "flush", "root", "10.32.0.0/12")
-	ping := func() { _ = exec.Command("ip", "netns", "exec", podName, "ping", "-c", "3", "-i", "0.2", "-W", "1", "10.33.0.5").Run() }
+	ping := func() {
+		_ = exec.Command("ip", "netns", "exec", podName, "ping", "-c", "3", "-i", "0.2", "-W", "1", "10.33.0.5").Run()
+	}
 	ping()
 	if n := packetsTo(t, gwName, "10.33.0.5"); n != 0 {
 		t.Fatalf("%d packets for a remote pod left by the underlay with the routes flushed", n)
