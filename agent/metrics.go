@@ -296,9 +296,6 @@ func (c collector) fastPath(gauge func(*prometheus.Desc, float64, ...string), co
 		on = 1
 	}
 	gauge(descFastdpOn, on)
-	if fp == nil {
-		return
-	}
 	if st, ok := fp.stats(); ok {
 		for _, d := range []struct {
 			dir                      string
@@ -313,17 +310,7 @@ func (c collector) fastPath(gauge func(*prometheus.Desc, float64, ...string), co
 			counter(descFastdpErrors, d.er, d.dir)
 		}
 	}
-	var sum uint64
-	for peer, n := range fp.fallbackCounts() {
-		if c.a.cfg.NoPerPeerMetrics {
-			sum += n
-			continue
-		}
-		counter(descFallbacks, n, peer)
-	}
-	if c.a.cfg.NoPerPeerMetrics {
-		counter(descFallbacks, sum, "")
-	}
+	c.fallbacks(counter)
 }
 
 // pairDatapath is the datapath label of a pair: fastdp or userspace.
@@ -332,4 +319,25 @@ func pairDatapath(d string) string {
 		return pairFastdp
 	}
 	return pairUserspace
+}
+
+// fallbacks exports weft_fastdp_fallbacks_total for every peer with a
+// connection, from zero (one sum with --metrics-per-peer=false), so that
+// rate() and alerts see the series before the first fall-back.
+func (c collector) fallbacks(counter func(*prometheus.Desc, uint64, ...string)) {
+	var counts map[string]uint64
+	if c.a.fp != nil {
+		counts = c.a.fp.fallbackCounts()
+	}
+	if c.a.cfg.NoPerPeerMetrics {
+		var sum uint64
+		for _, n := range counts {
+			sum += n
+		}
+		counter(descFallbacks, sum, "")
+		return
+	}
+	for _, cn := range c.a.connections() {
+		counter(descFallbacks, counts[cn.Peer], cn.Peer)
+	}
 }

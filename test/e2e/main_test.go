@@ -5,6 +5,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"os/exec"
 	"strings"
 	"testing"
@@ -23,6 +24,26 @@ func weft(t *testing.T, h *testbed.Host, args ...string) (string, error) {
 	cmd.Env = append(cmd.Environ(), "WEFT_RUN_DIR="+h.RunDir)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
+}
+
+// weftView runs a status view of weft on h and returns what it printed on
+// standard output. A view prints whether or not the agent is ready; exit
+// code 3 (answers, not ready) is therefore no error here, and the reason it
+// prints on standard error is left out of what the test compares.
+func weftView(t *testing.T, h *testbed.Host, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, testbed.Binaries(t)+"/weft", args...)
+	cmd.Env = append(cmd.Environ(), "WEFT_RUN_DIR="+h.RunDir)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	var exit *exec.ExitError
+	if err != nil && !(errors.As(err, &exit) && exit.ExitCode() == 3) {
+		t.Fatalf("weft %s on %s: %v\n%s%s", strings.Join(args, " "), h.Name, err, out, stderr.String())
+	}
+	return string(out)
 }
 
 // mustWeft is weft that fails the test on error.

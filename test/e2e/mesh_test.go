@@ -35,13 +35,13 @@ func TestMeshFormsFromAChain(t *testing.T) {
 	t.Logf("5 agents in one mesh after %s", time.Since(start).Round(time.Millisecond))
 
 	h3 := bed.Hosts[2]
-	overview := mustWeft(t, h3, "status")
+	overview := weftView(t, h3, "status")
 	for _, want := range []string{"Name: host3", "Peers: 5 (5 alive)", "Encryption: disabled", "Targets: 1"} {
 		if !strings.Contains(squeeze(overview), want) {
 			t.Errorf("weft status lacks %q:\n%s", want, overview)
 		}
 	}
-	peers := strings.Split(strings.TrimSpace(mustWeft(t, h3, "status", "peers")), "\n")
+	peers := strings.Split(strings.TrimSpace(weftView(t, h3, "status", "peers")), "\n")
 	if len(peers) != 6 {
 		t.Fatalf("weft status peers: want header + 5 lines, got:\n%s", strings.Join(peers, "\n"))
 	}
@@ -63,11 +63,11 @@ func TestMeshFormsFromAChain(t *testing.T) {
 	if want := []string{"host1", "host2", "host4", "host5"}; !sortedNames(peers[2:], want) {
 		t.Errorf("peers not sorted by name: %v", peers[2:])
 	}
-	if got := strings.TrimSpace(mustWeft(t, h3, "status", "targets")); got != "198.18.0.2:6783" {
+	if got := strings.TrimSpace(weftView(t, h3, "status", "targets")); got != "198.18.0.2:6783" {
 		t.Errorf("weft status targets = %q, want 198.18.0.2:6783", got)
 	}
 	var r api.Report
-	if err := json.Unmarshal([]byte(mustWeft(t, h3, "report")), &r); err != nil {
+	if err := json.Unmarshal([]byte(weftView(t, h3, "report")), &r); err != nil {
 		t.Fatalf("weft report is not JSON: %v", err)
 	}
 	if r.Status.Name != "host3" || len(r.Peers) != 5 {
@@ -117,11 +117,11 @@ func TestLateJoinerAndConnect(t *testing.T) {
 	if err := testbed.WaitAlive(context.Background(), 15*time.Second, 3, h1, h2, h3); err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.TrimSpace(mustWeft(t, h3, "status", "targets")); got != "198.18.0.1:6783" {
+	if got := strings.TrimSpace(weftView(t, h3, "status", "targets")); got != "198.18.0.1:6783" {
 		t.Errorf("targets after connect = %q", got)
 	}
 	mustWeft(t, h3, "forget", h1.Target())
-	if got := strings.TrimSpace(mustWeft(t, h3, "status", "targets")); got != "" {
+	if got := strings.TrimSpace(weftView(t, h3, "status", "targets")); got != "" {
 		t.Errorf("targets after forget = %q, want none", got)
 	}
 	if out, err := weft(t, h3, "connect", "198.18.0.1:notaport"); err == nil {
@@ -227,7 +227,7 @@ func TestWrongPasswordRefused(t *testing.T) {
 	if err := testbed.WaitAlive(ctx, time.Second, 2, h1, h2); err != nil {
 		t.Fatal(err)
 	}
-	if st := mustWeft(t, h1, "status"); !strings.Contains(squeeze(st), "Encryption: enabled") {
+	if st := weftView(t, h1, "status"); !strings.Contains(squeeze(st), "Encryption: enabled") {
 		t.Errorf("status does not show encryption:\n%s", st)
 	}
 }

@@ -105,7 +105,7 @@ func TestE2EReconcileRepairsHostNetwork(t *testing.T) {
 	if !strings.Contains(h1.Log(), "repaired the host network") {
 		t.Errorf("no repair in host1's log:\n%s", h1.Log())
 	}
-	if out := mustWeft(t, h1, "status"); !strings.Contains(out, "Ready: yes") && !strings.Contains(out, "yes") {
+	if out := weftView(t, h1, "status"); !strings.Contains(out, "Ready: yes") && !strings.Contains(out, "yes") {
 		t.Errorf("host1 not ready after the repairs:\n%s", out)
 	}
 }
@@ -138,10 +138,10 @@ func TestE2EUnderlayAddressChange(t *testing.T) {
 				}
 			}
 			recovered(t, "underlay address change ("+tc.name+")", began, p1, p2)
-			if out := mustWeft(t, h1, "status"); !strings.Contains(out, moved) {
+			if out := weftView(t, h1, "status"); !strings.Contains(out, moved) {
 				t.Errorf("host1's status does not show its new address:\n%s", out)
 			}
-			if out := mustWeft(t, h2, "status", "peers"); !strings.Contains(out, moved) {
+			if out := weftView(t, h2, "status", "peers"); !strings.Contains(out, moved) {
 				t.Errorf("host2 does not list host1 at its new address:\n%s", out)
 			}
 			if !strings.Contains(h1.Log(), "underlay address changed") {
