@@ -152,6 +152,18 @@ func (fp *fastPath) run(ctx context.Context) {
 	}
 }
 
+// resync makes the next round apply the desired state even if it has not
+// changed: the reconcile loop calls it when the host network changed under
+// the agent, since a flushed route takes the fast path's routes with it.
+func (fp *fastPath) resync() {
+	if !fp.enabled() {
+		return
+	}
+	fp.mu.Lock()
+	fp.lastWant = ""
+	fp.mu.Unlock()
+}
+
 // round computes the desired state, applies it when it changed (or every
 // fullSyncEvery), and sends the next probes.
 func (fp *fastPath) round(late bool) error {

@@ -53,6 +53,7 @@ func (a *Agent) keepHost(ctx context.Context) {
 	u := a.newUnderlayWatch()
 	check := func() {
 		a.reconcileHost()
+		a.fp.resync() // the fast path's routes and neighbours, within a round
 		u.follow(ctx)
 	}
 	check()
