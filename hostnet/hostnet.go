@@ -206,30 +206,45 @@ func (h *Host) ensureBridge() (netlink.Link, error) {
 	return link, nil
 }
 
-// ensureHostAddr leaves exactly HostAddr/32 among the bridge's addresses in
-// Range. An address outside Range is someone else's and stays.
-func (h *Host) ensureHostAddr(br netlink.Link) error {
+// bridgeAddrs reads the bridge's IPv4 addresses in Range: whether
+// HostAddr/32 is among them, and the stale others. An address outside Range
+// is someone else's and is not reported.
+func (h *Host) bridgeAddrs(br netlink.Link) (have bool, stale []netlink.Addr, err error) {
 	want := netip.PrefixFrom(h.cfg.HostAddr, 32)
 	addrs, err := netlink.AddrList(br, netlink.FAMILY_V4)
 	if err != nil {
-		return fmt.Errorf("hostnet: list addresses of %s: %w", h.cfg.Bridge, err)
+		return false, nil, fmt.Errorf("hostnet: list addresses of %s: %w", h.cfg.Bridge, err)
 	}
-	have := false
 	for _, a := range addrs {
 		p := nlconv.Prefix(a.IPNet)
 		switch {
 		case p == want:
 			have = true
 		case h.cfg.Range.Contains(p.Addr()):
-			if err := netlink.AddrDel(br, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
-				return fmt.Errorf("hostnet: remove stale address %s from %s: %w", p, h.cfg.Bridge, err)
-			}
-			h.log.Info("removed stale bridge address", "bridge", h.cfg.Bridge, "addr", p)
+			stale = append(stale, a)
 		}
+	}
+	return have, stale, nil
+}
+
+// ensureHostAddr leaves exactly HostAddr/32 among the bridge's addresses in
+// Range. An address outside Range is someone else's and stays.
+func (h *Host) ensureHostAddr(br netlink.Link) error {
+	have, stale, err := h.bridgeAddrs(br)
+	if err != nil {
+		return err
+	}
+	for _, a := range stale {
+		p := nlconv.Prefix(a.IPNet)
+		if err := netlink.AddrDel(br, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return fmt.Errorf("hostnet: remove stale address %s from %s: %w", p, h.cfg.Bridge, err)
+		}
+		h.log.Info("removed stale bridge address", "bridge", h.cfg.Bridge, "addr", p)
 	}
 	if have {
 		return nil
 	}
+	want := netip.PrefixFrom(h.cfg.HostAddr, 32)
 	if err := netlink.AddrAdd(br, &netlink.Addr{IPNet: nlconv.IPNet(want)}); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("hostnet: add %s to %s: %w", want, h.cfg.Bridge, err)
 	}

@@ -278,23 +278,15 @@ func (h *Host) check() ([]Fault, error) {
 type addFault func(p Part, format string, args ...any)
 
 func (h *Host) checkHostAddr(br netlink.Link, add addFault) error {
-	want := netip.PrefixFrom(h.cfg.HostAddr, 32)
-	addrs, err := netlink.AddrList(br, netlink.FAMILY_V4)
+	have, stale, err := h.bridgeAddrs(br)
 	if err != nil {
-		return fmt.Errorf("hostnet: list addresses of %s: %w", h.cfg.Bridge, err)
+		return err
 	}
-	have := false
-	for _, a := range addrs {
-		p := nlconv.Prefix(a.IPNet)
-		switch {
-		case p == want:
-			have = true
-		case h.cfg.Range.Contains(p.Addr()):
-			add(PartBridgeAddr, "bridge %s has the stale address %s", h.cfg.Bridge, p)
-		}
+	for _, a := range stale {
+		add(PartBridgeAddr, "bridge %s has the stale address %s", h.cfg.Bridge, nlconv.Prefix(a.IPNet))
 	}
 	if !have {
-		add(PartBridgeAddr, "bridge %s lacks its address %s", h.cfg.Bridge, want)
+		add(PartBridgeAddr, "bridge %s lacks its address %s", h.cfg.Bridge, netip.PrefixFrom(h.cfg.HostAddr, 32))
 	}
 	return nil
 }
