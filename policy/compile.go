@@ -57,8 +57,12 @@ const (
 	chainEgress  = "egress"
 )
 
-// Tags (rule user data) of the deny rules, to find their counters.
+// Named counters of the deny rules, per direction. Named objects, so that
+// rewriting the rules on a policy change does not reset them; the tags are
+// the deny rules' comments, for a reader of `nft list`.
 const (
+	counterIngress = "drops-ingress"
+	counterEgress  = "drops-egress"
 	tagDropIngress = "weft:drop:ingress"
 	tagDropEgress  = "weft:drop:egress"
 )
@@ -147,8 +151,8 @@ type rule struct {
 	conds   []cond
 	verdict verdict
 	jump    string // vJump: the chain
-	counter bool
-	tag     string // user data, for the deny rules
+	counter string // a named counter the rule counts into
+	tag     string // the rule's comment
 }
 
 // program is the compiled form of the policies.
@@ -226,15 +230,15 @@ func compile(policies map[string]*networkingv1.NetworkPolicy) *program {
 	ip4 := cond{op: condIPv4}
 	p.forward = []rule{
 		{conds: []cond{{op: condEstRel}}, verdict: vAccept},
-		{conds: []cond{ip4, {op: condDaddr, set: setIngressIso}, {op: condInvalid}}, verdict: vDrop, counter: true, tag: tagDropIngress},
-		{conds: []cond{ip4, {op: condSaddr, set: setEgressIso}, {op: condInvalid}}, verdict: vDrop, counter: true, tag: tagDropEgress},
+		{conds: []cond{ip4, {op: condDaddr, set: setIngressIso}, {op: condInvalid}}, verdict: vDrop, counter: counterIngress, tag: tagDropIngress},
+		{conds: []cond{ip4, {op: condSaddr, set: setEgressIso}, {op: condInvalid}}, verdict: vDrop, counter: counterEgress, tag: tagDropEgress},
 		{conds: []cond{ip4, {op: condSaddr, set: setEgressIso}}, verdict: vJump, jump: chainEgress},
 		{conds: []cond{ip4, {op: condDaddr, set: setIngressIso}}, verdict: vJump, jump: chainIngress},
 	}
 	p.ingress = slices.Insert(p.ingress, 0, rule{conds: []cond{{op: condSaddr, set: setNode}}, verdict: vAccept})
-	p.ingress = append(p.ingress, rule{verdict: vDrop, counter: true, tag: tagDropIngress})
+	p.ingress = append(p.ingress, rule{verdict: vDrop, counter: counterIngress, tag: tagDropIngress})
 	p.egress = slices.Insert(p.egress, 0, rule{conds: []cond{{op: condDaddr, set: setNode}}, verdict: vReturn})
-	p.egress = append(p.egress, rule{verdict: vDrop, counter: true, tag: tagDropEgress})
+	p.egress = append(p.egress, rule{verdict: vDrop, counter: counterEgress, tag: tagDropEgress})
 	return p
 }
 

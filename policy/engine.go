@@ -295,10 +295,12 @@ func (e *Engine) Status() Status {
 }
 
 // Apply programs everything changed since the last Apply, in one nftables
-// transaction. The first Apply (and any after a failed one, or after a
-// policy change) writes the whole table, replacing whatever is there in the
-// same transaction, so there is never a moment without rules. Otherwise
-// only set elements change. It returns once the kernel has it.
+// transaction. The first Apply (and any after a failed one) writes the
+// whole table, replacing whatever is there in the same transaction, so
+// there is never a moment without rules. After a policy change the ingress
+// and egress chains are rewritten and sets added or removed; after pod,
+// label or namespace changes only set elements change. It returns once the
+// kernel has it.
 func (e *Engine) Apply(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -307,9 +309,12 @@ func (e *Engine) Apply(ctx context.Context) error {
 	defer e.mu.Unlock()
 	start := time.Now()
 	var err error
-	if !e.synced || e.policiesDirty || e.prog == nil {
+	switch {
+	case !e.synced || e.prog == nil:
 		err = e.applyFull()
-	} else {
+	case e.policiesDirty:
+		err = e.applyPolicies()
+	default:
 		err = e.applyIncremental()
 	}
 	took := time.Since(start)

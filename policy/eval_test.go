@@ -2,6 +2,7 @@ package policy
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -61,16 +62,30 @@ func (k *fakeKernel) writeFull(p *program, contents map[string]map[string]int) e
 	return nil
 }
 
-func (k *fakeKernel) writeDiff(p *program, d elemDiff) error {
+func (k *fakeKernel) writeChange(p *program, contents map[string]map[string]int, c change) error {
 	if k.fail != nil {
 		return k.fail
 	}
-	if p != k.prog {
-		k.t.Errorf("diff against a program the kernel does not have")
+	if k.prog == nil {
+		k.t.Errorf("change to a table never written")
+		return errors.New("no table")
+	}
+	if !c.rules && p != k.prog {
+		k.t.Errorf("element change against a program the kernel does not have")
 	}
 	k.diffs++
 	k.elemOps = 0
-	for set, keys := range d.del {
+	for _, n := range c.newSets {
+		if k.sets[n] != nil {
+			k.t.Errorf("set %s made twice", n)
+		}
+		k.sets[n] = map[string]bool{}
+		for e := range contents[n] {
+			k.sets[n][e] = true
+			k.elemOps++
+		}
+	}
+	for set, keys := range c.diff.del {
 		for _, e := range keys {
 			if !k.sets[set][e] {
 				k.t.Errorf("delete of missing element %x from %s", e, set)
@@ -79,7 +94,7 @@ func (k *fakeKernel) writeDiff(p *program, d elemDiff) error {
 			k.elemOps++
 		}
 	}
-	for set, keys := range d.add {
+	for set, keys := range c.diff.add {
 		if k.sets[set] == nil {
 			k.t.Errorf("add to missing set %s", set)
 			continue
@@ -88,6 +103,21 @@ func (k *fakeKernel) writeDiff(p *program, d elemDiff) error {
 			k.sets[set][e] = true
 			k.elemOps++
 		}
+	}
+	for _, n := range c.oldSets {
+		if k.sets[n] == nil {
+			k.t.Errorf("delete of missing set %s", n)
+		}
+		delete(k.sets, n)
+	}
+	k.prog = p
+	for n := range p.sets {
+		if k.sets[n] == nil {
+			k.t.Errorf("program's set %s is not in the kernel", n)
+		}
+	}
+	if len(k.sets) != len(p.sets) {
+		k.t.Errorf("kernel has %d sets, the program %d", len(k.sets), len(p.sets))
 	}
 	return nil
 }
