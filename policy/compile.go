@@ -145,6 +145,7 @@ const (
 	vDrop
 	vReturn
 	vJump
+	vContinue // no verdict: the next rule
 )
 
 type rule struct {
@@ -153,7 +154,16 @@ type rule struct {
 	jump    string // vJump: the chain
 	counter string // a named counter the rule counts into
 	tag     string // the rule's comment
+	log     string // rate-limited log with this prefix (DenyLog)
 }
+
+// Deny logging: at most denyLogRate lines a second per direction (burst
+// denyLogBurst), to the kernel log of the agent's namespace. Logging from
+// other namespaces is off unless net.netfilter.nf_log_all_netns=1.
+const (
+	denyLogRate  = 10
+	denyLogBurst = 20
+)
 
 // program is the compiled form of the policies.
 type program struct {
@@ -194,7 +204,7 @@ func (c *compiler) errf(err error, format string, args ...any) {
 
 // compile builds the program of a set of policies. It never fails: what it
 // cannot compile it leaves out (failing closed) and lists in errs.
-func compile(policies map[string]*networkingv1.NetworkPolicy) *program {
+func compile(policies map[string]*networkingv1.NetworkPolicy, denyLog bool) *program {
 	p := &program{
 		sets:           map[string]*setDef{},
 		ingressTargets: map[string]bool{},
@@ -236,6 +246,10 @@ func compile(policies map[string]*networkingv1.NetworkPolicy) *program {
 		{conds: []cond{ip4, {op: condDaddr, set: setIngressIso}}, verdict: vJump, jump: chainIngress},
 	}
 	p.ingress = slices.Insert(p.ingress, 0, rule{conds: []cond{{op: condSaddr, set: setNode}}, verdict: vAccept})
+	if denyLog {
+		p.ingress = append(p.ingress, rule{verdict: vContinue, log: "weft-policy deny ingress: "})
+		p.egress = append(p.egress, rule{verdict: vContinue, log: "weft-policy deny egress: "})
+	}
 	p.ingress = append(p.ingress, rule{verdict: vDrop, counter: counterIngress, tag: tagDropIngress})
 	p.egress = slices.Insert(p.egress, 0, rule{conds: []cond{{op: condDaddr, set: setNode}}, verdict: vReturn})
 	p.egress = append(p.egress, rule{verdict: vDrop, counter: counterEgress, tag: tagDropEgress})

@@ -140,7 +140,7 @@ func withState(p packet, s ctState) packet { p.state = s; return p }
 func engineFor(t testing.TB, w *world) (*Engine, *fakeKernel) {
 	t.Helper()
 	fk := newFakeKernel(t)
-	e := newEngine(Config{NodeAddrs: func() []netip.Addr { return w.node }}, slog.New(slog.DiscardHandler), fk)
+	e := newEngine(Config{NodeAddrs: func() []netip.Addr { return w.node }, DenyLog: w.denyLog}, slog.New(slog.DiscardHandler), fk)
 	for ns, l := range w.namespaces {
 		e.SetNamespace(ns, l)
 	}

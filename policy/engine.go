@@ -79,10 +79,10 @@ type Config struct {
 	// NodeAddrs returns this node's own addresses: traffic between the node
 	// and its own pods is always allowed (kubelet probes). May be nil.
 	NodeAddrs func() []netip.Addr
-	// DenyLog asks for logging of denied flows. Not implemented: nft's `log`
-	// does nothing in a non-initial network namespace by default, and an
-	// NFLOG reader in the agent is future work. New logs a warning when it
-	// is set; denied flows are still counted (Drops).
+	// DenyLog logs denied packets to the kernel log, at most 10 a second
+	// per direction, prefixed "weft-policy deny ingress: " / "... egress: ".
+	// The kernel writes these only for the initial network namespace (where
+	// the agent runs) unless net.netfilter.nf_log_all_netns=1.
 	DenyLog bool
 }
 
@@ -148,9 +148,6 @@ func New(cfg Config) (*Engine, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("component", "policy", "table", cfg.Table)
-	if cfg.DenyLog {
-		log.Warn("logging of denied flows is not implemented; denied flows are only counted")
-	}
 	return newEngine(cfg, log, nftBackend{cfg}), nil
 }
 
@@ -351,6 +348,13 @@ func (e *Engine) Drops() (ingress, egress uint64) {
 func (e *Engine) Remove() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.synced = false
+	if e.synced || e.installed != nil {
+		// The table's counters go with it: keep them in the totals.
+		if in, out, err := e.kern.readDrops(); err == nil {
+			e.dropBase[0] += in
+			e.dropBase[1] += out
+		}
+	}
+	e.synced, e.installed = false, nil
 	return e.kern.remove()
 }

@@ -151,6 +151,8 @@ func (k *fakeKernel) runChain(rules []rule, pk packet) (verdict, bool) {
 			continue
 		}
 		switch r.verdict {
+		case vContinue:
+			continue
 		case vAccept, vDrop:
 			return r.verdict, true
 		case vReturn:

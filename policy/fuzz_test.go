@@ -173,7 +173,7 @@ func (g *gen) nsLabels() map[string]string {
 }
 
 func (g *gen) world() *world {
-	w := &world{namespaces: map[string]map[string]string{}}
+	w := &world{namespaces: map[string]map[string]string{}, denyLog: g.n(2) == 1}
 	for i := range 3 {
 		if g.n(4) != 0 { // sometimes a namespace the engine never hears of
 			w.namespaces[fmt.Sprintf("n%d", i)] = g.nsLabels()

@@ -355,7 +355,11 @@ func TestKernelVerdicts(t *testing.T) {
 		t.Error("no ingress drops counted")
 	}
 
+	in0, _ := e.Drops()
 	b.apply(e, withIngress(netpol("prod", "from-dev", all), ruleSpec{peers: []networkingv1.NetworkPolicyPeer{nsPeer(sel("team", "b"))}}))
+	if in, _ := e.Drops(); in < in0 {
+		t.Errorf("ingress drops went from %d to %d on a policy change", in0, in)
+	}
 	b.check("allow from namespace",
 		flow{kC, kA, 80, true}, flow{kRemote, kA, 80, true}, flow{kC, kB, 0, true}, flow{kB, kA, 80, false}, flow{kExt, kA, 80, false})
 	e.DeletePolicy("prod", "from-dev")
@@ -397,6 +401,11 @@ func TestKernelVerdicts(t *testing.T) {
 	}
 	e.DeletePolicy("prod", "a-out")
 
+	b.apply(e, withEgress(netpol("prod", "a-world", sel("id", "a"), E), ruleSpec{peers: []networkingv1.NetworkPolicyPeer{blockPeer("198.18.0.0/15", "198.18.0.1/32")}}))
+	b.check("egress ipBlock to the outside world",
+		flow{kA, kExt, 80, true}, flow{kA, kExt, 0, true}, flow{kA, kRemote, 80, false}, flow{kA, kB, 80, false})
+	e.DeletePolicy("prod", "a-world")
+
 	// A label change flips reachability after Apply.
 	b.apply(e, netpol("prod", "deny", all, I),
 		withIngress(netpol("prod", "from-client", all), ruleSpec{peers: []networkingv1.NetworkPolicyPeer{nsPeer(all)}, ports: nil}))
@@ -416,8 +425,12 @@ func TestKernelVerdicts(t *testing.T) {
 		t.Error("a label change rewrote rules")
 	}
 
+	inBefore, outBefore := e.Drops()
 	if err := e.Remove(); err != nil {
 		t.Fatal(err)
+	}
+	if in, out := e.Drops(); in != inBefore || out != outBefore {
+		t.Errorf("drops after Remove %d/%d, before %d/%d", in, out, inBefore, outBefore)
 	}
 	b.check("after Remove", flow{kC, kA, 80, true}, flow{kRemote, kA, 80, true})
 	if err := e.Remove(); err != nil {
@@ -505,4 +518,30 @@ func (b *bed) waitSink(src, dst netip.Addr) bool {
 		time.Sleep(10 * time.Millisecond)
 	}
 	return false
+}
+
+// DenyLog adds a rate-limited log rule before each deny; the deny stays.
+func TestKernelDenyLog(t *testing.T) {
+	b := newBed(t)
+	e, err := New(Config{NetNS: b.node, DenyLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range b.pods {
+		e.SetPod(p)
+	}
+	b.apply(e, netpol("prod", "deny", &metav1.LabelSelector{}, networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress))
+	l := b.nftList()
+	for _, want := range []string{
+		`limit rate 10/second burst 20 packets log prefix "weft-policy deny ingress: " level info`,
+		`limit rate 10/second burst 20 packets log prefix "weft-policy deny egress: " level info`,
+	} {
+		if !strings.Contains(l, want) {
+			t.Errorf("no %q in\n%s", want, l)
+		}
+	}
+	b.check("deny with log", flow{kC, kA, 80, false}, flow{kA, kC, 80, false}, flow{kC, kRemote, 80, true})
+	if in, out := e.Drops(); in == 0 || out == 0 {
+		t.Errorf("drops %d/%d", in, out)
+	}
 }

@@ -295,7 +295,7 @@ func (e *Engine) commitDiff(d elemDiff) {
 
 // compile compiles the policies and notes what could not be compiled.
 func (e *Engine) compile() *program {
-	p := compile(e.policies)
+	p := compile(e.policies, e.cfg.DenyLog)
 	e.compErr = ""
 	if len(p.errs) > 0 {
 		e.compErr = joinErrs(p.errs)

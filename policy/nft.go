@@ -205,6 +205,12 @@ func ruleExprs(r rule) []expr.Any {
 	for _, c := range r.conds {
 		e = append(e, condExprs(c)...)
 	}
+	if r.log != "" {
+		e = append(e,
+			&expr.Limit{Type: expr.LimitTypePkts, Rate: denyLogRate, Unit: expr.LimitTimeSecond, Burst: denyLogBurst},
+			&expr.Log{Level: expr.LogLevelInfo, Key: 1<<unix.NFTA_LOG_PREFIX | 1<<unix.NFTA_LOG_LEVEL, Data: []byte(r.log)},
+		)
+	}
 	if r.counter != "" {
 		e = append(e, &expr.Objref{Type: int(nftables.ObjTypeCounter), Name: r.counter})
 	}
