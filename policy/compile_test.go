@@ -581,3 +581,25 @@ func loadScale(e *Engine, n, pods int) {
 		e.SetPolicy(np)
 	}
 }
+
+// Without br_netfilter the table is still written (remote traffic is
+// covered) and the status says what is not.
+func TestNoBridgeNFIsReported(t *testing.T) {
+	fk := newFakeKernel(t)
+	fk.bridgeErr = ErrNoBridgeNF
+	e := newEngine(Config{}, slog.New(slog.DiscardHandler), fk)
+	e.SetPolicy(netpol("prod", "deny", sel(), networkingv1.PolicyTypeIngress))
+	if err := e.Apply(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if fk.fulls != 1 || !strings.Contains(e.Status().LastError, "br_netfilter") {
+		t.Errorf("%d writes, LastError %q", fk.fulls, e.Status().LastError)
+	}
+	fk.bridgeErr = nil
+	if err := e.Apply(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if st := e.Status(); st.LastError != "" {
+		t.Errorf("LastError %q once br_netfilter is there", st.LastError)
+	}
+}

@@ -39,6 +39,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -60,6 +61,9 @@ type Pod struct {
 	Ports           []NamedPort // container ports that have a name (for named ports in policies)
 	Local           bool        // runs on this node (its isolation is enforced here)
 }
+
+// Pods on the host network share their node's address and are not
+// selected by address; the caller leaves them out.
 
 // NamedPort is a container port with a name, as a policy may refer to it.
 type NamedPort struct {
@@ -125,6 +129,7 @@ type Engine struct {
 	dropBase [2]uint64 // drops counted by tables this Engine replaced: ingress, egress
 	status   Status
 	compErr  string
+	bridgeNF string // why bridged traffic is not filtered, "" when it is
 }
 
 type podState struct {
@@ -229,7 +234,7 @@ func (e *Engine) SetPod(p Pod) {
 }
 
 func podEqual(a, b Pod) bool {
-	return a.Local == b.Local && slices.Equal(a.IPs, b.IPs) && maps.Equal(a.Labels, b.Labels) &&
+	return a.Namespace == b.Namespace && a.Name == b.Name && a.Local == b.Local && slices.Equal(a.IPs, b.IPs) && maps.Equal(a.Labels, b.Labels) &&
 		slices.Equal(a.Ports, b.Ports)
 }
 
@@ -305,6 +310,7 @@ func (e *Engine) Apply(ctx context.Context) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	start := time.Now()
+	e.checkBridgeNF()
 	var err error
 	switch {
 	case !e.synced || e.prog == nil:
@@ -324,10 +330,32 @@ func (e *Engine) Apply(ctx context.Context) error {
 		return err
 	}
 	e.status.LastError = e.compErr
+	if e.bridgeNF != "" {
+		e.status.LastError = strings.TrimPrefix(e.compErr+"; "+e.bridgeNF, "; ")
+	}
 	e.status.Sets = e.prog.setCount()
 	e.status.Rules = e.prog.ruleCount()
 	e.log.Debug("network policy applied", "took", took, "sets", e.status.Sets, "rules", e.status.Rules)
 	return nil
+}
+
+// checkBridgeNF makes sure bridged IPv4 passes the inet hooks, on every
+// Apply (someone may turn it off), logging only when that changes.
+func (e *Engine) checkBridgeNF() {
+	msg := ""
+	if err := e.kern.ensureBridgeNF(); err != nil {
+		// Bridged pod-to-pod traffic on this node bypasses the rules;
+		// traffic from other nodes is still covered, so go on.
+		msg = "bridged traffic between pods of this node is not filtered: " + err.Error()
+	}
+	if msg != e.bridgeNF {
+		if msg != "" {
+			e.log.Warn(msg)
+		} else {
+			e.log.Info("bridged traffic between pods of this node is filtered")
+		}
+		e.bridgeNF = msg
+	}
 }
 
 // Drops reports the packets the deny rules dropped, per direction.

@@ -42,6 +42,7 @@ type fakeKernel struct {
 	fulls, diffs int
 	elemOps      int // set elements sent by the last write
 	fail         error
+	bridgeErr    error // what ensureBridgeNF says
 }
 
 func newFakeKernel(t testing.TB) *fakeKernel { return &fakeKernel{t: t} }
@@ -124,7 +125,7 @@ func (k *fakeKernel) writeChange(p *program, contents map[string]map[string]int,
 
 func (k *fakeKernel) readDrops() (uint64, uint64, error) { return 0, 0, nil }
 func (k *fakeKernel) remove() error                      { k.prog, k.sets = nil, nil; return nil }
-func (k *fakeKernel) ensureBridgeNF() error              { return nil }
+func (k *fakeKernel) ensureBridgeNF() error              { return k.bridgeErr }
 
 func (k *fakeKernel) snapshot() map[string]map[string]bool {
 	out := map[string]map[string]bool{}

@@ -545,3 +545,30 @@ func TestKernelDenyLog(t *testing.T) {
 		t.Errorf("drops %d/%d", in, out)
 	}
 }
+
+// Interval sets at the edges of the key space, as nft reads them back.
+func TestKernelIntervalSets(t *testing.T) {
+	b := newBed(t)
+	e := b.engine()
+	all := &metav1.LabelSelector{}
+	b.apply(e,
+		withIngress(netpol("prod", "edges", all),
+			ruleSpec{peers: []networkingv1.NetworkPolicyPeer{blockPeer("0.0.0.0/0", "10.0.0.0/8")}},
+			ruleSpec{peers: []networkingv1.NetworkPolicyPeer{blockPeer("255.255.255.0/24", "255.255.255.128/25")}},
+			ruleSpec{peers: []networkingv1.NetworkPolicyPeer{blockPeer("198.18.0.0/16")}, ports: []networkingv1.NetworkPolicyPort{
+				portRange("TCP", 1, 65535), portRange("UDP", 65000, 65535), port("UDP", 1)}},
+		))
+	l := b.nftList()
+	for _, want := range []string{
+		"0.0.0.0-9.255.255.255, 11.0.0.0-255.255.255.255",
+		"255.255.255.0/25",
+		"198.18.0.0/16",
+		"1-65535",
+		"1, 65000-65535",
+	} {
+		if !strings.Contains(l, want) {
+			t.Errorf("no %q in\n%s", want, l)
+		}
+	}
+	b.check("edges", flow{kC, kA, 80, false}, flow{kExt, kA, 80, true}, flow{kExt, kA, 9090, true}, flow{kRemote, kA, 80, false})
+}

@@ -308,11 +308,6 @@ func (e *Engine) applyFull() error {
 	e.prog = e.compile()
 	e.recomputeAll()
 	e.policiesDirty = false
-	if err := e.kern.ensureBridgeNF(); err != nil {
-		// Bridged pod-to-pod traffic on this node would bypass the rules;
-		// remote traffic is still covered, so program the table anyway.
-		e.log.Warn("bridged traffic is not filtered", "err", err)
-	}
 	in, out, _ := e.kern.readDrops()
 	if err := e.kern.writeFull(e.prog, e.contents); err != nil {
 		return err
