@@ -465,6 +465,15 @@ func TestLabelChangeIsElementUpdate(t *testing.T) {
 	if fk.diffs != diffs {
 		t.Error("an Apply without changes wrote to the kernel")
 	}
+	// The same policy again (an informer's resync): nothing to do.
+	diffs = fk.diffs
+	e.SetPolicy(w.policies[1])
+	if err := e.Apply(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if fk.diffs != diffs {
+		t.Error("re-setting an unchanged policy wrote to the kernel")
+	}
 	// Namespace relabel moves its pods in and out of namespace selectors.
 	e.SetPolicy(withIngress(netpol("prod", "from-dev", sel("app", "web")), ruleSpec{peers: []networkingv1.NetworkPolicyPeer{nsPeer(sel("team", "b"))}}))
 	if err := e.Apply(context.Background()); err != nil {

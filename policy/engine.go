@@ -45,6 +45,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 )
 
 // DefaultTable is the nftables table (family inet) the Engine owns.
@@ -179,7 +180,11 @@ func (e *Engine) SetPolicy(p *networkingv1.NetworkPolicy) {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.policies[key(p.Namespace, p.Name)] = p.DeepCopy()
+	k := key(p.Namespace, p.Name)
+	if old, ok := e.policies[k]; ok && equality.Semantic.DeepEqual(old.Spec, p.Spec) {
+		return // an informer's resync, or a change of metadata only
+	}
+	e.policies[k] = p.DeepCopy()
 	e.policiesDirty = true
 }
 

@@ -3,6 +3,7 @@ package policy
 import (
 	"encoding/binary"
 	"net/netip"
+	"reflect"
 	"slices"
 
 	corev1 "k8s.io/api/core/v1"
@@ -348,7 +349,10 @@ func (e *Engine) applyPolicies() error {
 	e.policiesDirty = false
 	var newSel, newNamed []*setDef
 	var c change
-	c.rules = true
+	// Rules refer to sets by a hash of what selects their members, so
+	// equal rules mean an unchanged ruleset (say, a policy was replaced
+	// by an equivalent one).
+	c.rules = !reflect.DeepEqual(old.ingress, np.ingress) || !reflect.DeepEqual(old.egress, np.egress)
 	for name, s := range np.sets {
 		if _, ok := old.sets[name]; ok {
 			continue
