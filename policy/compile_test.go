@@ -518,6 +518,7 @@ func TestApplyAfterFailureRewrites(t *testing.T) {
 	w.policies = []*networkingv1.NetworkPolicy{netpol("prod", "deny", sel("app", "web"), networkingv1.PolicyTypeIngress)}
 	e, fk := engineFor(t, w)
 	fk.fail = errors.New("netlink: boom")
+	fk.failOnce = false
 	p := w.pods[1]
 	p.Labels = map[string]string{"app": "web"}
 	p.Name = "web3"
@@ -610,5 +611,24 @@ func TestNoBridgeNFIsReported(t *testing.T) {
 	}
 	if st := e.Status(); st.LastError != "" {
 		t.Errorf("LastError %q once br_netfilter is there", st.LastError)
+	}
+}
+
+// An incremental change the kernel refuses is followed, in the same Apply,
+// by a full rewrite.
+func TestApplyFallsBackToFullWrite(t *testing.T) {
+	w := testWorld()
+	w.policies = []*networkingv1.NetworkPolicy{netpol("prod", "deny", sel("app", "web"), networkingv1.PolicyTypeIngress)}
+	e, fk := engineFor(t, w)
+	fk.fail, fk.failOnce = errors.New("netlink: no such table"), true
+	p := w.pods[4]
+	p.Labels = map[string]string{"app": "web"}
+	p.Namespace = "prod"
+	e.SetPod(p)
+	if err := e.Apply(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if fk.fulls != 2 || fk.allowed(tcp(xIP, clientIP, 80)) {
+		t.Errorf("%d full writes (want 2); new member isolated: %v", fk.fulls, !fk.allowed(tcp(xIP, clientIP, 80)))
 	}
 }

@@ -325,6 +325,15 @@ func (e *Engine) Apply(ctx context.Context) error {
 	default:
 		err = e.applyIncremental()
 	}
+	if err != nil && e.synced {
+		// The kernel refused a change against what we think it has (say,
+		// someone deleted the table): a failed batch changes nothing, so
+		// write everything now rather than leave the node unprotected
+		// until the next Apply.
+		e.log.Warn("network policy update failed, rewriting the table", "err", err)
+		e.synced = false
+		err = e.applyFull()
+	}
 	took := time.Since(start)
 	e.status.LastApply = start
 	e.status.LastApplyTook = took

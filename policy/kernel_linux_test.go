@@ -425,6 +425,15 @@ func TestKernelVerdicts(t *testing.T) {
 		t.Error("a label change rewrote rules")
 	}
 
+	// Someone deletes the table: the next Apply, even one that only
+	// changes a label, puts it back.
+	b.run("ip", "netns", "exec", b.node, "nft", "delete", "table", "inet", DefaultTable)
+	b.check("table deleted behind the engine's back", flow{kC, kA, 80, true})
+	r.Labels = map[string]string{"app": "tool"}
+	e.SetPod(r)
+	b.apply(e)
+	b.check("after the next Apply", flow{kC, kA, 80, false}, flow{kRemote, kA, 80, false})
+
 	inBefore, outBefore := e.Drops()
 	if err := e.Remove(); err != nil {
 		t.Fatal(err)
