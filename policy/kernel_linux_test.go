@@ -445,6 +445,8 @@ func TestKernelVerdicts(t *testing.T) {
 	if err := e.Remove(); err != nil {
 		t.Errorf("Remove of a missing table: %v", err)
 	}
+	b.apply(e)
+	b.check("Apply after Remove", flow{kC, kA, 80, false}, flow{kC, kB, 80, false})
 }
 
 // An agent restart: a fresh Engine's first Apply replaces the table in
