@@ -134,9 +134,10 @@ func (k *fakeKernel) writeChange(p *program, contents map[string]map[string]int,
 	return nil
 }
 
-func (k *fakeKernel) readDrops() (uint64, uint64, error) { return 0, 0, nil }
-func (k *fakeKernel) remove() error                      { k.prog, k.sets = nil, nil; return nil }
-func (k *fakeKernel) ensureBridgeNF() error              { return k.bridgeErr }
+func (k *fakeKernel) readDrops() (uint64, uint64, error)  { return 0, 0, nil }
+func (k *fakeKernel) forgetFlows(flowFilter) (int, error) { return 0, nil }
+func (k *fakeKernel) remove() error                       { k.prog, k.sets = nil, nil; return nil }
+func (k *fakeKernel) ensureBridgeNF() error               { return k.bridgeErr }
 
 func (k *fakeKernel) snapshot() map[string]map[string]bool {
 	out := map[string]map[string]bool{}
