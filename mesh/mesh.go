@@ -162,28 +162,19 @@ type Mesh struct {
 	// memberlist's queue overflowed and dropped them (seen at 100 agents).
 	inbox        chan []byte
 	inboxDropped atomic.Uint64
-
-	// live caches memberlist's view of every member's state for IsAlive,
-	// Reachable and the like, which IPAM asks per peer: a fresh list each
-	// time made those loops N² in a big mesh. Events clear it.
-	live atomic.Pointer[liveView]
 }
-
-// liveView is memberlist's member states at one moment.
-type liveView struct {
-	at     time.Time
-	states map[string]memberlist.NodeStateType
-}
-
-// liveMaxAge bounds how stale the cached states may be: events clear the
-// cache at once, so this is how late a probe's alive-to-suspect turn shows.
-const liveMaxAge = 100 * time.Millisecond
 
 type peer struct {
-	node  memberlist.Node // last seen
+	node  memberlist.Node // last seen (a copy: memberlist's own changes under its lock)
 	meta  Meta
-	state State // from events; liveStates refines alive into suspect
-	since time.Time
+	state State // from events: alive, dead, left (or unknown: from the last run)
+	// suspect: alive, but this member's own probe of it went unanswered
+	// (memberlist says so in its log; see onSuspect). Cleared by any sign
+	// of life. Suspicion raised by other members is not seen: memberlist
+	// tells no one, and its Members reads nodes it changes under a lock
+	// of its own, a data race (-race found it).
+	suspect bool
+	since   time.Time
 }
 
 type target struct {
@@ -244,6 +235,7 @@ func New(cfg Config) (*Mesh, error) {
 	mc.Alive = d
 	mc.Merge = d
 	mc.Conflict = d
+	mc.Ping = d
 	list, err := memberlist.Create(mc)
 	if err != nil {
 		if cfg.Transport != nil {
@@ -278,7 +270,7 @@ func (m *Mesh) memberlistConfig(bind, advertise netip.Addr, transport memberlist
 	mc.GossipInterval = cfg.Timing.GossipInterval
 	mc.PushPullInterval = cfg.Timing.PushPullInterval
 	mc.TCPTimeout = cfg.Timing.TCPTimeout
-	mc.Logger = newMemberlistLogger(cfg.Logger)
+	mc.Logger = newMemberlistLogger(cfg.Logger, m.suspected)
 	if transport != nil {
 		mc.Transport = transport
 	}
@@ -429,15 +421,10 @@ func NormalizeTarget(s string, defaultPort int) (string, error) {
 // rejoin joins every target that is due and not an alive member, each in its
 // own goroutine so one unreachable address does not hold up the others.
 func (m *Mesh) rejoin(ctx context.Context) {
-	alive := map[string]bool{}
-	for _, n := range m.ml().Members() {
-		if n.Name != m.cfg.Name && n.State == memberlist.StateAlive {
-			alive[n.Address()] = true
-		}
-	}
 	now := m.now()
 	var due, learnt []*target
 	m.mu.Lock()
+	alive := m.aliveAddrsLocked()
 	self := net.JoinHostPort(m.bind.String(), strconv.Itoa(m.cfg.Port))
 	for addr, t := range m.targets {
 		if alive[t.addr] {
@@ -570,20 +557,20 @@ func (m *Mesh) BroadcastStats() BroadcastStats {
 
 // SendTo sends msg on channel ch to the named peer over TCP.
 func (m *Mesh) SendTo(name string, ch Channel, msg []byte) error {
-	var node *memberlist.Node
-	for _, n := range m.ml().Members() {
-		if n.Name == name {
-			node = n
-			break
-		}
+	m.mu.Lock()
+	p := m.peers[name]
+	var node memberlist.Node
+	if p != nil {
+		node = p.node // a copy: memberlist reads it while we may change ours
 	}
-	if node == nil {
+	m.mu.Unlock()
+	if p == nil || !p.state.Reachable() {
 		return fmt.Errorf("peer %s is not a member", name)
 	}
 	b := make([]byte, 1+len(msg))
 	b[0] = byte(ch)
 	copy(b[1:], msg)
-	if err := m.ml().SendReliable(node, b); err != nil {
+	if err := m.ml().SendReliable(&node, b); err != nil {
 		return fmt.Errorf("send to %s: %w", name, err)
 	}
 	return nil
@@ -609,13 +596,12 @@ type PeerInfo struct {
 
 // Members returns every peer ever seen, this one included, sorted by name.
 func (m *Mesh) Members() []PeerInfo {
-	live := m.liveStates()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := make([]PeerInfo, 0, len(m.peers))
 	for name, p := range m.peers {
 		addr, _ := netip.AddrFromSlice(p.node.Addr)
-		out = append(out, PeerInfo{Name: name, Addr: addr.Unmap(), Meta: p.meta, State: stateOf(p, live)})
+		out = append(out, PeerInfo{Name: name, Addr: addr.Unmap(), Meta: p.meta, State: p.current()})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
@@ -623,53 +609,52 @@ func (m *Mesh) Members() []PeerInfo {
 
 // AliveNames returns the names of alive members, this one included, sorted.
 func (m *Mesh) AliveNames() []string {
+	m.mu.Lock()
 	var out []string
-	for _, n := range m.ml().Members() {
-		if n.State == memberlist.StateAlive {
-			out = append(out, n.Name)
+	for name, p := range m.peers {
+		if p.current() == StateAlive {
+			out = append(out, name)
 		}
 	}
+	m.mu.Unlock()
 	sort.Strings(out)
 	return out
 }
 
 // IsAlive reports whether name is an alive member.
-func (m *Mesh) IsAlive(name string) bool {
-	st, ok := m.liveStates()[name]
-	return ok && st == memberlist.StateAlive
+func (m *Mesh) IsAlive(name string) bool { return m.stateOf(name) == StateAlive }
+
+// Reachable reports whether name is an alive or suspect member: a suspect
+// may be only slow, and routing still sends to it, so it is never taken over.
+func (m *Mesh) Reachable(name string) bool { return m.stateOf(name).Reachable() }
+
+func (m *Mesh) stateOf(name string) State {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if p := m.peers[name]; p != nil {
+		return p.current()
+	}
+	return StateUnknown
 }
 
-// liveStates reads memberlist's current view (it knows suspects; events do
-// not), at most liveMaxAge old. The map is shared: read it only.
-func (m *Mesh) liveStates() map[string]memberlist.NodeStateType {
-	now := time.Now()
-	if v := m.live.Load(); v != nil && now.Sub(v.at) < liveMaxAge {
-		return v.states
-	}
-	members := m.ml().Members()
-	live := make(map[string]memberlist.NodeStateType, len(members))
-	for _, n := range members {
-		live[n.Name] = n.State
-	}
-	m.live.Store(&liveView{at: now, states: live})
-	return live
-}
-
-func stateOf(p *peer, live map[string]memberlist.NodeStateType) State {
-	if st, ok := live[p.node.Name]; ok {
-		switch st {
-		case memberlist.StateAlive:
-			return StateAlive
-		case memberlist.StateSuspect:
-			return StateSuspect
+// aliveAddrsLocked are the gossip addresses of the alive peers, this one
+// left out.
+func (m *Mesh) aliveAddrsLocked() map[string]bool {
+	alive := map[string]bool{}
+	for name, p := range m.peers {
+		if name != m.cfg.Name && p.current() == StateAlive {
+			alive[p.node.Address()] = true
 		}
 	}
-	switch p.state {
-	case StateLeft, StateUnknown:
-		// Unknown: known from the last run, not heard of in gossip yet.
-		return p.state
+	return alive
+}
+
+// current is the peer's state with this member's suspicion applied.
+func (p *peer) current() State {
+	if p.state == StateAlive && p.suspect {
+		return StateSuspect
 	}
-	return StateDead
+	return p.state
 }
 
 // Peer is one member as `weft status peers` shows it.
@@ -686,7 +671,6 @@ type Peer struct {
 
 // Peers lists every peer ever seen, the local one first, then by name.
 func (m *Mesh) Peers() []Peer {
-	live := m.liveStates()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := make([]Peer, 0, len(m.peers))
@@ -695,7 +679,7 @@ func (m *Mesh) Peers() []Peer {
 			Name:     name,
 			Address:  p.node.Address(),
 			DataPort: int(p.meta.DataPort),
-			State:    stateOf(p, live),
+			State:    p.current(),
 			Local:    name == m.cfg.Name,
 			Version:  p.meta.Version,
 			Protocol: int(p.meta.Protocol),
@@ -728,10 +712,10 @@ func (m *Mesh) Targets() []string {
 // Counts returns members known and alive, this one included.
 func (m *Mesh) Counts() (known, alive int) {
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	known = len(m.peers)
-	m.mu.Unlock()
-	for _, st := range m.liveStates() {
-		if st == memberlist.StateAlive {
+	for _, p := range m.peers {
+		if p.current() == StateAlive {
 			alive++
 		}
 	}
