@@ -139,6 +139,7 @@ type Mesh struct {
 	listp    atomic.Pointer[memberlist.Memberlist] // replaced by Rebind; see ml
 	delegate *delegate
 	queue    *broadcastQueue
+	baseMult int // memberlist's retransmit multiplier
 	started  time.Time
 	now      func() time.Time // the clock of join targets; tests replace it
 
@@ -249,6 +250,7 @@ func New(cfg Config) (*Mesh, error) {
 	// chatter and a lost one is only repaired at the next push/pull: send
 	// each more often than memberlist's default.
 	m.queue = newBroadcastQueue(func() int { return m.ml().NumMembers() }, 3*mc.RetransmitMult, cfg.MaxBroadcasts)
+	m.baseMult = mc.RetransmitMult
 	m.log.Info("listening for gossip", "address", net.JoinHostPort(cfg.Bind.String(), strconv.Itoa(cfg.Port)),
 		"encrypted", len(cfg.SecretKey) > 0)
 	return m, nil
@@ -535,7 +537,14 @@ func (m *Mesh) enqueue(ch Channel, key string, msg []byte) {
 	b := make([]byte, 1+len(msg))
 	b[0] = byte(ch)
 	copy(b[1:], msg)
-	if dropped := m.queue.add(key, b); dropped > 0 && m.queue.droppedTotal() == uint64(dropped) {
+	mult := m.queue.mult
+	if ch == ChannelHealth {
+		// Informational, and refreshed by its sender: memberlist's own
+		// count is enough. Every retransmit is paid by every member, and
+		// in a big mesh these summaries were most of the steady gossip.
+		mult = m.baseMult
+	}
+	if dropped := m.queue.addMult(key, b, mult); dropped > 0 && m.queue.droppedTotal() == uint64(dropped) {
 		m.log.Warn("gossip broadcast queue full: dropping the most-sent broadcasts (push/pull repairs them); further drops are only counted",
 			"cap", m.cfg.MaxBroadcasts)
 	}
