@@ -154,7 +154,12 @@ type Mesh struct {
 	closing  bool
 	changed  chan struct{} // coalesced membership-change signal, drained by Run
 
-	savedKnown []byte // KnownPeersFile as last written; Run's goroutine only
+	// KnownPeersFile as last written, whether membership changed since,
+	// when it was written, and how many times; Run's goroutine only.
+	savedKnown   []byte
+	knownDirty   bool
+	knownSavedAt time.Time
+	knownWrites  atomic.Int64 // read by tests
 
 	// inbox holds subsystem messages for Run to hand to their handlers:
 	// memberlist delivers them on the goroutine that also handles its
@@ -311,6 +316,8 @@ const inboxSize = 4096
 func (m *Mesh) Run(ctx context.Context) {
 	tick := time.NewTicker(m.cfg.Timing.RejoinInterval / 4)
 	defer tick.Stop()
+	knownTick := time.NewTicker(knownSaveEvery)
+	defer knownTick.Stop()
 	delivered := make(chan struct{})
 	go func() {
 		defer close(delivered)
@@ -328,10 +335,17 @@ func (m *Mesh) Run(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
+			if m.knownDirty {
+				m.saveKnown()
+			}
 			m.leave()
 			return
 		case <-tick.C:
 			m.rejoin(ctx)
+		case <-knownTick.C:
+			if m.knownDirty {
+				m.saveKnown()
+			}
 		case <-m.changed:
 			m.notifyChange()
 		}
@@ -738,8 +752,17 @@ func (m *Mesh) notifyChange() {
 	for _, f := range fs {
 		f()
 	}
-	m.saveKnown()
+	m.knownDirty = true
+	if time.Since(m.knownSavedAt) >= knownSaveEvery {
+		m.saveKnown()
+	}
 }
+
+// knownSaveEvery spaces the writes of KnownPeersFile: it lists every peer,
+// and a mesh forming changes with every peer that joins, so a write per
+// change was N writes of N peers at every agent (a thousand agents forming
+// wrote about 100 MB each). The last change is written at most this late.
+const knownSaveEvery = time.Second
 
 // Shutdown stops gossip without leaving, for a start that is abandoned
 // before Run.
