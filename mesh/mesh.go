@@ -501,6 +501,17 @@ func pickLearnt(learnt []*target, aliveOthers int) []*target {
 	return learnt[:min(n, len(learnt))]
 }
 
+// joinBackoff is the wait before the next join of a target that failed
+// failures times: doubling from RejoinInterval up to RejoinMaxBackoff, and
+// drawn (r in [0,1)) from its upper half. When a whole mesh starts at once,
+// every agent joins the same first peer; under that load the joins time
+// out together, and retries at the same moments time out together again.
+// The draw spreads them out.
+func joinBackoff(t Timing, failures int, r float64) time.Duration {
+	b := min(t.RejoinInterval<<min(failures-1, 4), t.RejoinMaxBackoff)
+	return b/2 + time.Duration(r*float64(b/2))
+}
+
 func (m *Mesh) joinOne(ctx context.Context, t *target) {
 	if ctx.Err() != nil {
 		return
@@ -515,8 +526,7 @@ func (m *Mesh) joinOne(ctx context.Context, t *target) {
 	defer m.mu.Unlock()
 	if err != nil || n == 0 {
 		t.failures++
-		backoff := m.cfg.Timing.RejoinInterval << min(t.failures-1, 4)
-		backoff = min(backoff, m.cfg.Timing.RejoinMaxBackoff)
+		backoff := joinBackoff(m.cfg.Timing, t.failures, rand.Float64())
 		t.next = m.now().Add(backoff)
 		msg := explainJoinError(err)
 		if msg != t.lastErr || t.failures == 1 {
