@@ -83,7 +83,12 @@ func (d *delegate) LocalState(join bool) []byte {
 	d.m.mu.Unlock()
 	var out []byte
 	for ch, h := range hs {
-		s := h.LocalState()
+		var s []byte
+		if dg, ok := h.(Digester); ok && !join {
+			s = dg.LocalDigest()
+		} else {
+			s = h.LocalState()
+		}
 		out = append(out, byte(ch))
 		out = binary.BigEndian.AppendUint32(out, uint32(len(s)))
 		out = append(out, s...)

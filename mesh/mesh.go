@@ -47,6 +47,15 @@ type Handler interface {
 	MergeState(buf []byte) error
 }
 
+// Digester is a Handler whose state in a periodic push/pull can be a
+// digest of it: joins carry LocalState, the periodic exchanges LocalDigest,
+// and a handler whose state differs from a digest it merges fetches the
+// full state over its channel. A full state in every periodic exchange
+// grows with the mesh (the IPAM ring of a thousand peers is some 100 kB).
+type Digester interface {
+	LocalDigest() []byte
+}
+
 // Timing are the failure-detection and rejoin intervals.
 type Timing struct {
 	ProbeInterval    time.Duration // how often one peer is probed
@@ -784,4 +793,4 @@ func (m *Mesh) Shutdown() {
 
 // StateSize is the size in bytes of what this member sends in a push/pull
 // exchange on top of memberlist's own node list: every channel's state.
-func (m *Mesh) StateSize() int { return len(m.delegate.LocalState(false)) }
+func (m *Mesh) StateSize() int { return len(m.delegate.LocalState(true)) }
