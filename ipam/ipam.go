@@ -151,10 +151,10 @@ type IPAM struct {
 	// Push/pull digests found equal to this peer's ring, and full states
 	// asked because they differed.
 	digestsEqual, digestAsks uint64
-	acks           map[uint64]chan struct{}
-	nonce          uint64
-	rng            *rand.Rand
-	mismatchN      int // ring mismatches logged (rate limit)
+	acks                     map[uint64]chan struct{}
+	nonce                    uint64
+	rng                      *rand.Rand
+	mismatchN                int // ring mismatches logged (rate limit)
 	// Membership as last checked (checkReturnsLocked): who was alive, who
 	// went away and when, and when this peer last wrote one of its keys.
 	aliveSeen      map[string]bool
