@@ -73,7 +73,7 @@ func TestScaleTable(t *testing.T) {
 func formatTable(rows []result) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "load average at the end: %s\n\n", loadAvg())
-	fmt.Fprintf(&b, "| agents | formation + ready ring | formation CPU / sent per agent | gossip in / out per agent | memory per agent | idle CPU per agent | kill -9 of 5 → all see dead | relaunch → whole | 50/50 partition heal | ring keys | IPAM push/pull state | bytes per gossip stream |\n")
+	fmt.Fprintf(&b, "| agents | formation + ready ring | formation CPU / sent per agent | gossip in / out per agent | memory per agent | idle CPU per agent | kill -9 of 5 → all see dead | relaunch → whole | 50/50 partition heal | ring keys | IPAM state in a join | bytes per gossip stream |\n")
 	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
 		mem := "—"
