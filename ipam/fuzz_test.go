@@ -17,6 +17,9 @@ func seedMessages() [][]byte {
 		{Type: msgGetState, From: "b"},
 		{Type: msgState, From: "b", RingID: r.ID, Range: "10.32.0.0/24", Size: 256, Seeds: r.Seeds, Entries: es},
 		{Type: msgState, From: "b", Range: "10.32.0.0/24", Size: 256},
+		// A periodic push/pull's digest, equal to the seeded ring's and not.
+		{Type: msgState, From: "b", RingID: r.ID, Range: "10.32.0.0/24", Size: 256, Seeds: r.Seeds, Digest: ringDigest(r.entries)},
+		{Type: msgState, From: "b", RingID: r.ID, Range: "10.32.0.0/24", Size: 256, Seeds: r.Seeds, Digest: ringDigest(nil)},
 		{Type: msgPrepare, From: "b", Ballot: &b},
 		{Type: msgPromise, From: "b", Ballot: &b, OK: true, Accepted: &b, Value: []string{"a", "b"}},
 		{Type: msgPromise, From: "b", Ballot: &b, Promised: &b},

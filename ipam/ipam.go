@@ -148,10 +148,13 @@ type IPAM struct {
 	refused        map[string]time.Time  // donors that had nothing, when
 	asked          map[string]askedDonor // donors asked while this peer had no space
 	lastGet        time.Time
-	acks           map[uint64]chan struct{}
-	nonce          uint64
-	rng            *rand.Rand
-	mismatchN      int // ring mismatches logged (rate limit)
+	// Push/pull digests found equal to this peer's ring, and full states
+	// asked because they differed.
+	digestsEqual, digestAsks uint64
+	acks                     map[uint64]chan struct{}
+	nonce                    uint64
+	rng                      *rand.Rand
+	mismatchN                int // ring mismatches logged (rate limit)
 	// Membership as last checked (checkReturnsLocked): who was alive, who
 	// went away and when, and when this peer last wrote one of its keys.
 	aliveSeen      map[string]bool
@@ -705,6 +708,22 @@ func (p *IPAM) LocalState() []byte {
 	return p.encodeLocked(p.stateMsgLocked())
 }
 
+// LocalDigest is this peer's ring for a periodic push/pull: its identity
+// and digest, not its entries (mesh.Digester). A peer whose ring differs
+// asks for the full state; joins still carry it (LocalState). An older peer
+// takes it for a state with no entries: nothing to merge.
+func (p *IPAM) LocalDigest() []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	m := &message{Type: msgState, Range: p.rangeStr, Size: p.size}
+	if p.ring != nil && !p.left {
+		// The seeds stay: an older peer checks the ring ID against them
+		// (and merges no entries).
+		m.RingID, m.Seeds, m.Digest = p.ring.ID, p.ring.Seeds, ringDigest(p.ring.entries)
+	}
+	return p.encodeLocked(m)
+}
+
 // ringCapLocked is the most keys a ring may hold: proportional to the peers,
 // as counted at the last tick (counting is not free, and a message needs it
 // several times).
@@ -828,6 +847,9 @@ func (p *IPAM) mergeStateLocked(m *message) error {
 	if m.RingID != ringID(m.Range, m.Seeds) {
 		return fmt.Errorf("%w: state from %s: ring ID does not match its seeds", ErrBadMessage, m.From)
 	}
+	if m.Digest != "" {
+		return p.mergeDigestLocked(m)
+	}
 	es := fromWire(m.Entries)
 	if p.ring == nil {
 		if p.cfg.Init.Mode == ModeSeed {
@@ -861,6 +883,28 @@ func (p *IPAM) mergeStateLocked(m *message) error {
 		return p.mismatchErr(m.From, m.RingID, m.Seeds)
 	}
 	return p.mergeLocked(m.From, es)
+}
+
+// mergeDigestLocked takes a periodic push/pull's digest: equal rings are
+// all there is to it; otherwise the full state is asked of the sender
+// (rate-limited as a ring-less peer's ask is), and its answer merged as
+// any state. Both ends of the push/pull see the difference and ask.
+func (p *IPAM) mergeDigestLocked(m *message) error {
+	if p.ring != nil {
+		if m.RingID != p.ring.ID {
+			return p.mismatchErr(m.From, m.RingID, m.Seeds)
+		}
+		if m.Digest == ringDigest(p.ring.entries) {
+			p.digestsEqual++
+			return nil
+		}
+	}
+	if now := p.now(); now.Sub(p.lastGet) >= time.Second/2 {
+		p.lastGet = now
+		p.digestAsks++
+		p.sendLocked(m.From, &message{Type: msgGetState})
+	}
+	return nil
 }
 
 // HandleMessage handles a broadcast or direct message from a peer.

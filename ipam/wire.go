@@ -1,6 +1,7 @@
 package ipam
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -115,6 +116,9 @@ type message struct {
 	Value    []string    `json:"v,omitempty"`
 	OK       bool        `json:"ok,omitempty"`
 	Nonce    uint64      `json:"nc,omitempty"`
+	// Digest, in a state without entries, stands for the sender's ring
+	// (ringDigest): periodic push/pulls carry it instead of the ring.
+	Digest string `json:"dg,omitempty"`
 }
 
 // encodeMessage lays out m signed by sig (see wireFormat).
@@ -297,8 +301,11 @@ func (m *message) validate() error {
 		if m.Range == "" || m.Size == 0 {
 			return errors.New("no range or size")
 		}
+		if m.Digest != "" && (len(m.Digest) != 2*sha256.Size || len(m.Entries) > 0) {
+			return errors.New("a digest of the wrong size, or with entries")
+		}
 		if m.RingID == "" { // the sender has no ring yet
-			if len(m.Seeds) > 0 || len(m.Entries) > 0 {
+			if len(m.Seeds) > 0 || len(m.Entries) > 0 || m.Digest != "" {
 				return errors.New("entries without a ring ID")
 			}
 			return nil

@@ -83,7 +83,12 @@ func (d *delegate) LocalState(join bool) []byte {
 	d.m.mu.Unlock()
 	var out []byte
 	for ch, h := range hs {
-		s := h.LocalState()
+		var s []byte
+		if dg, ok := h.(Digester); ok && !join {
+			s = dg.LocalDigest()
+		} else {
+			s = h.LocalState()
+		}
 		out = append(out, byte(ch))
 		out = binary.BigEndian.AppendUint32(out, uint32(len(s)))
 		out = append(out, s...)
@@ -164,7 +169,7 @@ func (d *delegate) record(n *memberlist.Node, state State) {
 	p.node = *n
 	p.node.Meta = nil
 	p.meta = meta
-	m.live.Store(nil) // the cached states are out of date
+	p.suspect = false
 	if changed {
 		p.state = state
 		p.since = time.Now()
@@ -204,7 +209,41 @@ func (d *delegate) NotifyAlive(n *memberlist.Node) error {
 	if n.Name == d.m.cfg.Name {
 		return nil
 	}
-	return d.vet(n)
+	if err := d.vet(n); err != nil {
+		return err
+	}
+	// Most alive messages about a suspect are its refutation: it lives.
+	d.m.unsuspect(n.Name)
+	return nil
+}
+
+// AckPayload implements memberlist.PingDelegate: nothing rides on acks.
+func (d *delegate) AckPayload() []byte { return nil }
+
+// NotifyPingComplete implements memberlist.PingDelegate: a probe of other
+// was answered, so this member no longer suspects it.
+func (d *delegate) NotifyPingComplete(other *memberlist.Node, _ time.Duration, _ []byte) {
+	d.m.unsuspect(other.Name)
+}
+
+// suspected marks name suspect: this member's probe of it went unanswered
+// (memberlistLogger reads it from memberlist's log, its only trace).
+func (m *Mesh) suspected(name string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if p := m.peers[name]; p != nil && p.state == StateAlive && !p.suspect {
+		p.suspect = true
+		p.since = time.Now()
+	}
+}
+
+func (m *Mesh) unsuspect(name string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if p := m.peers[name]; p != nil && p.suspect {
+		p.suspect = false
+		p.since = time.Now()
+	}
 }
 
 // NotifyMerge implements memberlist.MergeDelegate: a join brings a whole
@@ -294,6 +333,9 @@ func (d *delegate) NotifyConflict(existing, other *memberlist.Node) {
 // structured logs, and says in plain words what the cryptic ones mean.
 type memberlistLogger struct {
 	log *slog.Logger
+	// onSuspect hears of this member's failed probes: memberlist marks the
+	// peer suspect then, and has no callback for it.
+	onSuspect func(name string)
 
 	mu       sync.Mutex
 	lastSaid map[string]time.Time // explained refusal -> when last logged
@@ -304,8 +346,24 @@ type memberlistLogger struct {
 // all there is to say.
 const refusalEvery = time.Minute
 
-func newMemberlistLogger(l *slog.Logger) *log.Logger {
-	return log.New(&memberlistLogger{log: l.With("component", "gossip"), lastSaid: map[string]time.Time{}}, "", 0)
+func newMemberlistLogger(l *slog.Logger, onSuspect func(name string)) *log.Logger {
+	return log.New(&memberlistLogger{log: l.With("component", "gossip"), onSuspect: onSuspect, lastSaid: map[string]time.Time{}}, "", 0)
+}
+
+// suspectLine is how memberlist (v0.7) logs a probe that went unanswered,
+// just before it marks the peer suspect.
+const (
+	suspectPrefix = "Suspect "
+	suspectSuffix = " has failed, no acks received"
+)
+
+// suspectOf returns the peer a log line says is now suspect.
+func suspectOf(line string) (string, bool) {
+	if !strings.HasPrefix(line, suspectPrefix) || !strings.HasSuffix(line, suspectSuffix) {
+		return "", false
+	}
+	name := strings.TrimSuffix(strings.TrimPrefix(line, suspectPrefix), suspectSuffix)
+	return name, name != ""
 }
 
 // explanations maps fragments of memberlist's messages to their likely cause.
@@ -339,6 +397,9 @@ func (w *memberlistLogger) Write(p []byte) (int, error) {
 		}
 	}
 	line = strings.TrimPrefix(line, "memberlist: ")
+	if name, ok := suspectOf(line); ok && w.onSuspect != nil {
+		w.onSuspect(name)
+	}
 	if strings.Contains(line, "use of closed network connection") {
 		// Probes racing our own shutdown: noise, not an error.
 		level = slog.LevelDebug
@@ -403,11 +464,4 @@ func (m *Mesh) PeerKey(name string) (ed25519.PublicKey, bool) {
 		return nil, false
 	}
 	return p.meta.SigningKey, true
-}
-
-// Reachable reports whether name is an alive or suspect member: a suspect
-// may be only slow, and routing still sends to it, so it is never taken over.
-func (m *Mesh) Reachable(name string) bool {
-	st, ok := m.liveStates()[name]
-	return ok && (st == memberlist.StateAlive || st == memberlist.StateSuspect)
 }

@@ -1,0 +1,79 @@
+package ipam
+
+import (
+	"context"
+	"fmt"
+	"testing"
+)
+
+func digestOf(p *IPAM) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return ringDigest(p.ring.entries)
+}
+
+// A periodic push/pull carries a digest of the ring, not the ring: a few
+// hundred bytes and the seeds instead of one entry per peer. Equal rings end there; a
+// ring that differs is fetched in full by whichever side sees the
+// difference, and both end up equal.
+func TestPushPullDigest(t *testing.T) {
+	n := newFakeNet(t, 7)
+	all := names(100)
+	for _, name := range all {
+		n.add(name, simRange, Init{Mode: ModeSeed, Seeds: all}, "")
+	}
+	roundsUntil(t, n, 200, "seeded ring", func() bool { return converged(n.live()) })
+	n.pump()
+	a, b := n.peers[all[0]], n.peers[all[1]]
+	full, dg := a.LocalState(), a.LocalDigest()
+	t.Logf("100 peers: full state %d bytes, digest %d bytes", len(full), len(dg))
+	// Here the seeds are every peer (a Kubernetes bootstrap), and they stay
+	// in the digest for older peers to check the ring ID; the entries go.
+	if len(dg)*4 > len(full) {
+		t.Fatalf("digest of %d bytes against a full state of %d", len(dg), len(full))
+	}
+	// Equal rings: nothing more is sent.
+	if err := b.MergeState(dg); err != nil {
+		t.Fatal(err)
+	}
+	if q := n.queued(t); len(q) != 0 {
+		t.Fatalf("equal rings: %d messages sent after the digest, want none", len(q))
+	}
+
+	// a's ring changes while b hears nothing of it (cut off, its broadcasts lost).
+	n.partition([]string{a.cfg.Name}, all[1:])
+	for i := range 20 {
+		if _, err := a.Allocate(context.Background(), fmt.Sprintf("c%d", i), "eth0", ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 5 {
+		n.round(false)
+	}
+	n.mu.Lock()
+	n.group = map[string]int{} // linked again, without telling anyone
+	n.mu.Unlock()
+	if digestOf(a) == digestOf(b) {
+		t.Fatal("a's allocations did not change its ring")
+	}
+	// The push/pull: each side merges the other's digest.
+	if err := b.MergeState(a.LocalDigest()); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.MergeState(b.LocalDigest()); err != nil {
+		t.Fatal(err)
+	}
+	asks := 0
+	for _, m := range n.queued(t) {
+		if m.Type == msgGetState {
+			asks++
+		}
+	}
+	if asks != 2 {
+		t.Fatalf("%d full states asked after differing digests, want 2 (one each way)", asks)
+	}
+	n.pump()
+	if da, db := digestOf(a), digestOf(b); da != db {
+		t.Fatalf("rings still differ after the full states: %s vs %s", da, db)
+	}
+}
