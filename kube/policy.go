@@ -187,7 +187,11 @@ func (s *PolicySource) WaitPod(ctx context.Context, namespace, name string, read
 	if !s.Synced() {
 		return nil, ErrNotSynced
 	}
-	lister := *s.pods.Load()
+	l := s.pods.Load()
+	if l == nil {
+		return nil, ErrNotSynced
+	}
+	lister := *l
 	for {
 		wake := s.waitChan() // before the lookup: an event in between wakes us
 		p, err := lister.Pods(namespace).Get(name)
@@ -205,6 +209,16 @@ func (s *PolicySource) WaitPod(ctx context.Context, namespace, name string, read
 		case <-wake:
 		}
 	}
+}
+
+// Pod returns the pod namespace/name from the cache, if there.
+func (s *PolicySource) Pod(namespace, name string) (*corev1.Pod, bool) {
+	l := s.pods.Load()
+	if l == nil {
+		return nil, false
+	}
+	p, err := (*l).Pods(namespace).Get(name)
+	return p, err == nil
 }
 
 // trimObject keeps of each cached object only what policy enforcement
