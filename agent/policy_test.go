@@ -203,7 +203,7 @@ func TestPolicyGatesCNIAdd(t *testing.T) {
 	// transaction per debounce window (20 ms) of that, where one per event
 	// would be 200.
 	took := time.Since(burst)
-	if n, most := eng.Applies()-before, int(took/(20*time.Millisecond))+5; n > most || n >= 150 {
+	if n, most := eng.Applies()-before, int(took/(20*time.Millisecond))+5; n > most {
 		t.Errorf("200 pod events over %v took %d transactions; want them coalesced (at most %d)", took.Round(time.Millisecond), n, most)
 	} else {
 		t.Logf("200 pod events over %v: %d transactions", took.Round(time.Millisecond), n)
