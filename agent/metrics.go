@@ -176,13 +176,16 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descBuild, 1, api.Version, runtime.Version(), datapath)
 	gauge(descPending, float64(a.pendingAllocs.Load()))
 	a.repairs.each(func(what string, n uint64) { counter(descRepairs, n, what) })
+	// From zero also where enforcement is off, so that dashboards and
+	// alerts see the series everywhere.
+	var pst api.PolicyStatus
 	if a.policy != nil {
-		st := a.policy.status()
-		counter(descPolicyDrops, st.DropsIngress, "ingress")
-		counter(descPolicyDrops, st.DropsEgress, "egress")
-		gauge(descPolicies, float64(st.Policies))
-		gauge(descPolicySelected, float64(st.SelectedPods))
+		pst = a.policy.status()
 	}
+	counter(descPolicyDrops, pst.DropsIngress, "ingress")
+	counter(descPolicyDrops, pst.DropsEgress, "egress")
+	gauge(descPolicies, float64(pst.Policies))
+	gauge(descPolicySelected, float64(pst.SelectedPods))
 	if a.running() {
 		byState := map[mesh.State]int{}
 		for _, p := range a.mesh.Peers() {
