@@ -64,6 +64,9 @@ type Config struct {
 	// (--network-policy; the CLI defaults it to Kube). Kubernetes only;
 	// false in Kubernetes removes the policy table a previous agent left.
 	NetworkPolicy bool
+	// NetworkPolicyDenyLog logs denied packets to the kernel log, rate
+	// limited (--network-policy-deny-log).
+	NetworkPolicyDenyLog bool
 	// NoDataplane runs gossip, IPAM and the local API only: no TUN, no UDP
 	// data socket, no bridge or routes, so nothing needs root. The agent is
 	// ready once IPAM can allocate. It still announces its data port, so
@@ -167,6 +170,9 @@ func (c *Config) Validate() error {
 	}
 	if c.NetworkPolicy && !c.Kube {
 		bad("network-policy", "NetworkPolicy is a Kubernetes API: enforcement needs --kube")
+	}
+	if c.NetworkPolicyDenyLog && !c.NetworkPolicy {
+		bad("network-policy-deny-log", "logs what NetworkPolicy denies: needs --network-policy")
 	}
 	if len(c.Bridge) == 0 || len(c.Bridge) > 15 {
 		bad("bridge", "%q: link names are 1..15 characters", c.Bridge)

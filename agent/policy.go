@@ -424,6 +424,7 @@ func (a *Agent) startPolicy() (*policyCtl, error) {
 	eng, err := a.dev.PolicyEngine(policy.Config{
 		Logger:    a.log.With("component", "policy"),
 		NodeAddrs: a.nodeAddrs,
+		DenyLog:   a.cfg.NetworkPolicyDenyLog,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("network policy engine: %w", err)

@@ -29,6 +29,7 @@ import (
 	"github.com/weftnet/weft/agent"
 	"github.com/weftnet/weft/agent/agenttest"
 	"github.com/weftnet/weft/api"
+	"github.com/weftnet/weft/policy"
 )
 
 // kubeAgent is one agent in Kubernetes mode on client, with eng as its
@@ -347,4 +348,31 @@ next:
 	}
 	t.Fatalf("no series %s%v", name, labels)
 	return 0
+}
+
+// The engine is configured from the agent: the deny log from the flag, and
+// this node's own addresses (underlay and the bridge's overlay address),
+// whose traffic with the node's pods is always allowed.
+func TestPolicyEngineConfig(t *testing.T) {
+	client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "host1"}})
+	eng := agenttest.NewPolicyEngine()
+	var got atomic.Pointer[policy.Config]
+	c := agenttest.New(t, agenttest.Options{N: 1, IPAMInit: "consensus=1", Configure: func(_ int, cfg *agent.Config) {
+		cfg.Kube, cfg.NetworkPolicy, cfg.NetworkPolicyDenyLog = true, true, true
+		cfg.Devices.KubeClient = client
+		cfg.Devices.PolicyEngine = func(pc policy.Config) (agent.PolicyEngine, error) {
+			got.Store(&pc)
+			return eng, nil
+		}
+	}})
+	c.StartAll()
+	c.WaitFormed()
+	pc := got.Load()
+	if pc == nil || !pc.DenyLog || pc.NodeAddrs == nil {
+		t.Fatalf("engine config %+v: want DenyLog and NodeAddrs", pc)
+	}
+	addrs := pc.NodeAddrs()
+	if !slices.Contains(addrs, agenttest.HostAddr(0)) || !slices.Contains(addrs, c.Nodes[0].Agent().HostAddr()) {
+		t.Errorf("NodeAddrs %v: want the underlay %s and the bridge's %s", addrs, agenttest.HostAddr(0), c.Nodes[0].Agent().HostAddr())
+	}
 }

@@ -46,6 +46,7 @@ func TestNetworkPolicyFlag(t *testing.T) {
 		{[]string{"--kube"}, true, ""}, // on by default in Kubernetes
 		{[]string{"--kube", "--network-policy=false"}, false, ""},
 		{[]string{"--network-policy"}, false, "--network-policy: NetworkPolicy is a Kubernetes API"},
+		{[]string{"--kube", "--network-policy=false", "--network-policy-deny-log"}, false, "--network-policy-deny-log: "},
 	} {
 		cfg, err := launchCfg(t, c.args...)
 		if c.err != "" {
