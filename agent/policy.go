@@ -63,8 +63,9 @@ const (
 	// transaction: a deployment's rollout is tens of events within
 	// milliseconds.
 	policyDebounce = 20 * time.Millisecond
-	// policyPodWait bounds how long a CNI ADD waits for the informer to
-	// see its pod (scheduled here) before answering "try again": within
+	// policyPodWait bounds how long a CNI ADD waits for the informers'
+	// first sync and to see its pod (scheduled here) before answering "try
+	// again": within
 	// the shim's own deadline for the call (plugin.AgentTimeout, 1.5 s), so
 	// that the agent, not a timeout, answers, and releases the address.
 	policyPodWait = time.Second
@@ -299,9 +300,11 @@ func (c *policyCtl) admit(ctx context.Context, namespace, name string, addr neti
 	if namespace == "" || name == "" {
 		return nil
 	}
-	if c.src == nil || !c.src.Synced() {
+	if c.src == nil {
 		return kube.ErrNotSynced
 	}
+	// After a restart the first full list may be a moment away: wait for
+	// it within the same bound.
 	wctx, cancel := context.WithTimeout(ctx, policyPodWait)
 	defer cancel()
 	p, err := c.src.WaitPod(wctx, namespace, name, func(p *corev1.Pod) bool { return p.Spec.NodeName == c.node })

@@ -138,8 +138,9 @@ func (s *PolicySource) Run(ctx context.Context) error {
 		return nil // ctx done first
 	}
 	s.log.Info("pods, namespaces and network policies synced")
-	s.synced.Store(true)
+	// The handler first: whoever sees Synced() true finds it synced too.
 	s.handler.Synced()
+	s.synced.Store(true)
 	s.poke()
 	<-ctx.Done()
 	return nil
@@ -180,18 +181,22 @@ func deletedKey(obj any) (namespace, name string, ok bool) {
 }
 
 // WaitPod returns the pod namespace/name from the cache once ready(pod) holds
-// (nil ready: as soon as it is there), waiting for cache events until ctx is
-// done. It fails at once with ErrNotSynced before the first full sync, and
-// with ErrPodUnknown (wrapping ctx's error) when ctx ends first.
+// (nil ready: as soon as it is there), waiting for the first full sync and
+// then for cache events until ctx is done. When ctx ends first it fails with
+// ErrNotSynced or ErrPodUnknown, wrapping ctx's error.
 func (s *PolicySource) WaitPod(ctx context.Context, namespace, name string, ready func(*corev1.Pod) bool) (*corev1.Pod, error) {
-	if !s.Synced() {
-		return nil, ErrNotSynced
+	for {
+		wake := s.waitChan() // before the check: a sync in between wakes us
+		if s.Synced() {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %w", ErrNotSynced, context.Cause(ctx))
+		case <-wake:
+		}
 	}
-	l := s.pods.Load()
-	if l == nil {
-		return nil, ErrNotSynced
-	}
-	lister := *l
+	lister := *s.pods.Load() // stored before the informers start
 	for {
 		wake := s.waitChan() // before the lookup: an event in between wakes us
 		p, err := lister.Pods(namespace).Get(name)

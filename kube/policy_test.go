@@ -165,19 +165,36 @@ func TestPolicySourceWaitPod(t *testing.T) {
 	client := fake.NewClientset()
 	h := newRecordingHandler()
 	s := NewPolicySource(client, h, slog.New(slog.DiscardHandler))
-	// Before Run has synced: not synced, at once.
-	if _, err := s.WaitPod(context.Background(), "a", "p", nil); !errors.Is(err, ErrNotSynced) {
+	// Before Run has synced: not synced when the deadline comes.
+	wctx, wcancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	_, err := s.WaitPod(wctx, "a", "p", nil)
+	wcancel()
+	if !errors.Is(err, ErrNotSynced) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("before sync: %v, want ErrNotSynced", err)
 	}
+	// A waiter started before the sync gets the pod once synced.
+	if _, err := client.CoreV1().Pods("a").Create(context.Background(), testPod("a", "early", "n1", nil), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	early := make(chan error, 1)
+	go func() {
+		wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer wcancel()
+		_, err := s.WaitPod(wctx, "a", "early", nil)
+		early <- err
+	}()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 	h.check(t, "sync", func() bool { return h.synced })
+	if err := <-early; err != nil {
+		t.Fatalf("a waiter from before the sync: %v", err)
+	}
 
 	// Unknown until the deadline.
-	wctx, wcancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	_, err := s.WaitPod(wctx, "a", "missing", nil)
+	wctx, wcancel = context.WithTimeout(context.Background(), 100*time.Millisecond)
+	_, err = s.WaitPod(wctx, "a", "missing", nil)
 	wcancel()
 	if !errors.Is(err, ErrPodUnknown) {
 		t.Fatalf("missing pod: %v, want ErrPodUnknown", err)
