@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -518,6 +519,7 @@ func TestApplyAfterFailureRewrites(t *testing.T) {
 	w.policies = []*networkingv1.NetworkPolicy{netpol("prod", "deny", sel("app", "web"), networkingv1.PolicyTypeIngress)}
 	e, fk := engineFor(t, w)
 	fk.fail = errors.New("netlink: boom")
+	fk.failOnce = false
 	p := w.pods[1]
 	p.Labels = map[string]string{"app": "web"}
 	p.Name = "web3"
@@ -610,5 +612,75 @@ func TestNoBridgeNFIsReported(t *testing.T) {
 	}
 	if st := e.Status(); st.LastError != "" {
 		t.Errorf("LastError %q once br_netfilter is there", st.LastError)
+	}
+}
+
+// An incremental change the kernel refuses is followed, in the same Apply,
+// by a full rewrite.
+func TestApplyFallsBackToFullWrite(t *testing.T) {
+	w := testWorld()
+	w.policies = []*networkingv1.NetworkPolicy{netpol("prod", "deny", sel("app", "web"), networkingv1.PolicyTypeIngress)}
+	e, fk := engineFor(t, w)
+	fk.fail, fk.failOnce = errors.New("netlink: no such table"), true
+	p := w.pods[4]
+	p.Labels = map[string]string{"app": "web"}
+	p.Namespace = "prod"
+	e.SetPod(p)
+	if err := e.Apply(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if fk.fulls != 2 || fk.allowed(tcp(xIP, clientIP, 80)) {
+		t.Errorf("%d full writes (want 2); new member isolated: %v", fk.fulls, !fk.allowed(tcp(xIP, clientIP, 80)))
+	}
+}
+
+// Inputs, Apply and the readers from many goroutines (run with -race).
+func TestConcurrentUse(t *testing.T) {
+	w := testWorld()
+	w.policies = []*networkingv1.NetworkPolicy{netpol("prod", "deny", sel("app", "web"), networkingv1.PolicyTypeIngress)}
+	e, _ := engineFor(t, w)
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 50 {
+				p := w.pods[(g+i)%len(w.pods)]
+				p.Labels = map[string]string{"app": fmt.Sprintf("a%d", i%3)}
+				e.SetPod(p)
+				e.SetNamespace("dev", map[string]string{"team": fmt.Sprint(i % 2)})
+				if i%10 == 0 {
+					e.SetPolicy(netpol("prod", fmt.Sprintf("p%d", g), sel("app", fmt.Sprintf("a%d", i%3))))
+				}
+				if err := e.Apply(context.Background()); err != nil {
+					t.Error(err)
+					return
+				}
+				_ = e.Status()
+				_, _ = e.Drops()
+				_, _ = e.Selected("prod", "web")
+			}
+		}()
+	}
+	wg.Wait()
+	// After all that, a fresh Engine with the same inputs agrees.
+	final := newFakeKernel(t)
+	f := newEngine(Config{NodeAddrs: func() []netip.Addr { return w.node }}, slog.New(slog.DiscardHandler), final)
+	e.mu.Lock()
+	for ns, l := range e.namespaces {
+		f.SetNamespace(ns, l)
+	}
+	for _, ps := range e.pods {
+		f.SetPod(ps.pod)
+	}
+	for _, np := range e.policies {
+		f.SetPolicy(np)
+	}
+	e.mu.Unlock()
+	if err := f.Apply(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !setsEqual(e.kern.(*fakeKernel).sets, final.sets) {
+		t.Error("sets after concurrent use differ from a fresh Engine's")
 	}
 }

@@ -82,7 +82,9 @@ type Config struct {
 	// name under /run/netns, or a path (when it contains a slash).
 	NetNS string
 	// NodeAddrs returns this node's own addresses: traffic between the node
-	// and its own pods is always allowed (kubelet probes). May be nil.
+	// and its own pods is always allowed (kubelet probes). May be nil. It is
+	// called by every Apply with the Engine's lock held, so it must not call
+	// the Engine.
 	NodeAddrs func() []netip.Addr
 	// DenyLog logs denied packets to the kernel log, at most 10 a second
 	// per direction, prefixed "weft-policy deny ingress: " / "... egress: ".
@@ -324,6 +326,15 @@ func (e *Engine) Apply(ctx context.Context) error {
 		err = e.applyPolicies()
 	default:
 		err = e.applyIncremental()
+	}
+	if err != nil && e.synced {
+		// The kernel refused a change against what we think it has (say,
+		// someone deleted the table): a failed batch changes nothing, so
+		// write everything now rather than leave the node unprotected
+		// until the next Apply.
+		e.log.Warn("network policy update failed, rewriting the table", "err", err)
+		e.synced = false
+		err = e.applyFull()
 	}
 	took := time.Since(start)
 	e.status.LastApply = start

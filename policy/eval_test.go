@@ -43,14 +43,24 @@ type fakeKernel struct {
 	fulls, diffs int
 	elemOps      int // set elements sent by the last write
 	fail         error
+	failOnce     bool  // fail is for the next write only
 	bridgeErr    error // what ensureBridgeNF says
 }
 
 func newFakeKernel(t testing.TB) *fakeKernel { return &fakeKernel{t: t} }
 
+// failing returns the error to fail a write with, if any.
+func (k *fakeKernel) failing() error {
+	err := k.fail
+	if k.failOnce {
+		k.fail = nil
+	}
+	return err
+}
+
 func (k *fakeKernel) writeFull(p *program, contents map[string]map[string]int) error {
-	if k.fail != nil {
-		return k.fail
+	if err := k.failing(); err != nil {
+		return err
 	}
 	k.prog, k.fulls, k.elemOps = p, k.fulls+1, 0
 	k.sets = map[string]map[string]bool{}
@@ -65,8 +75,8 @@ func (k *fakeKernel) writeFull(p *program, contents map[string]map[string]int) e
 }
 
 func (k *fakeKernel) writeChange(p *program, contents map[string]map[string]int, c change) error {
-	if k.fail != nil {
-		return k.fail
+	if err := k.failing(); err != nil {
+		return err
 	}
 	if k.prog == nil {
 		k.t.Errorf("change to a table never written")
@@ -124,9 +134,10 @@ func (k *fakeKernel) writeChange(p *program, contents map[string]map[string]int,
 	return nil
 }
 
-func (k *fakeKernel) readDrops() (uint64, uint64, error) { return 0, 0, nil }
-func (k *fakeKernel) remove() error                      { k.prog, k.sets = nil, nil; return nil }
-func (k *fakeKernel) ensureBridgeNF() error              { return k.bridgeErr }
+func (k *fakeKernel) readDrops() (uint64, uint64, error)  { return 0, 0, nil }
+func (k *fakeKernel) forgetFlows(flowFilter) (int, error) { return 0, nil }
+func (k *fakeKernel) remove() error                       { k.prog, k.sets = nil, nil; return nil }
+func (k *fakeKernel) ensureBridgeNF() error               { return k.bridgeErr }
 
 func (k *fakeKernel) snapshot() map[string]map[string]bool {
 	out := map[string]map[string]bool{}

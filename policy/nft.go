@@ -29,6 +29,7 @@ type backend interface {
 	readDrops() (ingress, egress uint64, err error)
 	remove() error
 	ensureBridgeNF() error
+	forgetFlows(f flowFilter) (int, error)
 }
 
 // nftBackend programs nftables in the namespace of cfg.
@@ -40,9 +41,10 @@ func (b nftBackend) writeFull(p *program, contents map[string]map[string]int) er
 func (b nftBackend) writeChange(p *program, contents map[string]map[string]int, c change) error {
 	return writeChange(b.cfg, p, contents, c)
 }
-func (b nftBackend) readDrops() (uint64, uint64, error) { return readDrops(b.cfg) }
-func (b nftBackend) remove() error                      { return removeTable(b.cfg) }
-func (b nftBackend) ensureBridgeNF() error              { return ensureBridgeNF(b.cfg.NetNS) }
+func (b nftBackend) readDrops() (uint64, uint64, error)    { return readDrops(b.cfg) }
+func (b nftBackend) remove() error                         { return removeTable(b.cfg) }
+func (b nftBackend) forgetFlows(f flowFilter) (int, error) { return forgetFlows(b.cfg, f) }
+func (b nftBackend) ensureBridgeNF() error                 { return ensureBridgeNF(b.cfg.NetNS) }
 
 // sockBuf is the netlink socket buffer size forced on the connection: a
 // whole table with thousands of set elements goes in one sendmsg, which
