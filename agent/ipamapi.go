@@ -102,13 +102,19 @@ func (a *Agent) ipamRoutes(get, post route) {
 		}
 		// The shim releases after the interface is gone; the pod's address
 		// leaves the policy sets with it, before another pod can get it.
-		var pods []podRef
+		var (
+			pods  []podRef
+			addrs []netip.Addr
+		)
 		if a.policy != nil {
-			pods = a.podsOf(req.ContainerID, req.IfName)
+			pods, addrs = a.podsOf(req.ContainerID, req.IfName)
 		}
 		err := a.ipam.Release(req.ContainerID, req.IfName)
-		for _, p := range pods {
-			a.policy.refresh(p.Namespace, p.Name)
+		if a.policy != nil && err == nil {
+			for _, p := range pods {
+				a.policy.refresh(p.Namespace, p.Name)
+			}
+			a.policy.releasedAddrs(addrs)
 		}
 		return struct{}{}, ipamError(err)
 	})
@@ -125,16 +131,27 @@ func (a *Agent) ipamRoutes(get, post route) {
 		for _, v := range req.Valid {
 			valid = append(valid, ipam.Attachment{ContainerID: v.ContainerID, IfName: v.IfName})
 		}
+		var before map[podKey]netip.Addr
+		if a.policy != nil {
+			before = a.allocatedAddrs()
+		}
 		released, err := a.ipam.GC(valid)
 		if err != nil {
 			return nil, ipamError(err)
 		}
+		var gone []netip.Addr
 		resp := api.GCResponse{Released: []api.Attachment{}}
 		for _, r := range released {
 			resp.Released = append(resp.Released, api.Attachment{ContainerID: r.ContainerID, IfName: r.IfName})
 			if ref, ok := a.pods.get(r.ContainerID, r.IfName); ok && a.policy != nil {
 				a.policy.refresh(ref.Namespace, ref.Name)
 			}
+			if addr, ok := before[podKey{r.ContainerID, r.IfName}]; ok {
+				gone = append(gone, addr)
+			}
+		}
+		if a.policy != nil {
+			a.policy.releasedAddrs(gone)
 		}
 		return resp, nil
 	})

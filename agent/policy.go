@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -33,6 +34,10 @@ type PolicyEngine interface {
 	Drops() (ingress, egress uint64)
 	Remove() error
 	Selected(namespace, name string) (ingress, egress bool)
+	// ForgetFlows deletes the conntrack entries of these addresses, so
+	// that a pod given a released address inherits no established flow
+	// (which the rules accept before any policy). Slow: off the ADD path.
+	ForgetFlows(addrs ...netip.Addr) (int, error)
 }
 
 // realPolicyEngine is Devices.PolicyEngine on a real host.
@@ -103,13 +108,17 @@ type policyCtl struct {
 	applies  uint64
 	failures uint64
 	lastErr  error
+	// released are addresses given back (CNI DEL, GC) whose conntrack
+	// entries the run loop has still to delete.
+	released map[netip.Addr]bool
 }
 
 func newPolicyCtl(eng PolicyEngine, node string, local localPodAddrs, log *slog.Logger, observe func(time.Duration)) *policyCtl {
 	if observe == nil {
 		observe = func(time.Duration) {}
 	}
-	return &policyCtl{eng: eng, node: node, local: local, log: log, observe: observe, kick: make(chan struct{}, 1)}
+	return &policyCtl{eng: eng, node: node, local: local, log: log, observe: observe, kick: make(chan struct{}, 1),
+		released: map[netip.Addr]bool{}}
 }
 
 // poke asks the run loop for an Apply.
@@ -262,6 +271,10 @@ func (c *policyCtl) run(ctx context.Context) {
 		if c.synced && !c.stopped {
 			err = c.applyLocked(ctx)
 		}
+		// Under the lock: an ADD that gets one of these addresses waits, so
+		// its own new flows are never the ones deleted.
+		c.forgetFlows(slices.Collect(maps.Keys(c.released)))
+		clear(c.released)
 		c.mu.Unlock()
 		if err != nil && ctx.Err() == nil {
 			c.log.Warn("applying network policies, will retry", "err", err)
@@ -324,7 +337,42 @@ func (c *policyCtl) admit(ctx context.Context, namespace, name string, addr neti
 		return kube.ErrNotSynced
 	}
 	c.eng.SetPod(pod)
-	return c.applyLocked(ctx)
+	if err := c.applyLocked(ctx); err != nil {
+		return err
+	}
+	// The address was given back a moment ago and the run loop has not
+	// yet forgotten its flows: do it now, before the pod gets it.
+	if c.released[addr] {
+		delete(c.released, addr)
+		c.forgetFlows([]netip.Addr{addr})
+	}
+	return nil
+}
+
+// forgetFlows deletes the conntrack entries of released addresses; a
+// failure is logged (the old flows then live until conntrack times them out).
+func (c *policyCtl) forgetFlows(addrs []netip.Addr) {
+	if len(addrs) == 0 {
+		return
+	}
+	if n, err := c.eng.ForgetFlows(addrs...); err != nil {
+		c.log.Warn("deleting the conntrack entries of released pod addresses", "addresses", addrs, "err", err)
+	} else if n > 0 {
+		c.log.Debug("deleted the conntrack entries of released pod addresses", "addresses", addrs, "entries", n)
+	}
+}
+
+// releasedAddrs queues addresses given back for forgetFlows.
+func (c *policyCtl) releasedAddrs(addrs []netip.Addr) {
+	if len(addrs) == 0 {
+		return
+	}
+	c.mu.Lock()
+	for _, a := range addrs {
+		c.released[a] = true
+	}
+	c.mu.Unlock()
+	c.poke()
 }
 
 // refresh recomputes one local pod from the cache and the allocations,
@@ -489,16 +537,25 @@ func (a *Agent) hasAllocation(containerID, ifName string) bool {
 }
 
 // podsOf names the pods of a container's interfaces (all of them with
-// ifName ""), as weft ps knows them.
-func (a *Agent) podsOf(containerID, ifName string) []podRef {
-	var out []podRef
+// ifName ""), as weft ps knows them, and their addresses.
+func (a *Agent) podsOf(containerID, ifName string) (pods []podRef, addrs []netip.Addr) {
 	for _, al := range a.ipam.Allocations() {
 		if al.ContainerID != containerID || (ifName != "" && al.IfName != ifName) {
 			continue
 		}
+		addrs = append(addrs, al.Addr)
 		if ref, ok := a.pods.get(al.ContainerID, al.IfName); ok {
-			out = append(out, ref)
+			pods = append(pods, ref)
 		}
+	}
+	return pods, addrs
+}
+
+// allocatedAddrs is every container interface's address.
+func (a *Agent) allocatedAddrs() map[podKey]netip.Addr {
+	out := map[podKey]netip.Addr{}
+	for _, al := range a.ipam.Allocations() {
+		out[podKey{al.ContainerID, al.IfName}] = al.Addr
 	}
 	return out
 }

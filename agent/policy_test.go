@@ -236,9 +236,12 @@ func TestPolicyGatesCNIAdd(t *testing.T) {
 	if err := n.Client.Release(ctx, api.ReleaseRequest{ContainerID: "c-web", IfName: "eth0"}); err != nil {
 		t.Fatal(err)
 	}
-	c.Wait("np/web out of the engine after its DEL", func() error {
+	c.Wait("np/web out of the engine after its DEL, its flows forgotten", func() error {
 		if p, ok := eng.Applied("np", "web"); ok {
 			return fmt.Errorf("still there: %+v", p)
+		}
+		if !slices.Contains(eng.Forgotten(), addr) {
+			return fmt.Errorf("conntrack of %s not forgotten: %v", addr, eng.Forgotten())
 		}
 		return nil
 	})

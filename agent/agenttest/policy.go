@@ -3,6 +3,7 @@ package agenttest
 import (
 	"context"
 	"maps"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
@@ -36,6 +37,7 @@ type PolicyEngine struct {
 	lastApply time.Time
 	applyErr  error
 	history   map[string][]policy.Pod // every SetPod of a pod, a zero Pod for DeletePod
+	forgotten []netip.Addr
 }
 
 var _ agent.PolicyEngine = (*PolicyEngine)(nil)
@@ -171,6 +173,21 @@ func (e *PolicyEngine) Status() policy.Status {
 }
 
 func (e *PolicyEngine) Drops() (uint64, uint64) { return 0, 0 }
+
+// ForgetFlows records the addresses (see Forgotten).
+func (e *PolicyEngine) ForgetFlows(addrs ...netip.Addr) (int, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.forgotten = append(e.forgotten, addrs...)
+	return len(addrs), nil
+}
+
+// Forgotten lists every address given to ForgetFlows, in order.
+func (e *PolicyEngine) Forgotten() []netip.Addr {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.forgotten)
+}
 
 func (e *PolicyEngine) Remove() error {
 	e.mu.Lock()
