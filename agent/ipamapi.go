@@ -56,6 +56,7 @@ func (a *Agent) ipamRoutes(get, post route) {
 			a.pendingAllocs.Add(1)
 			defer a.pendingAllocs.Add(-1)
 			var addr netip.Addr
+			existed := a.hasAllocation(req.ContainerID, req.IfName)
 			start := time.Now()
 			if claim {
 				if addr, err = netip.ParseAddr(req.Address); err != nil {
@@ -72,6 +73,11 @@ func (a *Agent) ipamRoutes(get, post route) {
 			if req.PodName != "" {
 				a.pods.set(podRef{ContainerID: req.ContainerID, IfName: req.IfName, Namespace: req.PodNamespace, Name: req.PodName},
 					a.allocated)
+			}
+			// No unprotected first packet: the pod's rules are in the
+			// kernel before the shim gives it its network.
+			if err := a.admitPod(ctx, req, addr, existed); err != nil {
+				return nil, err
 			}
 			return api.AllocateResponse{
 				Address: netip.PrefixFrom(addr, 32).String(),
@@ -94,7 +100,23 @@ func (a *Agent) ipamRoutes(get, post route) {
 		if !a.running() {
 			return nil, notReady(errNoMesh)
 		}
-		return struct{}{}, ipamError(a.ipam.Release(req.ContainerID, req.IfName))
+		// The shim releases after the interface is gone; the pod's address
+		// leaves the policy sets with it, before another pod can get it.
+		var (
+			pods  []podRef
+			addrs []netip.Addr
+		)
+		if a.policy != nil {
+			pods, addrs = a.podsOf(req.ContainerID, req.IfName)
+		}
+		err := a.ipam.Release(req.ContainerID, req.IfName)
+		if a.policy != nil && err == nil {
+			for _, p := range pods {
+				a.policy.refresh(p.Namespace, p.Name)
+			}
+			a.policy.releasedAddrs(addrs)
+		}
+		return struct{}{}, ipamError(err)
 	})
 	post(api.PathGC, func(r *http.Request) (any, error) {
 		var req api.GCRequest
@@ -109,13 +131,27 @@ func (a *Agent) ipamRoutes(get, post route) {
 		for _, v := range req.Valid {
 			valid = append(valid, ipam.Attachment{ContainerID: v.ContainerID, IfName: v.IfName})
 		}
+		var before map[podKey]netip.Addr
+		if a.policy != nil {
+			before = a.allocatedAddrs()
+		}
 		released, err := a.ipam.GC(valid)
 		if err != nil {
 			return nil, ipamError(err)
 		}
+		var gone []netip.Addr
 		resp := api.GCResponse{Released: []api.Attachment{}}
 		for _, r := range released {
 			resp.Released = append(resp.Released, api.Attachment{ContainerID: r.ContainerID, IfName: r.IfName})
+			if ref, ok := a.pods.get(r.ContainerID, r.IfName); ok && a.policy != nil {
+				a.policy.refresh(ref.Namespace, ref.Name)
+			}
+			if addr, ok := before[podKey{r.ContainerID, r.IfName}]; ok {
+				gone = append(gone, addr)
+			}
+		}
+		if a.policy != nil {
+			a.policy.releasedAddrs(gone)
 		}
 		return resp, nil
 	})
@@ -246,6 +282,11 @@ func (a *Agent) reset(ctx context.Context) error {
 			a.log.Warn("removing the host network", "err", err)
 		}
 		a.removeFastPath()
+	}
+	if a.policy != nil {
+		if err := a.policy.stop(); err != nil {
+			a.log.Warn("reset: removing the network policy table", "err", err)
+		}
 	}
 	if a.dp != nil && a.dp.crypto != nil {
 		// A new identity next time: nothing of this host's past remains.
