@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -77,6 +78,59 @@ func TestKubeCluster(t *testing.T) {
 		t.Logf("MEASURED: request latency over 1000 requests, pod -> pod on another node p50 %.0f us p99 %.0f us; "+
 			"pod -> ClusterIP -> the same pod p50 %.0f us p99 %.0f us; Service created -> first answer across nodes %s",
 			pod.P50us, pod.P99us, svc.P50us, svc.P99us, sv.ServiceToFirst.Round(time.Millisecond))
+	}
+	logNetpol(t, r.NetworkPolicy)
+}
+
+func logNetpol(t *testing.T, np *kubecluster.NetpolResults) {
+	if np == nil {
+		return
+	}
+	t.Logf("MEASURED: NetworkPolicy on %s: default-deny apply -> enforced across nodes %s; first packet: %d echo requests to new pods under default-deny, %d replies",
+		strings.Join(np.Datapaths, " and "), np.DenyEnforced.Round(time.Millisecond), np.FirstPacketProbes, np.FirstPacketReplies)
+}
+
+// TestKubeClusterNetworkPolicy is the NetworkPolicy phase of TestKubeCluster
+// alone (install, then kubecluster.Scenario.NetworkPolicy), for working on
+// policy without the rest of the scenario:
+//
+//	go test -count=1 -tags kubecluster -run '^TestKubeClusterNetworkPolicy$' -timeout 30m -v ./test/e2e/
+func TestKubeClusterNetworkPolicy(t *testing.T) {
+	testbed.RequireRoot(t)
+	if err := kubecluster.Check(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal(err)
+		}
+		t.Skipf("KUBERNETES CLUSTER TEST NOT RUN: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	dir, err := os.MkdirTemp("", "wkc-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	c, err := kubecluster.Start(ctx, kubecluster.Options{Dir: dir, Logger: log})
+	if err != nil {
+		os.RemoveAll(dir)
+		if errors.Is(err, kubecluster.ErrUnavailable) && os.Getenv("CI") != "true" {
+			t.Skipf("KUBERNETES CLUSTER TEST NOT RUN: %v", err)
+		}
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("teardown: %v", err)
+		}
+	})
+	s := &kubecluster.Scenario{C: c, Say: t.Logf, Show: func(title, text string) { t.Logf("%s\n%s", title, text) }}
+	if err := s.Install(ctx, &kubecluster.Results{}); err != nil {
+		t.Fatalf("%v\n%s", err, c.Diagnose())
+	}
+	np, err := s.NetworkPolicy(ctx)
+	logNetpol(t, np)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, c.Diagnose())
 	}
 }
 

@@ -130,6 +130,7 @@ type Results struct {
 	ReclaimAfterDrop time.Duration // Node deleted to its ranges owned by the others
 	Pods             []PodStatus
 	Services         *ServiceResults
+	NetworkPolicy    *NetpolResults // the NetworkPolicy phase (netpol.go)
 }
 
 // Scenario narrates and runs the operator's path through weft on Kubernetes.
@@ -258,6 +259,11 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 	s.Say("   rolled out in %s; every pair answers again; longest silence of any pair so far: %s",
 		r.RolloutRestart.Round(100*time.Millisecond), r.MaxGapInRestart.Round(100*time.Millisecond))
 	if err := s.CheckOperatorChain(ctx); err != nil {
+		return r, err
+	}
+
+	// NetworkPolicy (netpol.go) after the restart measurements: it restarts agents itself.
+	if r.NetworkPolicy, err = s.NetworkPolicy(ctx); err != nil {
 		return r, err
 	}
 
