@@ -26,7 +26,9 @@ import (
 // hostPort from outside and from other nodes; Service latency beside direct
 // pod latency and Service create -> first answer; an operator's chained CNI
 // plugin kept across `kubectl rollout restart ds/weft` and an agent restart;
-// a deleted Node's ranges are reclaimed. About 5 minutes with the binaries
+// NetworkPolicy enforced across nodes on both datapaths, new pods under
+// default-deny never answering even one packet (see
+// kubecluster.Scenario.NetworkPolicy); a deleted Node's ranges are reclaimed. About 5 minutes with the binaries
 // cached; run by `make test-kube` (build tag kubecluster), not by `make test`.
 func TestKubeCluster(t *testing.T) {
 	testbed.RequireRoot(t)
