@@ -406,10 +406,12 @@ func (b *policyBed) observeOne(ctx context.Context, client string, to netip.Addr
 	ns := b.ns[client]
 	results := make(chan probeResult, 256)
 	pctx, stop := context.WithCancel(ctx)
-	defer stop()
 	var inflight sync.WaitGroup
-	defer inflight.Wait()
+	// Stop first, then wait: probes in flight give up on pctx.
+	defer func() { stop(); inflight.Wait() }()
+	inflight.Add(1) // the ticker itself: later Adds happen while it counts
 	go func() {
+		defer inflight.Done()
 		tick := time.NewTicker(benchPollEvery)
 		defer tick.Stop()
 		for seq := 0; ; seq++ {
