@@ -55,8 +55,9 @@ var (
 // NetpolResults are what the phase measured.
 type NetpolResults struct {
 	Datapaths []string // per datapath checked, e.g. "tun-offload+udp-gso (encrypted)", "fastdp"
-	// DenyEnforced is kubectl apply of default-deny -> the first probe
-	// across nodes that gets no answer (probes every ~50 ms).
+	// DenyEnforced is kubectl apply of default-deny started -> the first
+	// probe across nodes that gets no answer (probes every ~50 ms; kubectl
+	// itself takes ~0.1-0.3 s of it).
 	DenyEnforced time.Duration
 	// FirstPacket: echo requests sent to the new pods' addresses under
 	// default-deny while they came up (and after the agent restart), and
@@ -461,11 +462,13 @@ func (np *npRun) denied(ctx context.Context, from string, to netip.AddrPort) (ti
 	return firstFail, nil
 }
 
+// apply applies y and returns when kubectl was started.
 func (np *npRun) apply(ctx context.Context, y string) (time.Time, error) {
+	start := time.Now()
 	if _, err := np.c.KubectlStdin(ctx, []byte(y), "apply", "-f", "-"); err != nil {
 		return time.Time{}, err
 	}
-	return time.Now(), nil
+	return start, nil
 }
 
 func (np *npRun) defaultDeny(ctx context.Context) error {
