@@ -57,8 +57,12 @@ const (
 	chainEgress  = "egress"
 )
 
-// Tags (rule user data) of the deny rules, to find their counters.
+// Named counters of the deny rules, per direction. Named objects, so that
+// rewriting the rules on a policy change does not reset them; the tags are
+// the deny rules' comments, for a reader of `nft list`.
 const (
+	counterIngress = "drops-ingress"
+	counterEgress  = "drops-egress"
 	tagDropIngress = "weft:drop:ingress"
 	tagDropEgress  = "weft:drop:egress"
 )
@@ -141,15 +145,25 @@ const (
 	vDrop
 	vReturn
 	vJump
+	vContinue // no verdict: the next rule
 )
 
 type rule struct {
 	conds   []cond
 	verdict verdict
 	jump    string // vJump: the chain
-	counter bool
-	tag     string // user data, for the deny rules
+	counter string // a named counter the rule counts into
+	tag     string // the rule's comment
+	log     string // rate-limited log with this prefix (DenyLog)
 }
+
+// Deny logging: at most denyLogRate lines a second per direction (burst
+// denyLogBurst), to the kernel log of the agent's namespace. Logging from
+// other namespaces is off unless net.netfilter.nf_log_all_netns=1.
+const (
+	denyLogRate  = 10
+	denyLogBurst = 20
+)
 
 // program is the compiled form of the policies.
 type program struct {
@@ -190,7 +204,7 @@ func (c *compiler) errf(err error, format string, args ...any) {
 
 // compile builds the program of a set of policies. It never fails: what it
 // cannot compile it leaves out (failing closed) and lists in errs.
-func compile(policies map[string]*networkingv1.NetworkPolicy) *program {
+func compile(policies map[string]*networkingv1.NetworkPolicy, denyLog bool) *program {
 	p := &program{
 		sets:           map[string]*setDef{},
 		ingressTargets: map[string]bool{},
@@ -226,15 +240,19 @@ func compile(policies map[string]*networkingv1.NetworkPolicy) *program {
 	ip4 := cond{op: condIPv4}
 	p.forward = []rule{
 		{conds: []cond{{op: condEstRel}}, verdict: vAccept},
-		{conds: []cond{ip4, {op: condDaddr, set: setIngressIso}, {op: condInvalid}}, verdict: vDrop, counter: true, tag: tagDropIngress},
-		{conds: []cond{ip4, {op: condSaddr, set: setEgressIso}, {op: condInvalid}}, verdict: vDrop, counter: true, tag: tagDropEgress},
+		{conds: []cond{ip4, {op: condDaddr, set: setIngressIso}, {op: condInvalid}}, verdict: vDrop, counter: counterIngress, tag: tagDropIngress},
+		{conds: []cond{ip4, {op: condSaddr, set: setEgressIso}, {op: condInvalid}}, verdict: vDrop, counter: counterEgress, tag: tagDropEgress},
 		{conds: []cond{ip4, {op: condSaddr, set: setEgressIso}}, verdict: vJump, jump: chainEgress},
 		{conds: []cond{ip4, {op: condDaddr, set: setIngressIso}}, verdict: vJump, jump: chainIngress},
 	}
 	p.ingress = slices.Insert(p.ingress, 0, rule{conds: []cond{{op: condSaddr, set: setNode}}, verdict: vAccept})
-	p.ingress = append(p.ingress, rule{verdict: vDrop, counter: true, tag: tagDropIngress})
+	if denyLog {
+		p.ingress = append(p.ingress, rule{verdict: vContinue, log: "weft-policy deny ingress: "})
+		p.egress = append(p.egress, rule{verdict: vContinue, log: "weft-policy deny egress: "})
+	}
+	p.ingress = append(p.ingress, rule{verdict: vDrop, counter: counterIngress, tag: tagDropIngress})
 	p.egress = slices.Insert(p.egress, 0, rule{conds: []cond{{op: condDaddr, set: setNode}}, verdict: vReturn})
-	p.egress = append(p.egress, rule{verdict: vDrop, counter: true, tag: tagDropEgress})
+	p.egress = append(p.egress, rule{verdict: vDrop, counter: counterEgress, tag: tagDropEgress})
 	return p
 }
 

@@ -140,7 +140,7 @@ func withState(p packet, s ctState) packet { p.state = s; return p }
 func engineFor(t testing.TB, w *world) (*Engine, *fakeKernel) {
 	t.Helper()
 	fk := newFakeKernel(t)
-	e := newEngine(Config{NodeAddrs: func() []netip.Addr { return w.node }}, slog.New(slog.DiscardHandler), fk)
+	e := newEngine(Config{NodeAddrs: func() []netip.Addr { return w.node }, DenyLog: w.denyLog}, slog.New(slog.DiscardHandler), fk)
 	for ns, l := range w.namespaces {
 		e.SetNamespace(ns, l)
 	}
@@ -465,6 +465,15 @@ func TestLabelChangeIsElementUpdate(t *testing.T) {
 	if fk.diffs != diffs {
 		t.Error("an Apply without changes wrote to the kernel")
 	}
+	// The same policy again (an informer's resync): nothing to do.
+	diffs = fk.diffs
+	e.SetPolicy(w.policies[1])
+	if err := e.Apply(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if fk.diffs != diffs {
+		t.Error("re-setting an unchanged policy wrote to the kernel")
+	}
 	// Namespace relabel moves its pods in and out of namespace selectors.
 	e.SetPolicy(withIngress(netpol("prod", "from-dev", sel("app", "web")), ruleSpec{peers: []networkingv1.NetworkPolicyPeer{nsPeer(sel("team", "b"))}}))
 	if err := e.Apply(context.Background()); err != nil {
@@ -579,5 +588,27 @@ func loadScale(e *Engine, n, pods int) {
 				ports: []networkingv1.NetworkPolicyPort{port(corev1.ProtocolTCP, int32(8000+i%10))},
 			})
 		e.SetPolicy(np)
+	}
+}
+
+// Without br_netfilter the table is still written (remote traffic is
+// covered) and the status says what is not.
+func TestNoBridgeNFIsReported(t *testing.T) {
+	fk := newFakeKernel(t)
+	fk.bridgeErr = ErrNoBridgeNF
+	e := newEngine(Config{}, slog.New(slog.DiscardHandler), fk)
+	e.SetPolicy(netpol("prod", "deny", sel(), networkingv1.PolicyTypeIngress))
+	if err := e.Apply(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if fk.fulls != 1 || !strings.Contains(e.Status().LastError, "br_netfilter") {
+		t.Errorf("%d writes, LastError %q", fk.fulls, e.Status().LastError)
+	}
+	fk.bridgeErr = nil
+	if err := e.Apply(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if st := e.Status(); st.LastError != "" {
+		t.Errorf("LastError %q once br_netfilter is there", st.LastError)
 	}
 }

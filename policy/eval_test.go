@@ -2,9 +2,11 @@ package policy
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
+	"reflect"
 	"testing"
 )
 
@@ -41,6 +43,7 @@ type fakeKernel struct {
 	fulls, diffs int
 	elemOps      int // set elements sent by the last write
 	fail         error
+	bridgeErr    error // what ensureBridgeNF says
 }
 
 func newFakeKernel(t testing.TB) *fakeKernel { return &fakeKernel{t: t} }
@@ -61,16 +64,30 @@ func (k *fakeKernel) writeFull(p *program, contents map[string]map[string]int) e
 	return nil
 }
 
-func (k *fakeKernel) writeDiff(p *program, d elemDiff) error {
+func (k *fakeKernel) writeChange(p *program, contents map[string]map[string]int, c change) error {
 	if k.fail != nil {
 		return k.fail
 	}
-	if p != k.prog {
-		k.t.Errorf("diff against a program the kernel does not have")
+	if k.prog == nil {
+		k.t.Errorf("change to a table never written")
+		return errors.New("no table")
+	}
+	if !c.rules && (!reflect.DeepEqual(p.ingress, k.prog.ingress) || !reflect.DeepEqual(p.egress, k.prog.egress)) {
+		k.t.Errorf("rules changed without a rewrite of the chains")
 	}
 	k.diffs++
 	k.elemOps = 0
-	for set, keys := range d.del {
+	for _, n := range c.newSets {
+		if k.sets[n] != nil {
+			k.t.Errorf("set %s made twice", n)
+		}
+		k.sets[n] = map[string]bool{}
+		for e := range contents[n] {
+			k.sets[n][e] = true
+			k.elemOps++
+		}
+	}
+	for set, keys := range c.diff.del {
 		for _, e := range keys {
 			if !k.sets[set][e] {
 				k.t.Errorf("delete of missing element %x from %s", e, set)
@@ -79,7 +96,7 @@ func (k *fakeKernel) writeDiff(p *program, d elemDiff) error {
 			k.elemOps++
 		}
 	}
-	for set, keys := range d.add {
+	for set, keys := range c.diff.add {
 		if k.sets[set] == nil {
 			k.t.Errorf("add to missing set %s", set)
 			continue
@@ -89,12 +106,27 @@ func (k *fakeKernel) writeDiff(p *program, d elemDiff) error {
 			k.elemOps++
 		}
 	}
+	for _, n := range c.oldSets {
+		if k.sets[n] == nil {
+			k.t.Errorf("delete of missing set %s", n)
+		}
+		delete(k.sets, n)
+	}
+	k.prog = p
+	for n := range p.sets {
+		if k.sets[n] == nil {
+			k.t.Errorf("program's set %s is not in the kernel", n)
+		}
+	}
+	if len(k.sets) != len(p.sets) {
+		k.t.Errorf("kernel has %d sets, the program %d", len(k.sets), len(p.sets))
+	}
 	return nil
 }
 
 func (k *fakeKernel) readDrops() (uint64, uint64, error) { return 0, 0, nil }
 func (k *fakeKernel) remove() error                      { k.prog, k.sets = nil, nil; return nil }
-func (k *fakeKernel) ensureBridgeNF() error              { return nil }
+func (k *fakeKernel) ensureBridgeNF() error              { return k.bridgeErr }
 
 func (k *fakeKernel) snapshot() map[string]map[string]bool {
 	out := map[string]map[string]bool{}
@@ -121,6 +153,8 @@ func (k *fakeKernel) runChain(rules []rule, pk packet) (verdict, bool) {
 			continue
 		}
 		switch r.verdict {
+		case vContinue:
+			continue
 		case vAccept, vDrop:
 			return r.verdict, true
 		case vReturn:

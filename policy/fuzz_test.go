@@ -3,7 +3,6 @@ package policy
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"maps"
 	"net/netip"
 	"testing"
@@ -30,43 +29,64 @@ func FuzzCompile(f *testing.F) {
 	} {
 		f.Add(seed)
 	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		g := &gen{b: data}
-		w := g.world()
-		e, fk := engineFor(t, w)
-		compareAll(t, w, fk, "initial")
-		// Changes: relabel pods and a namespace, delete a pod, add one.
-		for range 1 + g.n(3) {
-			switch g.n(4) {
-			case 0, 1:
-				if len(w.pods) == 0 {
-					continue
-				}
-				i := g.n(len(w.pods))
-				w.pods[i].Labels = g.labels()
-				e.SetPod(w.pods[i])
-			case 2:
-				ns := fmt.Sprintf("n%d", g.n(3))
-				w.namespaces[ns] = g.nsLabels()
-				e.SetNamespace(ns, w.namespaces[ns])
-			case 3:
-				if len(w.pods) == 0 {
-					continue
-				}
-				i := g.n(len(w.pods))
-				e.DeletePod(w.pods[i].Namespace, w.pods[i].Name)
-				w.pods = append(w.pods[:i], w.pods[i+1:]...)
+	f.Fuzz(func(t *testing.T, data []byte) { checkWorld(t, data, "") })
+}
+
+// checkWorld is the fuzz body: build, compare, change, compare again.
+func checkWorld(t *testing.T, data []byte, name string) {
+	g := &gen{b: data}
+	w := g.world()
+	e, fk := engineFor(t, w)
+	compareAll(t, w, fk, name+" initial")
+	// Changes: relabel pods and a namespace, delete a pod, drop or add a
+	// policy.
+	for range 1 + g.n(4) {
+		switch g.n(6) {
+		case 0, 1:
+			if len(w.pods) == 0 {
+				continue
 			}
+			i := g.n(len(w.pods))
+			w.pods[i].Labels = g.labels()
+			e.SetPod(w.pods[i])
+		case 2:
+			ns := fmt.Sprintf("n%d", g.n(3))
+			w.namespaces[ns] = g.nsLabels()
+			e.SetNamespace(ns, w.namespaces[ns])
+		case 3:
+			if len(w.pods) == 0 {
+				continue
+			}
+			i := g.n(len(w.pods))
+			e.DeletePod(w.pods[i].Namespace, w.pods[i].Name)
+			w.pods = append(w.pods[:i], w.pods[i+1:]...)
+		case 4:
+			if len(w.policies) == 0 {
+				continue
+			}
+			i := g.n(len(w.policies))
+			e.DeletePolicy(w.policies[i].Namespace, w.policies[i].Name)
+			w.policies = append(w.policies[:i], w.policies[i+1:]...)
+		case 5:
+			np := g.policy(fmt.Sprintf("new%d", g.i))
+			w.policies = append(w.policies, np)
+			e.SetPolicy(np)
+		}
+		if g.n(2) == 0 { // sometimes several changes in one Apply
+			continue
 		}
 		if err := e.Apply(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		compareAll(t, w, fk, "after changes")
-		_, fresh := engineFor(t, w)
-		if !setsEqual(fk.sets, fresh.sets) {
-			t.Errorf("incremental sets differ from a fresh Engine's:\n%v\n%v", fk.sets, fresh.sets)
-		}
-	})
+	}
+	if err := e.Apply(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	compareAll(t, w, fk, name+" after changes")
+	_, fresh := engineFor(t, w)
+	if !setsEqual(fk.sets, fresh.sets) {
+		t.Errorf("%s: incremental sets differ from a fresh Engine's:\n%v\n%v", name, fk.sets, fresh.sets)
+	}
 }
 
 func setsEqual(a, b map[string]map[string]bool) bool {
@@ -153,7 +173,7 @@ func (g *gen) nsLabels() map[string]string {
 }
 
 func (g *gen) world() *world {
-	w := &world{namespaces: map[string]map[string]string{}}
+	w := &world{namespaces: map[string]map[string]string{}, denyLog: g.n(2) == 1}
 	for i := range 3 {
 		if g.n(4) != 0 { // sometimes a namespace the engine never hears of
 			w.namespaces[fmt.Sprintf("n%d", i)] = g.nsLabels()
@@ -179,20 +199,24 @@ func (g *gen) world() *world {
 		w.pods = append(w.pods, p)
 	}
 	for i := range g.n(4) {
-		np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: fmt.Sprintf("n%d", g.n(3)), Name: fmt.Sprintf("np%d", i)}}
-		np.Spec.PodSelector = *g.selector(false)
-		for range g.n(3) {
-			np.Spec.PolicyTypes = append(np.Spec.PolicyTypes, pick[networkingv1.PolicyType](g, "Ingress", "Egress", "Ingress", "Egress", "Bogus"))
-		}
-		for range g.n(3) {
-			np.Spec.Ingress = append(np.Spec.Ingress, networkingv1.NetworkPolicyIngressRule{From: g.peers(), Ports: g.ports()})
-		}
-		for range g.n(3) {
-			np.Spec.Egress = append(np.Spec.Egress, networkingv1.NetworkPolicyEgressRule{To: g.peers(), Ports: g.ports()})
-		}
-		w.policies = append(w.policies, np)
+		w.policies = append(w.policies, g.policy(fmt.Sprintf("np%d", i)))
 	}
 	return w
+}
+
+func (g *gen) policy(name string) *networkingv1.NetworkPolicy {
+	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: fmt.Sprintf("n%d", g.n(3)), Name: name}}
+	np.Spec.PodSelector = *g.selector(false)
+	for range g.n(3) {
+		np.Spec.PolicyTypes = append(np.Spec.PolicyTypes, pick[networkingv1.PolicyType](g, "Ingress", "Egress", "Ingress", "Egress", "Bogus"))
+	}
+	for range g.n(3) {
+		np.Spec.Ingress = append(np.Spec.Ingress, networkingv1.NetworkPolicyIngressRule{From: g.peers(), Ports: g.ports()})
+	}
+	for range g.n(3) {
+		np.Spec.Egress = append(np.Spec.Egress, networkingv1.NetworkPolicyEgressRule{To: g.peers(), Ports: g.ports()})
+	}
+	return np
 }
 
 // selector draws a selector; nil only when nilOK.
@@ -287,23 +311,7 @@ func TestCompileRandomWorlds(t *testing.T) {
 			state ^= state << 17
 			b[j] = byte(state)
 		}
-		g := &gen{b: b}
-		w := g.world()
-		fk := newFakeKernel(t)
-		e := newEngine(Config{NodeAddrs: func() []netip.Addr { return w.node }}, slog.New(slog.DiscardHandler), fk)
-		for ns, l := range w.namespaces {
-			e.SetNamespace(ns, l)
-		}
-		for _, p := range w.pods {
-			e.SetPod(p)
-		}
-		for _, np := range w.policies {
-			e.SetPolicy(np)
-		}
-		if err := e.Apply(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-		compareAll(t, w, fk, fmt.Sprintf("world %d", i))
+		checkWorld(t, b, fmt.Sprintf("world %d", i))
 		if t.Failed() {
 			return
 		}

@@ -3,6 +3,8 @@ package policy
 import (
 	"encoding/binary"
 	"net/netip"
+	"reflect"
+	"slices"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -292,20 +294,21 @@ func (e *Engine) commitDiff(d elemDiff) {
 	e.touched = map[string]map[string]struct{}{}
 }
 
-func (e *Engine) applyFull() error {
-	e.prog = compile(e.policies)
+// compile compiles the policies and notes what could not be compiled.
+func (e *Engine) compile() *program {
+	p := compile(e.policies, e.cfg.DenyLog)
 	e.compErr = ""
-	if len(e.prog.errs) > 0 {
-		e.compErr = joinErrs(e.prog.errs)
-		e.log.Warn("network policies partly invalid; their invalid parts allow nothing", "errors", e.prog.errs)
+	if len(p.errs) > 0 {
+		e.compErr = joinErrs(p.errs)
+		e.log.Warn("network policies partly invalid; their invalid parts allow nothing", "errors", p.errs)
 	}
+	return p
+}
+
+func (e *Engine) applyFull() error {
+	e.prog = e.compile()
 	e.recomputeAll()
 	e.policiesDirty = false
-	if err := e.kern.ensureBridgeNF(); err != nil {
-		// Bridged pod-to-pod traffic on this node would bypass the rules;
-		// remote traffic is still covered, so program the table anyway.
-		e.log.Warn("bridged traffic is not filtered", "err", err)
-	}
 	in, out, _ := e.kern.readDrops()
 	if err := e.kern.writeFull(e.prog, e.contents); err != nil {
 		return err
@@ -327,11 +330,141 @@ func (e *Engine) applyIncremental() error {
 		e.touched = map[string]map[string]struct{}{}
 		return nil
 	}
-	if err := e.kern.writeDiff(e.prog, d); err != nil {
+	if err := e.kern.writeChange(e.prog, e.contents, change{diff: d}); err != nil {
 		return err
 	}
 	e.commitDiff(d)
 	return nil
+}
+
+// applyPolicies moves the kernel from the previous program to a new one
+// without rewriting the table: the ingress and egress chains are refilled,
+// new sets made, unused ones deleted, and the sets both programs have get
+// element changes only. Pods keep their memberships of the sets that stay
+// (a set's name is a hash of what selects its members), so only the new
+// sets are matched against every pod.
+func (e *Engine) applyPolicies() error {
+	old, np := e.prog, e.compile()
+	e.prog = np // even on failure: the next Apply rewrites all from np
+	e.policiesDirty = false
+	var newSel, newNamed []*setDef
+	var c change
+	// Rules refer to sets by a hash of what selects their members, so
+	// equal rules mean an unchanged ruleset (say, a policy was replaced
+	// by an equivalent one).
+	c.rules = !reflect.DeepEqual(old.ingress, np.ingress) || !reflect.DeepEqual(old.egress, np.egress)
+	for name, s := range np.sets {
+		if _, ok := old.sets[name]; ok {
+			continue
+		}
+		c.newSets = append(c.newSets, name)
+		switch {
+		case s.sel != nil:
+			newSel = append(newSel, s)
+		case s.typ == setNamedPort:
+			newNamed = append(newNamed, s)
+		}
+	}
+	slices.Sort(c.newSets)
+	for name := range old.sets {
+		if _, ok := np.sets[name]; !ok {
+			c.oldSets = append(c.oldSets, name)
+		}
+	}
+	slices.Sort(c.oldSets)
+	if len(e.dirtyNS) > 0 {
+		for k, ps := range e.pods {
+			if _, ok := e.dirtyNS[ps.pod.Namespace]; ok {
+				e.dirtyPods[k] = struct{}{}
+			}
+		}
+	}
+	partial := &program{sets: np.sets, selSets: newSel, namedSets: newNamed}
+	nsl := &nsLabelCache{ns: e.namespaces, cache: map[string]labels.Set{}}
+	for k, ps := range e.pods {
+		if ps.pod.Name == "" {
+			delete(e.pods, k)
+			continue
+		}
+		if _, dirty := e.dirtyPods[k]; dirty {
+			ps.contrib = podContrib(np, &ps.pod, nsl)
+			continue
+		}
+		ps.contrib = carryContrib(np, ps, partial, nsl)
+	}
+	clear(e.dirtyPods)
+	clear(e.dirtyNS)
+	// Contents from the memberships: a few references per pod, cheap.
+	e.contents = map[string]map[string]int{}
+	for name, s := range np.sets {
+		if s.dynamic() {
+			e.contents[name] = map[string]int{}
+		}
+	}
+	e.touched = map[string]map[string]struct{}{}
+	for _, ps := range e.pods {
+		e.ref(ps.contrib, 1)
+	}
+	e.nodeKeys = e.nodeKeys[:0]
+	for _, r := range nodeContrib(e.nodeAddrs()) {
+		e.ref([]elemRef{r}, 1)
+		e.nodeKeys = append(e.nodeKeys, r.key)
+	}
+	// Element changes of the sets both programs have.
+	c.diff = elemDiff{add: map[string][]string{}, del: map[string][]string{}}
+	for name, want := range e.contents {
+		have, ok := e.installed[name]
+		if !ok || old.sets[name] == nil {
+			continue // a new set, made with its elements
+		}
+		for k := range want {
+			if _, ok := have[k]; !ok {
+				c.diff.add[name] = append(c.diff.add[name], k)
+			}
+		}
+		for k := range have {
+			if _, ok := want[k]; !ok {
+				c.diff.del[name] = append(c.diff.del[name], k)
+			}
+		}
+	}
+	if err := e.kern.writeChange(np, e.contents, c); err != nil {
+		return err
+	}
+	e.snapshotInstalled()
+	return nil
+}
+
+// carryContrib is a pod's memberships under a new program: those of sets
+// that stay, plus the new sets (in partial) it matches, plus isolation by
+// the new program's targets.
+func carryContrib(np *program, ps *podState, partial *program, nsl *nsLabelCache) []elemRef {
+	var out []elemRef
+	for _, r := range ps.contrib {
+		if r.set == setIngressIso || r.set == setEgressIso || np.sets[r.set] == nil {
+			continue
+		}
+		out = append(out, r)
+	}
+	p := &ps.pod
+	out = append(out, podContrib(partial, &Pod{Namespace: p.Namespace, Name: p.Name, IPs: p.IPs, Labels: p.Labels, Ports: p.Ports}, nsl)...)
+	if !p.Local {
+		return out
+	}
+	var ingIso, egIso bool
+	for _, r := range out {
+		ingIso = ingIso || np.ingressTargets[r.set]
+		egIso = egIso || np.egressTargets[r.set]
+	}
+	for _, a := range ipv4s(p.IPs) {
+		if ingIso {
+			out = append(out, elemRef{setIngressIso, addrKey(a)})
+		}
+		if egIso {
+			out = append(out, elemRef{setEgressIso, addrKey(a)})
+		}
+	}
+	return out
 }
 
 func joinErrs(errs []string) string {

@@ -25,7 +25,7 @@ import (
 // tests that keeps the sets as the kernel would.
 type backend interface {
 	writeFull(p *program, contents map[string]map[string]int) error
-	writeDiff(p *program, d elemDiff) error
+	writeChange(p *program, contents map[string]map[string]int, c change) error
 	readDrops() (ingress, egress uint64, err error)
 	remove() error
 	ensureBridgeNF() error
@@ -37,10 +37,12 @@ type nftBackend struct{ cfg Config }
 func (b nftBackend) writeFull(p *program, contents map[string]map[string]int) error {
 	return writeFull(b.cfg, p, contents)
 }
-func (b nftBackend) writeDiff(p *program, d elemDiff) error { return writeDiff(b.cfg, p, d) }
-func (b nftBackend) readDrops() (uint64, uint64, error)     { return readDrops(b.cfg) }
-func (b nftBackend) remove() error                          { return removeTable(b.cfg) }
-func (b nftBackend) ensureBridgeNF() error                  { return ensureBridgeNF(b.cfg.NetNS) }
+func (b nftBackend) writeChange(p *program, contents map[string]map[string]int, c change) error {
+	return writeChange(b.cfg, p, contents, c)
+}
+func (b nftBackend) readDrops() (uint64, uint64, error) { return readDrops(b.cfg) }
+func (b nftBackend) remove() error                      { return removeTable(b.cfg) }
+func (b nftBackend) ensureBridgeNF() error              { return ensureBridgeNF(b.cfg.NetNS) }
 
 // sockBuf is the netlink socket buffer size forced on the connection: a
 // whole table with thousands of set elements goes in one sendmsg, which
@@ -203,8 +205,14 @@ func ruleExprs(r rule) []expr.Any {
 	for _, c := range r.conds {
 		e = append(e, condExprs(c)...)
 	}
-	if r.counter {
-		e = append(e, &expr.Counter{})
+	if r.log != "" {
+		e = append(e,
+			&expr.Limit{Type: expr.LimitTypePkts, Rate: denyLogRate, Unit: expr.LimitTimeSecond, Burst: denyLogBurst},
+			&expr.Log{Level: expr.LogLevelInfo, Key: 1<<unix.NFTA_LOG_PREFIX | 1<<unix.NFTA_LOG_LEVEL, Data: []byte(r.log)},
+		)
+	}
+	if r.counter != "" {
+		e = append(e, &expr.Objref{Type: int(nftables.ObjTypeCounter), Name: r.counter})
 	}
 	switch r.verdict {
 	case vAccept:
@@ -217,6 +225,41 @@ func ruleExprs(r rule) []expr.Any {
 		e = append(e, &expr.Verdict{Kind: expr.VerdictJump, Chain: r.jump})
 	}
 	return e
+}
+
+// setElems is the content of set n: pods' elements for a dynamic set, the
+// spans of a static one.
+func setElems(p *program, contents map[string]map[string]int, n string) []nftables.SetElement {
+	d := p.sets[n]
+	if !d.dynamic() {
+		return spanElems(d.typ, d.spans)
+	}
+	keys := make([]string, 0, len(contents[n]))
+	for k := range contents[n] {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keyElems(keys)
+}
+
+func addSets(conn *nftables.Conn, t *nftables.Table, p *program, contents map[string]map[string]int, names []string) error {
+	for _, n := range names {
+		if err := conn.AddSet(nftSet(t, p.sets[n]), setElems(p, contents, n)); err != nil {
+			return fmt.Errorf("policy: set %s: %w", n, err)
+		}
+	}
+	return nil
+}
+
+func addRules(conn *nftables.Conn, t *nftables.Table, chain string, rules []rule) {
+	c := &nftables.Chain{Name: chain, Table: t}
+	for _, r := range rules {
+		nr := &nftables.Rule{Table: t, Chain: c, Exprs: ruleExprs(r)}
+		if r.tag != "" {
+			nr.UserData = userdata.AppendString(nil, userdata.TypeComment, r.tag)
+		}
+		conn.AddRule(nr)
+	}
 }
 
 // writeFull replaces the table with the program and set contents, in one
@@ -232,106 +275,103 @@ func writeFull(cfg Config, p *program, contents map[string]map[string]int) error
 	conn.AddTable(t) // so that the delete below finds one
 	conn.DelTable(t)
 	t = conn.AddTable(t)
+	for _, n := range []string{counterIngress, counterEgress} {
+		conn.AddObj(&nftables.CounterObj{Table: t, Name: n})
+	}
 	names := make([]string, 0, len(p.sets))
 	for n := range p.sets {
 		names = append(names, n)
 	}
 	slices.Sort(names)
-	for _, n := range names {
-		d := p.sets[n]
-		var elems []nftables.SetElement
-		if d.dynamic() {
-			keys := make([]string, 0, len(contents[n]))
-			for k := range contents[n] {
-				keys = append(keys, k)
-			}
-			slices.Sort(keys)
-			elems = keyElems(keys)
-		} else {
-			elems = spanElems(d.typ, d.spans)
-		}
-		if err := conn.AddSet(nftSet(t, d), elems); err != nil {
-			return fmt.Errorf("policy: set %s: %w", n, err)
-		}
+	if err := addSets(conn, t, p, contents, names); err != nil {
+		return err
 	}
 	accept := nftables.ChainPolicyAccept
-	chains := map[string]*nftables.Chain{
-		chainForward: conn.AddChain(&nftables.Chain{
-			Name: chainForward, Table: t, Type: nftables.ChainTypeFilter,
-			Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept,
-		}),
-		chainIngress: conn.AddChain(&nftables.Chain{Name: chainIngress, Table: t}),
-		chainEgress:  conn.AddChain(&nftables.Chain{Name: chainEgress, Table: t}),
-	}
-	for _, cr := range []struct {
-		chain string
-		rules []rule
-	}{{chainForward, p.forward}, {chainIngress, p.ingress}, {chainEgress, p.egress}} {
-		for _, r := range cr.rules {
-			nr := &nftables.Rule{Table: t, Chain: chains[cr.chain], Exprs: ruleExprs(r)}
-			if r.tag != "" {
-				nr.UserData = userdata.AppendString(nil, userdata.TypeComment, r.tag)
-			}
-			conn.AddRule(nr)
-		}
-	}
+	conn.AddChain(&nftables.Chain{
+		Name: chainForward, Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept,
+	})
+	conn.AddChain(&nftables.Chain{Name: chainIngress, Table: t})
+	conn.AddChain(&nftables.Chain{Name: chainEgress, Table: t})
+	addRules(conn, t, chainForward, p.forward)
+	addRules(conn, t, chainIngress, p.ingress)
+	addRules(conn, t, chainEgress, p.egress)
 	if err := conn.Flush(); err != nil {
 		return fmt.Errorf("policy: write table inet %s (%d sets, %d rules): %w", cfg.Table, len(p.sets), p.ruleCount(), err)
 	}
 	return nil
 }
 
-// writeDiff sends set element adds and deletes in one transaction.
-func writeDiff(cfg Config, p *program, d elemDiff) error {
+// change is what an Apply changes in a table that has the previous
+// program: element adds and deletes, and on a policy change new rules in
+// the ingress and egress chains, new sets and sets no longer used.
+type change struct {
+	rules            bool
+	newSets, oldSets []string
+	diff             elemDiff
+}
+
+// writeChange sends a change in one transaction. The chains are flushed
+// and refilled before unused sets are deleted, so no rule refers to a
+// missing set at any point of the batch.
+func writeChange(cfg Config, p *program, contents map[string]map[string]int, c change) error {
 	conn, done, err := openConn(cfg)
 	if err != nil {
 		return err
 	}
 	defer done()
 	t := table(cfg)
-	for set, keys := range d.del {
+	if c.rules {
+		conn.FlushChain(&nftables.Chain{Name: chainIngress, Table: t})
+		conn.FlushChain(&nftables.Chain{Name: chainEgress, Table: t})
+	}
+	if err := addSets(conn, t, p, contents, c.newSets); err != nil {
+		return err
+	}
+	for set, keys := range c.diff.del {
 		if err := conn.SetDeleteElements(nftSet(t, p.sets[set]), keyElems(keys)); err != nil {
 			return fmt.Errorf("policy: set %s: %w", set, err)
 		}
 	}
-	for set, keys := range d.add {
+	for set, keys := range c.diff.add {
 		if err := conn.SetAddElements(nftSet(t, p.sets[set]), keyElems(keys)); err != nil {
 			return fmt.Errorf("policy: set %s: %w", set, err)
 		}
 	}
+	if c.rules {
+		addRules(conn, t, chainIngress, p.ingress)
+		addRules(conn, t, chainEgress, p.egress)
+	}
+	for _, n := range c.oldSets {
+		conn.DelSet(&nftables.Set{Table: t, Name: n})
+	}
 	if err := conn.Flush(); err != nil {
-		return fmt.Errorf("policy: update sets of table inet %s: %w", cfg.Table, err)
+		return fmt.Errorf("policy: update table inet %s: %w", cfg.Table, err)
 	}
 	return nil
 }
 
-// readDrops sums the counters of the deny rules.
+// readDrops reads the deny rules' named counters.
 func readDrops(cfg Config) (ingress, egress uint64, err error) {
 	conn, done, err := openConn(cfg)
 	if err != nil {
 		return 0, 0, err
 	}
 	defer done()
-	t := table(cfg)
-	for _, ch := range []string{chainForward, chainIngress, chainEgress} {
-		rules, err := conn.GetRules(t, &nftables.Chain{Name: ch, Table: t})
-		if err != nil {
-			return ingress, egress, fmt.Errorf("policy: rules of chain %s: %w", ch, err)
+	objs, err := conn.GetObjects(table(cfg))
+	if err != nil {
+		return 0, 0, fmt.Errorf("policy: counters of table inet %s: %w", cfg.Table, err)
+	}
+	for _, o := range objs {
+		c, ok := o.(*nftables.CounterObj)
+		if !ok {
+			continue
 		}
-		for _, r := range rules {
-			tag, _ := userdata.GetString(r.UserData, userdata.TypeComment)
-			if tag != tagDropIngress && tag != tagDropEgress {
-				continue
-			}
-			for _, x := range r.Exprs {
-				if c, ok := x.(*expr.Counter); ok {
-					if tag == tagDropIngress {
-						ingress += c.Packets
-					} else {
-						egress += c.Packets
-					}
-				}
-			}
+		switch c.Name {
+		case counterIngress:
+			ingress = c.Packets
+		case counterEgress:
+			egress = c.Packets
 		}
 	}
 	return ingress, egress, nil

@@ -19,6 +19,7 @@ type world struct {
 	namespaces map[string]map[string]string
 	pods       []Pod
 	node       []netip.Addr
+	denyLog    bool // Config.DenyLog of the Engine under test: changes no verdict
 }
 
 func (w *world) podByIP(a netip.Addr) *Pod {
