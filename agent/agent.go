@@ -48,7 +48,7 @@ type Agent struct {
 	// metrics, which start earlier, read those fields only after seeing it.
 	up atomic.Bool
 
-	keysCached bool // keys came from the cache: Run checks them against the password
+	keysCached bool        // keys came from the cache: Run checks them against the password
 	standby    atomic.Bool // waiting for another agent to let go of the host (see takeHost)
 
 	pendingAllocs atomic.Int64 // allocation requests in progress, for metrics
