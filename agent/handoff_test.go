@@ -48,7 +48,7 @@ func (l *lockedWriter) String() string {
 
 // probeGet asks an agent's probe socket, as `weft probe` does.
 func probeGet(sock, path string) (int, string, error) {
-	cl := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+	cl := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", sock)
