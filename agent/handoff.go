@@ -23,7 +23,7 @@ const HostLockFile = "agent.lock"
 
 // ErrHostBusy is returned by Run when another agent owns the host and
 // Config.Handoff is off.
-var ErrHostBusy = errors.New("another weft agent is running on this host")
+var ErrHostBusy = errors.New("this host already has a running agent")
 
 // handoffPoll is how often a standby agent checks whether the running one has
 // let go. flock cannot wait under a context, and 10 ms is far below the gap
