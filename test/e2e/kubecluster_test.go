@@ -64,7 +64,7 @@ func TestKubeCluster(t *testing.T) {
 		}
 		t.Logf("make release VERSION=%s IMAGE=%s: %s", v, kubecluster.ReleaseImage, time.Since(bt).Round(100*time.Millisecond))
 	}
-	c, err := kubecluster.Start(ctx, kubecluster.Options{Dir: dir, Logger: log})
+	c, err := kubecluster.Start(ctx, kubecluster.Options{Dir: dir, Logger: log, NoWeftImage: true})
 	if err != nil {
 		os.RemoveAll(dir)
 		if errors.Is(err, kubecluster.ErrUnavailable) && os.Getenv("CI") != "true" {
