@@ -168,3 +168,60 @@ func TestSecondAgentWithoutHandoffFails(t *testing.T) {
 		t.Fatalf("the first agent's API after the refused second: %v", err)
 	}
 }
+
+// An agent of a version from before the host lock holds no lock but serves
+// the API socket: a new agent with Handoff stands by for it too, and takes
+// over once it has gone.
+func TestHandoffWaitsForAnAgentWithoutTheLock(t *testing.T) {
+	c := agenttest.New(t, agenttest.Options{N: 1, NoDataplane: true, IPAMInit: "seed=host1"})
+	n := c.Nodes[0]
+	legacy, err := net.Listen("unix", api.SocketPath(n.Config.RunDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer legacy.Close()
+	go func() {
+		for {
+			conn, err := legacy.Accept()
+			if err != nil {
+				return
+			}
+			conn.Close()
+		}
+	}()
+	cfg := n.Config
+	cfg.Handoff = true
+	cfg.ProbeSocket = filepath.Join(t.TempDir(), "probe.sock")
+	a, err := agent.New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	c.Wait("standby beside the lock-less agent", func() error {
+		code, body, err := probeGet(cfg.ProbeSocket, "/readyz")
+		if err != nil {
+			return err
+		}
+		if code != http.StatusOK || !strings.HasPrefix(body, "standby") {
+			return fmt.Errorf("/readyz %d %q, want 200 standby", code, body)
+		}
+		return nil
+	})
+	legacy.Close()
+	c.Wait("the take-over", func() error {
+		st, err := n.Client.Status(context.Background())
+		if err != nil {
+			return err
+		}
+		if !st.Ready {
+			return errors.New("not ready yet")
+		}
+		return nil
+	})
+}
