@@ -303,7 +303,7 @@ func (np *npRun) setup(ctx context.Context) error {
 		return err
 	}
 	for _, p := range pods {
-		ps, err := c.WaitPods(ctx, 2*time.Minute, p.ns, "np-pod="+p.name, func(ps []PodStatus) error {
+		ps, err := c.WaitPods(ctx, 4*time.Minute, p.ns, "np-pod="+p.name, func(ps []PodStatus) error {
 			if err := allRunning(ps, 1); err != nil {
 				return err
 			}
