@@ -115,7 +115,7 @@ kube-deps: deps
 	CMDS="$(KUBE_CMDS)" test/kubeapi/k8s/build.sh
 
 test-kube: kube-deps
-	$(GO) test -count=1 -tags kubecluster -run '^TestKubeCluster$$' -timeout 30m -v ./test/e2e/
+	$(GO) test -count=1 -tags kubecluster -run '^TestKubeCluster$$' -timeout 40m -v ./test/e2e/
 
 # conformance runs Kubernetes' own network tests (k8s.io/kubernetes/test/e2e,
 # v1.36.3, built offline with agnhost) against the three-node cluster with

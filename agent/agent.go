@@ -49,7 +49,8 @@ type Agent struct {
 	// metrics, which start earlier, read those fields only after seeing it.
 	up atomic.Bool
 
-	keysCached bool // keys came from the cache: Run checks them against the password
+	keysCached bool        // keys came from the cache: Run checks them against the password
+	standby    atomic.Bool // waiting for another agent to let go of the host (see takeHost)
 
 	pendingAllocs atomic.Int64 // allocation requests in progress, for metrics
 	repairs       repairCounts // host network repairs, for metrics
@@ -111,6 +112,21 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 // Run starts everything and blocks until ctx is done (SIGTERM) or the agent
 // is reset; it then leaves the mesh cleanly and returns.
 func (a *Agent) Run(ctx context.Context) error {
+	// The probe socket and the host lock come first and go last: the next
+	// agent, standing by, takes over only once everything below has let go.
+	if a.cfg.ProbeSocket != "" {
+		probeSrv, err := a.serveProbe()
+		if err != nil {
+			return err
+		}
+		defer probeSrv.close()
+	}
+	lock, err := a.takeHost(ctx)
+	if err != nil {
+		return err
+	}
+	defer lock.release()
+
 	a.started = time.Now()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -47,6 +47,12 @@ type Config struct {
 	RunDir      string
 	MetricsAddr string // "" disables metrics
 	HTTPAddr    string // "" disables health
+	// Handoff: when another agent runs on this host (same RunDir), stand by
+	// and take over when it exits, instead of failing (see takeHost).
+	Handoff bool
+	// ProbeSocket, when set, serves /healthz and /readyz on this unix socket
+	// from the start, standby included (see serveProbe); for a pod's probes.
+	ProbeSocket string
 	Bridge      string
 	TUN         string
 	// Datapath is --datapath: auto, kernel, userspace or water; "" is auto.

@@ -33,6 +33,7 @@ func newApp() *cli.App {
 			resetCommand(),
 			versionCommand(),
 			installCNICommand(),
+			probeCommand(),
 			completionCommand(),
 		},
 		OnUsageError: onUsageError,

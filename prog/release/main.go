@@ -11,8 +11,9 @@
 //	weft.yaml   prog/kube/weft.yaml with the image pinned to IMAGE:VERSION@DIGEST
 //	SHA256SUMS  the checksums of all of the above, in sha256sum's format
 //
-// Each image is the two static binaries in /bin and nothing else (no shell,
-// no libc), entrypoint /bin/weft, as prog/image/Dockerfile describes. Layers
+// Each image is the two static binaries in /bin, with the portmap and
+// bandwidth CNI plugins weft chains (built from prog/image/cni-plugins), and
+// nothing else (no shell, no libc), entrypoint /bin/weft, as prog/image/Dockerfile describes. Layers
 // are built with fixed owners, modes and times, so the image digest depends
 // only on the binaries.
 package main

@@ -41,9 +41,18 @@ type Options struct {
 	Out      string // output directory
 	Manifest string // the manifest to pin
 	// Binaries, when set, returns the path of an already built binary
-	// ("weft" or "weft-cni") for an architecture instead of building it.
+	// ("weft", "weft-cni" or a chained plugin) for an architecture instead
+	// of building it.
 	Binaries func(bin, arch string) string
+	// PluginDir keeps the chained CNI plugins built for the image, as
+	// PLUGIN-linux-ARCH ("": a temporary directory).
+	PluginDir string
 }
+
+// ChainedPlugins are the reference CNI plugins weft chains and `weft
+// install-cni` copies from the image (kube.ChainedPlugins), built from the
+// module pinned in prog/image/cni-plugins. They go into the image only.
+var ChainedPlugins = []string{"portmap", "bandwidth"}
 
 // Result of a release.
 type Result struct {
@@ -100,10 +109,35 @@ func Build(o Options, log *slog.Logger) (Result, error) {
 		}
 	}
 
+	// The chained plugins, per architecture, for the image only.
+	pluginDir := o.PluginDir
+	if pluginDir == "" {
+		if pluginDir, err = os.MkdirTemp("", "weft-release-plugins"); err != nil {
+			return Result{}, fmt.Errorf("release: %w", err)
+		}
+		defer os.RemoveAll(pluginDir)
+	}
+	for _, arch := range Arches {
+		for _, p := range ChainedPlugins {
+			dst := filepath.Join(pluginDir, p+"-linux-"+arch)
+			if o.Binaries != nil {
+				if err := copyFile(o.Binaries(p, arch), dst); err != nil {
+					return Result{}, err
+				}
+			} else {
+				log.Info("building", "plugin", p, "arch", arch)
+				if err := goBuildPlugin(p, arch, dst); err != nil {
+					return Result{}, err
+				}
+			}
+			bins[arch][p] = dst
+		}
+	}
+
 	// One image per architecture, in one index.
 	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
 	for _, arch := range Arches {
-		img, err := image(arch, bins[arch]["weft"], bins[arch]["weft-cni"], o.Version)
+		img, err := image(arch, bins[arch], o.Version)
 		if err != nil {
 			return Result{}, err
 		}
@@ -139,6 +173,25 @@ func Build(o Options, log *slog.Logger) (Result, error) {
 	sort.Strings(files)
 	log.Info("release written", "dir", o.Out, "image", ref)
 	return Result{Ref: ref, Digest: digest, Files: files}, nil
+}
+
+// goBuildPlugin cross-compiles one reference CNI plugin, static, from the
+// module pinned in prog/image/cni-plugins (as prog/image/build.sh does).
+func goBuildPlugin(plugin, arch, dst string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	abs, err := filepath.Abs(dst)
+	if err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, goTool(), "build", "-trimpath", "-ldflags", "-s -w", "-o", abs,
+		"github.com/containernetworking/plugins/plugins/meta/"+plugin)
+	cmd.Dir = filepath.Join(moduleRoot(), "prog", "image", "cni-plugins")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+arch, "GOFLAGS=-buildvcs=false")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("release: go build %s for %s: %w\n%s", plugin, arch, err, out)
+	}
+	return nil
 }
 
 // goBuild cross-compiles one static binary of this module.
@@ -182,10 +235,14 @@ func moduleRoot() string {
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
-// image is the weft image of one architecture: bin/weft and bin/weft-cni,
-// entrypoint /bin/weft.
-func image(arch, weft, cni, version string) (v1.Image, error) {
-	layerTar, err := rootfs(map[string]string{"bin/weft": weft, "bin/weft-cni": cni})
+// image is the weft image of one architecture: bin/weft, bin/weft-cni and
+// the chained plugins, entrypoint /bin/weft.
+func image(arch string, bins map[string]string, version string) (v1.Image, error) {
+	files := map[string]string{}
+	for name, path := range bins {
+		files["bin/"+name] = path
+	}
+	layerTar, err := rootfs(files)
 	if err != nil {
 		return nil, err
 	}

@@ -59,7 +59,8 @@ func TestRelease(t *testing.T) {
 	const version = "v0.0.1-test"
 	const image = "registry.example:5000/weft"
 	out := t.TempDir()
-	r, err := Build(Options{Version: version, Image: image, Out: out, Manifest: "../kube/weft.yaml"},
+	plugins := t.TempDir()
+	r, err := Build(Options{Version: version, Image: image, Out: out, Manifest: "../kube/weft.yaml", PluginDir: plugins},
 		slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
@@ -148,11 +149,11 @@ func TestRelease(t *testing.T) {
 			t.Errorf("%s: config os %s arch %s entrypoint %v", d.Platform, cf.OS, cf.Architecture, cf.Config.Entrypoint)
 		}
 		files := layerFiles(t, img)
-		if len(files) != 2 {
-			t.Errorf("%s: image files %v, want bin/weft and bin/weft-cni only", d.Platform, keys(files))
+		if len(files) != 4 {
+			t.Errorf("%s: image files %v, want bin/weft, bin/weft-cni, bin/portmap and bin/bandwidth only", d.Platform, keys(files))
 		}
 		machine := map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}[d.Platform.Architecture]
-		for _, f := range []string{"bin/weft", "bin/weft-cni"} {
+		for _, f := range []string{"bin/weft", "bin/weft-cni", "bin/portmap", "bin/bandwidth"} {
 			checkELF(t, d.Platform.String()+" "+f, files[f], machine)
 		}
 		if !bytes.Equal(files["bin/weft"], readAll(t, filepath.Join(out, "weft-linux-"+d.Platform.Architecture))) {
@@ -167,7 +168,12 @@ func TestRelease(t *testing.T) {
 	// Reproducible: the same binaries give the same digest.
 	out2 := t.TempDir()
 	r2, err := Build(Options{Version: version, Image: image, Out: out2, Manifest: "../kube/weft.yaml",
-		Binaries: func(bin, arch string) string { return filepath.Join(out, bin+"-linux-"+arch) }}, slog.New(slog.DiscardHandler))
+		Binaries: func(bin, arch string) string {
+			if slices.Contains(ChainedPlugins, bin) {
+				return filepath.Join(plugins, bin+"-linux-"+arch)
+			}
+			return filepath.Join(out, bin+"-linux-"+arch)
+		}}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,10 @@
 //     underlay between the same two hosts;
 //   - CNI ADD and DEL latency of weft-cni beside the reference bridge plugin
 //     with host-local IPAM;
-//   - time for 3, 10 and 30 agents to form one mesh.
+//   - time for 3, 10 and 30 agents to form one mesh;
+//   - NetworkPolicy on a three-node Kubernetes cluster: update latency with
+//     200 policies and 1,000 pod addresses, throughput with and without
+//     (policy.go; skipped when the cluster's binaries are missing).
 //
 // Run it as root with `make bench`.
 package main
@@ -40,7 +43,7 @@ var (
 	runs    = flag.Int("runs", 3, "iperf3 runs per datapath (the median is shown)")
 	procs   = flag.Int("gomaxprocs", 1, "GOMAXPROCS of each agent: each of the two simulated hosts has about one core of this machine (0: Go's default, every core)")
 	cycles  = flag.Int("cni-cycles", 50, "CNI ADD/DEL cycles per plugin")
-	only    = flag.String("only", "", "run only: throughput, cni, ipam or mesh")
+	only    = flag.String("only", "", "run only: throughput, cni, ipam, mesh or policy")
 )
 
 func main() {
@@ -58,7 +61,7 @@ func main() {
 	for _, b := range []struct {
 		name string
 		run  func(context.Context, string) error
-	}{{"throughput", throughput}, {"cni", cniLatency}, {"ipam", ipamLatency}, {"mesh", meshConvergence}} {
+	}{{"throughput", throughput}, {"cni", cniLatency}, {"ipam", ipamLatency}, {"mesh", meshConvergence}, {"policy", policyBench}} {
 		if *only != "" && *only != b.name {
 			continue
 		}

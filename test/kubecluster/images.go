@@ -120,8 +120,8 @@ func writeImage(out string, refs, entrypoint, cmd []string, files []imageFile) e
 // the pause and probe images from test/kubecluster/netprobe, CoreDNS from
 // k8sBin/coredns, and the weft image from this checkout through
 // prog/image/build.sh (the shipping path, so the test also proves the image
-// build).
-func buildImages(root, dir, k8sBin string, logf func(string, ...any)) ([]string, error) {
+// build) unless noWeft (a release's image is imported instead).
+func buildImages(root, dir, k8sBin string, noWeft bool, logf func(string, ...any)) ([]string, error) {
 	probeBin := filepath.Join(dir, "netprobe")
 	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", probeBin, "./test/kubecluster/netprobe")
 	build.Dir = root
@@ -150,6 +150,9 @@ func buildImages(root, dir, k8sBin string, logf func(string, ...any)) ([]string,
 	coredns := filepath.Join(dir, "coredns-image.tar")
 	if err := writeDockerArchive(coredns, CoreDNSImage, []string{"/coredns"}, []imageFile{{path: "coredns", data: dnsBin, mode: 0o755}}); err != nil {
 		return nil, fmt.Errorf("coredns image: %w", err)
+	}
+	if noWeft {
+		return []string{pause, probe, coredns}, nil
 	}
 	weft := filepath.Join(dir, "weft-image.tar")
 	start := time.Now()

@@ -35,6 +35,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -79,6 +80,9 @@ type Options struct {
 	// Conformance also imports the images Kubernetes' e2e tests use
 	// (agnhost, busybox) into every node.
 	Conformance bool
+	// NoWeftImage skips building prog/kube/weft.yaml's image with
+	// prog/image/build.sh: the caller installs a release (ImportRelease).
+	NoWeftImage bool
 }
 
 // Cluster is a running cluster.
@@ -90,10 +94,10 @@ type Cluster struct {
 	Kubeconfig string // admin (system:masters)
 	Root       string // this checkout (module root)
 
-	log         *slog.Logger
-	k8sBin      string
-	control     []*process // started in this order, stopped in reverse
-	mountpoints []string   // directories created on the machine as bind targets, deepest last
+	log     *slog.Logger
+	k8sBin  string
+	control []*process // started in this order, stopped in reverse
+	machine *os.File   // machineLock, held shared while the cluster runs
 }
 
 // Node is one kubelet + containerd in a test bed host.
@@ -188,7 +192,7 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	if err := os.MkdirAll(imgDir, 0o755); err != nil {
 		return nil, err
 	}
-	images, err := buildImages(root, imgDir, c.k8sBin, func(f string, a ...any) { c.log.Info(fmt.Sprintf(f, a...)) })
+	images, err := buildImages(root, imgDir, c.k8sBin, opts.NoWeftImage, func(f string, a ...any) { c.log.Info(fmt.Sprintf(f, a...)) })
 	if err != nil {
 		return nil, fmt.Errorf("kubecluster: images: %w", err)
 	}
@@ -207,6 +211,9 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	p, err := testpki.New(filepath.Join(c.Dir, "pki"))
 	if err != nil {
 		return nil, fmt.Errorf("kubecluster: pki: %w", err)
+	}
+	if err := c.holdMachine(); err != nil {
+		return nil, err
 	}
 	if err := c.startControlPlane(ctx, p); err != nil {
 		return nil, err
@@ -469,8 +476,9 @@ conntrack:
 `, n.Dir, PodCIDR, n.Name, n.IP)
 }
 
-// ensureMountpoint creates target on the machine if missing, remembering
-// what it created so Close removes exactly that.
+// ensureMountpoint creates target on the machine if missing, recording
+// what it created in machineMounts so that the last cluster to close
+// removes exactly that.
 func (c *Cluster) ensureMountpoint(target string) error {
 	var created []string
 	for d := target; d != "/"; d = filepath.Dir(d) {
@@ -485,8 +493,14 @@ func (c *Cluster) ensureMountpoint(target string) error {
 	if err := os.MkdirAll(target, 0o755); err != nil {
 		return fmt.Errorf("mountpoint %s: %w", target, err)
 	}
-	slices.Reverse(created) // parents first
-	c.mountpoints = append(c.mountpoints, created...)
+	f, err := os.OpenFile(machineMounts, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("kubecluster: %w", err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(strings.Join(created, "\n") + "\n"); err != nil {
+		return fmt.Errorf("kubecluster: %w", err)
+	}
 	return nil
 }
 
@@ -590,12 +604,67 @@ func (c *Cluster) Close() error {
 	} else if err := os.RemoveAll(c.Dir); err != nil {
 		errs = append(errs, fmt.Errorf("kubecluster: remove %s: %w", c.Dir, err))
 	}
-	for i := len(c.mountpoints) - 1; i >= 0; i-- {
-		if err := os.Remove(c.mountpoints[i]); err != nil && !os.IsNotExist(err) {
+	if err := c.releaseMachine(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Bind targets made on the machine (/opt/cni/bin, /etc/cni/net.d, ...) are
+// shared by every cluster running on it: removing one detaches the bind
+// mounts of other clusters' nodes at that path too (Linux drops the mounts of
+// other namespaces on a directory that is removed), and their nodes lose
+// their CNI plugins mid-test. So each cluster holds machineLock shared while
+// it runs, records the targets it made in machineMounts, and only the last
+// one to close (the one that gets the lock exclusively) removes them all.
+const (
+	machineLock   = "/run/weft-kubecluster.lock"
+	machineMounts = "/run/weft-kubecluster.mountpoints"
+)
+
+// holdMachine takes the shared lock (waiting while a closing cluster
+// removes the targets).
+func (c *Cluster) holdMachine() error {
+	f, err := os.OpenFile(machineLock, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("kubecluster: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH); err != nil {
+		f.Close()
+		return fmt.Errorf("kubecluster: lock %s: %w", machineLock, err)
+	}
+	c.machine = f
+	return nil
+}
+
+// releaseMachine removes the recorded bind targets if no other cluster runs.
+func (c *Cluster) releaseMachine() error {
+	if c.machine == nil {
+		return nil
+	}
+	defer func() { c.machine.Close(); c.machine = nil }()
+	if err := syscall.Flock(int(c.machine.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		c.log.Info("another cluster runs on this machine: the bind targets stay for the last one to remove")
+		return nil
+	}
+	b, err := os.ReadFile(machineMounts)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil
+		}
+		return fmt.Errorf("kubecluster: %w", err)
+	}
+	dirs := strings.Fields(string(b))
+	sort.Sort(sort.Reverse(sort.StringSlice(dirs))) // children before parents
+	var errs []error
+	for _, d := range slices.Compact(dirs) {
+		if err := os.Remove(d); err != nil && !os.IsNotExist(err) {
 			errs = append(errs, fmt.Errorf("kubecluster: remove mountpoint: %w", err))
 		}
 	}
-	c.mountpoints = nil
+	if err := os.Remove(machineMounts); err != nil && !os.IsNotExist(err) {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 

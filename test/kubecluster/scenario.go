@@ -25,9 +25,17 @@ const ProbePort = 7777
 // per node without another bind mount.
 const probeDir = "/run/netprobe"
 
-// passwordSecretYAML is what an operator creates before applying weft.yaml:
-// the namespace and the required Secret, here with a random password.
-const passwordSecretYAML = `apiVersion: v1
+// secretYAML is what an operator creates before applying weft.yaml: the
+// namespace and the required Secret, with a random password (encryption)
+// or WEFT_PLAINTEXT=true (the kernel fast path, the cluster's default here).
+func secretYAML(password bool) []byte {
+	data := "WEFT_PLAINTEXT: \"true\""
+	if password {
+		pw := make([]byte, 24)
+		_, _ = rand.Read(pw)
+		data = fmt.Sprintf("WEFT_PASSWORD: %q", base64.StdEncoding.EncodeToString(pw))
+	}
+	return fmt.Appendf(nil, `apiVersion: v1
 kind: Namespace
 metadata:
   name: weft-system
@@ -38,8 +46,9 @@ metadata:
   name: weft-passwd
   namespace: weft-system
 stringData:
-  WEFT_PASSWORD: %q
-`
+  %s
+`, data)
+}
 
 // probesYAML is the workload: six probe pods spread evenly over the nodes,
 // and one probe in the host network of the last node.
@@ -60,7 +69,7 @@ spec:
       - name: probe
         image: %[2]s
         imagePullPolicy: Never
-        args: [probe, --listen, ":%[3]d", --peers-file, %[4]s/peers, --results-dir, %[4]s/results]
+        args: [probe, --listen, ":%[3]d", --peers-file, %[4]s/peers, --results-dir, %[4]s/results, --udp-interval, 10ms]
         env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
         volumeMounts: [{name: probe, mountPath: %[4]s}]
       volumes: [{name: probe, hostPath: {path: %[4]s, type: DirectoryOrCreate}}]
@@ -106,6 +115,19 @@ type ProbeReport struct {
 	Name    string                  `json:"name"`
 	Updated time.Time               `json:"updated"`
 	Peers   map[string]*ProbeResult `json:"peers"`
+	UDP     map[string]*UDPResult   `json:"udp"`
+}
+
+// UDPResult is a probe pod's UDP echoes from one peer, every 10 ms.
+type UDPResult struct {
+	Addr   string    `json:"addr"`
+	Echoes int       `json:"echoes"`
+	LastOK time.Time `json:"last_ok"`
+	MaxGap float64   `json:"max_gap_seconds"`
+	Gaps   []struct {
+		From time.Time `json:"from"`
+		To   time.Time `json:"to"`
+	} `json:"gaps"`
 }
 
 // ProbeResult is one pod's view of one peer.
@@ -125,18 +147,30 @@ type Results struct {
 	ApplyToReady     time.Duration // kubectl apply of weft.yaml to every Node Ready
 	DeployToReach    time.Duration // Deployment created to every pod answering every other
 	FirstCrossNode   time.Duration // pod created to its first answer from a pod on another node
-	RolloutRestart   time.Duration // rollout restart of the DaemonSet until rolled out
-	MaxGapInRestart  time.Duration // longest any pod pair went without an answer, over the probes' life (the restart dominates it)
+	RolloutRestart   time.Duration // rollout restart of the DaemonSet until rolled out (plaintext)
+	MaxGapInRestart  time.Duration // longest silence of any pod pair in that rollout restart (UDP every 10 ms)
+	Upgrade          time.Duration // apply of the next release until rolled out
+	GapUpgrade       time.Duration // longest pair silence in the upgrade
+	Rollback         time.Duration // apply of the first release again until rolled out
+	GapRollback      time.Duration // longest pair silence in the rollback
+	GapToEncrypted   time.Duration // longest pair silence while switching plaintext -> password (mixed mesh: no goal)
+	RestartEncrypted time.Duration // rollout restart with a password until rolled out
+	GapEncrypted     time.Duration // longest pair silence in it
 	ReclaimAfterDrop time.Duration // Node deleted to its ranges owned by the others
 	Pods             []PodStatus
 	Services         *ServiceResults
+	NetworkPolicy    *NetpolResults // the NetworkPolicy phase (netpol.go)
 }
 
 // Scenario narrates and runs the operator's path through weft on Kubernetes.
 type Scenario struct {
-	C    *Cluster
-	Say  func(format string, args ...any) // one line of narration
-	Show func(title, text string)         // command output worth showing
+	C *Cluster
+	// Release is installed (nil: prog/kube/weft.yaml as shipped, with the
+	// image from prog/image/build.sh); Upgrade, when set too, is upgraded to
+	// and rolled back from.
+	Release, Upgrade *Release
+	Say              func(format string, args ...any) // one line of narration
+	Show             func(title, text string)         // command output worth showing
 }
 
 func (s *Scenario) show(ctx context.Context, args ...string) {
@@ -234,30 +268,96 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 		return r, err
 	}
 
-	s.Say("13. kubectl rollout restart ds/weft: agents restart one node at a time; the running pods keep their addresses.")
-	start = time.Now()
-	if _, err := c.Kubectl(ctx, "-n", "weft-system", "rollout", "restart", "ds/weft"); err != nil {
-		return r, err
+	var over []string
+	goal := func(what string, gap, limit time.Duration) {
+		if gap > limit {
+			over = append(over, fmt.Sprintf("%s: longest pair silence %s, goal %s", what, gap.Round(10*time.Millisecond), limit))
+		}
 	}
-	if _, err := c.Kubectl(ctx, "-n", "weft-system", "rollout", "status", "ds/weft", "--timeout=4m"); err != nil {
-		return r, err
-	}
-	r.RolloutRestart = time.Since(start)
-	restarted := time.Now()
-	after, err := c.GetPods(ctx, "default", "app=netprobe")
+	s.Say("13. kubectl rollout restart ds/weft (plaintext, kernel fast path): each node's new agent starts beside the")
+	s.Say("    old one, stands by, takes over when the old pod is stopped; the running pods keep their addresses.")
+	r.RolloutRestart, r.MaxGapInRestart, err = s.roll(ctx, pods, peers, func() error {
+		_, err := c.Kubectl(ctx, "-n", "weft-system", "rollout", "restart", "ds/weft")
+		return err
+	})
 	if err != nil {
 		return r, err
 	}
-	if err := samePods(pods, after); err != nil {
+	s.Say("   rolled out in %s; every pair answers again; longest silence of any pair: %s (goal %s)",
+		r.RolloutRestart.Round(100*time.Millisecond), r.MaxGapInRestart.Round(10*time.Millisecond), GoalPlaintext)
+	goal("rollout restart, plaintext", r.MaxGapInRestart, GoalPlaintext)
+	if err := s.checkDatapath(ctx, false); err != nil {
 		return r, err
 	}
-	if err := c.waitAllReach(ctx, time.Minute, pods, peers, restarted); err != nil {
-		return r, err
-	}
-	r.MaxGapInRestart = c.maxGap(pods)
-	s.Say("   rolled out in %s; every pair answers again; longest silence of any pair so far: %s",
-		r.RolloutRestart.Round(100*time.Millisecond), r.MaxGapInRestart.Round(100*time.Millisecond))
 	if err := s.CheckOperatorChain(ctx); err != nil {
+		return r, err
+	}
+
+	if r1, r2 := s.Release, s.Upgrade; r1 != nil && r2 != nil {
+		if err := s.checkVersion(ctx, r1.Version); err != nil {
+			return r, err
+		}
+		s.Say("14b. Upgrade %s -> %s: the new release's image imported, its weft.yaml applied.", r1.Version, r2.Version)
+		r.Upgrade, r.GapUpgrade, err = s.roll(ctx, pods, peers, func() error { return s.applyRelease(ctx, r2) })
+		if err != nil {
+			return r, err
+		}
+		if err := s.checkVersion(ctx, r2.Version); err != nil {
+			return r, err
+		}
+		s.Say("   every node runs %s after %s; pods kept their addresses; longest pair silence %s (goal %s)",
+			r2.Version, r.Upgrade.Round(100*time.Millisecond), r.GapUpgrade.Round(10*time.Millisecond), GoalPlaintext)
+		goal("upgrade", r.GapUpgrade, GoalPlaintext)
+
+		s.Say("14c. Roll back to %s the same way: its weft.yaml applied again.", r1.Version)
+		r.Rollback, r.GapRollback, err = s.roll(ctx, pods, peers, func() error { return s.applyRelease(ctx, r1) })
+		if err != nil {
+			return r, err
+		}
+		if err := s.checkVersion(ctx, r1.Version); err != nil {
+			return r, err
+		}
+		s.Say("   every node runs %s after %s; longest pair silence %s (goal %s)",
+			r1.Version, r.Rollback.Round(100*time.Millisecond), r.GapRollback.Round(10*time.Millisecond), GoalPlaintext)
+		goal("rollback", r.GapRollback, GoalPlaintext)
+		if err := s.checkDatapath(ctx, false); err != nil {
+			return r, err
+		}
+	}
+
+	s.Say("14d. Encryption: the Secret gets a password and the agents restart with it (while the mesh is")
+	s.Say("     mixed, encrypted and plaintext nodes do not talk: no goal for this one).")
+	_, r.GapToEncrypted, err = s.roll(ctx, pods, peers, func() error {
+		if err := s.setSecret(ctx, true); err != nil {
+			return err
+		}
+		_, err := c.Kubectl(ctx, "-n", "weft-system", "rollout", "restart", "ds/weft")
+		return err
+	})
+	if err != nil {
+		return r, err
+	}
+	s.Say("   longest pair silence while switching: %s", r.GapToEncrypted.Round(10*time.Millisecond))
+	if err := s.checkDatapath(ctx, true); err != nil {
+		return r, err
+	}
+	s.Say("14e. kubectl rollout restart ds/weft, encrypted.")
+	r.RestartEncrypted, r.GapEncrypted, err = s.roll(ctx, pods, peers, func() error {
+		_, err := c.Kubectl(ctx, "-n", "weft-system", "rollout", "restart", "ds/weft")
+		return err
+	})
+	if err != nil {
+		return r, err
+	}
+	s.Say("   rolled out in %s; longest pair silence %s (goal %s)",
+		r.RestartEncrypted.Round(100*time.Millisecond), r.GapEncrypted.Round(10*time.Millisecond), GoalEncrypted)
+	goal("rollout restart, encrypted", r.GapEncrypted, GoalEncrypted)
+	if err := s.checkDatapath(ctx, true); err != nil {
+		return r, err
+	}
+
+	// NetworkPolicy (netpol.go) after the restart measurements: it restarts agents itself.
+	if r.NetworkPolicy, err = s.NetworkPolicy(ctx); err != nil {
 		return r, err
 	}
 
@@ -296,6 +396,9 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 	r.ReclaimAfterDrop = time.Since(start)
 	s.Show("$ weft status ipam (on "+c.Nodes[0].Name+")", formatIPAM(final))
 	s.Say("   reclaimed %s after the Node was deleted", r.ReclaimAfterDrop.Round(100*time.Millisecond))
+	if len(over) > 0 {
+		return r, fmt.Errorf("%w: %s", errGoal, strings.Join(over, "; "))
+	}
 	return r, nil
 }
 
@@ -315,20 +418,26 @@ func (s *Scenario) Install(ctx context.Context, r *Results) error {
 	}
 	s.show(ctx, "get", "nodes", "-o", "wide")
 
-	s.Say("2. The password Secret (required: encryption, or WEFT_PLAINTEXT=true on purpose), then")
-	s.Say("   kubectl apply -f prog/kube/weft.yaml (the file as shipped, unmodified).")
-	manifest := filepath.Join(c.Root, "prog", "kube", "weft.yaml")
+	s.Say("2. The Secret (required: a password for encryption, or WEFT_PLAINTEXT=true on purpose; here")
+	s.Say("   plaintext, so pairs use the kernel fast path), then weft itself:")
 	start := time.Now()
-	pw := make([]byte, 24)
-	_, _ = rand.Read(pw)
-	if _, err := c.KubectlStdin(ctx, fmt.Appendf(nil, passwordSecretYAML, base64.StdEncoding.EncodeToString(pw)), "apply", "-f", "-"); err != nil {
+	if err := s.setSecret(ctx, false); err != nil {
 		return err
 	}
-	out, err := c.Kubectl(ctx, "apply", "-f", manifest)
-	if err != nil {
-		return err
+	if r1 := s.Release; r1 != nil {
+		s.Say("   release %s (make release), its image imported into every node and its weft.yaml applied,", r1.Version)
+		s.Say("   as site/install-kubernetes.md says.")
+		if err := s.applyRelease(ctx, r1); err != nil {
+			return err
+		}
+	} else {
+		s.Say("   kubectl apply -f prog/kube/weft.yaml (the file as shipped, unmodified).")
+		out, err := c.Kubectl(ctx, "apply", "-f", filepath.Join(c.Root, "prog", "kube", "weft.yaml"))
+		if err != nil {
+			return err
+		}
+		s.Show("$ kubectl apply -f prog/kube/weft.yaml", string(out))
 	}
-	s.Show("$ kubectl apply -f prog/kube/weft.yaml", string(out))
 	err = c.WaitNodes(ctx, 3*time.Minute, func(nodes []NodeStatus) error {
 		for _, n := range nodes {
 			if !n.Ready {
@@ -466,20 +575,6 @@ func (c *Cluster) waitAllReach(ctx context.Context, timeout time.Duration, pods 
 		}
 		return nil
 	})
-}
-
-func (c *Cluster) maxGap(pods []PodStatus) time.Duration {
-	var g float64
-	for _, p := range pods {
-		rep, err := c.report(p)
-		if err != nil {
-			continue
-		}
-		for _, pr := range rep.Peers {
-			g = max(g, pr.MaxGap)
-		}
-	}
-	return time.Duration(g * float64(time.Second))
 }
 
 // ipam asks node n's weft agent (through its weft.sock) for its ring view.

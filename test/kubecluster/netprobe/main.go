@@ -82,7 +82,32 @@ type Report struct {
 	Updated time.Time              `json:"updated"`
 	Rounds  int                    `json:"rounds"`
 	Peers   map[string]*PeerResult `json:"peers"`
+	// UDP is the fine-grained view (--udp-interval): per peer, when its
+	// echoes came and every silence between two of them.
+	UDP map[string]*UDPResult `json:"udp,omitempty"`
 }
+
+// UDPResult is one peer's echoes of the datagrams sent every --udp-interval.
+type UDPResult struct {
+	Addr   string    `json:"addr"`
+	Echoes int       `json:"echoes"`
+	LastOK time.Time `json:"last_ok,omitzero"`
+	MaxGap float64   `json:"max_gap_seconds"`
+	// Gaps are the silences longer than gapRecord, oldest first (the last
+	// maxGaps), so a test can take the longest one within a time window.
+	Gaps []Gap `json:"gaps,omitempty"`
+}
+
+// Gap is a silence between two echoes.
+type Gap struct {
+	From time.Time `json:"from"`
+	To   time.Time `json:"to"`
+}
+
+const (
+	gapRecord = 50 * time.Millisecond
+	maxGaps   = 256
+)
 
 type probeConfig struct {
 	name       string
@@ -92,6 +117,7 @@ type probeConfig struct {
 	resultsDir string
 	interval   time.Duration
 	timeout    time.Duration
+	udpEvery   time.Duration // 0: no UDP probing
 }
 
 func probeMain(ctx context.Context, args []string) error {
@@ -105,6 +131,7 @@ func probeMain(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.resultsDir, "results-dir", "", "write NAME.json here after every round")
 	fs.DurationVar(&cfg.interval, "interval", 500*time.Millisecond, "time between probe rounds")
 	fs.DurationVar(&cfg.timeout, "timeout", time.Second, "connect+answer timeout per peer")
+	fs.DurationVar(&cfg.udpEvery, "udp-interval", 0, "also send each peer a UDP datagram this often and time the echoes (0: off)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -119,9 +146,127 @@ func probeMain(ctx context.Context, args []string) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	go serve(ctx, ln, cfg.name)
-	fmt.Printf("%s serving on %s\n", cfg.name, ln.Addr())
+	// Every probe echoes UDP on the same port, for the peers' UDP probing.
+	pc, err := net.ListenPacket("udp", cfg.listen)
+	if err != nil {
+		return fmt.Errorf("listen udp: %w", err)
+	}
+	go echo(ctx, pc)
+	fmt.Printf("%s serving on %s (tcp, udp echo)\n", cfg.name, ln.Addr())
 	probeLoop(ctx, cfg)
 	return nil
+}
+
+// echo sends every datagram back where it came from.
+func echo(ctx context.Context, pc net.PacketConn) {
+	go func() { <-ctx.Done(); pc.Close() }()
+	buf := make([]byte, 512)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			continue
+		}
+		_, _ = pc.WriteTo(buf[:n], from)
+	}
+}
+
+// udpProber sends "NAME" to every peer each interval from one socket and
+// records, per peer, when the echoes come back: the silence of a pair is
+// measured to within the interval, as the test bed's restart test does.
+type udpProber struct {
+	mu      sync.Mutex
+	results map[string]*UDPResult
+	addrs   map[string]*net.UDPAddr // resolved peer -> its name, by address
+}
+
+func (u *udpProber) run(ctx context.Context, cfg probeConfig) {
+	pc, err := net.ListenPacket("udp", ":0")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "netprobe: udp:", err)
+		return
+	}
+	go func() { <-ctx.Done(); pc.Close() }()
+	go u.receive(ctx, pc)
+	tick := time.NewTicker(cfg.udpEvery)
+	defer tick.Stop()
+	for {
+		targets := readPeers(cfg)
+		u.mu.Lock()
+		for name, addr := range targets {
+			if name == cfg.name {
+				continue
+			}
+			r := u.results[name]
+			if r == nil || r.Addr != addr {
+				ua, err := net.ResolveUDPAddr("udp", addr)
+				if err != nil {
+					continue
+				}
+				u.results[name] = &UDPResult{Addr: addr}
+				u.addrs[name] = ua
+			}
+		}
+		addrs := make(map[string]*net.UDPAddr, len(u.addrs))
+		for name, a := range u.addrs {
+			addrs[name] = a
+		}
+		u.mu.Unlock()
+		for name, a := range addrs {
+			_, _ = pc.WriteTo([]byte(name), a)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func (u *udpProber) receive(ctx context.Context, pc net.PacketConn) {
+	buf := make([]byte, 512)
+	for {
+		n, _, err := pc.ReadFrom(buf)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			continue
+		}
+		now := time.Now()
+		name := string(buf[:n])
+		u.mu.Lock()
+		if r := u.results[name]; r != nil {
+			if !r.LastOK.IsZero() {
+				gap := now.Sub(r.LastOK)
+				r.MaxGap = max(r.MaxGap, gap.Seconds())
+				if gap > gapRecord {
+					r.Gaps = append(r.Gaps, Gap{From: r.LastOK, To: now})
+					if len(r.Gaps) > maxGaps {
+						r.Gaps = r.Gaps[len(r.Gaps)-maxGaps:]
+					}
+				}
+			}
+			r.LastOK = now
+			r.Echoes++
+		}
+		u.mu.Unlock()
+	}
+}
+
+// snapshot copies the results for the report.
+func (u *udpProber) snapshot() map[string]*UDPResult {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	out := make(map[string]*UDPResult, len(u.results))
+	for name, r := range u.results {
+		c := *r
+		c.Gaps = append([]Gap(nil), r.Gaps...)
+		out[name] = &c
+	}
+	return out
 }
 
 // serve answers every connection with this pod's name.
@@ -145,6 +290,11 @@ func serve(ctx context.Context, ln net.Listener, name string) {
 
 func probeLoop(ctx context.Context, cfg probeConfig) {
 	rep := &Report{Name: cfg.name, Started: time.Now(), Peers: map[string]*PeerResult{}}
+	var udp *udpProber
+	if cfg.udpEvery > 0 {
+		udp = &udpProber{results: map[string]*UDPResult{}, addrs: map[string]*net.UDPAddr{}}
+		go udp.run(ctx, cfg)
+	}
 	tick := time.NewTicker(cfg.interval)
 	defer tick.Stop()
 	for {
@@ -173,6 +323,9 @@ func probeLoop(ctx context.Context, cfg probeConfig) {
 		wg.Wait()
 		rep.Rounds++
 		rep.Updated = time.Now()
+		if udp != nil {
+			rep.UDP = udp.snapshot()
+		}
 		if cfg.resultsDir != "" {
 			if err := writeReport(cfg.resultsDir, rep); err != nil {
 				fmt.Fprintln(os.Stderr, "netprobe: results:", err)

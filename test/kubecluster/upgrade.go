@@ -1,0 +1,264 @@
+package kubecluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/weftnet/weft/api"
+)
+
+// Restart goals of issue 16: the longest silence of any pod pair while the
+// agents are replaced (rollout restart, upgrade, rollback).
+const (
+	GoalPlaintext = time.Second
+	GoalEncrypted = 1500 * time.Millisecond
+)
+
+// ReleaseImage is the image name the test's releases carry (IMAGE=).
+const ReleaseImage = "registry.weft.test/weft"
+
+// Release is one `make release` output: dist/VERSION/ with weft.yaml and
+// image.tar (see prog/release).
+type Release struct {
+	Version string
+	Image   string
+	Dir     string
+}
+
+// BuildRelease runs what `make release VERSION=version IMAGE=image` runs
+// (the Makefile's recipe: go run ./prog/release), writing into out.
+func BuildRelease(ctx context.Context, root, out, version, image string) (*Release, error) {
+	cmd := exec.CommandContext(ctx, "go", "run", "./prog/release", "-version", version, "-image", image, "-out", out)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "GOFLAGS=-buildvcs=false")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("make release VERSION=%s: %w\n%s", version, err, b)
+	}
+	for _, f := range []string{"weft.yaml", "image.tar", "SHA256SUMS"} {
+		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
+			return nil, fmt.Errorf("release %s: %w", version, err)
+		}
+	}
+	return &Release{Version: version, Image: image, Dir: out}, nil
+}
+
+// ImportRelease loads a release's image into every node's containerd as
+// site/install-kubernetes.md says ("Or load it into the nodes"); --address
+// only names the node's containerd, the rest is the documented command.
+func (c *Cluster) ImportRelease(ctx context.Context, r *Release) error {
+	for _, n := range c.Nodes {
+		sock := filepath.Join(n.RunDir(), "containerd", "containerd.sock")
+		args := append([]string{"--address", sock}, ImportArgs(r)...)
+		cmd := exec.CommandContext(ctx, "ctr", args...)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("%s: ctr %s: %w\n%s", n.Name, strings.Join(args, " "), err, b)
+		}
+	}
+	return nil
+}
+
+// ImportArgs are the arguments of the documented `ctr` import of a release.
+func ImportArgs(r *Release) []string {
+	return []string{"-n", "k8s.io", "images", "import", "--all-platforms", "--base-name", r.Image, "--digests",
+		filepath.Join(r.Dir, "image.tar")}
+}
+
+// gapIn is the longest silence of any pod pair (UDP echoes, every 10 ms)
+// that overlaps [from, to]; pair names the pair.
+func (c *Cluster) gapIn(pods []PodStatus, from, to time.Time) (gap time.Duration, pair string) {
+	for _, p := range pods {
+		rep, err := c.report(p)
+		if err != nil {
+			continue
+		}
+		for name, u := range rep.UDP {
+			for _, g := range u.Gaps {
+				if g.To.Before(from) || g.From.After(to) {
+					continue
+				}
+				if d := g.To.Sub(g.From); d > gap {
+					gap, pair = d, p.Name+"->"+name
+				}
+			}
+		}
+	}
+	return gap, pair
+}
+
+// waitUDP waits until every pod has had a UDP echo from every peer after
+// since, so that every silence before since is closed and recorded.
+func (c *Cluster) waitUDP(ctx context.Context, pods []PodStatus, peers map[string]string, since time.Time) error {
+	return c.wait(ctx, time.Minute, "UDP echoes from every peer", func() error {
+		var missing []string
+		for _, p := range pods {
+			rep, err := c.report(p)
+			if err != nil {
+				return err
+			}
+			for name := range peers {
+				if name == p.Name {
+					continue
+				}
+				if u := rep.UDP[name]; u == nil || u.LastOK.Before(since) {
+					missing = append(missing, p.Name+"->"+name)
+				}
+			}
+		}
+		if len(missing) > 0 {
+			return fmt.Errorf("%d pairs without an echo yet: %s", len(missing), strings.Join(missing, " "))
+		}
+		return nil
+	})
+}
+
+// roll is one DaemonSet change (a rollout restart, an apply of a release)
+// under the probes: it waits for the rollout, checks that the probe pods are
+// the same with the same addresses and reach each other again, and returns
+// the longest pair silence from the change until every pair answered again.
+func (s *Scenario) roll(ctx context.Context, pods []PodStatus, peers map[string]string, change func() error) (took, gap time.Duration, err error) {
+	c := s.C
+	start := time.Now()
+	if err := change(); err != nil {
+		return 0, 0, err
+	}
+	if _, err := c.Kubectl(ctx, "-n", "weft-system", "rollout", "status", "ds/weft", "--timeout=5m"); err != nil {
+		return 0, 0, err
+	}
+	took = time.Since(start)
+	rolled := time.Now()
+	after, err := c.GetPods(ctx, "default", "app=netprobe")
+	if err != nil {
+		return took, 0, err
+	}
+	if err := samePods(pods, after); err != nil {
+		return took, 0, err
+	}
+	if err := c.waitAllReach(ctx, time.Minute, pods, peers, rolled); err != nil {
+		return took, 0, err
+	}
+	if err := c.waitUDP(ctx, pods, peers, rolled); err != nil {
+		return took, 0, err
+	}
+	gap, pair := c.gapIn(pods, start, time.Now())
+	if gap > 0 {
+		s.Say("   longest silence %s (%s)", gap.Round(10*time.Millisecond), pair)
+	}
+	return took, gap, nil
+}
+
+// applyRelease imports a release's image into the nodes and applies its
+// manifest, as the install page says.
+func (s *Scenario) applyRelease(ctx context.Context, r *Release) error {
+	if err := s.C.ImportRelease(ctx, r); err != nil {
+		return err
+	}
+	out, err := s.C.Kubectl(ctx, "apply", "-f", filepath.Join(r.Dir, "weft.yaml"))
+	if err != nil {
+		return err
+	}
+	s.Show("$ ctr "+strings.Join(ImportArgs(r), " ")+" (on every node)\n$ kubectl apply -f dist/"+r.Version+"/weft.yaml", string(out))
+	return nil
+}
+
+// buildInfo matches the version label of weft_build_info in /metrics.
+var buildInfo = regexp.MustCompile(`(?m)^weft_build_info\{[^}]*version="([^"]*)"[^}]*\} 1$`)
+
+// checkVersion checks that every node's agent runs version: `weft status`
+// (the local API) and weft_build_info on the node's /metrics.
+func (s *Scenario) checkVersion(ctx context.Context, version string) error {
+	c := s.C
+	var lines []string
+	for _, n := range c.Nodes {
+		if !n.Running() {
+			continue
+		}
+		st, err := api.NewClient(api.SocketPath(n.WeftRunDir()), 5*time.Second).Status(ctx)
+		if err != nil {
+			return fmt.Errorf("%s: weft status: %w", n.Name, err)
+		}
+		if st.Version != version || !st.Ready {
+			return fmt.Errorf("%s: weft status version %q ready=%v, want %q ready", n.Name, st.Version, st.Ready, version)
+		}
+		out, err := n.Host.Exec(ctx, "curl", "-sS", "--max-time", "5", fmt.Sprintf("http://%s:6782/metrics", n.IP))
+		if err != nil {
+			return fmt.Errorf("%s: metrics: %w", n.Name, err)
+		}
+		m := buildInfo.FindStringSubmatch(out)
+		if m == nil || m[1] != version {
+			return fmt.Errorf("%s: weft_build_info %q, want version %q", n.Name, m, version)
+		}
+		lines = append(lines, fmt.Sprintf("%s: weft status version %s, %s", n.Name, st.Version, strings.TrimSpace(m[0])))
+	}
+	s.Show("every node's version", strings.Join(lines, "\n"))
+	return nil
+}
+
+// checkDatapath checks every pair of nodes from both ends: established, and
+// on the kernel fast path (plaintext) or encrypted in userspace.
+func (s *Scenario) checkDatapath(ctx context.Context, encrypted bool) error {
+	c := s.C
+	running := 0
+	for _, n := range c.Nodes {
+		if n.Running() {
+			running++
+		}
+	}
+	return c.wait(ctx, time.Minute, "every pair on the expected datapath", func() error {
+		var b strings.Builder
+		for _, n := range c.Nodes {
+			if !n.Running() {
+				continue
+			}
+			cl := api.NewClient(api.SocketPath(n.WeftRunDir()), 5*time.Second)
+			st, err := cl.Status(ctx)
+			if err != nil {
+				return err
+			}
+			if st.Encryption != encrypted {
+				return fmt.Errorf("%s: encryption %v, want %v", n.Name, st.Encryption, encrypted)
+			}
+			conns, err := cl.Connections(ctx)
+			if err != nil {
+				return err
+			}
+			sort.Slice(conns, func(i, j int) bool { return conns[i].Peer < conns[j].Peer })
+			if len(conns) != running-1 {
+				return fmt.Errorf("%s: %d connections, want %d", n.Name, len(conns), running-1)
+			}
+			for _, cn := range conns {
+				fmt.Fprintf(&b, "%s -> %-6s %-12s datapath %-14s encrypted %v %s\n", n.Name, cn.Peer, cn.State, cn.Datapath, cn.Encrypted, cn.DatapathReason)
+				switch {
+				case cn.State != "established":
+					return fmt.Errorf("%s -> %s: %s", n.Name, cn.Peer, cn.State)
+				case encrypted && (!cn.Encrypted || cn.Datapath == "fastdp"):
+					return fmt.Errorf("%s -> %s: datapath %s encrypted %v, want encrypted userspace", n.Name, cn.Peer, cn.Datapath, cn.Encrypted)
+				case !encrypted && cn.Datapath != "fastdp":
+					return fmt.Errorf("%s -> %s: datapath %s (%s), want the kernel fast path", n.Name, cn.Peer, cn.Datapath, cn.DatapathReason)
+				}
+			}
+		}
+		s.Show("weft status connections, every node", b.String())
+		return nil
+	})
+}
+
+// setSecret replaces the Secret weft-passwd: a password, or plaintext.
+func (s *Scenario) setSecret(ctx context.Context, password bool) error {
+	if _, err := s.C.Kubectl(ctx, "-n", "weft-system", "delete", "secret", "weft-passwd", "--ignore-not-found"); err != nil {
+		return err
+	}
+	_, err := s.C.KubectlStdin(ctx, secretYAML(password), "apply", "-f", "-")
+	return err
+}
+
+// errGoal marks a measured silence over its goal: the scenario goes on and
+// reports every figure, then fails.
+var errGoal = errors.New("over the restart goal")
