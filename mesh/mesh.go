@@ -130,6 +130,11 @@ type Config struct {
 	// which peers use to reach this member. The mesh owns it from New on
 	// and shuts it down with memberlist. nil: real sockets.
 	Transport memberlist.NodeAwareTransport
+	// OnRefusal, if set, is told of every gossip refused for a reason an
+	// operator can act on (a different password, ...), unthrottled: the
+	// agent turns these into Kubernetes Events. It runs on memberlist's
+	// goroutines and must not block.
+	OnRefusal func(Refusal)
 }
 
 // Mesh is this agent's view of the mesh.
@@ -278,7 +283,7 @@ func (m *Mesh) memberlistConfig(bind, advertise netip.Addr, transport memberlist
 	mc.GossipInterval = cfg.Timing.GossipInterval
 	mc.PushPullInterval = cfg.Timing.PushPullInterval
 	mc.TCPTimeout = cfg.Timing.TCPTimeout
-	mc.Logger = newMemberlistLogger(cfg.Logger)
+	mc.Logger = newMemberlistLogger(cfg.Logger, cfg.OnRefusal)
 	if transport != nil {
 		mc.Transport = transport
 	}

@@ -181,9 +181,14 @@ func TestWrongPSKRefusedSilentlyAndCounted(t *testing.T) {
 	b := net.newNode(t, addrB, clock, nodeOpts{psk: testPSK(2)})
 	a.SetPeer("b", b.cfg.Identity.Public(), addrB)
 	b.SetPeer("a", a.cfg.Identity.Public(), addrA)
+	var told []netip.AddrPort // the hook the agent turns into a Kubernetes Event
+	b.cfg.OnWrongPassword = func(from netip.AddrPort) { told = append(told, from) }
 	a.tick()
 	if got := b.Counters()["handshake_failed_wrong_psk"]; got != 1 {
 		t.Fatalf("wrong_psk count = %d, want 1", got)
+	}
+	if len(told) != 1 || told[0] != addrA {
+		t.Fatalf("OnWrongPassword told %v, want [%v]", told, addrA)
 	}
 	if n := net.sentBy(addrB); n != 0 {
 		t.Fatalf("b answered a wrong-password initiation (%d datagrams)", n)
