@@ -87,6 +87,8 @@ type Events struct {
 
 	dropped atomic.Uint64
 	written atomic.Uint64
+	seq     atomic.Uint64 // makes Event names unique even at one clock reading
+	pending atomic.Int64  // queued or being written (tests wait for 0)
 
 	mu           sync.Mutex
 	ready        bool                     // last readiness reported
@@ -215,8 +217,9 @@ func (e *Events) emit(typ, reason, action, note string) {
 	now := e.now()
 	ev := &eventsv1.Event{
 		ObjectMeta: metav1.ObjectMeta{
-			// Unique per Event, in the form kubelet and the recorder use.
-			Name:      fmt.Sprintf("%s.%x", e.node, now.UnixNano()),
+			// Unique per Event: node.<time>, as kubelet and the recorder
+			// name them, and a sequence number.
+			Name:      fmt.Sprintf("%s.%x.%d", e.node, now.UnixNano(), e.seq.Add(1)),
 			Namespace: metav1.NamespaceDefault, // a cluster-scoped object's Events live in "default"
 		},
 		EventTime:           metav1.NewMicroTime(now),
@@ -231,10 +234,12 @@ func (e *Events) emit(typ, reason, action, note string) {
 		Note:      note,
 		Type:      typ,
 	}
+	e.pending.Add(1)
 	select {
 	case e.queue <- ev:
 		e.log.Debug("event queued", "reason", reason, "note", note)
 	default:
+		e.pending.Add(-1)
 		e.dropped.Add(1)
 		e.log.Warn("dropped a Kubernetes Event: too many waiting for the API server", "reason", reason, "note", note)
 	}
@@ -249,6 +254,7 @@ func (e *Events) Run(ctx context.Context) {
 			return
 		case ev := <-e.queue:
 			e.write(ctx, ev)
+			e.pending.Add(-1)
 		}
 	}
 }
