@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/weftnet/weft/api"
@@ -20,7 +22,8 @@ import (
 // status mesh`). The summaries are informational: they decide nothing.
 
 const (
-	// healthInterval is how often a summary is broadcast (at most; five
+	// healthInterval is how often a summary is looked at, and broadcast
+	// if it changed or its refresh (healthRefresh) is due (at most; five
 	// probe intervals with faster gossip timing, as in tests).
 	healthInterval = 5 * time.Second
 	// healthStaleAfter intervals, a summary that was not refreshed is
@@ -30,6 +33,14 @@ const (
 	// healthBroadcastMax is the largest summary sent by broadcast; larger
 	// ones (hundreds of peers) travel with the push/pull exchange only.
 	healthBroadcastMax = 1024
+	// healthPeersPerInterval scales the refresh with the mesh: a summary
+	// that did not change is broadcast again every interval × members /
+	// healthPeersPerInterval. Each broadcast is paid by every member, so a
+	// fixed period made the gossip of every agent grow with the mesh (a
+	// thousand agents each refreshing every 5 s is 200 summaries a second,
+	// alone more than the 10 kB/s an agent may spend). A change is sent at
+	// once.
+	healthPeersPerInterval = 15
 
 	maxHealthBytes = 1 << 20  // one summary on the wire
 	maxStateBytes  = 64 << 20 // the push/pull state of all summaries
@@ -127,6 +138,45 @@ type healthGossip struct {
 
 	mu    sync.Mutex
 	peers map[string]healthEntry
+
+	// refresh is the period of broadcasts of an unchanged summary now
+	// (healthRefresh); a summary is stale after healthStaleAfter of them.
+	refresh atomic.Int64
+	// last summary broadcast, and when (run's goroutine only).
+	lastSent   healthSummary
+	lastSentAt time.Time
+}
+
+// healthRefresh is how often a summary that did not change is broadcast in
+// a mesh of members: interval × ceil(members / healthPeersPerInterval), so
+// the summaries of the whole mesh cost each agent about the same gossip
+// whatever its size.
+func healthRefresh(interval time.Duration, members int) time.Duration {
+	return interval * time.Duration(max(1, (members+healthPeersPerInterval-1)/healthPeersPerInterval))
+}
+
+// due reports whether summary h is to be broadcast now, in a mesh of
+// members: when it differs from the last one sent (its time aside), or
+// the refresh period has passed.
+func (g *healthGossip) due(h healthSummary, members int, now time.Time) bool {
+	refresh := healthRefresh(g.interval, members)
+	g.refresh.Store(int64(refresh))
+	if !g.lastSentAt.IsZero() && sameHealth(h, g.lastSent) && now.Sub(g.lastSentAt) < refresh {
+		return false
+	}
+	g.lastSent, g.lastSentAt = h, now
+	return true
+}
+
+// sameHealth compares two summaries but for their time.
+func sameHealth(a, b healthSummary) bool {
+	return a.Name == b.Name && a.Version == b.Version && a.Ready == b.Ready && a.Datapath == b.Datapath &&
+		slices.Equal(a.Links, b.Links)
+}
+
+// staleAfter is how long a peer's summary is kept against an older one.
+func (g *healthGossip) staleAfter() time.Duration {
+	return healthStaleAfter * max(g.interval, time.Duration(g.refresh.Load()))
 }
 
 func newHealthGossip(self string, log *slog.Logger, timing mesh.Timing, summarize func() healthSummary) *healthGossip {
@@ -147,7 +197,7 @@ func (g *healthGossip) merge(h healthSummary, now time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	old, ok := g.peers[h.Name]
-	if ok && h.Seq <= old.sum.Seq && now.Sub(old.received) < healthStaleAfter*g.interval {
+	if ok && h.Seq <= old.sum.Seq && now.Sub(old.received) < g.staleAfter() {
 		return
 	}
 	g.peers[h.Name] = healthEntry{sum: h, received: now}
@@ -196,8 +246,11 @@ func (g *healthGossip) run(ctx context.Context, m *mesh.Mesh) {
 	t := time.NewTicker(g.interval)
 	defer t.Stop()
 	for {
-		if b, err := json.Marshal(g.summarize()); err == nil && len(b) <= healthBroadcastMax {
-			m.BroadcastKeyed(mesh.ChannelHealth, g.self, b)
+		_, alive := m.Counts()
+		if h := g.summarize(); g.due(h, alive, time.Now()) {
+			if b, err := json.Marshal(h); err == nil && len(b) <= healthBroadcastMax {
+				m.BroadcastKeyed(mesh.ChannelHealth, g.self, b)
+			}
 		}
 		select {
 		case <-ctx.Done():

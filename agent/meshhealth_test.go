@@ -105,3 +105,37 @@ func FuzzDecodeHealth(f *testing.F) {
 		}
 	})
 }
+
+// A summary is broadcast when it changes, and unchanged only as often as
+// the mesh's size allows: the summaries of a thousand agents cost each
+// agent about what those of fifteen do.
+func TestHealthBroadcastsScaleWithMesh(t *testing.T) {
+	h := sampleHealth("self", 1)
+	count := func(members int, change bool) int {
+		g := newHealthGossip("self", slog.New(slog.DiscardHandler), mesh.DefaultTiming(), func() healthSummary { return h })
+		start, sent := time.Unix(1000, 0), 0
+		for tick := range 120 { // ten minutes of ticks every 5 s
+			s := h
+			s.Seq = int64(tick) // the time changes at every tick
+			if change && tick == 60 {
+				s.Ready = false
+			}
+			if g.due(s, members, start.Add(time.Duration(tick)*g.interval)) {
+				sent++
+			}
+		}
+		return sent
+	}
+	if got := count(3, false); got != 120 {
+		t.Errorf("3 members: %d broadcasts in 10 min, want 120 (every interval)", got)
+	}
+	// 1000 members: refresh every 67 intervals → 2 in 120 ticks.
+	if got := count(1000, false); got != 2 {
+		t.Errorf("1000 members: %d broadcasts in 10 min, want 2", got)
+	}
+	// Sent at the start, at the change (tick 60) and back (61); the refresh
+	// then counts from tick 61, past the ten minutes.
+	if got := count(1000, true); got != 3 {
+		t.Errorf("1000 members, one change: %d broadcasts in 10 min, want 3 (start, the change, and back)", got)
+	}
+}

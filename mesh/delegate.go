@@ -165,7 +165,7 @@ func (d *delegate) record(n *memberlist.Node, state State) {
 	p.node = *n
 	p.node.Meta = nil
 	p.meta = meta
-	m.live.Store(nil) // the cached states are out of date
+	p.suspect = false
 	if changed {
 		p.state = state
 		p.since = time.Now()
@@ -205,7 +205,41 @@ func (d *delegate) NotifyAlive(n *memberlist.Node) error {
 	if n.Name == d.m.cfg.Name {
 		return nil
 	}
-	return d.vet(n)
+	if err := d.vet(n); err != nil {
+		return err
+	}
+	// Most alive messages about a suspect are its refutation: it lives.
+	d.m.unsuspect(n.Name)
+	return nil
+}
+
+// AckPayload implements memberlist.PingDelegate: nothing rides on acks.
+func (d *delegate) AckPayload() []byte { return nil }
+
+// NotifyPingComplete implements memberlist.PingDelegate: a probe of other
+// was answered, so this member no longer suspects it.
+func (d *delegate) NotifyPingComplete(other *memberlist.Node, _ time.Duration, _ []byte) {
+	d.m.unsuspect(other.Name)
+}
+
+// suspected marks name suspect: this member's probe of it went unanswered
+// (memberlistLogger reads it from memberlist's log, its only trace).
+func (m *Mesh) suspected(name string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if p := m.peers[name]; p != nil && p.state == StateAlive && !p.suspect {
+		p.suspect = true
+		p.since = time.Now()
+	}
+}
+
+func (m *Mesh) unsuspect(name string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if p := m.peers[name]; p != nil && p.suspect {
+		p.suspect = false
+		p.since = time.Now()
+	}
 }
 
 // NotifyMerge implements memberlist.MergeDelegate: a join brings a whole
@@ -294,7 +328,10 @@ func (d *delegate) NotifyConflict(existing, other *memberlist.Node) {
 // memberlistLogger turns memberlist's "[LEVEL] memberlist: text" lines into
 // structured logs, and says in plain words what the cryptic ones mean.
 type memberlistLogger struct {
-	log       *slog.Logger
+	log *slog.Logger
+	// onSuspect hears of this member's failed probes: memberlist marks the
+	// peer suspect then, and has no callback for it.
+	onSuspect func(name string)
 	onRefusal func(Refusal) // nil: none
 
 	mu       sync.Mutex
@@ -306,8 +343,25 @@ type memberlistLogger struct {
 // all there is to say.
 const refusalEvery = time.Minute
 
-func newMemberlistLogger(l *slog.Logger, onRefusal func(Refusal)) *log.Logger {
-	return log.New(&memberlistLogger{log: l.With("component", "gossip"), onRefusal: onRefusal, lastSaid: map[string]time.Time{}}, "", 0)
+func newMemberlistLogger(l *slog.Logger, onSuspect func(name string), onRefusal func(Refusal)) *log.Logger {
+	return log.New(&memberlistLogger{log: l.With("component", "gossip"), onSuspect: onSuspect, onRefusal: onRefusal,
+		lastSaid: map[string]time.Time{}}, "", 0)
+}
+
+// suspectLine is how memberlist (v0.7) logs a probe that went unanswered,
+// just before it marks the peer suspect.
+const (
+	suspectPrefix = "Suspect "
+	suspectSuffix = " has failed, no acks received"
+)
+
+// suspectOf returns the peer a log line says is now suspect.
+func suspectOf(line string) (string, bool) {
+	if !strings.HasPrefix(line, suspectPrefix) || !strings.HasSuffix(line, suspectSuffix) {
+		return "", false
+	}
+	name := strings.TrimSuffix(strings.TrimPrefix(line, suspectPrefix), suspectSuffix)
+	return name, name != ""
 }
 
 // Refusal is gossip this member refused for a reason an operator can act on.
@@ -374,6 +428,9 @@ func (w *memberlistLogger) Write(p []byte) (int, error) {
 		}
 	}
 	line = strings.TrimPrefix(line, "memberlist: ")
+	if name, ok := suspectOf(line); ok && w.onSuspect != nil {
+		w.onSuspect(name)
+	}
 	if strings.Contains(line, "use of closed network connection") {
 		// Probes racing our own shutdown: noise, not an error.
 		level = slog.LevelDebug
@@ -441,11 +498,4 @@ func (m *Mesh) PeerKey(name string) (ed25519.PublicKey, bool) {
 		return nil, false
 	}
 	return p.meta.SigningKey, true
-}
-
-// Reachable reports whether name is an alive or suspect member: a suspect
-// may be only slow, and routing still sends to it, so it is never taken over.
-func (m *Mesh) Reachable(name string) bool {
-	st, ok := m.liveStates()[name]
-	return ok && (st == memberlist.StateAlive || st == memberlist.StateSuspect)
 }

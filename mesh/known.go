@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"time"
 
 	"github.com/weftnet/weft/internal/atomicfile"
 )
@@ -191,6 +192,7 @@ func (m *Mesh) saveKnown() {
 	if m.cfg.StateDir == "" {
 		return
 	}
+	m.knownDirty, m.knownSavedAt = false, time.Now()
 	b, err := EncodeKnownPeers(m.knownPeers())
 	if err != nil {
 		m.log.Warn("could not encode the known peers", "err", err)
@@ -204,4 +206,5 @@ func (m *Mesh) saveKnown() {
 		return
 	}
 	m.savedKnown = b
+	m.knownWrites.Add(1)
 }

@@ -4,12 +4,16 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 )
 
 func knownSample() []KnownPeer {
@@ -174,4 +178,36 @@ func TestKnownPeersExpire(t *testing.T) {
 	if got := m.knownPeers(); len(got) != 1 || got[0].Name != "host1" {
 		t.Fatalf("after the expiry: %+v, want only the alive host1", got)
 	}
+}
+
+// A mesh forming changes with every peer that joins; KnownPeersFile, which
+// lists them all, is written about once a second, not once per change (N
+// writes of N peers at every agent), and the last change is written too.
+func TestKnownPeersWritesSpaced(t *testing.T) {
+	lo := netip.MustParseAddr("127.0.0.1")
+	port := freePort(t)
+	dir := t.TempDir()
+	m, _ := runMesh(t, Config{Name: "self", Bind: lo, Port: port, StateDir: dir, Timing: LocalTiming(),
+		Meta: Meta{Protocol: ProtocolMin, DataPort: uint16(port + 1), Version: "test"}})
+	meta, err := Meta{Protocol: ProtocolMin, DataPort: 6784, Version: "test"}.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const peers = 200
+	start := time.Now()
+	for i := range peers {
+		m.delegate.NotifyJoin(&memberlist.Node{Name: fmt.Sprintf("p%03d", i),
+			Addr: net.IPv4(198, 18, byte(i/250), byte(1+i%250)), Port: 6783, Meta: meta})
+		time.Sleep(2 * time.Millisecond) // a join every 2 ms: Run sees most of them apart
+	}
+	waitFor(t, "every peer saved", 10*time.Second, func() bool {
+		ps, err := LoadKnownPeers(dir)
+		return err == nil && len(ps) == peers
+	})
+	took := time.Since(start)
+	// One write at the first change, then at most one a second.
+	if max := int64(2 + took/knownSaveEvery); m.knownWrites.Load() > max {
+		t.Fatalf("%d writes of the known peers in %s for %d joins, want at most %d", m.knownWrites.Load(), took.Round(time.Millisecond), peers, max)
+	}
+	t.Logf("%d writes in %s for %d joins", m.knownWrites.Load(), took.Round(time.Millisecond), peers)
 }

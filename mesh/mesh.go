@@ -144,6 +144,7 @@ type Mesh struct {
 	listp    atomic.Pointer[memberlist.Memberlist] // replaced by Rebind; see ml
 	delegate *delegate
 	queue    *broadcastQueue
+	baseMult int // memberlist's retransmit multiplier
 	started  time.Time
 	now      func() time.Time // the clock of join targets; tests replace it
 
@@ -158,7 +159,12 @@ type Mesh struct {
 	closing  bool
 	changed  chan struct{} // coalesced membership-change signal, drained by Run
 
-	savedKnown []byte // KnownPeersFile as last written; Run's goroutine only
+	// KnownPeersFile as last written, whether membership changed since,
+	// when it was written, and how many times; Run's goroutine only.
+	savedKnown   []byte
+	knownDirty   bool
+	knownSavedAt time.Time
+	knownWrites  atomic.Int64 // read by tests
 
 	// inbox holds subsystem messages for Run to hand to their handlers:
 	// memberlist delivers them on the goroutine that also handles its
@@ -167,28 +173,19 @@ type Mesh struct {
 	// memberlist's queue overflowed and dropped them (seen at 100 agents).
 	inbox        chan []byte
 	inboxDropped atomic.Uint64
-
-	// live caches memberlist's view of every member's state for IsAlive,
-	// Reachable and the like, which IPAM asks per peer: a fresh list each
-	// time made those loops N² in a big mesh. Events clear it.
-	live atomic.Pointer[liveView]
 }
-
-// liveView is memberlist's member states at one moment.
-type liveView struct {
-	at     time.Time
-	states map[string]memberlist.NodeStateType
-}
-
-// liveMaxAge bounds how stale the cached states may be: events clear the
-// cache at once, so this is how late a probe's alive-to-suspect turn shows.
-const liveMaxAge = 100 * time.Millisecond
 
 type peer struct {
-	node  memberlist.Node // last seen
+	node  memberlist.Node // last seen (a copy: memberlist's own changes under its lock)
 	meta  Meta
-	state State // from events; liveStates refines alive into suspect
-	since time.Time
+	state State // from events: alive, dead, left (or unknown: from the last run)
+	// suspect: alive, but this member's own probe of it went unanswered
+	// (memberlist says so in its log; see onSuspect). Cleared by any sign
+	// of life. Suspicion raised by other members is not seen: memberlist
+	// tells no one, and its Members reads nodes it changes under a lock
+	// of its own, a data race (-race found it).
+	suspect bool
+	since   time.Time
 }
 
 type target struct {
@@ -249,6 +246,7 @@ func New(cfg Config) (*Mesh, error) {
 	mc.Alive = d
 	mc.Merge = d
 	mc.Conflict = d
+	mc.Ping = d
 	list, err := memberlist.Create(mc)
 	if err != nil {
 		if cfg.Transport != nil {
@@ -262,6 +260,7 @@ func New(cfg Config) (*Mesh, error) {
 	// chatter and a lost one is only repaired at the next push/pull: send
 	// each more often than memberlist's default.
 	m.queue = newBroadcastQueue(func() int { return m.ml().NumMembers() }, 3*mc.RetransmitMult, cfg.MaxBroadcasts)
+	m.baseMult = mc.RetransmitMult
 	m.log.Info("listening for gossip", "address", net.JoinHostPort(cfg.Bind.String(), strconv.Itoa(cfg.Port)),
 		"encrypted", len(cfg.SecretKey) > 0)
 	return m, nil
@@ -283,7 +282,7 @@ func (m *Mesh) memberlistConfig(bind, advertise netip.Addr, transport memberlist
 	mc.GossipInterval = cfg.Timing.GossipInterval
 	mc.PushPullInterval = cfg.Timing.PushPullInterval
 	mc.TCPTimeout = cfg.Timing.TCPTimeout
-	mc.Logger = newMemberlistLogger(cfg.Logger, cfg.OnRefusal)
+	mc.Logger = newMemberlistLogger(cfg.Logger, m.suspected, cfg.OnRefusal)
 	if transport != nil {
 		mc.Transport = transport
 	}
@@ -322,6 +321,8 @@ const inboxSize = 4096
 func (m *Mesh) Run(ctx context.Context) {
 	tick := time.NewTicker(m.cfg.Timing.RejoinInterval / 4)
 	defer tick.Stop()
+	knownTick := time.NewTicker(knownSaveEvery)
+	defer knownTick.Stop()
 	delivered := make(chan struct{})
 	go func() {
 		defer close(delivered)
@@ -339,10 +340,17 @@ func (m *Mesh) Run(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
+			if m.knownDirty {
+				m.saveKnown()
+			}
 			m.leave()
 			return
 		case <-tick.C:
 			m.rejoin(ctx)
+		case <-knownTick.C:
+			if m.knownDirty {
+				m.saveKnown()
+			}
 		case <-m.changed:
 			m.notifyChange()
 		}
@@ -434,15 +442,10 @@ func NormalizeTarget(s string, defaultPort int) (string, error) {
 // rejoin joins every target that is due and not an alive member, each in its
 // own goroutine so one unreachable address does not hold up the others.
 func (m *Mesh) rejoin(ctx context.Context) {
-	alive := map[string]bool{}
-	for _, n := range m.ml().Members() {
-		if n.Name != m.cfg.Name && n.State == memberlist.StateAlive {
-			alive[n.Address()] = true
-		}
-	}
 	now := m.now()
 	var due, learnt []*target
 	m.mu.Lock()
+	alive := m.aliveAddrsLocked()
 	self := net.JoinHostPort(m.bind.String(), strconv.Itoa(m.cfg.Port))
 	for addr, t := range m.targets {
 		if alive[t.addr] {
@@ -503,6 +506,17 @@ func pickLearnt(learnt []*target, aliveOthers int) []*target {
 	return learnt[:min(n, len(learnt))]
 }
 
+// joinBackoff is the wait before the next join of a target that failed
+// failures times: doubling from RejoinInterval up to RejoinMaxBackoff, and
+// drawn (r in [0,1)) from its upper half. When a whole mesh starts at once,
+// every agent joins the same first peer; under that load the joins time
+// out together, and retries at the same moments time out together again.
+// The draw spreads them out.
+func joinBackoff(t Timing, failures int, r float64) time.Duration {
+	b := min(t.RejoinInterval<<min(failures-1, 4), t.RejoinMaxBackoff)
+	return b/2 + time.Duration(r*float64(b/2))
+}
+
 func (m *Mesh) joinOne(ctx context.Context, t *target) {
 	if ctx.Err() != nil {
 		return
@@ -517,8 +531,7 @@ func (m *Mesh) joinOne(ctx context.Context, t *target) {
 	defer m.mu.Unlock()
 	if err != nil || n == 0 {
 		t.failures++
-		backoff := m.cfg.Timing.RejoinInterval << min(t.failures-1, 4)
-		backoff = min(backoff, m.cfg.Timing.RejoinMaxBackoff)
+		backoff := joinBackoff(m.cfg.Timing, t.failures, rand.Float64())
 		t.next = m.now().Add(backoff)
 		msg := explainJoinError(err)
 		if msg != t.lastErr || t.failures == 1 {
@@ -553,7 +566,14 @@ func (m *Mesh) enqueue(ch Channel, key string, msg []byte) {
 	b := make([]byte, 1+len(msg))
 	b[0] = byte(ch)
 	copy(b[1:], msg)
-	if dropped := m.queue.add(key, b); dropped > 0 && m.queue.droppedTotal() == uint64(dropped) {
+	mult := m.queue.mult
+	if ch == ChannelHealth {
+		// Informational, and refreshed by its sender: memberlist's own
+		// count is enough. Every retransmit is paid by every member, and
+		// in a big mesh these summaries were most of the steady gossip.
+		mult = m.baseMult
+	}
+	if dropped := m.queue.addMult(key, b, mult); dropped > 0 && m.queue.droppedTotal() == uint64(dropped) {
 		m.log.Warn("gossip broadcast queue full: dropping the most-sent broadcasts (push/pull repairs them); further drops are only counted",
 			"cap", m.cfg.MaxBroadcasts)
 	}
@@ -575,20 +595,20 @@ func (m *Mesh) BroadcastStats() BroadcastStats {
 
 // SendTo sends msg on channel ch to the named peer over TCP.
 func (m *Mesh) SendTo(name string, ch Channel, msg []byte) error {
-	var node *memberlist.Node
-	for _, n := range m.ml().Members() {
-		if n.Name == name {
-			node = n
-			break
-		}
+	m.mu.Lock()
+	p := m.peers[name]
+	var node memberlist.Node
+	if p != nil {
+		node = p.node // a copy: memberlist reads it while we may change ours
 	}
-	if node == nil {
+	m.mu.Unlock()
+	if p == nil || !p.state.Reachable() {
 		return fmt.Errorf("peer %s is not a member", name)
 	}
 	b := make([]byte, 1+len(msg))
 	b[0] = byte(ch)
 	copy(b[1:], msg)
-	if err := m.ml().SendReliable(node, b); err != nil {
+	if err := m.ml().SendReliable(&node, b); err != nil {
 		return fmt.Errorf("send to %s: %w", name, err)
 	}
 	return nil
@@ -614,13 +634,12 @@ type PeerInfo struct {
 
 // Members returns every peer ever seen, this one included, sorted by name.
 func (m *Mesh) Members() []PeerInfo {
-	live := m.liveStates()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := make([]PeerInfo, 0, len(m.peers))
 	for name, p := range m.peers {
 		addr, _ := netip.AddrFromSlice(p.node.Addr)
-		out = append(out, PeerInfo{Name: name, Addr: addr.Unmap(), Meta: p.meta, State: stateOf(p, live)})
+		out = append(out, PeerInfo{Name: name, Addr: addr.Unmap(), Meta: p.meta, State: p.current()})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
@@ -628,53 +647,52 @@ func (m *Mesh) Members() []PeerInfo {
 
 // AliveNames returns the names of alive members, this one included, sorted.
 func (m *Mesh) AliveNames() []string {
+	m.mu.Lock()
 	var out []string
-	for _, n := range m.ml().Members() {
-		if n.State == memberlist.StateAlive {
-			out = append(out, n.Name)
+	for name, p := range m.peers {
+		if p.current() == StateAlive {
+			out = append(out, name)
 		}
 	}
+	m.mu.Unlock()
 	sort.Strings(out)
 	return out
 }
 
 // IsAlive reports whether name is an alive member.
-func (m *Mesh) IsAlive(name string) bool {
-	st, ok := m.liveStates()[name]
-	return ok && st == memberlist.StateAlive
+func (m *Mesh) IsAlive(name string) bool { return m.stateOf(name) == StateAlive }
+
+// Reachable reports whether name is an alive or suspect member: a suspect
+// may be only slow, and routing still sends to it, so it is never taken over.
+func (m *Mesh) Reachable(name string) bool { return m.stateOf(name).Reachable() }
+
+func (m *Mesh) stateOf(name string) State {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if p := m.peers[name]; p != nil {
+		return p.current()
+	}
+	return StateUnknown
 }
 
-// liveStates reads memberlist's current view (it knows suspects; events do
-// not), at most liveMaxAge old. The map is shared: read it only.
-func (m *Mesh) liveStates() map[string]memberlist.NodeStateType {
-	now := time.Now()
-	if v := m.live.Load(); v != nil && now.Sub(v.at) < liveMaxAge {
-		return v.states
-	}
-	members := m.ml().Members()
-	live := make(map[string]memberlist.NodeStateType, len(members))
-	for _, n := range members {
-		live[n.Name] = n.State
-	}
-	m.live.Store(&liveView{at: now, states: live})
-	return live
-}
-
-func stateOf(p *peer, live map[string]memberlist.NodeStateType) State {
-	if st, ok := live[p.node.Name]; ok {
-		switch st {
-		case memberlist.StateAlive:
-			return StateAlive
-		case memberlist.StateSuspect:
-			return StateSuspect
+// aliveAddrsLocked are the gossip addresses of the alive peers, this one
+// left out.
+func (m *Mesh) aliveAddrsLocked() map[string]bool {
+	alive := map[string]bool{}
+	for name, p := range m.peers {
+		if name != m.cfg.Name && p.current() == StateAlive {
+			alive[p.node.Address()] = true
 		}
 	}
-	switch p.state {
-	case StateLeft, StateUnknown:
-		// Unknown: known from the last run, not heard of in gossip yet.
-		return p.state
+	return alive
+}
+
+// current is the peer's state with this member's suspicion applied.
+func (p *peer) current() State {
+	if p.state == StateAlive && p.suspect {
+		return StateSuspect
 	}
-	return StateDead
+	return p.state
 }
 
 // Peer is one member as `weft status peers` shows it.
@@ -691,7 +709,6 @@ type Peer struct {
 
 // Peers lists every peer ever seen, the local one first, then by name.
 func (m *Mesh) Peers() []Peer {
-	live := m.liveStates()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := make([]Peer, 0, len(m.peers))
@@ -700,7 +717,7 @@ func (m *Mesh) Peers() []Peer {
 			Name:     name,
 			Address:  p.node.Address(),
 			DataPort: int(p.meta.DataPort),
-			State:    stateOf(p, live),
+			State:    p.current(),
 			Local:    name == m.cfg.Name,
 			Version:  p.meta.Version,
 			Protocol: int(p.meta.Protocol),
@@ -733,10 +750,10 @@ func (m *Mesh) Targets() []string {
 // Counts returns members known and alive, this one included.
 func (m *Mesh) Counts() (known, alive int) {
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	known = len(m.peers)
-	m.mu.Unlock()
-	for _, st := range m.liveStates() {
-		if st == memberlist.StateAlive {
+	for _, p := range m.peers {
+		if p.current() == StateAlive {
 			alive++
 		}
 	}
@@ -750,8 +767,17 @@ func (m *Mesh) notifyChange() {
 	for _, f := range fs {
 		f()
 	}
-	m.saveKnown()
+	m.knownDirty = true
+	if time.Since(m.knownSavedAt) >= knownSaveEvery {
+		m.saveKnown()
+	}
 }
+
+// knownSaveEvery spaces the writes of KnownPeersFile: it lists every peer,
+// and a mesh forming changes with every peer that joins, so a write per
+// change was N writes of N peers at every agent (a thousand agents forming
+// wrote about 100 MB each). The last change is written at most this late.
+const knownSaveEvery = time.Second
 
 // Shutdown stops gossip without leaving, for a start that is abandoned
 // before Run.

@@ -35,6 +35,7 @@ type queuedMsg struct {
 	key       string // "" for unkeyed
 	msg       []byte
 	transmits int
+	mult      int    // retransmit multiplier of this message
 	seq       uint64 // newer is larger
 }
 
@@ -44,17 +45,20 @@ func newBroadcastQueue(numNodes func() int, mult, max int) *broadcastQueue {
 
 // add queues msg, replacing the queued message of the same key (key != "").
 // It returns how many messages the cap dropped.
-func (q *broadcastQueue) add(key string, msg []byte) int {
+func (q *broadcastQueue) add(key string, msg []byte) int { return q.addMult(key, msg, q.mult) }
+
+// addMult is add of a message sent about mult × log10(nodes) times.
+func (q *broadcastQueue) addMult(key string, msg []byte, mult int) int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.seq++
 	if key != "" {
 		if old := q.byKey[key]; old != nil {
-			old.msg, old.transmits, old.seq = msg, 0, q.seq
+			old.msg, old.transmits, old.seq, old.mult = msg, 0, q.seq, mult
 			return 0
 		}
 	}
-	m := &queuedMsg{key: key, msg: msg, seq: q.seq}
+	m := &queuedMsg{key: key, msg: msg, seq: q.seq, mult: mult}
 	q.items = append(q.items, m)
 	if key != "" {
 		q.byKey[key] = m
@@ -83,13 +87,14 @@ func (q *broadcastQueue) removeAt(i int) {
 	q.items = slices.Delete(q.items, i, i+1)
 }
 
-// retransmitLimit is memberlist's: mult × ceil(log10(nodes+1)).
-func (q *broadcastQueue) retransmitLimit() int {
+// retransmitScale is memberlist's: the limit of a message is its multiplier
+// × ceil(log10(nodes+1)).
+func (q *broadcastQueue) retransmitScale() int {
 	n := 1
 	if q.numNodes != nil {
 		n = q.numNodes()
 	}
-	return q.mult * int(math.Ceil(math.Log10(float64(n+1))))
+	return int(math.Ceil(math.Log10(float64(n + 1))))
 }
 
 // get returns messages that fit in limit bytes, each costing overhead more,
@@ -113,7 +118,7 @@ func (q *broadcastQueue) get(overhead, limit int) [][]byte {
 		}
 		return 0
 	})
-	sendLimit := q.retransmitLimit()
+	scale := q.retransmitScale()
 	var out [][]byte
 	used := 0
 	for _, m := range order {
@@ -124,9 +129,9 @@ func (q *broadcastQueue) get(overhead, limit int) [][]byte {
 		out = append(out, m.msg)
 		m.transmits++
 	}
-	if sendLimit > 0 {
+	if scale > 0 {
 		q.items = slices.DeleteFunc(q.items, func(m *queuedMsg) bool {
-			if m.transmits < sendLimit {
+			if m.transmits < m.mult*scale {
 				return false
 			}
 			if m.key != "" && q.byKey[m.key] == m {

@@ -241,3 +241,25 @@ func TestBroadcastQueueInvariants(t *testing.T) {
 		t.Error("the cap never dropped anything: the test did not fill the queue")
 	}
 }
+
+// Health summaries are sent memberlist's number of times, IPAM's three times
+// as often: every retransmit is paid by every member, and summaries (one
+// per agent, refreshed by their sender) were most of a big mesh's gossip.
+func TestHealthBroadcastsSentLessOften(t *testing.T) {
+	m, _ := newLoneMesh(t, 0, nil)
+	m.BroadcastKeyed(ChannelHealth, "a", []byte("summary"))
+	m.BroadcastKeyed(ChannelIPAM, "10.32.0.0", []byte("entry"))
+	sent := map[byte]int{}
+	for range 100 {
+		for _, b := range m.queue.get(0, 1<<20) {
+			sent[b[0]]++
+		}
+	}
+	// A lone member: limit = mult × ceil(log10(1+1)) = mult.
+	if want := m.baseMult; sent[byte(ChannelHealth)] != want {
+		t.Errorf("health summary sent %d times, want %d", sent[byte(ChannelHealth)], want)
+	}
+	if want := 3 * m.baseMult; sent[byte(ChannelIPAM)] != want {
+		t.Errorf("IPAM entry sent %d times, want %d", sent[byte(ChannelIPAM)], want)
+	}
+}

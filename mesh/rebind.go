@@ -96,17 +96,15 @@ func (m *Mesh) Rebind(addr netip.Addr, newTransport NewTransport) error {
 // the move. Only when none is alive, the join targets. (A stale target costs
 // a whole dial timeout; the rejoin loop tries them all later anyway.)
 func (m *Mesh) rebindPeers() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	var out []string
-	for _, n := range m.ml().Members() {
-		if n.Name != m.cfg.Name && n.State == memberlist.StateAlive {
-			out = append(out, n.Address())
-		}
+	for a := range m.aliveAddrsLocked() {
+		out = append(out, a)
 	}
 	if len(out) > 0 {
 		return out
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	for a := range m.targets {
 		out = append(out, a)
 	}

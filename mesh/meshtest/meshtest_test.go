@@ -143,6 +143,11 @@ func TestShutdownClosesStreams(t *testing.T) {
 
 func startMesh(t *testing.T, n *meshtest.Network, i int) *mesh.Mesh {
 	t.Helper()
+	return startMeshTiming(t, n, i, mesh.LocalTiming())
+}
+
+func startMeshTiming(t *testing.T, n *meshtest.Network, i int, timing mesh.Timing) *mesh.Mesh {
+	t.Helper()
 	tr, err := n.Listen(addr(i))
 	if err != nil {
 		t.Fatal(err)
@@ -150,7 +155,7 @@ func startMesh(t *testing.T, n *meshtest.Network, i int) *mesh.Mesh {
 	m, err := mesh.New(mesh.Config{
 		Name: fmt.Sprintf("m%d", i), Bind: addr(i).Addr(), Port: int(addr(i).Port()),
 		Meta:   mesh.Meta{Protocol: mesh.ProtocolMax, DataPort: 6784, Version: "test"},
-		Timing: mesh.LocalTiming(), Transport: tr,
+		Timing: timing, Transport: tr,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -197,6 +202,43 @@ func TestMeshPartitionHeals(t *testing.T) {
 	n.Unblock(addr(1).Addr(), addr(3).Addr())
 	for i, m := range ms {
 		waitFor(t, fmt.Sprintf("m%d to see 3 after the heal", i+1), alive(m, 3))
+	}
+}
+
+// A peer that stops answering probes shows as suspect (from this member's
+// own failed probe: memberlist has no callback for it) while the suspicion
+// lasts, and as alive again once it answers.
+func TestMeshShowsSuspect(t *testing.T) {
+	timing := mesh.LocalTiming()
+	timing.SuspicionMult = 100 // a long suspicion, so the test sees it
+	var n meshtest.Network
+	ms := []*mesh.Mesh{startMeshTiming(t, &n, 1, timing), startMeshTiming(t, &n, 2, timing), startMeshTiming(t, &n, 3, timing)}
+	for _, m := range ms[1:] {
+		if err := m.Connect([]string{addr(1).String()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, m := range ms {
+		waitFor(t, fmt.Sprintf("m%d to see 3", i+1), func() bool { return len(m.AliveNames()) == 3 })
+	}
+	stateOf := func(m *mesh.Mesh, name string) mesh.State {
+		for _, p := range m.Members() {
+			if p.Name == name {
+				return p.State
+			}
+		}
+		return mesh.StateUnknown
+	}
+	n.Block(addr(1).Addr(), addr(3).Addr())
+	n.Block(addr(2).Addr(), addr(3).Addr())
+	waitFor(t, "m1 to suspect m3", func() bool { return stateOf(ms[0], "m3") == mesh.StateSuspect })
+	if ms[0].IsAlive("m3") || !ms[0].Reachable("m3") {
+		t.Fatalf("a suspect: alive %v, reachable %v; want not alive, reachable", ms[0].IsAlive("m3"), ms[0].Reachable("m3"))
+	}
+	n.Unblock(addr(1).Addr(), addr(3).Addr())
+	n.Unblock(addr(2).Addr(), addr(3).Addr())
+	for i, m := range ms[:2] {
+		waitFor(t, fmt.Sprintf("m%d to see m3 alive again", i+1), func() bool { return stateOf(m, "m3") == mesh.StateAlive })
 	}
 }
 

@@ -31,6 +31,12 @@ type result struct {
 	Kind      string // "real" or "simulated"
 	N         int
 	Formation time.Duration
+	// FormCPU is the CPU time the process spent until formation, per agent,
+	// and FormBytes the gossip bytes each agent sent until then: figures of
+	// the work formation takes that do not depend on how loaded the
+	// machine is (simulated only).
+	FormCPU   time.Duration
+	FormBytes float64
 	GossipIn  float64 // bytes/s per agent, packets and streams, steady state
 	GossipOut float64
 	MemPerAgt uint64  // bytes: RSS of the agent (real); live heap / N (simulated)
@@ -197,16 +203,20 @@ func simulate(t *testing.T, opts simOptions) result {
 		IPAMInit: "seed=" + strings.Join(names, ","),
 		LogLevel: slog.LevelWarn, StopWorkers: 64,
 	})
-	start := time.Now()
+	start, cpuStart := time.Now(), cpuTime()
 	c.StartAll()
 	all := c.Nodes
 
-	if _, err := waitAll(all, opts.Deadline, formed(opts.N)); err != nil {
+	_, err := waitAll(all, opts.Deadline, formed(opts.N))
+	g := gossipTotals(all)
+	r.FormCPU = (cpuTime() - cpuStart) / time.Duration(opts.N)
+	r.FormBytes = float64(g.BytesOut+g.StreamBytesOut) / float64(opts.N)
+	if err != nil {
 		r.miss("no formation within %s (%v)", opts.Deadline, err)
 		return r
 	}
 	r.Formation = time.Since(start)
-	t.Logf("%d agents: formed in %s", opts.N, r.Formation)
+	t.Logf("%d agents: formed in %s, %s CPU and %.0f kB sent per agent", opts.N, r.Formation, r.FormCPU, r.FormBytes/1e3)
 
 	// Steady state: let the burst of formation pass first.
 	time.Sleep(3 * time.Second)
@@ -234,7 +244,6 @@ func simulate(t *testing.T, opts simOptions) result {
 		go func() { defer wg.Done(); v.Crash() }()
 	}
 	wg.Wait()
-	var err error
 	if r.Dead, err = waitAll(rest, opts.Deadline, sees(opts.N-5)); err != nil {
 		r.Dead = 0
 		r.miss("crashed agents not all dead within %s (%v)", opts.Deadline, err)

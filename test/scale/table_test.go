@@ -72,8 +72,9 @@ func TestScaleTable(t *testing.T) {
 
 func formatTable(rows []result) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "| agents | formation + ready ring | gossip in / out per agent | memory per agent | idle CPU per agent | kill -9 of 5 → all see dead | relaunch → whole | 50/50 partition heal | ring keys | IPAM push/pull state | bytes per gossip stream |\n")
-	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "load average at the end: %s\n\n", loadAvg())
+	fmt.Fprintf(&b, "| agents | formation + ready ring | formation CPU / sent per agent | gossip in / out per agent | memory per agent | idle CPU per agent | kill -9 of 5 → all see dead | relaunch → whole | 50/50 partition heal | ring keys | IPAM push/pull state | bytes per gossip stream |\n")
+	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
 		mem := "—"
 		if r.MemPerAgt > 0 {
@@ -83,8 +84,12 @@ func formatTable(rows []result) string {
 			}
 			mem = fmt.Sprintf("%.1f MiB %s", float64(r.MemPerAgt)/(1<<20), what)
 		}
-		fmt.Fprintf(&b, "| %d %s | %s | %s / %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
-			r.N, r.Kind, dur(r.Formation), rate(r.GossipIn), rate(r.GossipOut), mem,
+		form := "—"
+		if r.FormCPU > 0 {
+			form = fmt.Sprintf("%.2f s / %s", r.FormCPU.Seconds(), size(r.FormBytes))
+		}
+		fmt.Fprintf(&b, "| %d %s | %s | %s | %s / %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+			r.N, r.Kind, dur(r.Formation), form, rate(r.GossipIn), rate(r.GossipOut), mem,
 			pctCore(r.CPUPerAgt), dur(r.Dead), dur(r.Whole), dur(r.Heal),
 			count(r.RingKeys), size(float64(r.StateSize)), size(r.PushPull))
 	}
@@ -95,6 +100,20 @@ func formatTable(rows []result) string {
 	}
 	b.WriteString("\n")
 	return b.String()
+}
+
+// loadAvg is /proc/loadavg's three averages: the machine is shared, and
+// wall-clock figures mean little without them.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func dur(d time.Duration) string {
