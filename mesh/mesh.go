@@ -601,8 +601,9 @@ func (m *Mesh) SendTo(name string, ch Channel, msg []byte) error {
 	if p != nil {
 		node = p.node // a copy: memberlist reads it while we may change ours
 	}
+	reachable := p != nil && p.state.Reachable() // under m.mu: record changes it
 	m.mu.Unlock()
-	if p == nil || !p.state.Reachable() {
+	if !reachable {
 		return fmt.Errorf("peer %s is not a member", name)
 	}
 	b := make([]byte, 1+len(msg))
