@@ -247,6 +247,18 @@ func New(cfg Config) (*Mesh, error) {
 	mc.Merge = d
 	mc.Conflict = d
 	mc.Ping = d
+	// Subsystem broadcasts (ring changes) matter more than memberlist's own
+	// chatter and a lost one is only repaired at the next push/pull: send
+	// each more often than memberlist's default. Made before Create: its
+	// gossip goroutines ask for broadcasts at once (a data race with an
+	// assignment after it, seen under -race).
+	m.queue = newBroadcastQueue(func() int {
+		if l := m.ml(); l != nil {
+			return l.NumMembers()
+		}
+		return 1
+	}, 3*mc.RetransmitMult, cfg.MaxBroadcasts)
+	m.baseMult = mc.RetransmitMult
 	list, err := memberlist.Create(mc)
 	if err != nil {
 		if cfg.Transport != nil {
@@ -256,11 +268,6 @@ func New(cfg Config) (*Mesh, error) {
 		return nil, fmt.Errorf("start gossip on %s:%d: %w", cfg.Bind, cfg.Port, err)
 	}
 	m.listp.Store(list)
-	// Subsystem broadcasts (ring changes) matter more than memberlist's own
-	// chatter and a lost one is only repaired at the next push/pull: send
-	// each more often than memberlist's default.
-	m.queue = newBroadcastQueue(func() int { return m.ml().NumMembers() }, 3*mc.RetransmitMult, cfg.MaxBroadcasts)
-	m.baseMult = mc.RetransmitMult
 	m.log.Info("listening for gossip", "address", net.JoinHostPort(cfg.Bind.String(), strconv.Itoa(cfg.Port)),
 		"encrypted", len(cfg.SecretKey) > 0)
 	return m, nil
