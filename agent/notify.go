@@ -34,8 +34,14 @@ type notifierBox struct{ n notifier }
 
 func (a *Agent) setNotifier(n notifier) { a.events.Store(&notifierBox{n}) }
 
-// notify is the notifier in use now.
-func (a *Agent) notify() notifier { return a.events.Load().n }
+// notify is the notifier in use now (noNotifier for an Agent made without
+// New, as some tests do).
+func (a *Agent) notify() notifier {
+	if b := a.events.Load(); b != nil {
+		return b.n
+	}
+	return noNotifier{}
+}
 
 // noteReadiness passes the current readiness to the notifier; called after
 // every change of what readiness is made of (blocker, hostBroken).
