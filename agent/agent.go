@@ -61,6 +61,10 @@ type Agent struct {
 	met         *agentMetrics
 	pods        *podNames // which pod each container is, for weft ps
 	health      *healthGossip
+	// events holds the notifier: Kubernetes Events on the Node, else
+	// noNotifier. Set before the mesh starts, but read by metrics too,
+	// which start earlier: hence atomic (see notify).
+	events atomic.Pointer[notifierBox]
 
 	mu         sync.Mutex
 	hostAddr   netip.Addr // this host's overlay address (bridge, pods' gateway)
@@ -88,6 +92,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, dev: cfg.Devices.withDefaults(), log: log, blocker: "starting",
 		met: newAgentMetrics(), pods: loadPodNames(cfg.StateDir, log)}
+	a.setNotifier(noNotifier{})
 	a.health = newHealthGossip(cfg.Name, log, cfg.Timing, a.ownHealth)
 	var err error
 	if a.signer, err = identity.LoadOrCreate(cfg.StateDir); err != nil {
@@ -184,6 +189,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		Name: a.cfg.Name, Bind: a.cfg.Host, Port: a.cfg.Port, Meta: meta,
 		SecretKey: a.gossipKey(), Timing: a.cfg.Timing, Logger: a.log, Pins: a.pins,
 		StateDir: a.cfg.StateDir,
+		OnRefusal: func(r mesh.Refusal) {
+			if r.Password {
+				a.notify().PasswordMismatch(r.From, r.Why)
+			}
+		},
 	}
 	if a.dev.GossipTransport != nil {
 		bind := netip.AddrPortFrom(a.cfg.Host, uint16(a.cfg.Port))
@@ -414,6 +424,7 @@ func (a *Agent) setBlocker(why string) {
 	a.mu.Lock()
 	a.blocker = why
 	a.mu.Unlock()
+	a.noteReadiness()
 }
 
 // HostAddr is this host's overlay address, invalid until ready.

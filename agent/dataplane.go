@@ -71,6 +71,9 @@ func (a *Agent) startDataplane(ctx context.Context, goRun func(func())) (*datapl
 			Send:       router.NewHandshakeSender(conn),
 			RekeyAfter: a.cfg.RekeyAfter,
 			Logger:     a.log.With("component", "crypto"),
+			OnWrongPassword: func(from netip.AddrPort) {
+				a.notify().PasswordMismatch(from.Addr(), wrongPasswordWhy)
+			},
 		})
 		if err != nil {
 			conn.Close()

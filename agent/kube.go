@@ -18,6 +18,7 @@ import (
 // deleted Nodes' ranges, the Node condition and the CNI config.
 type kubeSide struct {
 	cluster   *kube.Cluster
+	events    *kube.Events       // also a.events
 	policySrc *kube.PolicySource // nil without NetworkPolicy enforcement
 }
 
@@ -38,7 +39,12 @@ func (a *Agent) startKube(ctx context.Context) (*kubeSide, error) {
 	// publishes its own on its Node (run), and a key announced in gossip is
 	// checked against the peer's Node, from a cache that run keeps.
 	a.pins.SetAuthority(c.SigningKey)
-	k := &kubeSide{cluster: c}
+	ev, err := kube.NewEvents(kube.EventsConfig{Client: client, NodeName: a.cfg.Name, Logger: a.log.With("component", "kube-events")})
+	if err != nil {
+		return nil, err
+	}
+	a.setNotifier(ev) // before the mesh and the data plane exist, which report to it
+	k := &kubeSide{cluster: c, events: ev}
 	if a.policy, err = a.startPolicy(); err != nil {
 		return nil, err
 	}
@@ -80,6 +86,7 @@ func (k *kubeSide) publishSigningKey(ctx context.Context, a *Agent, first bool) 
 
 // run starts its watchers with goRun, so that they end before the agent's Run.
 func (k *kubeSide) run(ctx context.Context, a *Agent, goRun func(func())) {
+	goRun(func() { k.events.Run(ctx) })
 	if k.policySrc != nil {
 		goRun(func() { a.policy.run(ctx) })
 		goRun(func() {
@@ -135,7 +142,12 @@ func (k *kubeSide) run(ctx context.Context, a *Agent, goRun func(func())) {
 			if nodesElsewhere.Load() && len(a.mesh.AliveNames()) < 2 {
 				return 0, errors.New("not joined to the mesh yet; reclaim postponed")
 			}
-			return a.ipam.RemovePeer(name)
+			ranges := rangesOf(a.ipam.Status(), name)
+			n, err := a.ipam.RemovePeer(name)
+			if err == nil && n > 0 {
+				a.notify().RangeReclaimed(name, ranges, n)
+			}
+			return n, err
 		})
 	})
 

@@ -293,6 +293,9 @@ func (a *Agent) MetricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collector{a}, a.met.cniAdd, a.met.ipamAllocate, a.met.terminations, a.met.policyApply,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "weft_kube_events_dropped_total",
+		Help: "Kubernetes Events on the Node that were lost: too many waiting, or the API server did not take them."},
+		func() float64 { return float64(a.notify().Dropped()) }))
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }
 

@@ -129,8 +129,9 @@ func (a *Agent) teardownHost() error {
 // and reports whether that changed.
 func (a *Agent) setHostBroken(why string) bool {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	changed := (a.hostBroken == "") != (why == "")
 	a.hostBroken = why
+	a.mu.Unlock()
+	a.noteReadiness()
 	return changed
 }

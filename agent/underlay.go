@@ -64,6 +64,7 @@ func (u *underlayWatch) follow(ctx context.Context) {
 		u.say("could not move to the new underlay address; will retry", "new", next, "err", err)
 		return
 	}
+	u.a.notify().UnderlayChanged(cur, next)
 	u.said = ""
 }
 

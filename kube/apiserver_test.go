@@ -280,6 +280,7 @@ func TestAgainstAPIServer(t *testing.T) {
 
 	t.Run("Reclaimer", func(t *testing.T) { testReclaimer(t, ctx, nodes, newCluster) })
 	t.Run("SigningKeys", func(t *testing.T) { testSigningKeys(t, ctx, agent, nodes, newCluster) })
+	t.Run("NodeEvents", func(t *testing.T) { testNodeEvents(t, ctx, api, admin, agent, nodes) })
 }
 
 // fakeRing stands for the IPAM ring: owners and an idempotent remove that

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -336,6 +337,7 @@ type memberlistLogger struct {
 	// onSuspect hears of this member's failed probes: memberlist marks the
 	// peer suspect then, and has no callback for it.
 	onSuspect func(name string)
+	onRefusal func(Refusal) // nil: none
 
 	mu       sync.Mutex
 	lastSaid map[string]time.Time // explained refusal -> when last logged
@@ -346,8 +348,9 @@ type memberlistLogger struct {
 // all there is to say.
 const refusalEvery = time.Minute
 
-func newMemberlistLogger(l *slog.Logger, onSuspect func(name string)) *log.Logger {
-	return log.New(&memberlistLogger{log: l.With("component", "gossip"), onSuspect: onSuspect, lastSaid: map[string]time.Time{}}, "", 0)
+func newMemberlistLogger(l *slog.Logger, onSuspect func(name string), onRefusal func(Refusal)) *log.Logger {
+	return log.New(&memberlistLogger{log: l.With("component", "gossip"), onSuspect: onSuspect, onRefusal: onRefusal,
+		lastSaid: map[string]time.Time{}}, "", 0)
 }
 
 // suspectLine is how memberlist (v0.7) logs a probe that went unanswered,
@@ -366,24 +369,57 @@ func suspectOf(line string) (string, bool) {
 	return name, name != ""
 }
 
+// Refusal is gossip this member refused for a reason an operator can act on.
+type Refusal struct {
+	Why      string     // in plain words, as logged
+	Password bool       // the sender's password (or lack of one) differs from this member's
+	From     netip.Addr // the sender as memberlist names it; invalid when it does not
+}
+
+// refusalFrom reads the sender out of memberlist's "from=ADDR:PORT" suffix.
+func refusalFrom(line string) netip.Addr {
+	i := strings.LastIndex(line, "from=")
+	if i < 0 {
+		return netip.Addr{}
+	}
+	f := line[i+len("from="):]
+	if j := strings.IndexAny(f, " \t"); j >= 0 {
+		f = f[:j]
+	}
+	if ap, err := netip.ParseAddrPort(f); err == nil {
+		return ap.Addr().Unmap()
+	}
+	a, _ := netip.ParseAddr(f)
+	return a.Unmap()
+}
+
 // explanations maps fragments of memberlist's messages to their likely cause.
-var explanations = []struct{ fragment, meaning string }{
-	{"No installed keys could decrypt", "a peer uses a different password"},
-	{"Encryption is configured but remote state is not encrypted", "a peer has no password but this one has"},
-	{"Remote state is encrypted and encryption is not configured", "a peer has a password but this one has none"},
-	{"message authentication failed", "a peer uses a different password"},
-	{"Conflicting address", "two hosts use the same peer name"},
+var explanations = []struct {
+	fragment, meaning string
+	password          bool
+}{
+	{"No installed keys could decrypt", "a peer uses a different password", true},
+	{"Encryption is configured but remote state is not encrypted", "a peer has no password but this one has", true},
+	{"Remote state is encrypted and encryption is not configured", "a peer has a password but this one has none", true},
+	{"message authentication failed", "a peer uses a different password", true},
+	{"Conflicting address", "two hosts use the same peer name", false},
 }
 
 // explain returns the likely cause of a memberlist message, or "".
 func explain(msg string) string {
+	why, _ := explainKind(msg)
+	return why
+}
+
+// explainKind is explain, and whether the cause is a password mismatch.
+func explainKind(msg string) (why string, password bool) {
 	msg = strings.ToLower(msg)
 	for _, e := range explanations {
 		if strings.Contains(msg, strings.ToLower(e.fragment)) {
-			return e.meaning
+			return e.meaning, e.password
 		}
 	}
-	return ""
+	return "", false
 }
 
 func (w *memberlistLogger) Write(p []byte) (int, error) {
@@ -404,7 +440,10 @@ func (w *memberlistLogger) Write(p []byte) (int, error) {
 		// Probes racing our own shutdown: noise, not an error.
 		level = slog.LevelDebug
 	}
-	if why := explain(line); why != "" {
+	if why, password := explainKind(line); why != "" {
+		if w.onRefusal != nil {
+			w.onRefusal(Refusal{Why: why, Password: password, From: refusalFrom(line)})
+		}
 		w.mu.Lock()
 		now := time.Now()
 		repeat := now.Sub(w.lastSaid[why]) < refusalEvery

@@ -139,6 +139,11 @@ type Config struct {
 	// which peers use to reach this member. The mesh owns it from New on
 	// and shuts it down with memberlist. nil: real sockets.
 	Transport memberlist.NodeAwareTransport
+	// OnRefusal, if set, is told of every gossip refused for a reason an
+	// operator can act on (a different password, ...), unthrottled: the
+	// agent turns these into Kubernetes Events. It runs on memberlist's
+	// goroutines and must not block.
+	OnRefusal func(Refusal)
 }
 
 // Mesh is this agent's view of the mesh.
@@ -251,6 +256,18 @@ func New(cfg Config) (*Mesh, error) {
 	mc.Merge = d
 	mc.Conflict = d
 	mc.Ping = d
+	// Subsystem broadcasts (ring changes) matter more than memberlist's own
+	// chatter and a lost one is only repaired at the next push/pull: send
+	// each more often than memberlist's default. Made before Create: its
+	// gossip goroutines ask for broadcasts at once (a data race with an
+	// assignment after it, seen under -race).
+	m.queue = newBroadcastQueue(func() int {
+		if l := m.ml(); l != nil {
+			return l.NumMembers()
+		}
+		return 1
+	}, 3*mc.RetransmitMult, cfg.MaxBroadcasts)
+	m.baseMult = mc.RetransmitMult
 	list, err := memberlist.Create(mc)
 	if err != nil {
 		if cfg.Transport != nil {
@@ -260,11 +277,6 @@ func New(cfg Config) (*Mesh, error) {
 		return nil, fmt.Errorf("start gossip on %s:%d: %w", cfg.Bind, cfg.Port, err)
 	}
 	m.listp.Store(list)
-	// Subsystem broadcasts (ring changes) matter more than memberlist's own
-	// chatter and a lost one is only repaired at the next push/pull: send
-	// each more often than memberlist's default.
-	m.queue = newBroadcastQueue(func() int { return m.ml().NumMembers() }, 3*mc.RetransmitMult, cfg.MaxBroadcasts)
-	m.baseMult = mc.RetransmitMult
 	m.log.Info("listening for gossip", "address", net.JoinHostPort(cfg.Bind.String(), strconv.Itoa(cfg.Port)),
 		"encrypted", len(cfg.SecretKey) > 0)
 	return m, nil
@@ -286,7 +298,7 @@ func (m *Mesh) memberlistConfig(bind, advertise netip.Addr, transport memberlist
 	mc.GossipInterval = cfg.Timing.GossipInterval
 	mc.PushPullInterval = cfg.Timing.PushPullInterval
 	mc.TCPTimeout = cfg.Timing.TCPTimeout
-	mc.Logger = newMemberlistLogger(cfg.Logger, m.suspected)
+	mc.Logger = newMemberlistLogger(cfg.Logger, m.suspected, cfg.OnRefusal)
 	if transport != nil {
 		mc.Transport = transport
 	}
@@ -605,8 +617,9 @@ func (m *Mesh) SendTo(name string, ch Channel, msg []byte) error {
 	if p != nil {
 		node = p.node // a copy: memberlist reads it while we may change ours
 	}
+	reachable := p != nil && p.state.Reachable() // under m.mu: record changes it
 	m.mu.Unlock()
-	if p == nil || !p.state.Reachable() {
+	if !reachable {
 		return fmt.Errorf("peer %s is not a member", name)
 	}
 	b := make([]byte, 1+len(msg))

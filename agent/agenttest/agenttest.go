@@ -153,7 +153,7 @@ func New(t testing.TB, opts Options) *Cluster {
 		opts.MTU = 1400
 	}
 	if opts.Timing == (mesh.Timing{}) {
-		opts.Timing = mesh.LocalTiming()
+		opts.Timing = slowed(mesh.LocalTiming(), raceSlowdown)
 	}
 	if strings.EqualFold(os.Getenv("WEFT_TEST_LOG"), "debug") {
 		opts.LogLevel = slog.LevelDebug
@@ -271,8 +271,20 @@ func (c *Cluster) Heal() {
 	}
 }
 
-// WaitTimeout bounds each Wait.
-const WaitTimeout = 15 * time.Second
+// WaitTimeout bounds each Wait (longer under the race detector).
+const WaitTimeout = 15 * time.Second * raceSlowdown
+
+// slowed is t with every interval k times longer.
+func slowed(t mesh.Timing, k time.Duration) mesh.Timing {
+	t.ProbeInterval *= k
+	t.ProbeTimeout *= k
+	t.GossipInterval *= k
+	t.PushPullInterval *= k
+	t.RejoinInterval *= k
+	t.RejoinMaxBackoff *= k
+	t.TCPTimeout *= k
+	return t
+}
 
 // Wait polls cond until it returns nil, failing the test with cond's last
 // answer after WaitTimeout, or at once if an agent stopped by itself.

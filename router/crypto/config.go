@@ -64,6 +64,10 @@ type Config struct {
 	Logger     *slog.Logger
 	// Clock returns the current time (default time.Now). Tests pass a fake.
 	Clock func() time.Time
+	// OnWrongPassword, if set, is told of every handshake refused because
+	// the sender has another password, unthrottled (the agent turns it into
+	// a Kubernetes Event). It runs on the handshake worker: must not block.
+	OnWrongPassword func(from netip.AddrPort)
 }
 
 func (c *Config) validate() error {

@@ -198,6 +198,9 @@ func (m *Manager) handshakeNow(from netip.AddrPort, msg []byte) {
 		m.hsFailures[reason].Add(1)
 		if reason == FailWrongPSK {
 			m.warnWrongPSK(from)
+			if m.cfg.OnWrongPassword != nil {
+				m.cfg.OnWrongPassword(from)
+			}
 		}
 	}
 	m.log.Debug("handshake refused", "from", from, "err", err)

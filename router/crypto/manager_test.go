@@ -181,9 +181,14 @@ func TestWrongPSKRefusedSilentlyAndCounted(t *testing.T) {
 	b := net.newNode(t, addrB, clock, nodeOpts{psk: testPSK(2)})
 	a.SetPeer("b", b.cfg.Identity.Public(), addrB)
 	b.SetPeer("a", a.cfg.Identity.Public(), addrA)
+	var told []netip.AddrPort // the hook the agent turns into a Kubernetes Event
+	b.cfg.OnWrongPassword = func(from netip.AddrPort) { told = append(told, from) }
 	a.tick()
 	if got := b.Counters()["handshake_failed_wrong_psk"]; got != 1 {
 		t.Fatalf("wrong_psk count = %d, want 1", got)
+	}
+	if len(told) != 1 || told[0] != addrA {
+		t.Fatalf("OnWrongPassword told %v, want [%v]", told, addrA)
 	}
 	if n := net.sentBy(addrB); n != 0 {
 		t.Fatalf("b answered a wrong-password initiation (%d datagrams)", n)
@@ -552,10 +557,19 @@ func TestNewManagerValidates(t *testing.T) {
 // -race. No packet may be refused.
 func TestConcurrentTrafficDuringRekey(t *testing.T) {
 	net := newTestNet()
+	// The design assumes a handshake completes within HandshakeRetry: a
+	// slower one is abandoned, and sessions expire (rejectAfter) before a
+	// rekey lands. Under the race detector, with four goroutines sealing
+	// flat out on two cores, handshakes take hundreds of milliseconds, so
+	// the intervals are scaled up rather than the assertions loosened.
+	rekey, retry, run := 300*time.Millisecond, 200*time.Millisecond, 10*time.Second
+	if raceEnabled {
+		rekey, retry, run = 1500*time.Millisecond, time.Second, 30*time.Second
+	}
 	mk := func(addr netip.AddrPort) *Manager {
 		id, _ := GenerateIdentity()
 		m, err := NewManager(Config{Identity: id, PSK: testPSK(1), Send: net.sender(addr),
-			RekeyAfter: 300 * time.Millisecond, HandshakeRetry: 200 * time.Millisecond})
+			RekeyAfter: rekey, HandshakeRetry: retry})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -577,7 +591,7 @@ func TestConcurrentTrafficDuringRekey(t *testing.T) {
 	waitFor(t, 10*time.Second, "sessions both ways", func() bool {
 		return a.Sessions()[0].State == "established" && b.Sessions()[0].State == "established"
 	})
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(run)
 	errs := make(chan error, 8)
 	var senders sync.WaitGroup
 	for g := range 4 {
