@@ -68,12 +68,14 @@ func TestManifest(t *testing.T) {
 			roles = append(roles, o)
 		case *rbacv1.ClusterRole:
 			// Exactly what weft needs: Nodes, its own Node's status, and
-			// read-only lists of what NetworkPolicy enforcement reads.
+			// read-only lists of what NetworkPolicy enforcement reads, and
+			// creating the Node Events (never changing or deleting them).
 			want := []string{
 				"[] [nodes] [get list watch]",
 				"[] [nodes/status] [patch]",
 				"[] [pods namespaces] [list watch]",
 				"[networking.k8s.io] [networkpolicies] [list watch]",
+				"[events.k8s.io] [events] [create]",
 			}
 			var got []string
 			for _, r := range o.Rules {
