@@ -39,7 +39,7 @@ func TestKubeCluster(t *testing.T) {
 		}
 		t.Skipf("KUBERNETES CLUSTER TEST NOT RUN: %v", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 35*time.Minute)
 	defer cancel()
 	// Short: unix socket paths of containerd and kubelet live below it.
 	dir, err := os.MkdirTemp("", "wkc-")
