@@ -261,9 +261,9 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 		return r, err
 	}
 
-	if r.Services, err = s.Services(ctx, pods, peers); err != nil {
-		return r, err
-	}
+	// The operator's chain is set before the restarts, which pick it up;
+	// the Services steps come after the restarts, so that a failure there
+	// does not hide the restart, upgrade and rollback figures.
 	if err := s.SetOperatorChain(ctx); err != nil {
 		return r, err
 	}
@@ -353,6 +353,10 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 		r.RestartEncrypted.Round(100*time.Millisecond), r.GapEncrypted.Round(10*time.Millisecond), GoalEncrypted)
 	goal("rollout restart, encrypted", r.GapEncrypted, GoalEncrypted)
 	if err := s.checkDatapath(ctx, true); err != nil {
+		return r, err
+	}
+
+	if r.Services, err = s.Services(ctx, pods, peers); err != nil {
 		return r, err
 	}
 
