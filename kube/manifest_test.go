@@ -139,9 +139,22 @@ func TestManifest(t *testing.T) {
 		!slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
 		t.Errorf("security context %+v: want unprivileged, drop ALL, add NET_ADMIN NET_RAW", sc)
 	}
-	for probe, p := range map[string]*corev1.Probe{"/readyz": c.ReadinessProbe, "/healthz": c.LivenessProbe} {
-		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != probe || p.HTTPGet.Host != "127.0.0.1" || p.HTTPGet.Port.IntValue() != 6784 {
-			t.Errorf("probe %s: %+v", probe, p)
+	// The probes ask this pod's own agent over a socket in its emptyDir, not
+	// 127.0.0.1:6784: during a hand-off that port is still the old agent's,
+	// and the new pod must be judged on its own agent (see agent/handoff.go).
+	for probe, p := range map[string]*corev1.Probe{"readyz": c.ReadinessProbe, "healthz": c.LivenessProbe} {
+		want := []string{"/bin/weft", "probe", "--probe-socket", "/run/weft-pod/probe.sock", probe}
+		if p == nil || p.Exec == nil || !slices.Equal(p.Exec.Command, want) {
+			t.Errorf("probe %s: %+v, want exec %q", probe, p, want)
+		}
+	}
+	if ru := ds.Spec.UpdateStrategy.RollingUpdate; ru == nil || ru.MaxSurge == nil || ru.MaxSurge.IntValue() != 1 ||
+		ru.MaxUnavailable == nil || ru.MaxUnavailable.IntValue() != 0 {
+		t.Errorf("rolling update %+v: want maxSurge 1, maxUnavailable 0 (the new agent stands by, then takes over)", ru)
+	}
+	for _, p := range c.Ports {
+		if p.HostPort != 0 || p.ContainerPort != 0 {
+			t.Errorf("declared port %+v: with host network it is a hostPort, and two pods of a surge could not share it", p)
 		}
 	}
 	env := map[string]corev1.EnvVar{}
