@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -15,33 +16,104 @@ import (
 )
 
 // The counts come from the tests the focus selects; the rest of the suite,
-// listed as skipped in the JUnit report, is not counted.
+// listed as skipped in the JUnit report, is not counted. Each selection is
+// counted on its own.
 func TestReadJUnitCountsTheSelection(t *testing.T) {
 	dir := t.TempDir()
 	xml := `<?xml version="1.0" encoding="UTF-8"?>
-<testsuites tests="5" disabled="2" errors="0" failures="1" time="10">
-  <testsuite name="Kubernetes e2e suite" package="/" tests="5" disabled="2" skipped="0" errors="0" failures="1" time="10">
+<testsuites tests="6" disabled="2" errors="0" failures="1" time="10">
+  <testsuite name="Kubernetes e2e suite" package="/" tests="6" disabled="2" skipped="0" errors="0" failures="1" time="10">
     <testcase name="[sig-network] Services should serve a basic endpoint from pods  [Conformance]" classname="Kubernetes e2e suite" status="passed" time="3"></testcase>
     <testcase name="[sig-network] HostPort validates that there is no conflict between pods with same hostPort but different hostIP and protocol [LinuxOnly] [Conformance]" classname="Kubernetes e2e suite" status="failed" time="5"><failure message="timed out" type="failed">boom</failure></testcase>
     <testcase name="[sig-network] Services should have session affinity work for LoadBalancer service with ESIPP on [Slow] [LinuxOnly]" classname="Kubernetes e2e suite" status="skipped" time="0"><skipped message="skipped"></skipped></testcase>
     <testcase name="[sig-network] Networking Granular Checks: Pods should function for intra-pod communication: http [NodeConformance] [Conformance]" classname="Kubernetes e2e suite" status="passed" time="2"></testcase>
+    <testcase name="[sig-network] Netpol NetworkPolicy between server and client should support a 'default-deny-ingress' policy [Feature:NetworkPolicy]" classname="Kubernetes e2e suite" status="failed" time="2"><failure message="x" type="failed">y</failure></testcase>
     <testcase name="[sig-storage] Volumes should store data" classname="Kubernetes e2e suite" status="skipped" time="0"><skipped message="skipped"></skipped></testcase>
   </testsuite>
 </testsuites>`
 	if err := os.WriteFile(filepath.Join(dir, "junit_01.xml"), []byte(xml), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	c, err := readJUnit(dir)
+	cs, err := readJUnit(dir, ConformanceSelections)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if len(cs) != 2 || cs[0].Name != "network" || cs[1].Name != "netpol" {
+		t.Fatalf("selections %+v", cs)
+	}
 	// The LoadBalancer test does not match the focus (no [Conformance],
 	// HostPort or Granular Checks): not selected.
-	if c.Selected != 3 || c.Passed != 2 || c.Failed != 1 || c.Skipped != 0 || len(c.Failures) != 1 || !strings.Contains(c.Failures[0], "HostPort") {
-		t.Errorf("counts %+v", c)
+	if c := cs[0]; c.Selected != 3 || c.Passed != 2 || c.Failed != 1 || c.Skipped != 0 || len(c.Failures) != 1 || !strings.Contains(c.Failures[0], "HostPort") {
+		t.Errorf("network counts %+v", c)
 	}
-	if _, err := readJUnit(t.TempDir()); err == nil {
+	if c := cs[1]; c.Selected != 1 || c.Failed != 1 || !strings.Contains(c.Failures[0], "default-deny-ingress") {
+		t.Errorf("netpol counts %+v", c)
+	}
+	if _, err := readJUnit(t.TempDir(), ConformanceSelections); err == nil {
 		t.Error("no junit file: no error")
+	}
+}
+
+// The parallel and the serial pass each write a report listing every test;
+// the tests of the other pass appear there as skipped. A test counts with
+// the outcome of the pass that ran it, and a test skipped by both (the
+// suite skipped it at run time) stays skipped.
+func TestReadJUnitMergesPasses(t *testing.T) {
+	dir := t.TempDir()
+	report := func(file string, cases ...string) {
+		t.Helper()
+		x := `<testsuites><testsuite name="Kubernetes e2e suite">` + strings.Join(cases, "") + `</testsuite></testsuites>`
+		if err := os.WriteFile(filepath.Join(dir, file), []byte(x), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const (
+		par  = "[sig-network] Services should serve multiport endpoints from pods  [Conformance]"
+		ser  = "[sig-network] Services should work after restarting kube-proxy [Disruptive] [Serial] [Conformance]"
+		fail = "[sig-network] Networking Granular Checks: Services should update nodePort: udp [Slow]"
+		skip = "[sig-network] Networking Granular Checks: Services should function for node-Service: sctp [Feature:SCTPConnectivity]"
+	)
+	passed := func(n string) string { return `<testcase name="` + n + `" status="passed"></testcase>` }
+	skipped := func(n string) string {
+		return `<testcase name="` + n + `" status="skipped"><skipped message="x"></skipped></testcase>`
+	}
+	failed := func(n string) string {
+		return `<testcase name="` + n + `" status="failed"><failure message="x">y</failure></testcase>`
+	}
+	report("junit_parallel_01.xml", passed(par), skipped(ser), failed(fail), skipped(skip))
+	report("junit_serial_01.xml", skipped(par), passed(ser), skipped(fail), skipped(skip))
+	cs, err := readJUnit(dir, []ConformanceSelection{{"network", ConformanceFocus}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cs[0]
+	if c.Selected != 4 || c.Passed != 2 || c.Failed != 1 || c.Skipped != 1 || c.Failures[0] != fail || c.SkippedNames[0] != skip {
+		t.Errorf("merged counts %+v", c)
+	}
+}
+
+// The passes: everything but Serial in parallel, then Serial alone; the
+// skips by feature tag leave the Netpol tests that only name SCTP in a
+// policy selected.
+func TestConformancePassesAndSkips(t *testing.T) {
+	ps := conformancePasses(4)
+	if len(ps) != 2 || ps[0].labelFilter != "!Serial" || ps[0].procs != 4 || ps[1].labelFilter != "Serial" || ps[1].procs != 1 {
+		t.Fatalf("passes %+v", ps)
+	}
+	var pats []string
+	for _, s := range ConformanceSkips {
+		pats = append(pats, s.Pattern)
+	}
+	skip := regexp.MustCompile(strings.Join(pats, "|"))
+	for name, want := range map[string]bool{
+		"[sig-network] Netpol NetworkPolicy between server and client should not mistakenly treat 'protocol: SCTP' as 'protocol: TCP', even if the plugin doesn't support SCTP [Feature:NetworkPolicy]": false,
+		"[sig-network] Networking Granular Checks: Services should function for pod-Service: sctp [Feature:SCTPConnectivity]":                                                                           true,
+		"[sig-network] Netpol [Feature:SCTPConnectivity] [LinuxOnly] NetworkPolicy between server and client using SCTP should support a 'default-deny-ingress' policy [Feature:NetworkPolicy]":         true,
+		"[sig-network] Services should be able to create a functioning NodePort service [Conformance]":                                                                                                  false,
+	} {
+		if skip.MatchString(name) != want {
+			t.Errorf("skip(%q) = %v, want %v", name, !want, want)
+		}
 	}
 }
 
