@@ -20,6 +20,9 @@ const (
 	AgnhostImage  = "registry.k8s.io/e2e-test-images/agnhost:2.63.0"
 	BusyboxImage  = "registry.k8s.io/e2e-test-images/busybox:1.37.0-1"
 	E2EPauseImage = "registry.k8s.io/pause:3.10.2"
+	// GlibcDNSImage is the DNS tests' second prober ("jessie"): dig and
+	// getent over glibc's resolver, beside agnhost's.
+	GlibcDNSImage = "registry.k8s.io/e2e-test-images/glibc-dns-testing:2.0.0"
 )
 
 // ConformanceFocus selects Kubernetes' network tests (issue 18).
@@ -64,11 +67,16 @@ var toolbox = []struct{ path, as string }{
 	{"/usr/bin/curl", "usr/bin/curl"},
 	{"/usr/bin/dig", "usr/bin/dig"},
 	{"/bin/nc.openbsd", "usr/bin/nc"},
+	// The DNS tests check /etc/hosts entries with getent (glibc's,
+	// whose files and dns lookups live in libc.so.6 since 2.34).
+	{"/usr/bin/getent", "usr/bin/getent"},
 }
 
-// conformanceImages writes the agnhost and busybox images (agnhost from
-// k8sBin/agnhost, busybox-static for the shell and its applets, plus the
-// toolbox) and returns their tarballs.
+// conformanceImages writes the agnhost, busybox and glibc-dns-testing
+// images (agnhost from k8sBin/agnhost, busybox-static for the shell and its
+// applets, plus the toolbox) and returns their tarballs. Without the
+// glibc-dns-testing image the DNS tests' prober pod never starts (the
+// image cannot be pulled here) and every DNS test that probes with it fails.
 func conformanceImages(dir, k8sBin string) ([]string, error) {
 	agn, err := os.ReadFile(filepath.Join(k8sBin, "agnhost"))
 	if err != nil {
@@ -87,7 +95,7 @@ func conformanceImages(dir, k8sBin string) ([]string, error) {
 	for _, t := range toolbox {
 		fs, err := withLibraries(t.path, t.as)
 		if err != nil {
-			return nil, fmt.Errorf("%s (apt-get install -y curl bind9-dnsutils netcat-openbsd): %w", t.path, err)
+			return nil, fmt.Errorf("%s (apt-get install -y curl bind9-dnsutils netcat-openbsd libc-bin): %w", t.path, err)
 		}
 		for _, f := range fs {
 			if !have[f.path] {
@@ -118,7 +126,11 @@ func conformanceImages(dir, k8sBin string) ([]string, error) {
 	if err := writeImage(bbTar, []string{BusyboxImage}, nil, []string{"sh"}, files); err != nil {
 		return nil, err
 	}
-	return []string{agnTar, bbTar}, nil
+	glibcTar := filepath.Join(dir, "glibc-dns-testing-image.tar")
+	if err := writeImage(glibcTar, []string{GlibcDNSImage}, nil, []string{"sh"}, files); err != nil {
+		return nil, err
+	}
+	return []string{agnTar, bbTar, glibcTar}, nil
 }
 
 // withLibraries returns the program at path (stored as as) and every shared

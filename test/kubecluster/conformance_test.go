@@ -118,7 +118,8 @@ func TestConformancePassesAndSkips(t *testing.T) {
 }
 
 // The agnhost image holds what the e2e tests exec in its pods: a shell and
-// its applets, curl, dig and nc with their libraries.
+// its applets, curl, dig, nc and getent with their libraries; the
+// glibc-dns-testing image the DNS tests' second prober needs is there too.
 func TestConformanceImages(t *testing.T) {
 	bin := filepath.Join(kubeapi.K8SDir(), "bin")
 	if _, err := os.Stat(filepath.Join(bin, "agnhost")); err != nil {
@@ -134,17 +135,24 @@ func TestConformanceImages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(tars) != 2 {
+	if len(tars) != 3 {
 		t.Fatalf("images %v", tars)
 	}
 	names := layerNames(t, tars[0])
-	for _, want := range []string{"agnhost", "agnhost-2", "bin/sh", "bin/busybox", "usr/bin/curl", "usr/bin/dig", "usr/bin/nc", "lib64/ld-linux-x86-64.so.2"} {
+	for _, want := range []string{"agnhost", "agnhost-2", "bin/sh", "bin/busybox", "usr/bin/curl", "usr/bin/dig", "usr/bin/nc", "usr/bin/getent", "lib64/ld-linux-x86-64.so.2"} {
 		if !slices.Contains(names, want) {
 			t.Errorf("agnhost image lacks %s", want)
 		}
 	}
 	if slices.Contains(names, "bin/nc") {
 		t.Error("busybox nc shadows the OpenBSD nc the tests' flags need")
+	}
+	// The DNS tests' second prober: its pod runs sh -c with dig and getent.
+	glibc := layerNames(t, tars[2])
+	for _, want := range []string{"bin/sh", "usr/bin/dig", "usr/bin/getent", "etc/nsswitch.conf"} {
+		if !slices.Contains(glibc, want) {
+			t.Errorf("glibc-dns-testing image lacks %s", want)
+		}
 	}
 }
 
