@@ -70,6 +70,27 @@ var toolbox = []struct{ path, as string }{
 	// The DNS tests check /etc/hosts entries with getent (glibc's,
 	// whose files and dns lookups live in libc.so.6 since 2.34).
 	{"/usr/bin/getent", "usr/bin/getent"},
+	// The shell of the agnhost and glibc-dns-testing images (see
+	// bashShell); the upstream agnhost image has bash too.
+	{"/bin/bash", "bin/bash"},
+}
+
+// bashShell returns files with /bin/sh pointing to bash instead of busybox.
+// Debian's busybox-static is built with FEATURE_SH_STANDALONE: its sh runs
+// its own applet for any command it has one for, before looking at PATH, so
+// `sh -c "nc -v -u ..."` ran busybox's nc (no -v, -u, -z) and never the
+// OpenBSD nc at /usr/bin/nc. Every test that execs nc in an agnhost pod
+// failed that way: NodePort udp, session affinity, Service reachability.
+// The busybox image keeps busybox's sh and applets, as upstream.
+func bashShell(files []imageFile) []imageFile {
+	out := make([]imageFile, 0, len(files))
+	for _, f := range files {
+		if f.path == "bin/sh" {
+			f = imageFile{path: "bin/sh", link: "/bin/bash"}
+		}
+		out = append(out, f)
+	}
+	return out
 }
 
 // conformanceImages writes the agnhost, busybox and glibc-dns-testing
@@ -117,7 +138,7 @@ func conformanceImages(dir, k8sBin string) ([]string, error) {
 	}
 	files = append(files, imageFile{path: "etc/nsswitch.conf", data: []byte("hosts: files dns\n"), mode: 0o644})
 
-	agnFiles := append([]imageFile{{path: "agnhost", data: agn, mode: 0o755}, {path: "agnhost-2", link: "agnhost"}}, files...)
+	agnFiles := append([]imageFile{{path: "agnhost", data: agn, mode: 0o755}, {path: "agnhost-2", link: "agnhost"}}, bashShell(files)...)
 	agnTar := filepath.Join(dir, "agnhost-image.tar")
 	if err := writeImage(agnTar, []string{AgnhostImage}, []string{"/agnhost"}, []string{"pause"}, agnFiles); err != nil {
 		return nil, err
@@ -127,7 +148,7 @@ func conformanceImages(dir, k8sBin string) ([]string, error) {
 		return nil, err
 	}
 	glibcTar := filepath.Join(dir, "glibc-dns-testing-image.tar")
-	if err := writeImage(glibcTar, []string{GlibcDNSImage}, nil, []string{"sh"}, files); err != nil {
+	if err := writeImage(glibcTar, []string{GlibcDNSImage}, nil, []string{"sh"}, bashShell(files)); err != nil {
 		return nil, err
 	}
 	return []string{agnTar, bbTar, glibcTar}, nil

@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/weftnet/weft/test/kubeapi"
@@ -152,6 +153,90 @@ func TestConformanceImages(t *testing.T) {
 	for _, want := range []string{"bin/sh", "usr/bin/dig", "usr/bin/getent", "etc/nsswitch.conf"} {
 		if !slices.Contains(glibc, want) {
 			t.Errorf("glibc-dns-testing image lacks %s", want)
+		}
+	}
+}
+
+// In the agnhost and glibc-dns-testing images `sh -c` finds nc, curl and
+// getent through PATH, as the e2e tests' commands expect: busybox-static's
+// sh ran its own nc applet (no -u, -v, -z) instead of /usr/bin/nc. The
+// images' files run in a chroot.
+func TestConformanceImagesShellFindsTools(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for chroot")
+	}
+	bin := filepath.Join(kubeapi.K8SDir(), "bin")
+	if _, err := os.Stat(filepath.Join(bin, "agnhost")); err != nil {
+		t.Skipf("agnhost not built (CMDS=agnhost test/kubeapi/k8s/build.sh): %v", err)
+	}
+	for _, p := range []string{"busybox", "curl", "dig", "nc.openbsd", "ldd", "bash", "getent"} {
+		if _, err := exec.LookPath(p); err != nil {
+			t.Skipf("%s missing (apt-get install -y busybox-static curl bind9-dnsutils netcat-openbsd)", p)
+		}
+	}
+	tars, err := conformanceImages(t.TempDir(), bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, name := range map[int]string{0: "agnhost", 2: "glibc-dns-testing"} {
+		root := t.TempDir()
+		extractLayer(t, tars[i], root)
+		cmd := exec.Command("/bin/sh", "-c", "command -v nc; command -v curl; command -v getent; nc -h 2>&1 | head -1")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: root}
+		cmd.Dir = "/"
+		cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: sh -c: %v\n%s", name, err, out)
+		}
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		if len(lines) < 4 || lines[0] != "/usr/bin/nc" || lines[1] != "/usr/bin/curl" || lines[2] != "/usr/bin/getent" || strings.Contains(lines[3], "BusyBox") {
+			t.Errorf("%s: the shell finds the wrong tools:\n%s", name, out)
+		}
+	}
+}
+
+// extractLayer unpacks the single layer of a docker-save tarball into root.
+func extractLayer(t *testing.T, path, root string) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	outer := tar.NewReader(f)
+	for {
+		h, err := outer.Next()
+		if err != nil {
+			t.Fatalf("no layer in %s: %v", path, err)
+		}
+		if strings.HasSuffix(h.Name, "/layer.tar") {
+			break
+		}
+	}
+	inner := tar.NewReader(outer)
+	for {
+		h, err := inner.Next()
+		if err == io.EOF {
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(root, h.Name)
+		switch h.Typeflag {
+		case tar.TypeDir:
+			err = os.MkdirAll(dst, 0o755)
+		case tar.TypeSymlink:
+			err = os.Symlink(h.Linkname, dst)
+		case tar.TypeReg:
+			var b []byte
+			if b, err = io.ReadAll(inner); err == nil {
+				err = os.WriteFile(dst, b, os.FileMode(h.Mode))
+			}
+		}
+		if err != nil {
+			t.Fatal(err)
 		}
 	}
 }
