@@ -368,7 +368,7 @@ func (c *Cluster) startNode(ctx context.Context, p *testpki.PKI, n *Node) error 
 	n.init, err = startIn(n.Host.Netns, filepath.Join(n.Dir, "logs", "init.log"), []string{
 		"NODE_DIR=" + n.Dir, "NODE_NAME=" + n.Name, "NODE_IP=" + n.IP.String(),
 		"K8S_BIN=" + c.k8sBin, "IMAGES=" + strings.Join(n.images, " "),
-	}, "unshare", "--mount", "--propagation", "slave", "--pid", "--fork", "--mount-proc", "--kill-child", "--", "/bin/bash", script)
+	}, "unshare", "--mount", "--propagation", "slave", "--uts", "--pid", "--fork", "--mount-proc", "--kill-child", "--", "/bin/bash", script)
 	if err != nil {
 		return err
 	}
