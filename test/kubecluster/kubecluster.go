@@ -379,8 +379,21 @@ func (c *Cluster) startNode(ctx context.Context, p *testpki.PKI, n *Node) error 
 		if err != nil || len(bytes.Fields(child)) == 0 {
 			return fmt.Errorf("no child of unshare yet")
 		}
-		n.pidNS, err = os.Readlink(fmt.Sprintf("/proc/%s/ns/pid", bytes.Fields(child)[0]))
-		return err
+		pid := string(bytes.Fields(child)[0])
+		if n.pidNS, err = os.Readlink(fmt.Sprintf("/proc/%s/ns/pid", pid)); err != nil {
+			return err
+		}
+		// hostNetwork pods share the node's UTS namespace: their host
+		// name must be the node's name, as on a real node (Kubernetes'
+		// e2e tests compare hostNetwork answers with node names).
+		out, err := exec.Command("nsenter", "-t", pid, "-u", "hostname").Output()
+		if err != nil {
+			return fmt.Errorf("host name of %s: %w", n.Name, err)
+		}
+		if got := strings.TrimSpace(string(out)); got != n.Name {
+			return fmt.Errorf("host name of %s is %q, not its node name", n.Name, got)
+		}
+		return nil
 	})
 }
 
