@@ -178,9 +178,14 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		return nil, fmt.Errorf("kubecluster: module root: %w", err)
 	}
 	c = &Cluster{Dir: opts.Dir, Root: root, log: opts.Logger, k8sBin: filepath.Join(kubeapi.K8SDir(), "bin")}
+	// made, not c: every `return nil, err` below has set c to nil by the
+	// time this runs.
+	made := c
 	defer func() {
 		if err != nil {
-			c.Close()
+			if cerr := made.Close(); cerr != nil {
+				made.log.Warn("teardown after a failed start", "err", cerr)
+			}
 			c = nil
 		}
 	}()
