@@ -42,6 +42,7 @@ type Agent struct {
 	dp       *dataplane // nil with NoDataplane
 	fp       *fastPath  // nil with NoDataplane
 	kube     *kubeSide  // nil outside Kubernetes
+	policy   *policyCtl // nil without NetworkPolicy enforcement
 
 	joined atomic.Int32 // alive peers last logged, to log changes once
 	// up is set once mesh, ipam, routes and dp are assigned; the API and

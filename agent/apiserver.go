@@ -92,6 +92,7 @@ func (a *Agent) apiHandler() http.Handler {
 	get(api.PathConnections, func(*http.Request) (any, error) { return a.connections(), nil })
 	get(api.PathReport, func(*http.Request) (any, error) { return a.report(), nil })
 	get(api.PathMesh, func(*http.Request) (any, error) { return a.meshHealth() })
+	get(api.PathPolicy, func(*http.Request) (any, error) { return a.policyStatus(), nil })
 	post(api.PathConnect, func(r *http.Request) (any, error) {
 		var req api.PeersRequest
 		if err := decode(r, &req); err != nil {
@@ -149,6 +150,7 @@ func (a *Agent) report() api.Report {
 		Targets:     a.targets(),
 		Containers:  a.containers(),
 		Mesh:        a.meshReport(),
+		Policy:      new(a.policyStatus()),
 	}
 }
 

@@ -60,6 +60,10 @@ type Config struct {
 	// CNIChain are the operator's extra CNI plugins (--cni-chain), written
 	// after weft's own into every conflist (kube.ParseCNIChain).
 	CNIChain []json.RawMessage
+	// NetworkPolicy enforces Kubernetes NetworkPolicy on this node
+	// (--network-policy; the CLI defaults it to Kube). Kubernetes only;
+	// false in Kubernetes removes the policy table a previous agent left.
+	NetworkPolicy bool
 	// NoDataplane runs gossip, IPAM and the local API only: no TUN, no UDP
 	// data socket, no bridge or routes, so nothing needs root. The agent is
 	// ready once IPAM can allocate. It still announces its data port, so
@@ -160,6 +164,9 @@ func (c *Config) Validate() error {
 	}
 	if c.VNI < 1 || c.VNI >= 1<<24 {
 		bad("vxlan-vni", "%d: must be 1..%d", c.VNI, 1<<24-1)
+	}
+	if c.NetworkPolicy && !c.Kube {
+		bad("network-policy", "NetworkPolicy is a Kubernetes API: enforcement needs --kube")
 	}
 	if len(c.Bridge) == 0 || len(c.Bridge) > 15 {
 		bad("bridge", "%q: link names are 1..15 characters", c.Bridge)

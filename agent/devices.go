@@ -7,8 +7,10 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/weftnet/weft/hostnet"
+	"github.com/weftnet/weft/policy"
 	"github.com/weftnet/weft/router/tun"
 	"github.com/weftnet/weft/router/udp"
 )
@@ -36,6 +38,14 @@ type Devices struct {
 	// NewTicker paces the reconcile loop (see ReconcileInterval); nil means
 	// time.NewTicker. Tests give a channel they tick by hand.
 	NewTicker func(d time.Duration) (c <-chan time.Time, stop func())
+	// PolicyEngine builds the NetworkPolicy engine (package policy); nil
+	// means policy.New on a real host, and none on a simulated one (where
+	// --network-policy then fails: tests give a fake or an engine in a
+	// network namespace of their own).
+	PolicyEngine func(cfg policy.Config) (PolicyEngine, error)
+	// KubeClient is the Kubernetes client with --kube; nil means one from
+	// --kubeconfig (or in-cluster). Tests give a fake clientset.
+	KubeClient kubernetes.Interface
 
 	// realHost: HostNet is the kernel's, so the kernel fast path (package
 	// fastdp) may be used too. Set by withDefaults.
@@ -117,6 +127,9 @@ func (d Devices) withDefaults() Devices {
 	if d.HostNet == nil {
 		d.HostNet = kernelHost{}
 		d.realHost = true
+		if d.PolicyEngine == nil {
+			d.PolicyEngine = realPolicyEngine
+		}
 	}
 	if d.NewTicker == nil {
 		d.NewTicker = func(d time.Duration) (<-chan time.Time, func()) {

@@ -56,6 +56,7 @@ func (a *Agent) ipamRoutes(get, post route) {
 			a.pendingAllocs.Add(1)
 			defer a.pendingAllocs.Add(-1)
 			var addr netip.Addr
+			existed := a.hasAllocation(req.ContainerID, req.IfName)
 			start := time.Now()
 			if claim {
 				if addr, err = netip.ParseAddr(req.Address); err != nil {
@@ -72,6 +73,11 @@ func (a *Agent) ipamRoutes(get, post route) {
 			if req.PodName != "" {
 				a.pods.set(podRef{ContainerID: req.ContainerID, IfName: req.IfName, Namespace: req.PodNamespace, Name: req.PodName},
 					a.allocated)
+			}
+			// No unprotected first packet: the pod's rules are in the
+			// kernel before the shim gives it its network.
+			if err := a.admitPod(ctx, req, addr, existed); err != nil {
+				return nil, err
 			}
 			return api.AllocateResponse{
 				Address: netip.PrefixFrom(addr, 32).String(),
@@ -94,7 +100,17 @@ func (a *Agent) ipamRoutes(get, post route) {
 		if !a.running() {
 			return nil, notReady(errNoMesh)
 		}
-		return struct{}{}, ipamError(a.ipam.Release(req.ContainerID, req.IfName))
+		// The shim releases after the interface is gone; the pod's address
+		// leaves the policy sets with it, before another pod can get it.
+		var pods []podRef
+		if a.policy != nil {
+			pods = a.podsOf(req.ContainerID, req.IfName)
+		}
+		err := a.ipam.Release(req.ContainerID, req.IfName)
+		for _, p := range pods {
+			a.policy.refresh(p.Namespace, p.Name)
+		}
+		return struct{}{}, ipamError(err)
 	})
 	post(api.PathGC, func(r *http.Request) (any, error) {
 		var req api.GCRequest
@@ -116,6 +132,9 @@ func (a *Agent) ipamRoutes(get, post route) {
 		resp := api.GCResponse{Released: []api.Attachment{}}
 		for _, r := range released {
 			resp.Released = append(resp.Released, api.Attachment{ContainerID: r.ContainerID, IfName: r.IfName})
+			if ref, ok := a.pods.get(r.ContainerID, r.IfName); ok && a.policy != nil {
+				a.policy.refresh(ref.Namespace, ref.Name)
+			}
 		}
 		return resp, nil
 	})
@@ -246,6 +265,11 @@ func (a *Agent) reset(ctx context.Context) error {
 			a.log.Warn("removing the host network", "err", err)
 		}
 		a.removeFastPath()
+	}
+	if a.policy != nil {
+		if err := a.policy.stop(); err != nil {
+			a.log.Warn("reset: removing the network policy table", "err", err)
+		}
 	}
 	if a.dp != nil && a.dp.crypto != nil {
 		// A new identity next time: nothing of this host's past remains.

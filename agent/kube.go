@@ -17,13 +17,17 @@ import (
 // objects, the ring bootstrapped once through the API server, reclaim of
 // deleted Nodes' ranges, the Node condition and the CNI config.
 type kubeSide struct {
-	cluster *kube.Cluster
+	cluster   *kube.Cluster
+	policySrc *kube.PolicySource // nil without NetworkPolicy enforcement
 }
 
 func (a *Agent) startKube(ctx context.Context) (*kubeSide, error) {
-	client, err := kube.NewClient(a.cfg.Kubeconfig)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
+	client := a.dev.KubeClient
+	if client == nil {
+		var err error
+		if client, err = kube.NewClient(a.cfg.Kubeconfig); err != nil {
+			return nil, fmt.Errorf("kubernetes client: %w", err)
+		}
 	}
 	c, err := kube.New(kube.Config{Client: client, NodeName: a.cfg.Name, Logger: a.log.With("component", "kube")})
 	if err != nil {
@@ -34,7 +38,16 @@ func (a *Agent) startKube(ctx context.Context) (*kubeSide, error) {
 	// publishes its own on its Node (run), and a key announced in gossip is
 	// checked against the peer's Node, from a cache that run keeps.
 	a.pins.SetAuthority(c.SigningKey)
-	return &kubeSide{cluster: c}, nil
+	k := &kubeSide{cluster: c}
+	if a.policy, err = a.startPolicy(); err != nil {
+		return nil, err
+	}
+	if a.policy != nil {
+		// Before any CNI ADD can ask it; Run starts it in run.
+		k.policySrc = kube.NewPolicySource(client, a.policy, a.log.With("component", "policy-source"))
+		a.policy.src = k.policySrc
+	}
+	return k, nil
 }
 
 // publishKeyTimeout bounds the first attempt to publish the signing key,
@@ -67,6 +80,14 @@ func (k *kubeSide) publishSigningKey(ctx context.Context, a *Agent, first bool) 
 
 // run starts its watchers with goRun, so that they end before the agent's Run.
 func (k *kubeSide) run(ctx context.Context, a *Agent, goRun func(func())) {
+	if k.policySrc != nil {
+		goRun(func() { a.policy.run(ctx) })
+		goRun(func() {
+			if err := k.policySrc.Run(ctx); err != nil {
+				a.log.Error("watching pods, namespaces and network policies; CNI ADD answers \"try again\"", "err", err)
+			}
+		})
+	}
 	goRun(func() {
 		if err := k.cluster.WatchSigningKeys(ctx); err != nil {
 			a.log.Error("watching Nodes' signing keys; peers' keys are trusted on first use", "err", err)

@@ -53,6 +53,10 @@ var (
 	descFastdpBytes   = prometheus.NewDesc("weft_fastdp_device_bytes_total", "Bytes of inner frames through the VXLAN device, by direction.", []string{"direction"}, nil)
 	descFastdpDropped = prometheus.NewDesc("weft_fastdp_device_dropped_total", "Packets the VXLAN device dropped, by direction.", []string{"direction"}, nil)
 	descFastdpErrors  = prometheus.NewDesc("weft_fastdp_device_errors_total", "Errors of the VXLAN device, by direction.", []string{"direction"}, nil)
+	descPolicyDrops   = prometheus.NewDesc("weft_policy_drops_total", "Packets NetworkPolicy denied on this node, by direction (ingress: to a local pod; egress: from one).",
+		[]string{"direction"}, nil)
+	descPolicies       = prometheus.NewDesc("weft_policy_policies", "NetworkPolicy objects the enforcement on this node knows (cluster-wide).", nil, nil)
+	descPolicySelected = prometheus.NewDesc("weft_policy_selected_pods", "Pods on this node that at least one NetworkPolicy selects (isolated).", nil, nil)
 )
 
 // Termination reasons of weft_connection_terminations_total: why a remote
@@ -77,6 +81,7 @@ type agentMetrics struct {
 	cniAdd       prometheus.Histogram
 	ipamAllocate prometheus.Histogram
 	terminations *prometheus.CounterVec
+	policyApply  prometheus.Histogram
 
 	mu   sync.Mutex
 	last map[string]mesh.State // remote members' states at the last change
@@ -90,6 +95,8 @@ func newAgentMetrics() *agentMetrics {
 			Help: "Duration of address allocations for pods (successful or not), waiting for a donation included.", Buckets: latencyBuckets}),
 		terminations: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "weft_connection_terminations_total",
 			Help: "Connections to remote peers lost, by reason (a rising rate is flapping)."}, []string{"reason"}),
+		policyApply: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "weft_policy_apply_seconds",
+			Help: "Duration of NetworkPolicy transactions into nftables (informer batches and CNI ADDs).", Buckets: latencyBuckets}),
 		last: map[string]mesh.State{},
 	}
 	for _, r := range terminationReasons {
@@ -134,6 +141,10 @@ func (m *agentMetrics) observeCNI(t api.CNITiming) {
 	}
 }
 
+func (m *agentMetrics) observePolicyApply(d time.Duration) {
+	m.policyApply.Observe(d.Seconds())
+}
+
 func (m *agentMetrics) observeAllocate(start time.Time) {
 	m.ipamAllocate.Observe(time.Since(start).Seconds())
 }
@@ -165,6 +176,13 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descBuild, 1, api.Version, runtime.Version(), datapath)
 	gauge(descPending, float64(a.pendingAllocs.Load()))
 	a.repairs.each(func(what string, n uint64) { counter(descRepairs, n, what) })
+	if a.policy != nil {
+		st := a.policy.status()
+		counter(descPolicyDrops, st.DropsIngress, "ingress")
+		counter(descPolicyDrops, st.DropsEgress, "egress")
+		gauge(descPolicies, float64(st.Policies))
+		gauge(descPolicySelected, float64(st.SelectedPods))
+	}
 	if a.running() {
 		byState := map[mesh.State]int{}
 		for _, p := range a.mesh.Peers() {
@@ -270,7 +288,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 // /metrics does; tests scrape an in-process agent through it.
 func (a *Agent) MetricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collector{a}, a.met.cniAdd, a.met.ipamAllocate, a.met.terminations,
+	reg.MustRegister(collector{a}, a.met.cniAdd, a.met.ipamAllocate, a.met.terminations, a.met.policyApply,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }

@@ -160,6 +160,9 @@ func (c *Client) ReportCNITiming(ctx context.Context, t CNITiming) error {
 func (c *Client) Mesh(ctx context.Context) (m MeshHealth, err error) {
 	return m, c.get(ctx, PathMesh, &m)
 }
+func (c *Client) Policy(ctx context.Context) (p PolicyStatus, err error) {
+	return p, c.get(ctx, PathPolicy, &p)
+}
 func (c *Client) GC(ctx context.Context, req GCRequest) (r GCResponse, err error) {
 	return r, c.post(ctx, PathGC, req, &r)
 }

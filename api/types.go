@@ -30,10 +30,11 @@ const (
 	PathClaim       = "/v1/ipam/claim"
 	PathRelease     = "/v1/ipam/release"
 	PathGC          = "/v1/ipam/gc"
-	PathContainers  = "/v1/containers" // GET []Container (weft ps)
-	PathNetwork     = "/v1/network"    // GET Network (what the CNI shim needs)
-	PathCNITiming   = "/v1/cni/timing" // POST CNITiming (the shim's own latency, for metrics)
-	PathMesh        = "/v1/mesh"       // GET MeshHealth (weft status mesh)
+	PathContainers  = "/v1/containers"    // GET []Container (weft ps)
+	PathNetwork     = "/v1/network"       // GET Network (what the CNI shim needs)
+	PathCNITiming   = "/v1/cni/timing"    // POST CNITiming (the shim's own latency, for metrics)
+	PathMesh        = "/v1/mesh"          // GET MeshHealth (weft status mesh)
+	PathPolicy      = "/v1/status/policy" // GET PolicyStatus (weft status policy)
 )
 
 // Error is the body of every non-2xx answer.
@@ -148,13 +149,42 @@ type IPAMPeerShare struct {
 
 // Report is `weft report`: everything, as stable JSON.
 type Report struct {
-	Status      Status       `json:"status"`
-	Peers       []Peer       `json:"peers"`
-	Connections []Connection `json:"connections"`
-	IPAM        *IPAMStatus  `json:"ipam,omitempty"`
-	Targets     []string     `json:"targets"`
-	Containers  []Container  `json:"containers,omitempty"`
-	Mesh        *MeshHealth  `json:"mesh,omitempty"`
+	Status      Status        `json:"status"`
+	Peers       []Peer        `json:"peers"`
+	Connections []Connection  `json:"connections"`
+	IPAM        *IPAMStatus   `json:"ipam,omitempty"`
+	Targets     []string      `json:"targets"`
+	Containers  []Container   `json:"containers,omitempty"`
+	Mesh        *MeshHealth   `json:"mesh,omitempty"`
+	Policy      *PolicyStatus `json:"policy,omitempty"`
+}
+
+// PolicyStatus is `weft status policy`: NetworkPolicy enforcement on this
+// node.
+type PolicyStatus struct {
+	// Enabled: this agent enforces NetworkPolicy (Kubernetes, and
+	// --network-policy not false). Reason says why not, or what it waits for.
+	Enabled bool   `json:"enabled"`
+	Reason  string `json:"reason,omitempty"`
+	// Synced: the first full list of pods, namespaces and policies is in;
+	// until then the table a previous agent left stays, and CNI ADD answers
+	// "try again".
+	Synced       bool `json:"synced"`
+	Policies     int  `json:"policies"`      // NetworkPolicy objects known (cluster-wide)
+	LocalPods    int  `json:"local_pods"`    // pods on this node with an address
+	SelectedPods int  `json:"selected_pods"` // of those, selected by at least one policy (isolated)
+	// Sets and Rules are the size of what is programmed in nftables: they
+	// grow with the policies, not with pods times policies.
+	Sets  int `json:"sets"`
+	Rules int `json:"rules"`
+	// The last transaction: when, how long it took, and its error if it failed.
+	LastApply     time.Time     `json:"last_apply,omitzero"`
+	LastApplyTook time.Duration `json:"last_apply_took_ns"`
+	LastError     string        `json:"last_error,omitempty"`
+	Applies       uint64        `json:"applies"`        // transactions since start
+	ApplyFailures uint64        `json:"apply_failures"` // of those, failed (retried)
+	DropsIngress  uint64        `json:"drops_ingress"`  // packets denied by ingress rules
+	DropsEgress   uint64        `json:"drops_egress"`   // packets denied by egress rules
 }
 
 // MeshHealth is `weft status mesh`: each peer's own summary of its health

@@ -108,9 +108,25 @@ func TestAgainstAPIServer(t *testing.T) {
 		if agent, err = NewClient(kc); err != nil {
 			t.Fatal(err)
 		}
+		// What NetworkPolicy enforcement reads, it may list.
+		if _, err := agent.CoreV1().Pods("").List(ctx, metav1.ListOptions{}); err != nil {
+			t.Errorf("SA may not list pods: %v", err)
+		}
+		if _, err := agent.CoreV1().Namespaces().List(ctx, metav1.ListOptions{}); err != nil {
+			t.Errorf("SA may not list namespaces: %v", err)
+		}
+		if _, err := agent.NetworkingV1().NetworkPolicies("").List(ctx, metav1.ListOptions{}); err != nil {
+			t.Errorf("SA may not list network policies: %v", err)
+		}
 		// Least privilege: things weft has no business doing are refused.
-		if _, err := agent.CoreV1().Pods("").List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
-			t.Errorf("SA may list pods (err=%v)", err)
+		if _, err := agent.CoreV1().Pods("default").Get(ctx, "any", metav1.GetOptions{}); !apierrors.IsForbidden(err) {
+			t.Errorf("SA may get pods (err=%v)", err)
+		}
+		if err := agent.CoreV1().Pods("default").Delete(ctx, "any", metav1.DeleteOptions{}); !apierrors.IsForbidden(err) {
+			t.Errorf("SA may delete pods (err=%v)", err)
+		}
+		if err := agent.NetworkingV1().NetworkPolicies("default").Delete(ctx, "any", metav1.DeleteOptions{}); !apierrors.IsForbidden(err) {
+			t.Errorf("SA may delete network policies (err=%v)", err)
 		}
 		if _, err := agent.CoreV1().Secrets(DefaultNamespace).List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
 			t.Errorf("SA may list secrets (err=%v)", err)

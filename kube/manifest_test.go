@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"slices"
@@ -66,12 +67,23 @@ func TestManifest(t *testing.T) {
 		case *rbacv1.Role:
 			roles = append(roles, o)
 		case *rbacv1.ClusterRole:
+			// Exactly what weft needs: Nodes, its own Node's status, and
+			// read-only lists of what NetworkPolicy enforcement reads.
+			want := []string{
+				"[] [nodes] [get list watch]",
+				"[] [nodes/status] [patch]",
+				"[] [pods namespaces] [list watch]",
+				"[networking.k8s.io] [networkpolicies] [list watch]",
+			}
+			var got []string
 			for _, r := range o.Rules {
-				for _, v := range r.Verbs {
-					if v == "*" || slices.Contains(r.Resources, "secrets") || slices.Contains(r.Resources, "pods") {
-						t.Errorf("ClusterRole rule %+v is broader than weft needs", r)
-					}
+				if len(r.ResourceNames) > 0 || len(r.NonResourceURLs) > 0 {
+					t.Errorf("ClusterRole rule %+v: unexpected names or URLs", r)
 				}
+				got = append(got, fmt.Sprintf("%v %v %v", r.APIGroups, r.Resources, r.Verbs))
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("ClusterRole rules %q, want exactly %q", got, want)
 			}
 		}
 	}
@@ -154,6 +166,9 @@ func TestManifest(t *testing.T) {
 	}
 	if _, ok := env["WEFT_PLAINTEXT"]; ok {
 		t.Error("the manifest chooses plaintext itself; that is the operator's choice, in the Secret")
+	}
+	if v := env["WEFT_NETWORK_POLICY"].Value; v != "true" {
+		t.Errorf("WEFT_NETWORK_POLICY = %q, want \"true\" (the knob, shown)", v)
 	}
 	for _, k := range []string{"IPALLOC_RANGE", "WEFT_MTU"} {
 		if _, ok := env[k]; !ok {

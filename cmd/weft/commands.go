@@ -49,6 +49,10 @@ func writeReport(w io.Writer, r api.Report, now time.Time) {
 		fmt.Fprintln(w)
 		writeIPAM(w, *r.IPAM)
 	}
+	if r.Policy != nil {
+		fmt.Fprintln(w)
+		writePolicy(w, *r.Policy, now)
+	}
 	fmt.Fprintln(w)
 	writeContainers(w, r.Containers)
 	fmt.Fprintln(w, "\nTargets:", strings.Join(r.Targets, " "))

@@ -52,6 +52,9 @@ func launchCommand() *cli.Command {
 			&cli.StringFlag{Name: "kubeconfig", EnvVars: []string{"KUBECONFIG"}, Usage: "kubeconfig for --kube outside a pod (default: in-cluster)"},
 			&cli.StringFlag{Name: "cni-conf-dir", EnvVars: []string{"WEFT_CNI_CONF_DIR"}, Usage: "write 10-weft.conflist here once the agent is ready (Kubernetes)"},
 			&cli.StringFlag{Name: "cni-chain", EnvVars: []string{"WEFT_CNI_CHAIN"}, Usage: "JSON array of extra CNI plugin configs, chained after weft-cni, portmap and bandwidth in 10-weft.conflist"},
+			&cli.BoolFlag{Name: "network-policy", EnvVars: []string{"WEFT_NETWORK_POLICY"},
+				Usage:       "enforce Kubernetes NetworkPolicy on this node; false for clusters that run another policy engine (removes weft's policy table). Kubernetes only: not applicable on bare hosts",
+				DefaultText: "true in Kubernetes, false on bare hosts"},
 			&cli.DurationFlag{Name: "rekey-after", EnvVars: []string{"WEFT_REKEY_AFTER"}, Value: 2 * time.Minute, Usage: "age at which encrypted sessions are replaced"},
 			&cli.StringFlag{Name: "log-format", EnvVars: []string{"WEFT_LOG_FORMAT"}, Value: "text", Usage: "text or json"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{"WEFT_LOG_LEVEL"}, Value: "info", Usage: "debug, info, warn or error"},
@@ -121,6 +124,11 @@ func launchConfig(c *cli.Context) (agent.Config, error) {
 	}
 	if !c.IsSet("kube") && kube.InCluster() {
 		cfg.Kube = true
+	}
+	// On by default in Kubernetes; given on a bare host, Validate refuses it.
+	cfg.NetworkPolicy = cfg.Kube
+	if c.IsSet("network-policy") {
+		cfg.NetworkPolicy = c.Bool("network-policy")
 	}
 	if cfg.Name == "" {
 		cfg.Name, _ = os.Hostname()

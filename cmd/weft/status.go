@@ -45,7 +45,7 @@ func statusCommand() *cli.Command {
 		Usage: "show the agent's view of the mesh",
 		Description: "With no view: an overview. Exit codes: 0 ready, 1 no agent answers, 2 usage,\n" +
 			"3 the agent answers but is not ready (for the overview and every view).\n" +
-			"Views: peers, connections, ipam, mesh, targets.",
+			"Views: peers, connections, ipam, mesh, policy, targets.",
 		Flags: []cli.Flag{runDirFlag(), outputFlag(outTable)},
 		Action: func(c *cli.Context) error {
 			if c.Args().Present() {
@@ -81,6 +81,9 @@ func statusCommand() *cli.Command {
 			view("mesh", "the whole mesh as every peer sees it: who reaches whom, outliers first",
 				func(ctx context.Context, cl *api.Client) (any, error) { return cl.Mesh(ctx) },
 				func(w io.Writer, v any) { writeMesh(w, v.(api.MeshHealth)) }),
+			view("policy", "NetworkPolicy enforcement on this node: policies, selected pods, the last update",
+				func(ctx context.Context, cl *api.Client) (any, error) { return cl.Policy(ctx) },
+				func(w io.Writer, v any) { writePolicy(w, v.(api.PolicyStatus), time.Now()) }),
 			view("targets", "the addresses this agent keeps joining",
 				func(ctx context.Context, cl *api.Client) (any, error) { return cl.Targets(ctx) },
 				func(w io.Writer, v any) {
@@ -93,7 +96,7 @@ func statusCommand() *cli.Command {
 }
 
 // statusViews are the subcommands of status, for suggestions.
-var statusViews = []string{"peers", "connections", "ipam", "mesh", "targets"}
+var statusViews = []string{"peers", "connections", "ipam", "mesh", "policy", "targets"}
 
 // readiness turns a status that is not ready into exit code 3.
 func readiness(st api.Status) error {
@@ -317,4 +320,37 @@ func writeMesh(w io.Writer, m api.MeshHealth) {
 		rows = append(rows, row)
 	}
 	table(w, header, rows)
+}
+
+// writePolicy is `weft status policy`.
+func writePolicy(w io.Writer, p api.PolicyStatus, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 4, 1, ' ', tabwriter.AlignRight)
+	line := func(k, v string) { fmt.Fprintf(tw, "%s:\t %s\n", k, v) }
+	state := "enabled"
+	switch {
+	case !p.Enabled:
+		state = "disabled"
+	case !p.Synced:
+		state = "enabled, not synced yet"
+	}
+	if p.Reason != "" {
+		state += " (" + p.Reason + ")"
+	}
+	line("NetworkPolicy", state)
+	if p.Enabled {
+		line("Policies", fmt.Sprint(p.Policies))
+		line("Local pods", fmt.Sprintf("%d (%d selected by a policy)", p.LocalPods, p.SelectedPods))
+		line("Programmed", fmt.Sprintf("%d sets, %d rules", p.Sets, p.Rules))
+		last := ago(now, p.LastApply)
+		if !p.LastApply.IsZero() {
+			last += fmt.Sprintf(", took %s", p.LastApplyTook.Round(time.Microsecond))
+		}
+		line("Last update", last)
+		line("Updates", fmt.Sprintf("%d (%d failed)", p.Applies, p.ApplyFailures))
+		if p.LastError != "" {
+			line("Last error", p.LastError)
+		}
+		line("Dropped", fmt.Sprintf("%d ingress, %d egress", p.DropsIngress, p.DropsEgress))
+	}
+	tw.Flush()
 }
