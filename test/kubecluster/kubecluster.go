@@ -225,7 +225,10 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		}
 	}
 	start := time.Now()
-	err = c.WaitNodes(ctx, 2*time.Minute, func(nodes []NodeStatus) error {
+	// Generous: each node imports every image into its containerd before
+	// its kubelet starts, which on the shared 2-core machine under load
+	// took more than 2 minutes.
+	err = c.WaitNodes(ctx, 5*time.Minute, func(nodes []NodeStatus) error {
 		if len(nodes) != len(c.Nodes) {
 			return fmt.Errorf("%d of %d nodes registered", len(nodes), len(c.Nodes))
 		}
