@@ -34,7 +34,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -90,10 +89,9 @@ type Cluster struct {
 	Kubeconfig string // admin (system:masters)
 	Root       string // this checkout (module root)
 
-	log         *slog.Logger
-	k8sBin      string
-	control     []*process // started in this order, stopped in reverse
-	mountpoints []string   // directories created on the machine as bind targets, deepest last
+	log     *slog.Logger
+	k8sBin  string
+	control []*process // started in this order, stopped in reverse
 }
 
 // Node is one kubelet + containerd in a test bed host.
@@ -490,24 +488,16 @@ conntrack:
 `, n.Dir, PodCIDR, n.Name, n.IP)
 }
 
-// ensureMountpoint creates target on the machine if missing, remembering
-// what it created so Close removes exactly that.
+// ensureMountpoint creates target on the machine if missing. It stays
+// there: removing it at Close detached, in every other cluster running on
+// the machine at the time, the node bind mounts on it (since Linux 3.18 the
+// rmdir of a mount point in another mount namespace succeeds and drops
+// those mounts), and that cluster's containerd lost /opt/cni/bin in the
+// middle of its run ("failed to find plugin loopback").
 func (c *Cluster) ensureMountpoint(target string) error {
-	var created []string
-	for d := target; d != "/"; d = filepath.Dir(d) {
-		if _, err := os.Stat(d); err == nil {
-			break
-		}
-		created = append(created, d)
-	}
-	if len(created) == 0 {
-		return nil
-	}
 	if err := os.MkdirAll(target, 0o755); err != nil {
 		return fmt.Errorf("mountpoint %s: %w", target, err)
 	}
-	slices.Reverse(created) // parents first
-	c.mountpoints = append(c.mountpoints, created...)
 	return nil
 }
 
@@ -611,12 +601,6 @@ func (c *Cluster) Close() error {
 	} else if err := os.RemoveAll(c.Dir); err != nil {
 		errs = append(errs, fmt.Errorf("kubecluster: remove %s: %w", c.Dir, err))
 	}
-	for i := len(c.mountpoints) - 1; i >= 0; i-- {
-		if err := os.Remove(c.mountpoints[i]); err != nil && !os.IsNotExist(err) {
-			errs = append(errs, fmt.Errorf("kubecluster: remove mountpoint: %w", err))
-		}
-	}
-	c.mountpoints = nil
 	return errors.Join(errs...)
 }
 
