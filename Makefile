@@ -134,13 +134,13 @@ test-kube: kube-deps
 # weft; see site/conformance.md for the selection and every skip. JUnit goes
 # to _artifacts/conformance/, the counts are printed last.
 conformance: kube-deps
-	CMDS="e2e.test agnhost" test/kubeapi/k8s/build.sh
+	CMDS="e2e.test agnhost ginkgo" test/kubeapi/k8s/build.sh
 	@missing=""; for p in busybox-static bind9-dnsutils curl netcat-openbsd; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 	@mkdir -p _artifacts/conformance
 	@(WEFT_CONFORMANCE_DIR=$(CURDIR)/_artifacts/conformance $(GO) test -count=1 -tags kubecluster -run '^TestConformance$$' -timeout 120m -v ./test/e2e/; \
 		echo $$? >_artifacts/conformance/rc) | tee _artifacts/conformance/go-test.log; \
-	grep -h 'CONFORMANCE' _artifacts/conformance/go-test.log | tail -1; exit $$(cat _artifacts/conformance/rc)
+	grep -h 'CONFORMANCE ' _artifacts/conformance/go-test.log | sed 's/^ *kubecluster_test.go:[0-9]*: //'; exit $$(cat _artifacts/conformance/rc)
 
 # cni-plugins builds the portmap and bandwidth plugins the image ships into
 # bin/ (for prog/image/Dockerfile; prog/image/build.sh builds them itself).

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -209,16 +210,30 @@ func TestConformance(t *testing.T) {
 	for _, f := range old {
 		os.Remove(f)
 	}
-	counts, err := c.RunConformance(ctx, reportDir, t.Logf)
+	run := kubecluster.ConformanceRun{Focus: os.Getenv("WEFT_CONFORMANCE_FOCUS")}
+	if p := os.Getenv("WEFT_CONFORMANCE_PROCS"); p != "" {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 {
+			t.Fatalf("WEFT_CONFORMANCE_PROCS=%q: want a number >= 1", p)
+		}
+		run.Procs = n
+	}
+	began := time.Now()
+	all, err := c.RunConformance(ctx, reportDir, run, t.Logf)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, c.Diagnose())
 	}
-	for _, name := range counts.SkippedNames {
-		t.Logf("skipped: %s", name)
+	for _, counts := range all {
+		for _, name := range counts.SkippedNames {
+			t.Logf("skipped (%s): %s", counts.Name, name)
+		}
+		for _, name := range counts.Failures {
+			t.Errorf("FAILED (%s): %s", counts.Name, name)
+		}
 	}
-	for _, name := range counts.Failures {
-		t.Errorf("FAILED: %s", name)
+	t.Logf("suite ran in %s; JUnit in %s", time.Since(began).Round(time.Second), reportDir)
+	for _, counts := range all {
+		t.Logf("CONFORMANCE %s (%s): %d selected, %d passed, %d failed, %d skipped",
+			counts.Name, counts.Focus, counts.Selected, counts.Passed, counts.Failed, counts.Skipped)
 	}
-	t.Logf("CONFORMANCE (%s): %d selected, %d passed, %d failed, %d skipped; JUnit in %s",
-		kubecluster.ConformanceFocus, counts.Selected, counts.Passed, counts.Failed, counts.Skipped, reportDir)
 }

@@ -182,9 +182,14 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		return nil, fmt.Errorf("kubecluster: module root: %w", err)
 	}
 	c = &Cluster{Dir: opts.Dir, Root: root, log: opts.Logger, k8sBin: filepath.Join(kubeapi.K8SDir(), "bin")}
+	// made, not c: every `return nil, err` below has set c to nil by the
+	// time this runs.
+	made := c
 	defer func() {
 		if err != nil {
-			c.Close()
+			if cerr := made.Close(); cerr != nil {
+				made.log.Warn("teardown after a failed start", "err", cerr)
+			}
 			c = nil
 		}
 	}()
@@ -226,8 +231,21 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 			return nil, fmt.Errorf("kubecluster: %s: %w", n.Name, err)
 		}
 	}
+	if opts.Conformance {
+		// The control plane lives in the outside-world namespace, which
+		// has no route to pods; on a real cluster it runs on a node with
+		// the pod network. Kubernetes' e2e tests read results from pods
+		// through the apiserver's pod proxy (the DNS tests do), so give
+		// it a way in: through the first node, which routes the range.
+		if out, err := exec.CommandContext(ctx, "ip", "-n", c.Bed.Outside, "route", "replace", PodCIDR, "via", c.Nodes[0].IP.String()).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("kubecluster: route to pods from the control plane: %w: %s", err, out)
+		}
+	}
 	start := time.Now()
-	err = c.WaitNodes(ctx, 2*time.Minute, func(nodes []NodeStatus) error {
+	// Generous: each node imports every image into its containerd before
+	// its kubelet starts, which on the shared 2-core machine under load
+	// took more than 2 minutes.
+	err = c.WaitNodes(ctx, 5*time.Minute, func(nodes []NodeStatus) error {
 		if len(nodes) != len(c.Nodes) {
 			return fmt.Errorf("%d of %d nodes registered", len(nodes), len(c.Nodes))
 		}
@@ -375,7 +393,7 @@ func (c *Cluster) startNode(ctx context.Context, p *testpki.PKI, n *Node) error 
 	n.init, err = startIn(n.Host.Netns, filepath.Join(n.Dir, "logs", "init.log"), []string{
 		"NODE_DIR=" + n.Dir, "NODE_NAME=" + n.Name, "NODE_IP=" + n.IP.String(),
 		"K8S_BIN=" + c.k8sBin, "IMAGES=" + strings.Join(n.images, " "),
-	}, "unshare", "--mount", "--propagation", "slave", "--pid", "--fork", "--mount-proc", "--kill-child", "--", "/bin/bash", script)
+	}, "unshare", "--mount", "--propagation", "slave", "--uts", "--pid", "--fork", "--mount-proc", "--kill-child", "--", "/bin/bash", script)
 	if err != nil {
 		return err
 	}
@@ -386,8 +404,21 @@ func (c *Cluster) startNode(ctx context.Context, p *testpki.PKI, n *Node) error 
 		if err != nil || len(bytes.Fields(child)) == 0 {
 			return fmt.Errorf("no child of unshare yet")
 		}
-		n.pidNS, err = os.Readlink(fmt.Sprintf("/proc/%s/ns/pid", bytes.Fields(child)[0]))
-		return err
+		pid := string(bytes.Fields(child)[0])
+		if n.pidNS, err = os.Readlink(fmt.Sprintf("/proc/%s/ns/pid", pid)); err != nil {
+			return err
+		}
+		// hostNetwork pods share the node's UTS namespace: their host
+		// name must be the node's name, as on a real node (Kubernetes'
+		// e2e tests compare hostNetwork answers with node names).
+		out, err := exec.Command("nsenter", "-t", pid, "-u", "hostname").Output()
+		if err != nil {
+			return fmt.Errorf("host name of %s: %w", n.Name, err)
+		}
+		if got := strings.TrimSpace(string(out)); got != n.Name {
+			return fmt.Errorf("host name of %s is %q, not its node name", n.Name, got)
+		}
+		return nil
 	})
 }
 

@@ -1,18 +1,21 @@
 #!/bin/bash
 # PID 1 of one simulated Kubernetes node. kubecluster starts it as
-#   nsenter --net=NODE-NETNS unshare --mount --propagation slave --pid --fork --mount-proc --kill-child
-# so the node has the test bed host's network namespace plus a mount and a pid
-# namespace of its own:
+#   nsenter --net=NODE-NETNS unshare --mount --propagation slave --uts --pid --fork --mount-proc --kill-child
+# so the node has the test bed host's network namespace plus a mount, a UTS and
+# a pid namespace of its own:
 # - mount: the paths a real node owns (/run, /etc/cni/net.d, /opt/cni/bin,
 #   /var/lib/weft, /var/lib/kubelet, /var/log/pods, /var/log/containers) are
 #   bind mounts of this node's directory, so the unmodified weft DaemonSet's
 #   hostPath volumes land per node, and every mount containerd and kubelet make
 #   (overlay rootfs, shm, secrets, netns pins) lives and dies with this namespace;
+# - uts: the node's host name is its node name, as on a real node; hostNetwork
+#   pods share it (Kubernetes' e2e tests expect their answer to be the name);
 # - pid: when this script dies (its parent unshare is killed) the kernel kills
 #   every process of the node: kubelet, containerd, shims and all containers.
 # Environment: NODE_DIR NODE_NAME NODE_IP K8S_BIN IMAGES (space-separated tarballs).
 set -euo pipefail
 log() { echo "$(date +%T.%N) node-init $NODE_NAME: $*"; }
+hostname "$NODE_NAME"
 
 # -n: no utab entry; libmount would otherwise create /run/mount on the machine
 # before the first bind (the one over /run) is in place.

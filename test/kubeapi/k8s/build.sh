@@ -5,6 +5,7 @@
 #   agnhost   (the e2e test image's binary, k8s.io/kubernetes/test/images/agnhost)
 #   e2e.test  (Kubernetes' end-to-end suite, `go test -c k8s.io/kubernetes/test/e2e`)
 #   coredns   (the cluster DNS, from the wrapper module test/kubecluster/coredns)
+#   ginkgo    (the ginkgo CLI at the version k8s.io/kubernetes v1.36.3 pins: runs e2e.test in parallel)
 # build/ is a wrapper module requiring k8s.io/kubernetes v1.36.3 with every staging module
 # replaced by v0.36.3 (the proxy serves only that release); build/tools.go pins every package
 # built here so go.sum holds all their dependencies. Copied from the checked recipe in the
@@ -24,6 +25,7 @@ for c in ${CMDS:-kube-apiserver kubectl}; do
   case $c in
   e2e.test) CGO_ENABLED=0 GOFLAGS=-buildvcs=false go test -c -trimpath -ldflags "$LD" -o "$out" k8s.io/kubernetes/test/e2e ;;
   coredns) (cd ../../../kubecluster/coredns && CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -trimpath -ldflags "-s -w" -o "$out" .) ;;
+  ginkgo) CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -trimpath -ldflags "-s -w" -o "$out" github.com/onsi/ginkgo/v2/ginkgo ;;
   agnhost) CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -trimpath -ldflags "$LD" -o "$out" k8s.io/kubernetes/test/images/agnhost ;;
   *) CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -trimpath -ldflags "$LD" -o "$out" "k8s.io/kubernetes/cmd/$c" ;;
   esac
