@@ -38,6 +38,9 @@ type PolicyEngine interface {
 	// that a pod given a released address inherits no established flow
 	// (which the rules accept before any policy). Slow: off the ADD path.
 	ForgetFlows(addrs ...netip.Addr) (int, error)
+	// FlushNeighbours deletes the neighbour entries of these addresses,
+	// dropping packets queued on them before the address was isolated.
+	FlushNeighbours(addrs ...netip.Addr) (int, error)
 }
 
 // realPolicyEngine is Devices.PolicyEngine on a real host.
@@ -340,6 +343,11 @@ func (c *policyCtl) admit(ctx context.Context, namespace, name string, addr neti
 	if err := c.applyLocked(ctx); err != nil {
 		return err
 	}
+	// Packets forwarded to addr before this Apply isolated it may wait in
+	// the bridge's neighbour queue; once the pod answers ARP they would be
+	// delivered past the policy, and its reply would make their flow
+	// established. Drop them before the pod has its network.
+	c.flushNeighbours(addr)
 	// The address was given back a moment ago and the run loop has not
 	// yet forgotten its flows: do it now, before the pod gets it.
 	if c.released[addr] {
@@ -359,6 +367,16 @@ func (c *policyCtl) forgetFlows(addrs []netip.Addr) {
 		c.log.Warn("deleting the conntrack entries of released pod addresses", "addresses", addrs, "err", err)
 	} else if n > 0 {
 		c.log.Debug("deleted the conntrack entries of released pod addresses", "addresses", addrs, "entries", n)
+	}
+}
+
+// flushNeighbours deletes the neighbour entries of addr; a failure is logged
+// (a packet queued before the isolation may then reach the pod).
+func (c *policyCtl) flushNeighbours(addr netip.Addr) {
+	if n, err := c.eng.FlushNeighbours(addr); err != nil {
+		c.log.Warn("deleting the neighbour entries of a new pod address", "address", addr, "err", err)
+	} else if n > 0 {
+		c.log.Debug("deleted the neighbour entries of a new pod address", "address", addr, "entries", n)
 	}
 }
 

@@ -155,6 +155,11 @@ func TestPolicyGatesCNIAdd(t *testing.T) {
 	if in, _ := eng.Selected("np", "web"); !in {
 		t.Error("np/web not isolated for ingress when ADD returned")
 	}
+	// Packets queued for the address before it was isolated are dropped:
+	// its neighbour entries were flushed after the Apply that isolated it.
+	if fl := eng.Flushed(); len(fl) == 0 || !slices.Equal(fl[len(fl)-1].Addrs, []netip.Addr{addr}) || !fl[len(fl)-1].Applied {
+		t.Errorf("neighbour flushes when ADD returned: %+v, want the last one of [%s] after its Apply", fl, addr)
+	}
 	admitted := len(eng.History("np", "web"))
 
 	// The status later confirms the address: no flap.

@@ -6,11 +6,14 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	networkingv1 "k8s.io/api/networking/v1"
 )
@@ -154,5 +157,73 @@ func BenchmarkApplyPolicyChange(b *testing.B) {
 			}
 			reportCPU(b, c0)
 		})
+	}
+}
+
+// ForgetFlows dumps the whole conntrack table to find an address's flows:
+// its cost grows with the table, which is why the agent keeps it off the
+// CNI ADD path (FlushNeighbours there costs one neighbour dump).
+//
+//	go test -run '^$' -bench 'ForgetFlows|FlushNeighbours' ./policy
+func BenchmarkForgetFlows(b *testing.B) {
+	for _, n := range []int{1000, 10000, 50000} {
+		b.Run(fmt.Sprintf("entries=%d", n), func(b *testing.B) {
+			ns := benchNetns(b)
+			h, err := netlinkHandle(ns, unix.NETLINK_NETFILTER)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer h.Close()
+			for i := range n {
+				src := net.IPv4(10, 32, byte(1+i>>16), byte(i>>8)).To4()
+				fl := &netlink.ConntrackFlow{
+					FamilyType: unix.AF_INET,
+					Forward:    netlink.IPTuple{SrcIP: src, DstIP: net.IPv4(10, 32, 0, 10).To4(), Protocol: unix.IPPROTO_UDP, SrcPort: uint16(1024 + i&0xff), DstPort: 53},
+					Reverse:    netlink.IPTuple{SrcIP: net.IPv4(10, 32, 0, 10).To4(), DstIP: src, Protocol: unix.IPPROTO_UDP, SrcPort: 53, DstPort: uint16(1024 + i&0xff)},
+					TimeOut:    600,
+				}
+				if err := h.ConntrackCreate(netlink.ConntrackTable, unix.AF_INET, fl); err != nil {
+					b.Fatalf("conntrack entry %d: %v", i, err)
+				}
+			}
+			e, err := New(Config{NetNS: ns})
+			if err != nil {
+				b.Fatal(err)
+			}
+			absent := netip.MustParseAddr("10.32.0.99")
+			b.ResetTimer()
+			for range b.N {
+				if k, err := e.ForgetFlows(absent); err != nil || k != 0 {
+					b.Fatalf("ForgetFlows = %d, %v", k, err)
+				}
+			}
+		})
+	}
+}
+
+// FlushNeighbours on a node with 250 neighbours (a full /24 of pods).
+func BenchmarkFlushNeighbours(b *testing.B) {
+	ns := benchNetns(b)
+	run := func(args ...string) {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			b.Fatalf("%v: %v: %s", args, err, out)
+		}
+	}
+	run("ip", "-n", ns, "link", "add", "weft", "type", "bridge")
+	run("ip", "-n", ns, "addr", "add", "10.32.0.1/24", "dev", "weft")
+	run("ip", "-n", ns, "link", "set", "weft", "up")
+	for i := 2; i < 252; i++ {
+		run("ip", "-n", ns, "neigh", "add", fmt.Sprintf("10.32.0.%d", i), "lladdr", fmt.Sprintf("02:00:00:00:00:%02x", i), "dev", "weft", "nud", "reachable")
+	}
+	e, err := New(Config{NetNS: ns})
+	if err != nil {
+		b.Fatal(err)
+	}
+	absent := netip.MustParseAddr("10.32.0.254")
+	b.ResetTimer()
+	for range b.N {
+		if k, err := e.FlushNeighbours(absent); err != nil || k != 0 {
+			b.Fatalf("FlushNeighbours = %d, %v", k, err)
+		}
 	}
 }

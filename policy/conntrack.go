@@ -42,7 +42,7 @@ func (f flowFilter) MatchConntrackFlow(fl *netlink.ConntrackFlow) bool {
 }
 
 func forgetFlows(cfg Config, f flowFilter) (int, error) {
-	h, err := netlinkHandle(cfg.NetNS)
+	h, err := netlinkHandle(cfg.NetNS, unix.NETLINK_NETFILTER)
 	if err != nil {
 		return 0, err
 	}
@@ -54,9 +54,12 @@ func forgetFlows(cfg Config, f flowFilter) (int, error) {
 	return int(n), nil
 }
 
-func netlinkHandle(ns string) (*netlink.Handle, error) {
+// netlinkHandle opens a netlink handle for proto in namespace ns (a name or
+// a path; "" is the current one). Only proto may be used on it: the library
+// would open any other protocol's socket in the calling thread's namespace.
+func netlinkHandle(ns string, proto int) (*netlink.Handle, error) {
 	if ns == "" {
-		h, err := netlink.NewHandle(unix.NETLINK_NETFILTER)
+		h, err := netlink.NewHandle(proto)
 		if err != nil {
 			return nil, fmt.Errorf("policy: netlink: %w", err)
 		}
@@ -73,7 +76,7 @@ func netlinkHandle(ns string) (*netlink.Handle, error) {
 		return nil, fmt.Errorf("policy: network namespace %s: %w", ns, err)
 	}
 	defer nh.Close()
-	h, err := netlink.NewHandleAt(nh, unix.NETLINK_NETFILTER)
+	h, err := netlink.NewHandleAt(nh, proto)
 	if err != nil {
 		return nil, fmt.Errorf("policy: netlink in %s: %w", ns, err)
 	}

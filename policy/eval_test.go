@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net/netip"
 	"reflect"
@@ -43,8 +44,9 @@ type fakeKernel struct {
 	fulls, diffs int
 	elemOps      int // set elements sent by the last write
 	fail         error
-	failOnce     bool  // fail is for the next write only
-	bridgeErr    error // what ensureBridgeNF says
+	failOnce     bool                  // fail is for the next write only
+	bridgeErr    error                 // what ensureBridgeNF says
+	flushes      []map[netip.Addr]bool // the addresses of each flushNeighbours
 }
 
 func newFakeKernel(t testing.TB) *fakeKernel { return &fakeKernel{t: t} }
@@ -136,8 +138,12 @@ func (k *fakeKernel) writeChange(p *program, contents map[string]map[string]int,
 
 func (k *fakeKernel) readDrops() (uint64, uint64, error)  { return 0, 0, nil }
 func (k *fakeKernel) forgetFlows(flowFilter) (int, error) { return 0, nil }
-func (k *fakeKernel) remove() error                       { k.prog, k.sets = nil, nil; return nil }
-func (k *fakeKernel) ensureBridgeNF() error               { return k.bridgeErr }
+func (k *fakeKernel) flushNeighbours(a map[netip.Addr]bool) (int, error) {
+	k.flushes = append(k.flushes, maps.Clone(a))
+	return len(a), nil
+}
+func (k *fakeKernel) remove() error         { k.prog, k.sets = nil, nil; return nil }
+func (k *fakeKernel) ensureBridgeNF() error { return k.bridgeErr }
 
 func (k *fakeKernel) snapshot() map[string]map[string]bool {
 	out := map[string]map[string]bool{}
@@ -256,4 +262,22 @@ func (k *fakeKernel) match(c cond, pk packet) bool {
 	}
 	k.t.Fatalf("unknown condition %d", c.op)
 	return false
+}
+
+// FlushNeighbours hands the kernel each address once, IPv4-mapped ones as
+// IPv4, and does not go to the kernel for no address.
+func TestFlushNeighboursAddrs(t *testing.T) {
+	fk := newFakeKernel(t)
+	e := newEngine(Config{}, slog.New(slog.DiscardHandler), fk)
+	if n, err := e.FlushNeighbours(); n != 0 || err != nil || len(fk.flushes) != 0 {
+		t.Fatalf("FlushNeighbours() = %d, %v; kernel calls %v", n, err, fk.flushes)
+	}
+	n, err := e.FlushNeighbours(netip.MustParseAddr("10.32.0.9"), netip.MustParseAddr("::ffff:10.32.0.9"), netip.MustParseAddr("fd00::9"))
+	if err != nil || n != 2 {
+		t.Fatalf("FlushNeighbours = %d, %v; want 2, nil", n, err)
+	}
+	want := map[netip.Addr]bool{netip.MustParseAddr("10.32.0.9"): true, netip.MustParseAddr("fd00::9"): true}
+	if len(fk.flushes) != 1 || !maps.Equal(fk.flushes[0], want) {
+		t.Fatalf("kernel got %v, want [%v]", fk.flushes, want)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -30,6 +31,7 @@ type backend interface {
 	remove() error
 	ensureBridgeNF() error
 	forgetFlows(f flowFilter) (int, error)
+	flushNeighbours(addrs map[netip.Addr]bool) (int, error)
 }
 
 // nftBackend programs nftables in the namespace of cfg.
@@ -44,7 +46,10 @@ func (b nftBackend) writeChange(p *program, contents map[string]map[string]int, 
 func (b nftBackend) readDrops() (uint64, uint64, error)    { return readDrops(b.cfg) }
 func (b nftBackend) remove() error                         { return removeTable(b.cfg) }
 func (b nftBackend) forgetFlows(f flowFilter) (int, error) { return forgetFlows(b.cfg, f) }
-func (b nftBackend) ensureBridgeNF() error                 { return ensureBridgeNF(b.cfg.NetNS) }
+func (b nftBackend) flushNeighbours(a map[netip.Addr]bool) (int, error) {
+	return flushNeighbours(b.cfg, a)
+}
+func (b nftBackend) ensureBridgeNF() error { return ensureBridgeNF(b.cfg.NetNS) }
 
 // sockBuf is the netlink socket buffer size forced on the connection: a
 // whole table with thousands of set elements goes in one sendmsg, which

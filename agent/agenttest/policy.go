@@ -38,6 +38,15 @@ type PolicyEngine struct {
 	applyErr  error
 	history   map[string][]policy.Pod // every SetPod of a pod, a zero Pod for DeletePod
 	forgotten []netip.Addr
+	flushed   []Flush
+}
+
+// Flush is one FlushNeighbours call: its addresses, and whether each of
+// them was already a local pod's as of the last Apply (so the rules that
+// isolate it were in place when the neighbour queue was flushed).
+type Flush struct {
+	Addrs   []netip.Addr
+	Applied bool
 }
 
 var _ agent.PolicyEngine = (*PolicyEngine)(nil)
@@ -187,6 +196,29 @@ func (e *PolicyEngine) Forgotten() []netip.Addr {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return slices.Clone(e.forgotten)
+}
+
+// FlushNeighbours records the call (see Flushed).
+func (e *PolicyEngine) FlushNeighbours(addrs ...netip.Addr) (int, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	applied := true
+	for _, a := range addrs {
+		held := false
+		for _, p := range e.applied {
+			held = held || (p.Local && slices.Contains(p.IPs, a))
+		}
+		applied = applied && held
+	}
+	e.flushed = append(e.flushed, Flush{Addrs: slices.Clone(addrs), Applied: applied})
+	return len(addrs), nil
+}
+
+// Flushed lists every FlushNeighbours call, in order.
+func (e *PolicyEngine) Flushed() []Flush {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.flushed)
 }
 
 func (e *PolicyEngine) Remove() error {
