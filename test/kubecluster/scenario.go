@@ -120,14 +120,17 @@ type ProbeReport struct {
 
 // UDPResult is a probe pod's UDP echoes from one peer, every 10 ms.
 type UDPResult struct {
-	Addr   string    `json:"addr"`
-	Echoes int       `json:"echoes"`
-	LastOK time.Time `json:"last_ok"`
-	MaxGap float64   `json:"max_gap_seconds"`
-	Gaps   []struct {
-		From time.Time `json:"from"`
-		To   time.Time `json:"to"`
-	} `json:"gaps"`
+	Addr   string     `json:"addr"`
+	Echoes int        `json:"echoes"`
+	LastOK time.Time  `json:"last_ok"`
+	MaxGap float64    `json:"max_gap_seconds"`
+	Gaps   []ProbeGap `json:"gaps"`
+}
+
+// ProbeGap is a silence of a peer, as ./netprobe records it.
+type ProbeGap struct {
+	From time.Time `json:"from"`
+	To   time.Time `json:"to"`
 }
 
 // ProbeResult is one pod's view of one peer.

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -71,37 +72,98 @@ func ImportArgs(r *Release) []string {
 		filepath.Join(r.Dir, "image.tar")}
 }
 
-// gapIn is the longest silence of any pod pair (UDP echoes, every 10 ms)
-// that overlaps [from, to]; pair names the pair. floor is the same for pairs
-// of pods on one node, whose packets never pass through weft's data path:
-// a silence there is the machine (an overloaded test machine stalls whole
-// nodes), the noise floor of the figure.
-func (c *Cluster) gapIn(pods []PodStatus, from, to time.Time) (gap time.Duration, pair string, floor time.Duration) {
+// gapIn is the longest silence of any pod pair within [from, to], and the
+// pair. A pod's probe also echoes itself over loopback, which no network
+// carries: while that is silent too, the prober (or the echoing pod) was not
+// running at all (this machine is shared, and a starved pod stalls for
+// seconds). So beside the raw figure, gapIn gives the longest silence of a
+// pair minus the time within it that either end was silent to itself: what
+// the network made. floor is the longest raw silence of a pair on one node,
+// whose traffic weft does not tunnel.
+func (c *Cluster) gapIn(pods []PodStatus, from, to time.Time) (g gapFigures) {
 	nodeOf := map[string]string{"hostprobe": c.Nodes[len(c.Nodes)-1].Name}
+	reports := map[string]*ProbeReport{}
 	for _, p := range pods {
 		nodeOf[p.Name] = p.Node
-	}
-	for _, p := range pods {
-		rep, err := c.report(p)
-		if err != nil {
-			continue
+		if rep, err := c.report(p); err == nil {
+			reports[p.Name] = rep
 		}
+	}
+	stalled := func(name string) []ProbeGap {
+		if rep := reports[name]; rep != nil && rep.UDP[name] != nil {
+			return rep.UDP[name].Gaps
+		}
+		return nil
+	}
+	for prober, rep := range reports {
 		for name, u := range rep.UDP {
-			for _, g := range u.Gaps {
-				if g.To.Before(from) || g.From.After(to) {
+			if name == prober {
+				continue
+			}
+			for _, gp := range u.Gaps {
+				if gp.To.Before(from) || gp.From.After(to) {
 					continue
 				}
-				d := g.To.Sub(g.From)
-				if d > gap {
-					gap, pair = d, p.Name+"->"+name
+				d := gp.To.Sub(gp.From)
+				if d > g.Raw {
+					g.Raw, g.RawPair = d, prober+"->"+name
 				}
-				if nodeOf[name] == p.Node && d > floor {
-					floor = d
+				if nodeOf[name] == nodeOf[prober] {
+					g.Floor = max(g.Floor, d)
+					continue
+				}
+				net := d - overlap(gp, append(stalled(prober), stalled(name)...))
+				if net > g.Network {
+					g.Network, g.NetworkPair = net, prober+"->"+name
 				}
 			}
 		}
 	}
-	return gap, pair, floor
+	return g
+}
+
+// gapFigures are gapIn's results.
+type gapFigures struct {
+	Raw, Network, Floor  time.Duration
+	RawPair, NetworkPair string
+}
+
+// overlap is how much of g the union of gaps covers.
+func overlap(g ProbeGap, gaps []ProbeGap) time.Duration {
+	var spans [][2]time.Time
+	for _, o := range gaps {
+		a, b := maxTime(g.From, o.From), minTime(g.To, o.To)
+		if a.Before(b) {
+			spans = append(spans, [2]time.Time{a, b})
+		}
+	}
+	slices.SortFunc(spans, func(x, y [2]time.Time) int { return x[0].Compare(y[0]) })
+	var total time.Duration
+	var end time.Time
+	for _, s := range spans {
+		if s[0].Before(end) {
+			s[0] = end
+		}
+		if s[0].Before(s[1]) {
+			total += s[1].Sub(s[0])
+			end = s[1]
+		}
+	}
+	return total
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 // waitUDP waits until every pod has had a UDP echo from every peer after
@@ -133,7 +195,8 @@ func (c *Cluster) waitUDP(ctx context.Context, pods []PodStatus, peers map[strin
 // roll is one DaemonSet change (a rollout restart, an apply of a release)
 // under the probes: it waits for the rollout, checks that the probe pods are
 // the same with the same addresses and reach each other again, and returns
-// the longest pair silence from the change until every pair answered again.
+// the longest silence the network made (gapIn) from the change until every
+// pair answered again.
 func (s *Scenario) roll(ctx context.Context, pods []PodStatus, peers map[string]string, change func() error) (took, gap time.Duration, err error) {
 	c := s.C
 	start := time.Now()
@@ -158,12 +221,13 @@ func (s *Scenario) roll(ctx context.Context, pods []PodStatus, peers map[string]
 	if err := c.waitUDP(ctx, pods, peers, rolled); err != nil {
 		return took, 0, err
 	}
-	gap, pair, floor := c.gapIn(pods, start, time.Now())
-	if gap > 0 {
-		s.Say("   longest silence %s (%s); pairs on one node, which weft does not carry: up to %s",
-			gap.Round(10*time.Millisecond), pair, floor.Round(10*time.Millisecond))
-	}
-	return took, gap, nil
+	g := c.gapIn(pods, start, time.Now())
+	ms := func(d time.Duration) time.Duration { return d.Round(10 * time.Millisecond) }
+	s.Say("   longest silence of a pair across nodes, less the time either pod was silent to itself: %s (%s)",
+		ms(g.Network), g.NetworkPair)
+	s.Say("   raw: longest silence of any pair %s (%s); of a pair on one node, which weft does not tunnel: %s",
+		ms(g.Raw), g.RawPair, ms(g.Floor))
+	return took, g.Network, nil
 }
 
 // applyRelease imports a release's image into the nodes and applies its
