@@ -646,10 +646,17 @@ func TestKernelFirstPacketQueued(t *testing.T) {
 		}
 	})
 	// The bed reproduces the leak: otherwise the 0 above proves nothing.
+	// The leak depends on the node's next ARP solicitation falling inside
+	// the window after the pod comes up, which a loaded machine can miss:
+	// up to five attempts, and one leak is enough.
 	t.Run("not flushed", func(t *testing.T) {
-		if n := firstPacketReplies(t, false); n == 0 {
-			t.Fatal("no echo reply leaked without FlushNeighbours: the bed does not reproduce the bug")
+		for attempt := 1; attempt <= 5; attempt++ {
+			if n := firstPacketReplies(t, false); n > 0 {
+				return
+			}
+			t.Logf("attempt %d: no leak without FlushNeighbours", attempt)
 		}
+		t.Fatal("no echo reply leaked without FlushNeighbours in 5 attempts: the bed does not reproduce the bug")
 	})
 }
 
@@ -700,11 +707,14 @@ func firstPacketReplies(t *testing.T, flush bool) int {
 		}
 	}
 	ns := b.netns("x")
+	// The pod is complete (address, route) before its port on the bridge
+	// comes up, as after a CNI ADD: the queued echoes then meet a pod that
+	// can answer, whenever ARP resolves.
 	b.run("ip", "-n", b.node, "link", "add", "vpx", "type", "veth", "peer", "name", "eth0", "netns", ns)
-	b.run("ip", "-n", b.node, "link", "set", "vpx", "master", "weft", "up")
 	b.run("ip", "-n", ns, "addr", "add", x.String()+"/24", "dev", "eth0")
 	b.run("ip", "-n", ns, "link", "set", "eth0", "up")
-	b.run("ip", "-n", ns, "route", "add", "default", "via", "10.32.0.1")
+	b.run("ip", "-n", ns, "route", "add", "default", "via", "10.32.0.1", "dev", "eth0", "onlink")
+	b.run("ip", "-n", b.node, "link", "set", "vpx", "master", "weft", "up")
 	// 2 s: long enough for the ARP retry (1 s) that would deliver the queue.
 	deadline := time.Now().Add(2 * time.Second)
 	for time.Now().Before(deadline) {
