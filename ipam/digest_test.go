@@ -77,3 +77,50 @@ func TestPushPullDigest(t *testing.T) {
 		t.Fatalf("rings still differ after the full states: %s vs %s", da, db)
 	}
 }
+
+// Several peers' push/pulls with differing digests in the same half second
+// (a bootstrap): each of them is asked for its full state, since the first
+// one may know no more than this peer. A second digest from the same peer
+// within the half second is not asked again.
+func TestPushPullDigestAsksEachPeer(t *testing.T) {
+	n := newFakeNet(t, 11)
+	all := names(5)
+	for _, name := range all {
+		n.add(name, simRange, Init{Mode: ModeSeed, Seeds: all}, "")
+	}
+	roundsUntil(t, n, 200, "seeded ring", func() bool { return converged(n.live()) })
+	n.pump()
+	b := n.peers[all[0]]
+	// The others' rings change while b hears nothing of it.
+	n.partition([]string{b.cfg.Name}, all[1:])
+	for i, name := range all[1:] {
+		if _, err := n.peers[name].Allocate(context.Background(), fmt.Sprintf("c%d", i), "eth0", ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 5 {
+		n.round(false)
+	}
+	n.mu.Lock()
+	n.group = map[string]int{}
+	n.queue = nil
+	n.mu.Unlock()
+	for _, name := range all[1:] {
+		if err := b.MergeState(n.peers[name].LocalDigest()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.MergeState(n.peers[all[1]].LocalDigest()); err != nil { // the same peer again
+		t.Fatal(err)
+	}
+	asks := 0
+	for _, m := range n.queued(t) {
+		if m.Type == msgGetState {
+			asks++
+		}
+	}
+	if asks != len(all)-1 {
+		t.Fatalf("%d full states asked after %d differing digests from %d peers in one half second, want %d",
+			asks, len(all), len(all)-1, len(all)-1)
+	}
+}

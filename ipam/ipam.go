@@ -149,8 +149,10 @@ type IPAM struct {
 	asked          map[string]askedDonor // donors asked while this peer had no space
 	lastGet        time.Time
 	// Push/pull digests found equal to this peer's ring, and full states
-	// asked because they differed.
+	// asked because they differed; digestAsked is when each peer was last
+	// asked (bounded: cleared past maxDigestAsked peers).
 	digestsEqual, digestAsks uint64
+	digestAsked              map[string]time.Time
 	acks                     map[uint64]chan struct{}
 	nonce                    uint64
 	rng                      *rand.Rand
@@ -899,13 +901,26 @@ func (p *IPAM) mergeDigestLocked(m *message) error {
 			return nil
 		}
 	}
-	if now := p.now(); now.Sub(p.lastGet) >= time.Second/2 {
-		p.lastGet = now
-		p.digestAsks++
-		p.sendLocked(m.From, &message{Type: msgGetState})
+	// Rate-limited per peer, not for all: at a bootstrap several peers'
+	// push/pulls arrive within the same half second, and the first one
+	// asked may have a partial ring itself. With one limit for all, the
+	// others went unasked until the next push/pull, 30 s later, and a ring
+	// stayed half known that long.
+	now := p.now()
+	if now.Sub(p.digestAsked[m.From]) < time.Second/2 {
+		return nil
 	}
+	if p.digestAsked == nil || len(p.digestAsked) >= maxDigestAsked {
+		p.digestAsked = map[string]time.Time{}
+	}
+	p.digestAsked[m.From] = now
+	p.digestAsks++
+	p.sendLocked(m.From, &message{Type: msgGetState})
 	return nil
 }
+
+// maxDigestAsked bounds the per-peer memory of mergeDigestLocked's rate limit.
+const maxDigestAsked = 4096
 
 // HandleMessage handles a broadcast or direct message from a peer.
 func (p *IPAM) HandleMessage(msg []byte) {
