@@ -36,13 +36,7 @@ import (
 // kubecluster.Scenario.NetworkPolicy); a deleted Node's ranges are reclaimed. About 5 minutes with the binaries
 // cached; run by `make test-kube` (build tag kubecluster), not by `make test`.
 func TestKubeCluster(t *testing.T) {
-	testbed.RequireRoot(t)
-	if err := kubecluster.Check(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal(err)
-		}
-		t.Skipf("KUBERNETES CLUSTER TEST NOT RUN: %v", err)
-	}
+	requireCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 35*time.Minute)
 	defer cancel()
 	// Short: unix socket paths of containerd and kubelet live below it.
@@ -125,13 +119,7 @@ func logNetpol(t *testing.T, np *kubecluster.NetpolResults) {
 //
 //	go test -count=1 -tags kubecluster -run '^TestKubeClusterNetworkPolicy$' -timeout 30m -v ./test/e2e/
 func TestKubeClusterNetworkPolicy(t *testing.T) {
-	testbed.RequireRoot(t)
-	if err := kubecluster.Check(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal(err)
-		}
-		t.Skipf("KUBERNETES CLUSTER TEST NOT RUN: %v", err)
-	}
+	requireCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	dir, err := os.MkdirTemp("", "wkc-")
@@ -235,5 +223,18 @@ func TestConformance(t *testing.T) {
 	for _, counts := range all {
 		t.Logf("CONFORMANCE %s (%s): %d selected, %d passed, %d failed, %d skipped",
 			counts.Name, counts.Focus, counts.Selected, counts.Passed, counts.Failed, counts.Skipped)
+	}
+}
+
+// requireCluster skips, loudly, where no cluster can run (not root, missing
+// binaries or packages), and fails instead under CI=true.
+func requireCluster(t *testing.T) {
+	t.Helper()
+	testbed.RequireRoot(t)
+	if err := kubecluster.Check(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal(err)
+		}
+		t.Skipf("KUBERNETES CLUSTER TEST NOT RUN: %v", err)
 	}
 }
