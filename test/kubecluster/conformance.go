@@ -140,6 +140,11 @@ func conformanceImages(dir, k8sBin string) ([]string, error) {
 	files = append(files, imageFile{path: "etc/nsswitch.conf", data: []byte("hosts: files dns\n"), mode: 0o644})
 
 	agnFiles := append([]imageFile{{path: "agnhost", data: agn, mode: 0o755}, {path: "agnhost-2", link: "agnhost"}}, bashShell(files)...)
+	cert, err := porterCert()
+	if err != nil {
+		return nil, err
+	}
+	agnFiles = append(agnFiles, cert...)
 	agnTar := filepath.Join(dir, "agnhost-image.tar")
 	// The glibc-dns-testing image is the agnhost image under a second
 	// name: its pods always give their command (sh -c with dig and

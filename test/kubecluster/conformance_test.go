@@ -3,6 +3,8 @@ package kubecluster
 import (
 	"archive/tar"
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"io"
 	"os"
@@ -152,6 +154,21 @@ func TestConformanceImages(t *testing.T) {
 	if slices.Contains(names, "bin/nc") {
 		t.Error("busybox nc shadows the OpenBSD nc the tests' flags need")
 	}
+	// agnhost porter serves its TLS ports with /localhost.crt and
+	// /localhost.key; without them the Proxy conformance test's https
+	// cases are refused.
+	files := layerFiles(t, tars[0])
+	pair, err := tls.X509KeyPair(files["localhost.crt"], files["localhost.key"])
+	if err != nil {
+		t.Fatalf("agnhost image's porter certificate: %v", err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := leaf.VerifyHostname("127.0.0.1"); err != nil {
+		t.Errorf("porter certificate: %v", err)
+	}
 }
 
 // repoTags reads the RepoTags of a docker-save tarball's manifest.json.
@@ -271,6 +288,17 @@ func extractLayer(t *testing.T, path, root string) {
 // layerNames lists the files of the single layer of a docker-save tarball.
 func layerNames(t *testing.T, path string) []string {
 	t.Helper()
+	var names []string
+	for name := range layerFiles(t, path) {
+		names = append(names, name)
+	}
+	return names
+}
+
+// layerFiles reads the single layer of a docker-save tarball: each entry's
+// name (without a trailing slash) and its contents.
+func layerFiles(t *testing.T, path string) map[string][]byte {
+	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
@@ -289,17 +317,21 @@ func layerNames(t *testing.T, path string) []string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var names []string
+		files := map[string][]byte{}
 		inner := tar.NewReader(bytes.NewReader(b))
 		for {
 			h, err := inner.Next()
 			if err == io.EOF {
-				return names
+				return files
 			}
 			if err != nil {
 				t.Fatal(err)
 			}
-			names = append(names, strings.TrimSuffix(h.Name, "/"))
+			data, err := io.ReadAll(inner)
+			if err != nil {
+				t.Fatal(err)
+			}
+			files[strings.TrimSuffix(h.Name, "/")] = data
 		}
 	}
 }
