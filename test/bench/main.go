@@ -17,7 +17,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"net/netip"
@@ -236,57 +235,6 @@ func measureBed(ctx context.Context, bin, name string, extra, env []string, bare
 	}
 	r.rtt, err = pingRTT(ctx, srcNS, dst)
 	return r, err
-}
-
-// iperf runs one bounded iperf3 measurement from srcNS to an iperf3 server
-// started in dstNS, and stops the server by its pid.
-func iperf(ctx context.Context, srcNS, dstNS string, dst netip.Addr, streams int) (float64, error) {
-	srv := exec.Command("ip", "netns", "exec", dstNS, "iperf3", "-s", "-1", "-B", dst.String())
-	if err := srv.Start(); err != nil {
-		return 0, fmt.Errorf("iperf3 server: %w (apt-get install -y iperf3)", err)
-	}
-	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
-	// Retry only while the server is not listening yet; any other failure
-	// is reported as it is.
-	var out []byte
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		cctx, cancel := context.WithTimeout(ctx, time.Duration(*seconds+15)*time.Second)
-		var err error
-		out, err = exec.CommandContext(cctx, "ip", "netns", "exec", srcNS, "iperf3", "-c", dst.String(),
-			"-t", strconv.Itoa(*seconds), "-P", strconv.Itoa(streams), "-J").Output()
-		cancel()
-		refused := strings.Contains(string(out), "Connection refused")
-		if err == nil && !refused {
-			break
-		}
-		if !refused || time.Now().After(deadline) {
-			return 0, fmt.Errorf("iperf3 %d streams to %s: %w: %s", streams, dst, err, tailOf(out))
-		}
-		time.Sleep(100 * time.Millisecond) // the server is starting; poll again
-	}
-	var r struct {
-		Error string `json:"error"`
-		End   struct {
-			SumReceived struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal(out, &r); err != nil {
-		return 0, fmt.Errorf("iperf3 output: %w", err)
-	}
-	if r.Error != "" || r.End.SumReceived.BitsPerSecond == 0 {
-		return 0, fmt.Errorf("iperf3 %d streams to %s: no data received: %s", streams, dst, r.Error)
-	}
-	return r.End.SumReceived.BitsPerSecond / 1e9, nil
-}
-
-func tailOf(b []byte) string {
-	if len(b) > 600 {
-		b = b[len(b)-600:]
-	}
-	return string(b)
 }
 
 var rttRE = regexp.MustCompile(`= [\d.]+/([\d.]+)/`)
