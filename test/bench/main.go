@@ -43,7 +43,22 @@ var (
 	procs   = flag.Int("gomaxprocs", 1, "GOMAXPROCS of each agent: each of the two simulated hosts has about one core of this machine (0: Go's default, every core)")
 	cycles  = flag.Int("cni-cycles", 50, "CNI ADD/DEL cycles per plugin")
 	only    = flag.String("only", "", "run only: throughput, cni, ipam, mesh or policy")
+	rows    = flag.String("rows", "", "throughput: only the rows whose name contains one of these comma-separated words (the bare underlay is always measured), e.g. fast,VXLAN")
+	brNF    = flag.String("bridge-nf", "", "throughput: set net.bridge.bridge-nf-call-iptables to 0 or 1 in both hosts first (empty: leave the kernel's default, 1 once br_netfilter is loaded)")
 )
+
+// wantRow reports whether -rows selects the throughput row name.
+func wantRow(name string) bool {
+	if *rows == "" {
+		return true
+	}
+	for _, w := range strings.Split(*rows, ",") {
+		if w = strings.TrimSpace(w); w != "" && strings.Contains(name, w) {
+			return true
+		}
+	}
+	return false
+}
 
 func main() {
 	flag.Parse()
@@ -101,6 +116,9 @@ func throughput(ctx context.Context, bin string) error {
 		agentEnv = []string{fmt.Sprintf("GOMAXPROCS=%d", *procs)}
 		fmt.Printf("agents run with GOMAXPROCS=%d (one core's share per simulated host; -gomaxprocs 0 for Go's default)\n", *procs)
 	}
+	if *brNF != "" {
+		fmt.Printf("net.bridge.bridge-nf-call-iptables=%s in both hosts\n", *brNF)
+	}
 	fmt.Println()
 	var rs []result
 
@@ -121,6 +139,9 @@ func throughput(ctx context.Context, bin string) error {
 	} {
 		if c.goDefault && *procs == 0 {
 			continue // the plaintext row is that already
+		}
+		if !c.bare && !wantRow(c.name) {
+			continue
 		}
 		r, err := measureBed(ctx, bin, c.name, c.extra, c.env, c.bare)
 		if err != nil {
@@ -159,6 +180,15 @@ func measureBed(ctx context.Context, bin, name string, extra, env []string, bare
 	}
 	defer bed.Close()
 	h1, h2 := bed.Hosts[0], bed.Hosts[1]
+	if *brNF != "" {
+		// Bridged frames through netfilter or not: what the NetworkPolicy
+		// engine turns on (policy.ensureBridgeNF), measured both ways.
+		for _, h := range []*testbed.Host{h1, h2} {
+			if _, err := testbed.Exec(ctx, h.Netns, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables="+*brNF); err != nil {
+				return result{}, fmt.Errorf("-bridge-nf %s: %w", *brNF, err)
+			}
+		}
+	}
 	srcNS, dstNS, dst := h1.Netns, h2.Netns, h2.Addr
 	mtu := 1500
 	if name == handVXLAN {
