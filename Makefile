@@ -78,7 +78,7 @@ demo: deps build
 # hot paths (ring lookup and merge, sealing and opening, forwarding).
 bench: deps build
 	$(GO) run ./test/bench
-	$(GO) test -run '^$$' -bench . -benchtime 2000x -benchmem ./ipam ./router ./router/crypto
+	$(GO) test -run '^$$' -bench . -benchtime 2000x -benchmem ./ipam ./router ./router/lookup ./router/crypto
 
 # soak runs random faults against five hosts in the test bed while pods
 # talk, and checks that nothing is lost, owned twice or leaked in the clear

@@ -256,7 +256,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		m.Shutdown()
 		return err
 	}
-	a.routes = newRoutes(a.cfg.Name, a.ipam)
+	a.routes = newRoutes(a.cfg.Name, a.cfg.Range, a.ipam, a.log.With("component", "routes"))
 	m.Handle(mesh.ChannelIPAM, a.ipam)
 	m.Handle(mesh.ChannelHealth, a.health)
 	m.OnChange(a.membershipChanged)

@@ -1,21 +1,29 @@
 package agent
 
 import (
+	"log/slog"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 
 	"github.com/weftnet/weft/ipam"
 	"github.com/weftnet/weft/mesh"
+	"github.com/weftnet/weft/router/lookup"
 )
 
 // routes answers the data plane's per-packet questions from the IPAM ring
 // (who owns an address) and the membership (where that peer's data plane
-// listens). Endpoints are an immutable snapshot swapped on membership
-// changes, so the hot path never locks.
+// listens). Both are joined in one immutable lookup table, rebuilt when
+// either changes and swapped atomically, so the hot path never locks and
+// asks no map.
 type routes struct {
-	self string
-	ring *ipam.IPAM
-	eps  atomic.Pointer[endpoints]
+	self   string
+	prefix netip.Prefix
+	ring   *ipam.IPAM // nil in tests of endpoints alone
+	log    *slog.Logger
+	eps    atomic.Pointer[endpoints]
+	table  atomic.Pointer[lookup.Table]
+	mu     sync.Mutex // serialises rebuilds of table
 }
 
 type endpoints struct {
@@ -23,10 +31,55 @@ type endpoints struct {
 	byAddr map[netip.AddrPort]string
 }
 
-func newRoutes(self string, ring *ipam.IPAM) *routes {
-	r := &routes{self: self, ring: ring}
+func newRoutes(self string, prefix netip.Prefix, ring *ipam.IPAM, log *slog.Logger) *routes {
+	r := &routes{self: self, prefix: prefix, ring: ring, log: log}
 	r.eps.Store(&endpoints{byName: map[string]netip.AddrPort{}, byAddr: map[netip.AddrPort]string{}})
+	r.rebuild(true)
 	return r
+}
+
+func (r *routes) ringGen() uint64 {
+	if r.ring == nil {
+		return 0
+	}
+	return r.ring.OwnerGen()
+}
+
+// rebuild makes a new lookup table from the ring and the endpoints, unless
+// (force false) another caller already made one for the current ring.
+func (r *routes) rebuild(force bool) *lookup.Table {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if t := r.table.Load(); !force && t != nil && t.Gen == r.ringGen() {
+		return t
+	}
+	var gen uint64
+	var spans []lookup.Span
+	if r.ring != nil {
+		var owned []ipam.OwnerSpan
+		gen, owned = r.ring.OwnerSpans()
+		spans = make([]lookup.Span, len(owned))
+		for i, s := range owned {
+			spans[i] = lookup.Span(s)
+		}
+	}
+	eps := r.eps.Load()
+	t, err := lookup.New(r.prefix, spans, r.self, func(name string) (netip.AddrPort, bool) {
+		ep, ok := eps.byName[name]
+		return ep, ok
+	})
+	if err != nil {
+		// The ring's spans are sorted and inside the range by
+		// construction; should that break, route nothing rather than
+		// rebuild on every packet.
+		if r.log != nil {
+			r.log.Error("cannot build the data plane's lookup table; no traffic to peers until the ring changes", "err", err)
+		}
+		t = &lookup.Table{}
+	}
+	t.Gen = gen
+	r.table.Store(t)
+	return t
 }
 
 // update replaces the endpoint snapshot with every member's last known
@@ -56,18 +109,18 @@ func (r *routes) update(members []mesh.PeerInfo) {
 		}
 	}
 	r.eps.Store(e)
+	r.rebuild(true)
 }
 
-// Lookup answers the data plane from one search of the ring.
+// Lookup answers the data plane from one search of the lookup table. The
+// first packet after a ring change rebuilds it, so an answer is never older
+// than the ring (one atomic load each to know).
 func (r *routes) Lookup(addr netip.Addr) (owner string, ep netip.AddrPort, local bool) {
-	owner, ok := r.ring.Owner(addr)
-	switch {
-	case !ok:
-		return "", netip.AddrPort{}, false
-	case owner == r.self:
-		return owner, netip.AddrPort{}, true
+	t := r.table.Load()
+	if t.Gen != r.ringGen() {
+		t = r.rebuild(false)
 	}
-	return owner, r.eps.Load().byName[owner], false
+	return t.Lookup(addr)
 }
 
 func (r *routes) PeerAt(src netip.AddrPort) (string, bool) {

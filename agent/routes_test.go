@@ -1,11 +1,17 @@
 package agent
 
 import (
+	"context"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/weftnet/weft/identity"
+	"github.com/weftnet/weft/ipam"
 	"github.com/weftnet/weft/mesh"
 )
 
@@ -19,7 +25,7 @@ func TestRoutesKeepLastEndpoints(t *testing.T) {
 	}
 	ep := func(addr string) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr(addr), 6784) }
 	for _, oldName := range []string{"a-replaced", "z-replaced"} {
-		r := newRoutes("self", nil)
+		r := newRoutes("self", netip.MustParsePrefix("10.32.0.0/12"), nil, nil)
 		members := []mesh.PeerInfo{
 			at("198.18.0.9", mesh.StateAlive, "self"),
 			at("198.18.0.2", mesh.StateDead, oldName),
@@ -45,5 +51,70 @@ func TestRoutesKeepLastEndpoints(t *testing.T) {
 		if name, ok := r.PeerAt(ep("198.18.0.3")); !ok || name != "left" {
 			t.Errorf("PeerAt(left peer) = %q %v", name, ok)
 		}
+	}
+}
+
+// The data plane's lookup follows the ring: every address of the range
+// answers the ring's owner with that peer's endpoint, and after a ring
+// change (the ranges of a dead peer taken over) the very next lookup
+// answers the new owner, without any other call.
+func TestRoutesLookupFollowsRing(t *testing.T) {
+	dir := t.TempDir()
+	signer, err := identity.LoadOrCreate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := netip.MustParsePrefix("10.40.0.0/24")
+	seeds := []string{"other", "self"}
+	var otherAlive atomic.Bool
+	otherAlive.Store(true)
+	p, err := ipam.New(ipam.Config{Signer: signer, Name: "self", Range: prefix,
+		Init: ipam.Init{Mode: ipam.ModeSeed, Seeds: seeds}, StateDir: dir, Transport: nopTransport{},
+		Alive:     func(name string) bool { return name == "self" || otherAlive.Load() },
+		Reachable: func(name string) bool { return name == "self" || otherAlive.Load() },
+		Peers:     func() []string { return seeds }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if _, err := p.Allocate(ctx, "c1", "eth0", ""); err != nil {
+		t.Fatal(err) // the ring exists from here on
+	}
+	r := newRoutes("self", prefix, p, slog.New(slog.DiscardHandler))
+	otherEP := netip.MustParseAddrPort("198.18.0.2:6784")
+	r.update([]mesh.PeerInfo{{Name: "other", Addr: otherEP.Addr(), State: mesh.StateAlive, Meta: mesh.Meta{DataPort: 6784}}})
+	check := func(when string) (others int) {
+		t.Helper()
+		for a := prefix.Addr(); prefix.Contains(a); a = a.Next() {
+			want, ok := p.Owner(a)
+			owner, ep, local := r.Lookup(a)
+			switch {
+			case !ok && owner != "":
+				t.Fatalf("%s: %v has no owner in the ring, lookup says %q", when, a, owner)
+			case owner != want:
+				t.Fatalf("%s: %v owned by %q, lookup says %q", when, a, want, owner)
+			case owner == "self" && (!local || ep.IsValid()):
+				t.Fatalf("%s: %v is this host's: lookup %v %v", when, a, ep, local)
+			case owner == "other" && (local || ep != otherEP):
+				t.Fatalf("%s: %v is other's: lookup %v %v, want %v", when, a, ep, local, otherEP)
+			case owner == "other":
+				others++
+			}
+		}
+		if owner, _, _ := r.Lookup(netip.MustParseAddr("10.41.0.1")); owner != "" {
+			t.Fatalf("%s: an address outside the range has owner %q", when, owner)
+		}
+		return others
+	}
+	if n := check("two seeds"); n == 0 {
+		t.Fatal("the other seed owns nothing: the test checks nothing")
+	}
+	otherAlive.Store(false)
+	if n, err := p.RemovePeer("other"); err != nil || n == 0 {
+		t.Fatalf("RemovePeer: %d %v", n, err)
+	}
+	if n := check("after the takeover"); n != 0 {
+		t.Fatalf("%d addresses still routed to the removed peer", n)
 	}
 }

@@ -526,9 +526,14 @@ func (p *IPAM) publishLocked() {
 		return
 	}
 	t := newOwnerTable(p.cfg.Range, p.ring.spans())
-	if t.equal(p.owners.Load()) {
+	prev := p.owners.Load()
+	if t.equal(prev) {
 		return
 	}
+	if prev != nil {
+		t.gen = prev.gen
+	}
+	t.gen++
 	p.owners.Store(t)
 	select {
 	case p.changes <- struct{}{}:

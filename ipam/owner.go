@@ -16,6 +16,7 @@ type ownerTable struct {
 	// asked once per packet.
 	index []uint32
 	shift uint
+	gen   uint64 // counts the snapshots published; see OwnerGen
 }
 
 // indexBuckets is the most buckets of the index (4 bytes each).
@@ -110,6 +111,38 @@ func (p *IPAM) Owner(addr netip.Addr) (string, bool) {
 		return "", false
 	}
 	return t.lookup(off)
+}
+
+// OwnerSpan is one range of the ring: offsets [Start, End) from the start of
+// the pod range, owned by the peer named Owner.
+type OwnerSpan struct {
+	Start, End uint64
+	Owner      string
+}
+
+// OwnerGen names the current ownership snapshot: it changes whenever who
+// owns what does (0 before the ring exists). A data plane that builds its
+// own lookup table from OwnerSpans compares it per packet (one atomic load)
+// to know its table is current.
+func (p *IPAM) OwnerGen() uint64 {
+	if t := p.owners.Load(); t != nil {
+		return t.gen
+	}
+	return 0
+}
+
+// OwnerSpans returns the ring's ranges in address order (no overlaps, gaps
+// left out) with the generation of the snapshot they come from.
+func (p *IPAM) OwnerSpans() (gen uint64, spans []OwnerSpan) {
+	t := p.owners.Load()
+	if t == nil {
+		return 0, nil
+	}
+	spans = make([]OwnerSpan, len(t.starts))
+	for i := range t.starts {
+		spans[i] = OwnerSpan{Start: t.starts[i], End: t.ends[i], Owner: t.owners[i]}
+	}
+	return t.gen, spans
 }
 
 // OwnedPrefixes is this peer's ranges as the fewest CIDR prefixes, for the

@@ -2,10 +2,12 @@ package router
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"testing"
 
 	"github.com/weftnet/weft/router/gso"
+	"github.com/weftnet/weft/router/lookup"
 	"github.com/weftnet/weft/router/tun/tuntest"
 	"github.com/weftnet/weft/router/udp"
 	"github.com/weftnet/weft/router/udp/udptest"
@@ -121,5 +123,44 @@ func TestHotPathsDoNotAllocate(t *testing.T) {
 	msgs := []udp.Message{rxMsg(epA, dataMsg(one)), rxMsg(epA, dataMsg(one)), rxMsg(netip.MustParseAddrPort("192.0.2.1:1"), dataMsg(one))}
 	if a := testing.AllocsPerRun(100, func() { _ = rb.rx.receive(msgs, 1) }); a != 0 {
 		t.Fatalf("receive allocates %v per batch", a)
+	}
+}
+
+// tableRoutes serves the router's per-packet question from the lookup
+// table the agent builds.
+type tableRoutes struct{ *lookup.Table }
+
+func (tableRoutes) PeerAt(netip.AddrPort) (string, bool) { return "", false }
+
+// BenchmarkLookup4000 is the router's per-packet routing question (issue
+// 21) as the forwarding path asks it, through its Routes interface: a mesh
+// of 1,000 peers whose ring has 4,000 ranges over the default /12, each peer
+// owning four ranges spread over the ring. Goal: <= 50 ns, 0 allocations.
+// The lookup structure itself is measured in router/lookup.
+func BenchmarkLookup4000(b *testing.B) {
+	const ranges, peers, size = 4000, 1000, 1 << 20
+	prefix := netip.MustParsePrefix("10.32.0.0/12")
+	spans := make([]lookup.Span, ranges)
+	for i := range spans {
+		spans[i] = lookup.Span{Start: uint64(i) * size / ranges, End: uint64(i+1) * size / ranges,
+			Owner: fmt.Sprintf("host%04d", (i*7)%peers+1)}
+	}
+	tbl, err := lookup.New(prefix, spans, "host0001", func(name string) (netip.AddrPort, bool) {
+		return netip.MustParseAddrPort("198.18.0.2:6784"), true
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var routes Routes = tableRoutes{tbl}
+	addrs := make([]netip.Addr, 1024)
+	for i := range addrs {
+		off := uint32((uint64(i) * 2654435761) % size)
+		addrs[i] = netip.AddrFrom4([4]byte{10, 32 | byte(off>>16), byte(off >> 8), byte(off)})
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		if owner, _, _ := routes.Lookup(addrs[i&1023]); owner == "" {
+			b.Fatal("address without owner")
+		}
 	}
 }

@@ -17,7 +17,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"net/netip"
@@ -44,7 +43,22 @@ var (
 	procs   = flag.Int("gomaxprocs", 1, "GOMAXPROCS of each agent: each of the two simulated hosts has about one core of this machine (0: Go's default, every core)")
 	cycles  = flag.Int("cni-cycles", 50, "CNI ADD/DEL cycles per plugin")
 	only    = flag.String("only", "", "run only: throughput, cni, ipam, mesh or policy")
+	rows    = flag.String("rows", "", "throughput: only the rows whose name contains one of these comma-separated words (the bare underlay is always measured), e.g. fast,VXLAN")
+	brNF    = flag.String("bridge-nf", "", "throughput: set net.bridge.bridge-nf-call-iptables to 0 or 1 in both hosts first (empty: leave the kernel's default, 1 once br_netfilter is loaded)")
 )
+
+// wantRow reports whether -rows selects the throughput row name.
+func wantRow(name string) bool {
+	if *rows == "" {
+		return true
+	}
+	for _, w := range strings.Split(*rows, ",") {
+		if w = strings.TrimSpace(w); w != "" && strings.Contains(name, w) {
+			return true
+		}
+	}
+	return false
+}
 
 func main() {
 	flag.Parse()
@@ -102,6 +116,9 @@ func throughput(ctx context.Context, bin string) error {
 		agentEnv = []string{fmt.Sprintf("GOMAXPROCS=%d", *procs)}
 		fmt.Printf("agents run with GOMAXPROCS=%d (one core's share per simulated host; -gomaxprocs 0 for Go's default)\n", *procs)
 	}
+	if *brNF != "" {
+		fmt.Printf("net.bridge.bridge-nf-call-iptables=%s in both hosts\n", *brNF)
+	}
 	fmt.Println()
 	var rs []result
 
@@ -122,6 +139,9 @@ func throughput(ctx context.Context, bin string) error {
 	} {
 		if c.goDefault && *procs == 0 {
 			continue // the plaintext row is that already
+		}
+		if !c.bare && !wantRow(c.name) {
+			continue
 		}
 		r, err := measureBed(ctx, bin, c.name, c.extra, c.env, c.bare)
 		if err != nil {
@@ -160,6 +180,15 @@ func measureBed(ctx context.Context, bin, name string, extra, env []string, bare
 	}
 	defer bed.Close()
 	h1, h2 := bed.Hosts[0], bed.Hosts[1]
+	if *brNF != "" {
+		// Bridged frames through netfilter or not: what the NetworkPolicy
+		// engine turns on (policy.ensureBridgeNF), measured both ways.
+		for _, h := range []*testbed.Host{h1, h2} {
+			if _, err := testbed.Exec(ctx, h.Netns, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables="+*brNF); err != nil {
+				return result{}, fmt.Errorf("-bridge-nf %s: %w", *brNF, err)
+			}
+		}
+	}
 	srcNS, dstNS, dst := h1.Netns, h2.Netns, h2.Addr
 	mtu := 1500
 	if name == handVXLAN {
@@ -236,57 +265,6 @@ func measureBed(ctx context.Context, bin, name string, extra, env []string, bare
 	}
 	r.rtt, err = pingRTT(ctx, srcNS, dst)
 	return r, err
-}
-
-// iperf runs one bounded iperf3 measurement from srcNS to an iperf3 server
-// started in dstNS, and stops the server by its pid.
-func iperf(ctx context.Context, srcNS, dstNS string, dst netip.Addr, streams int) (float64, error) {
-	srv := exec.Command("ip", "netns", "exec", dstNS, "iperf3", "-s", "-1", "-B", dst.String())
-	if err := srv.Start(); err != nil {
-		return 0, fmt.Errorf("iperf3 server: %w (apt-get install -y iperf3)", err)
-	}
-	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
-	// Retry only while the server is not listening yet; any other failure
-	// is reported as it is.
-	var out []byte
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		cctx, cancel := context.WithTimeout(ctx, time.Duration(*seconds+15)*time.Second)
-		var err error
-		out, err = exec.CommandContext(cctx, "ip", "netns", "exec", srcNS, "iperf3", "-c", dst.String(),
-			"-t", strconv.Itoa(*seconds), "-P", strconv.Itoa(streams), "-J").Output()
-		cancel()
-		refused := strings.Contains(string(out), "Connection refused")
-		if err == nil && !refused {
-			break
-		}
-		if !refused || time.Now().After(deadline) {
-			return 0, fmt.Errorf("iperf3 %d streams to %s: %w: %s", streams, dst, err, tailOf(out))
-		}
-		time.Sleep(100 * time.Millisecond) // the server is starting; poll again
-	}
-	var r struct {
-		Error string `json:"error"`
-		End   struct {
-			SumReceived struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal(out, &r); err != nil {
-		return 0, fmt.Errorf("iperf3 output: %w", err)
-	}
-	if r.Error != "" || r.End.SumReceived.BitsPerSecond == 0 {
-		return 0, fmt.Errorf("iperf3 %d streams to %s: no data received: %s", streams, dst, r.Error)
-	}
-	return r.End.SumReceived.BitsPerSecond / 1e9, nil
-}
-
-func tailOf(b []byte) string {
-	if len(b) > 600 {
-		b = b[len(b)-600:]
-	}
-	return string(b)
 }
 
 var rttRE = regexp.MustCompile(`= [\d.]+/([\d.]+)/`)

@@ -564,7 +564,7 @@ func (b *policyBed) throughput(ctx context.Context) (none, with []float64, err e
 		if err := b.waitState(ctx, "pc", true); err != nil {
 			return nil, nil, err
 		}
-		g, err := iperfIn(ctx, src, dst, addr)
+		g, err := iperf(ctx, src, dst, addr, 1)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -578,53 +578,12 @@ func (b *policyBed) throughput(ctx context.Context) (none, with []float64, err e
 		if err := b.waitState(ctx, "lc", true); err != nil {
 			return nil, nil, err
 		}
-		if g, err = iperfIn(ctx, src, dst, addr); err != nil {
+		if g, err = iperf(ctx, src, dst, addr, 1); err != nil {
 			return nil, nil, err
 		}
 		with = append(with, g)
 	}
 	return none, with, nil
-}
-
-// iperfIn is one iperf3 run of one stream between two network namespaces
-// given by path (pods' namespaces have no name under /run/netns).
-func iperfIn(ctx context.Context, srcNS, dstNS string, dst netip.Addr) (float64, error) {
-	srv := exec.Command("nsenter", "--net="+dstNS, "iperf3", "-s", "-1", "-B", dst.String())
-	if err := srv.Start(); err != nil {
-		return 0, fmt.Errorf("iperf3 server: %w (apt-get install -y iperf3)", err)
-	}
-	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
-	var out []byte
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		cctx, cancel := context.WithTimeout(ctx, time.Duration(*seconds+15)*time.Second)
-		var err error
-		out, err = exec.CommandContext(cctx, "nsenter", "--net="+srcNS, "iperf3", "-c", dst.String(), "-t", strconv.Itoa(*seconds), "-J").Output()
-		cancel()
-		refused := strings.Contains(string(out), "Connection refused")
-		if err == nil && !refused {
-			break
-		}
-		if !refused || time.Now().After(deadline) {
-			return 0, fmt.Errorf("iperf3 to %s: %w: %s", dst, err, tailOf(out))
-		}
-		time.Sleep(100 * time.Millisecond) // the server is starting; poll again
-	}
-	var r struct {
-		Error string `json:"error"`
-		End   struct {
-			SumReceived struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal(out, &r); err != nil {
-		return 0, fmt.Errorf("iperf3 output: %w", err)
-	}
-	if r.Error != "" || r.End.SumReceived.BitsPerSecond == 0 {
-		return 0, fmt.Errorf("iperf3 to %s: no data received: %s", dst, r.Error)
-	}
-	return r.End.SumReceived.BitsPerSecond / 1e9, nil
 }
 
 // datapath is how the first node sends to the second.
