@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -752,5 +754,64 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 			t.Fatalf("no %s within %v", what, d)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// ruleHandles lists the kernel's rule handles per chain of the table.
+func (b *bed) ruleHandles() map[string][]uint64 {
+	b.t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", b.node, "nft", "-j", "list", "table", "inet", DefaultTable).Output()
+	if err != nil {
+		b.t.Fatalf("nft -j list: %v", err)
+	}
+	var doc struct {
+		Nftables []struct {
+			Rule *struct {
+				Chain  string `json:"chain"`
+				Handle uint64 `json:"handle"`
+			} `json:"rule"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal(out, &doc); err != nil {
+		b.t.Fatalf("nft -j output: %v", err)
+	}
+	hs := map[string][]uint64{}
+	for _, o := range doc.Nftables {
+		if o.Rule != nil {
+			hs[o.Rule.Chain] = append(hs[o.Rule.Chain], o.Rule.Handle)
+		}
+	}
+	return hs
+}
+
+// A policy change in the kernel touches only that policy's chain and
+// jump: the other policies' rules keep their handles (they were not
+// rewritten), and the verdicts follow the change.
+func TestKernelPolicyChangeRewritesOneChain(t *testing.T) {
+	b := newBed(t)
+	e := b.engine()
+	keep := withIngress(netpol("prod", "keep", sel("id", "a")), ruleSpec{peers: []networkingv1.NetworkPolicyPeer{podPeer(sel("id", "b"))}})
+	moving := withIngress(netpol("prod", "moving", sel("id", "b")), ruleSpec{peers: []networkingv1.NetworkPolicyPeer{nsPeer(sel("team", "b"))}})
+	b.apply(e, keep, moving)
+	b.check("before", flow{kB, kA, 80, true}, flow{kC, kA, 80, false}, flow{kC, kB, 80, true}, flow{kA, kB, 80, false})
+	keepChain := hashName(prefixIngress, "prod/keep")
+	before := b.ruleHandles()
+	if len(before[keepChain]) != 1 {
+		t.Fatalf("chain %s has handles %v, want one rule", keepChain, before[keepChain])
+	}
+	moving = withIngress(netpol("prod", "moving", sel("id", "b")), ruleSpec{peers: []networkingv1.NetworkPolicyPeer{podPeer(sel("id", "a"))}})
+	b.apply(e, moving)
+	b.check("after a change", flow{kB, kA, 80, true}, flow{kC, kA, 80, false}, flow{kC, kB, 80, false}, flow{kA, kB, 80, true})
+	after := b.ruleHandles()
+	for _, ch := range []string{keepChain, chainForward, chainEgress, chainEgressOK} {
+		if !slices.Equal(before[ch], after[ch]) {
+			t.Errorf("chain %s rewritten by another policy's change: handles %v, then %v", ch, before[ch], after[ch])
+		}
+	}
+	e.DeletePolicy("prod", "moving")
+	b.apply(e)
+	b.check("after a delete", flow{kB, kA, 80, true}, flow{kC, kA, 80, false}, flow{kC, kB, 80, true})
+	if hs := b.ruleHandles(); !slices.Equal(before[keepChain], hs[keepChain]) || hs[hashName(prefixIngress, "prod/moving")] != nil {
+		t.Errorf("after the delete: %v", hs)
 	}
 }
