@@ -47,11 +47,11 @@ type fakeKernel struct {
 	ruleOps      int // rules sent by the last write
 	// chains as the kernel has them: the program's, in the order the
 	// writes left them (jumps are inserted at the head).
-	chains map[string][]rule
-	fail         error
-	failOnce     bool                  // fail is for the next write only
-	bridgeErr    error                 // what ensureBridgeNF says
-	flushes      []map[netip.Addr]bool // the addresses of each flushNeighbours
+	chains    map[string][]rule
+	fail      error
+	failOnce  bool                  // fail is for the next write only
+	bridgeErr error                 // what ensureBridgeNF says
+	flushes   []map[netip.Addr]bool // the addresses of each flushNeighbours
 }
 
 func newFakeKernel(t testing.TB) *fakeKernel { return &fakeKernel{t: t} }
