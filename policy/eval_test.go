@@ -212,6 +212,7 @@ func mapSlice[T, U any](in []T, f func(T) U) []U {
 
 func (k *fakeKernel) readDrops() (uint64, uint64, error)  { return 0, 0, nil }
 func (k *fakeKernel) forgetFlows(flowFilter) (int, error) { return 0, nil }
+func (k *fakeKernel) forgetUnreplied(netip.Addr) error    { return nil }
 func (k *fakeKernel) flushNeighbours(a map[netip.Addr]bool) (int, error) {
 	k.flushes = append(k.flushes, maps.Clone(a))
 	return len(a), nil

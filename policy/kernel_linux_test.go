@@ -28,6 +28,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -813,5 +815,77 @@ func TestKernelPolicyChangeRewritesOneChain(t *testing.T) {
 	b.check("after a delete", flow{kB, kA, 80, true}, flow{kC, kA, 80, false}, flow{kC, kB, 80, true})
 	if hs := b.ruleHandles(); !slices.Equal(before[keepChain], hs[keepChain]) || hs[hashName(prefixIngress, "prod/moving")] != nil {
 		t.Errorf("after the delete: %v", hs)
+	}
+}
+
+// sendUDP sends one datagram from src to dst:port and does not wait.
+func (b *bed) sendUDP(src, dst netip.Addr, port int) {
+	b.t.Helper()
+	err := netnstest.Do(b.nsOf(src), func() error {
+		c, err := net.DialUDP("udp4", &net.UDPAddr{IP: src.AsSlice()}, &net.UDPAddr{IP: dst.AsSlice(), Port: port})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.Write([]byte("x"))
+		return err
+	})
+	if err != nil {
+		b.t.Fatal(err)
+	}
+}
+
+// conntrack lists the node's IPv4 conntrack entries as "src>dst:dport".
+func (b *bed) conntrack() map[string]bool {
+	b.t.Helper()
+	h, err := netlinkHandle(b.node, unix.NETLINK_NETFILTER)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	defer h.Close()
+	fl, err := h.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, f := range fl {
+		out[fmt.Sprintf("%v>%v:%d", f.Forward.SrcIP, f.Forward.DstIP, f.Forward.DstPort)] = true
+	}
+	return out
+}
+
+// ForgetUnreplied deletes, by a filter in the kernel, exactly the entries of
+// the address that never saw a reply: a datagram to it that no one
+// answered, and one from it; a flow to it that was answered stays, and so
+// do the unreplied entries of other addresses.
+func TestKernelForgetUnreplied(t *testing.T) {
+	b := newBed(t)
+	e := b.engine()
+	b.apply(e) // bridged traffic through conntrack
+	if !b.udpOK(kC, kA) {
+		t.Fatal("no echo from a")
+	}
+	b.sendUDP(kC, kA, sinkPort)
+	b.sendUDP(kA, kB, sinkPort)
+	b.sendUDP(kC, kB, sinkPort)
+	replied := fmt.Sprintf("%v>%v:53", kC, kA)
+	toA := fmt.Sprintf("%v>%v:%d", kC, kA, sinkPort)
+	fromA := fmt.Sprintf("%v>%v:%d", kA, kB, sinkPort)
+	other := fmt.Sprintf("%v>%v:%d", kC, kB, sinkPort)
+	waitFor(t, 5*time.Second, "the conntrack entries", func() bool {
+		ct := b.conntrack()
+		return ct[replied] && ct[toA] && ct[fromA] && ct[other]
+	})
+	if err := e.ForgetUnreplied(kA); err != nil {
+		if errors.Is(err, ErrNoCtFilter) {
+			t.Skipf("TEST NOT RUN: %v", err)
+		}
+		t.Fatal(err)
+	}
+	ct := b.conntrack()
+	for entry, want := range map[string]bool{replied: true, toA: false, fromA: false, other: true} {
+		if ct[entry] != want {
+			t.Errorf("entry %s present=%v after ForgetUnreplied(%v), want %v", entry, ct[entry], kA, want)
+		}
 	}
 }

@@ -32,6 +32,7 @@ type backend interface {
 	remove() error
 	ensureBridgeNF() error
 	forgetFlows(f flowFilter) (int, error)
+	forgetUnreplied(addr netip.Addr) error
 	flushNeighbours(addrs map[netip.Addr]bool) (int, error)
 }
 
@@ -47,6 +48,7 @@ func (b nftBackend) writeChange(p *program, contents map[string]map[string]int, 
 func (b nftBackend) readDrops() (uint64, uint64, error)    { return readDrops(b.cfg) }
 func (b nftBackend) remove() error                         { return removeTable(b.cfg) }
 func (b nftBackend) forgetFlows(f flowFilter) (int, error) { return forgetFlows(b.cfg, f) }
+func (b nftBackend) forgetUnreplied(a netip.Addr) error    { return forgetUnreplied(b.cfg, a) }
 func (b nftBackend) flushNeighbours(a map[netip.Addr]bool) (int, error) {
 	return flushNeighbours(b.cfg, a)
 }
