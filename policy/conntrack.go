@@ -103,8 +103,9 @@ const (
 	nfnetlinkVersionFlag = 1      // nfgenmsg.version != 0: the flush is per family
 )
 
-// ErrNoCtFilter means the kernel cannot delete conntrack entries by a
-// filter (CTA_FILTER on IPCTNL_MSG_CT_DELETE, Linux 6.1 and later).
+// ErrNoCtFilter means the kernel refused the filtered delete (CTA_FILTER
+// and CTA_STATUS_MASK on IPCTNL_MSG_CT_DELETE, which older kernels do not
+// take): the caller falls back to ForgetFlows, off the ADD path.
 var ErrNoCtFilter = errors.New("policy: the kernel does not delete conntrack entries by filter")
 
 // ForgetUnreplied deletes the conntrack entries that never saw a reply and

@@ -876,13 +876,14 @@ func TestKernelForgetUnreplied(t *testing.T) {
 		ct := b.conntrack()
 		return ct[replied] && ct[toA] && ct[fromA] && ct[other]
 	})
+	t.Logf("before: %v", b.conntrack())
+	// No skip on ErrNoCtFilter: the kernels weft is tested on have the
+	// filter, and a skip would hide a malformed request (EINVAL).
 	if err := e.ForgetUnreplied(kA); err != nil {
-		if errors.Is(err, ErrNoCtFilter) {
-			t.Skipf("TEST NOT RUN: %v", err)
-		}
 		t.Fatal(err)
 	}
 	ct := b.conntrack()
+	t.Logf("after: %v", ct)
 	for entry, want := range map[string]bool{replied: true, toA: false, fromA: false, other: true} {
 		if ct[entry] != want {
 			t.Errorf("entry %s present=%v after ForgetUnreplied(%v), want %v", entry, ct[entry], kA, want)
