@@ -60,6 +60,17 @@ func denyIngress(ns, name string, sel map[string]string) *networkingv1.NetworkPo
 		Spec: networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: sel}}}
 }
 
+// waitPolicySynced waits until the agent's policy informers have synced.
+func waitPolicySynced(ctx context.Context, c *agenttest.Cluster, n *agenttest.Node) {
+	c.Wait("the policy informers to sync", func() error {
+		st, err := n.Client.Policy(ctx)
+		if err == nil && !st.Synced {
+			err = errors.New("not synced")
+		}
+		return err
+	})
+}
+
 func hasContainer(t *testing.T, n *agenttest.Node, id string) bool {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -119,13 +130,7 @@ func TestPolicyGatesCNIAdd(t *testing.T) {
 	}
 
 	down.Store(false)
-	c.Wait("the policy informers to sync", func() error {
-		st, err := n.Client.Policy(ctx)
-		if err == nil && !st.Synced {
-			err = errors.New("not synced")
-		}
-		return err
-	})
+	waitPolicySynced(ctx, c, n)
 
 	// A pod the cache does not know: "try again", no address leaked.
 	start := time.Now()
@@ -267,13 +272,7 @@ func TestPolicyApplyFailureIsTryAgain(t *testing.T) {
 	c, n := kubeAgent(t, client, eng, true)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c.Wait("sync", func() error {
-		st, err := n.Client.Policy(ctx)
-		if err == nil && !st.Synced {
-			err = errors.New("not synced")
-		}
-		return err
-	})
+	waitPolicySynced(ctx, c, n)
 	eng.FailApply(errors.New("netlink: operation not permitted"))
 	_, err := n.Client.Allocate(ctx, api.AllocateRequest{ContainerID: "c1", IfName: "eth0", PodNamespace: "np", PodName: "web"})
 	if api.Code(err) != api.CodeNotReady || !strings.Contains(err.Error(), "operation not permitted") {
@@ -407,13 +406,7 @@ func TestPolicyGateWaitsForPodUID(t *testing.T) {
 	c, n := kubeAgent(t, client, eng, true)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c.Wait("the policy informers to sync", func() error {
-		st, err := n.Client.Policy(ctx)
-		if err == nil && !st.Synced {
-			err = errors.New("not synced")
-		}
-		return err
-	})
+	waitPolicySynced(ctx, c, n)
 	add := func(id, uid string) (api.AllocateResponse, error) {
 		return n.Client.Allocate(ctx, api.AllocateRequest{ContainerID: id, IfName: "eth0", PodNamespace: "np", PodName: "web", PodUID: uid})
 	}
