@@ -41,6 +41,11 @@ type PolicyEngine interface {
 	// FlushNeighbours deletes the neighbour entries of these addresses,
 	// dropping packets queued on them before the address was isolated.
 	FlushNeighbours(addrs ...netip.Addr) (int, error)
+	// ForgetUnreplied deletes the conntrack entries of addr that never saw
+	// a reply (packets sent before its pod existed), with a kernel-side
+	// filter: cheap, on the ADD path. policy.ErrNoCtFilter: the kernel
+	// cannot filter.
+	ForgetUnreplied(addr netip.Addr) error
 }
 
 // realPolicyEngine is Devices.PolicyEngine on a real host.
@@ -114,6 +119,8 @@ type policyCtl struct {
 	// released are addresses given back (CNI DEL, GC) whose conntrack
 	// entries the run loop has still to delete.
 	released map[netip.Addr]bool
+	// noCtFilter: the kernel refused ForgetUnreplied once; said once.
+	noCtFilter bool
 }
 
 func newPolicyCtl(eng PolicyEngine, node string, local localPodAddrs, log *slog.Logger, observe func(time.Duration)) *policyCtl {
@@ -311,8 +318,11 @@ func (c *policyCtl) applyLocked(ctx context.Context) error {
 // address addr (just allocated) is in the engine's sets with rules
 // applied, the pod may have its network. Any error means "try again".
 // A request without a pod identity is no Kubernetes pod: no policy can
-// select it, so it passes.
-func (c *policyCtl) admit(ctx context.Context, namespace, name string, addr netip.Addr) error {
+// select it, so it passes. uid, when the runtime passed it, is the pod's:
+// a cached pod of the same name with another UID is an older pod (deleted
+// and recreated under the name), whose labels may not be this one's, so
+// the gate waits for the cache to have this one.
+func (c *policyCtl) admit(ctx context.Context, namespace, name, uid string, addr netip.Addr) error {
 	if namespace == "" || name == "" {
 		return nil
 	}
@@ -323,7 +333,9 @@ func (c *policyCtl) admit(ctx context.Context, namespace, name string, addr neti
 	// it within the same bound.
 	wctx, cancel := context.WithTimeout(ctx, policyPodWait)
 	defer cancel()
-	p, err := c.src.WaitPod(wctx, namespace, name, func(p *corev1.Pod) bool { return p.Spec.NodeName == c.node })
+	p, err := c.src.WaitPod(wctx, namespace, name, func(p *corev1.Pod) bool {
+		return p.Spec.NodeName == c.node && (uid == "" || string(p.UID) == uid)
+	})
 	if err != nil {
 		return err
 	}
@@ -348,6 +360,10 @@ func (c *policyCtl) admit(ctx context.Context, namespace, name string, addr neti
 	// delivered past the policy, and its reply would make their flow
 	// established. Drop them before the pod has its network.
 	c.flushNeighbours(addr)
+	// Those packets, and any that reached the bridge before, also left
+	// unreplied conntrack entries; the pod's first answer would make
+	// them established past its rules.
+	c.forgetUnreplied(addr)
 	// The address was given back a moment ago and the run loop has not
 	// yet forgotten its flows: do it now, before the pod gets it.
 	if c.released[addr] {
@@ -367,6 +383,22 @@ func (c *policyCtl) forgetFlows(addrs []netip.Addr) {
 		c.log.Warn("deleting the conntrack entries of released pod addresses", "addresses", addrs, "err", err)
 	} else if n > 0 {
 		c.log.Debug("deleted the conntrack entries of released pod addresses", "addresses", addrs, "entries", n)
+	}
+}
+
+// forgetUnreplied deletes the unreplied conntrack entries of addr; a
+// failure is logged (such a flow may then pass once the pod answers).
+func (c *policyCtl) forgetUnreplied(addr netip.Addr) {
+	err := c.eng.ForgetUnreplied(addr)
+	switch {
+	case err == nil:
+	case errors.Is(err, policy.ErrNoCtFilter):
+		if !c.noCtFilter {
+			c.noCtFilter = true
+			c.log.Warn("this kernel cannot delete conntrack entries by filter: packets sent to a new pod's address before it existed may open a flow past its policy", "err", err)
+		}
+	default:
+		c.log.Warn("deleting the unreplied conntrack entries of a new pod address", "address", addr, "err", err)
 	}
 }
 
@@ -529,7 +561,7 @@ func (a *Agent) admitPod(ctx context.Context, req api.AllocateRequest, addr neti
 	if a.policy == nil {
 		return nil
 	}
-	err := a.policy.admit(ctx, req.PodNamespace, req.PodName, addr)
+	err := a.policy.admit(ctx, req.PodNamespace, req.PodName, req.PodUID, addr)
 	if err == nil {
 		return nil
 	}

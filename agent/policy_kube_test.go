@@ -176,15 +176,7 @@ func TestPolicyAgainstAPIServer(t *testing.T) {
 	})
 	c.StartAll()
 	c.WaitFormed()
-	waitSynced := func() {
-		c.Wait("the policy informers to sync", func() error {
-			st, err := n.Client.Policy(ctx)
-			if err == nil && !st.Synced {
-				err = errors.New("not synced")
-			}
-			return err
-		})
-	}
+	waitSynced := func() { waitPolicySynced(ctx, c, n) }
 	waitSynced()
 
 	// ADD of a pod the API server does not have: "try again", no leak.

@@ -60,6 +60,17 @@ func denyIngress(ns, name string, sel map[string]string) *networkingv1.NetworkPo
 		Spec: networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: sel}}}
 }
 
+// waitPolicySynced waits until the agent's policy informers have synced.
+func waitPolicySynced(ctx context.Context, c *agenttest.Cluster, n *agenttest.Node) {
+	c.Wait("the policy informers to sync", func() error {
+		st, err := n.Client.Policy(ctx)
+		if err == nil && !st.Synced {
+			err = errors.New("not synced")
+		}
+		return err
+	})
+}
+
 func hasContainer(t *testing.T, n *agenttest.Node, id string) bool {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -119,13 +130,7 @@ func TestPolicyGatesCNIAdd(t *testing.T) {
 	}
 
 	down.Store(false)
-	c.Wait("the policy informers to sync", func() error {
-		st, err := n.Client.Policy(ctx)
-		if err == nil && !st.Synced {
-			err = errors.New("not synced")
-		}
-		return err
-	})
+	waitPolicySynced(ctx, c, n)
 
 	// A pod the cache does not know: "try again", no address leaked.
 	start := time.Now()
@@ -159,6 +164,10 @@ func TestPolicyGatesCNIAdd(t *testing.T) {
 	// its neighbour entries were flushed after the Apply that isolated it.
 	if fl := eng.Flushed(); len(fl) == 0 || !slices.Equal(fl[len(fl)-1].Addrs, []netip.Addr{addr}) || !fl[len(fl)-1].Applied {
 		t.Errorf("neighbour flushes when ADD returned: %+v, want the last one of [%s] after its Apply", fl, addr)
+	}
+	// So are the unreplied conntrack entries such packets left.
+	if un := eng.Unreplied(); len(un) == 0 || !slices.Equal(un[len(un)-1].Addrs, []netip.Addr{addr}) || !un[len(un)-1].Applied {
+		t.Errorf("unreplied conntrack deletes when ADD returned: %+v, want the last one of [%s] after its Apply", un, addr)
 	}
 	admitted := len(eng.History("np", "web"))
 
@@ -263,13 +272,7 @@ func TestPolicyApplyFailureIsTryAgain(t *testing.T) {
 	c, n := kubeAgent(t, client, eng, true)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c.Wait("sync", func() error {
-		st, err := n.Client.Policy(ctx)
-		if err == nil && !st.Synced {
-			err = errors.New("not synced")
-		}
-		return err
-	})
+	waitPolicySynced(ctx, c, n)
 	eng.FailApply(errors.New("netlink: operation not permitted"))
 	_, err := n.Client.Allocate(ctx, api.AllocateRequest{ContainerID: "c1", IfName: "eth0", PodNamespace: "np", PodName: "web"})
 	if api.Code(err) != api.CodeNotReady || !strings.Contains(err.Error(), "operation not permitted") {
@@ -384,5 +387,79 @@ func TestPolicyEngineConfig(t *testing.T) {
 	addrs := pc.NodeAddrs()
 	if !slices.Contains(addrs, agenttest.HostAddr(0)) || !slices.Contains(addrs, c.Nodes[0].Agent().HostAddr()) {
 		t.Errorf("NodeAddrs %v: want the underlay %s and the bridge's %s", addrs, agenttest.HostAddr(0), c.Nodes[0].Agent().HostAddr())
+	}
+}
+
+// A pod deleted and created again under the same name: the ADD names the
+// new one by K8S_POD_UID, and the gate does not admit it on the old
+// object's labels while the cache still has that one.
+func TestPolicyGateWaitsForPodUID(t *testing.T) {
+	old := policyPod("np", "web", "host1", map[string]string{"app": "old"})
+	old.UID = "uid-old"
+	client := fake.NewClientset(
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "host1"}},
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "np"}},
+		old,
+		denyIngress("np", "deny-web", map[string]string{"app": "web"}),
+	)
+	eng := agenttest.NewPolicyEngine()
+	c, n := kubeAgent(t, client, eng, true)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	waitPolicySynced(ctx, c, n)
+	add := func(id, uid string) (api.AllocateResponse, error) {
+		return n.Client.Allocate(ctx, api.AllocateRequest{ContainerID: id, IfName: "eth0", PodNamespace: "np", PodName: "web", PodUID: uid})
+	}
+
+	// Only the old pod is cached: "try again", not an admission on its labels.
+	if _, err := add("c-new", "uid-new"); api.Code(err) != api.CodeNotReady {
+		t.Fatalf("ADD of the new pod while only the old one is cached: %v, want %s", err, api.CodeNotReady)
+	}
+	if h := eng.History("np", "web"); slices.ContainsFunc(h, func(p policy.Pod) bool { return p.Local && len(p.IPs) > 0 }) {
+		t.Errorf("the old object was admitted with an address: %+v", h)
+	}
+
+	// The new pod arrives while the next ADD waits: it is admitted with
+	// the new labels, and isolated by them.
+	type result struct {
+		r   api.AllocateResponse
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		r, err := add("c-new", "uid-new")
+		done <- result{r, err}
+	}()
+	if err := client.CoreV1().Pods("np").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	fresh := policyPod("np", "web", "host1", map[string]string{"app": "web"})
+	fresh.UID = "uid-new"
+	if _, err := client.CoreV1().Pods("np").Create(ctx, fresh, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	res := <-done
+	if res.err != nil {
+		// The 1 s wait of the gate may have ended before the informer
+		// delivered: the runtime retries, and so does the test, once.
+		if api.Code(res.err) != api.CodeNotReady {
+			t.Fatal(res.err)
+		}
+		c.Wait("the new pod in the cache", func() error {
+			r, err := add("c-new", "uid-new")
+			res = result{r, err}
+			return err
+		})
+	}
+	p, ok := eng.Applied("np", "web")
+	if !ok || p.Labels["app"] != "web" || !p.Local {
+		t.Fatalf("admitted as %+v (ok=%v), want the new pod's labels app=web", p, ok)
+	}
+	if in, _ := eng.Selected("np", "web"); !in {
+		t.Error("the new pod is not isolated by deny-web when its ADD returned")
+	}
+	// Without a UID (an older runtime) the name alone still admits.
+	if _, err := n.Client.Allocate(ctx, api.AllocateRequest{ContainerID: "c-nouid", IfName: "eth0", PodNamespace: "np", PodName: "web"}); err != nil {
+		t.Errorf("ADD without K8S_POD_UID: %v", err)
 	}
 }

@@ -236,6 +236,9 @@ type AllocateRequest struct {
 	// the runtime's CNI_ARGS, when it passed them: shown by weft ps.
 	PodNamespace string `json:"pod_namespace,omitempty"`
 	PodName      string `json:"pod_name,omitempty"`
+	// PodUID is K8S_POD_UID, when passed: the agent's network policy gate
+	// waits for this very pod in its cache, not an older one of the name.
+	PodUID string `json:"pod_uid,omitempty"`
 	// Address, for Claim only: the address (no prefix) the container had.
 	Address string `json:"address,omitempty"`
 }

@@ -119,11 +119,11 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return agentError("get network from agent", err)
 	}
-	ns, pod := podOf(args.Args)
+	pod := podOf(args.Args)
 	ctx, cancel = agentCtx()
 	alloc, err := agent.Allocate(ctx, api.AllocateRequest{
 		ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns,
-		PodNamespace: ns, PodName: pod,
+		PodNamespace: pod.Namespace, PodName: pod.Name, PodUID: pod.UID,
 	})
 	cancel()
 	if err != nil {
@@ -389,19 +389,27 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 	return nil
 }
 
-// podOf reads K8S_POD_NAMESPACE and K8S_POD_NAME from CNI_ARGS
-// ("K=V;K=V"), which Kubernetes runtimes pass; "" when absent.
-func podOf(cniArgs string) (namespace, name string) {
+// podID is the pod a CNI call is for, as the runtime names it.
+type podID struct{ Namespace, Name, UID string }
+
+// podOf reads K8S_POD_NAMESPACE, K8S_POD_NAME and K8S_POD_UID from
+// CNI_ARGS ("K=V;K=V"), which Kubernetes runtimes pass; "" when absent.
+// The UID tells a pod from an older one of the same name, which the
+// agent's cache may still hold when the new one's ADD comes.
+func podOf(cniArgs string) podID {
+	var p podID
 	for _, kv := range strings.Split(cniArgs, ";") {
 		k, v, _ := strings.Cut(kv, "=")
 		switch k {
 		case "K8S_POD_NAMESPACE":
-			namespace = v
+			p.Namespace = v
 		case "K8S_POD_NAME":
-			name = v
+			p.Name = v
+		case "K8S_POD_UID":
+			p.UID = v
 		}
 	}
-	return namespace, name
+	return p
 }
 
 // timingTimeout bounds the report of an ADD's duration: it is for metrics

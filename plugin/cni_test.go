@@ -147,6 +147,20 @@ func TestAddAllocatesAndAttaches(t *testing.T) {
 	}
 }
 
+// The pod's identity from CNI_ARGS reaches the agent, the UID included:
+// the agent's policy gate tells a recreated pod from the old one by it.
+func TestAddPassesPodIdentity(t *testing.T) {
+	h := newHarness(t)
+	args := h.args("c1", "eth0", h.conf(""))
+	args.Args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=np;K8S_POD_NAME=web;K8S_POD_UID=0b9c-77"
+	if err := h.plugin.Add(args); err != nil {
+		t.Fatal(err)
+	}
+	if r := h.agent.LastAllocate(); r.PodNamespace != "np" || r.PodName != "web" || r.PodUID != "0b9c-77" {
+		t.Fatalf("the agent got %+v, want pod np/web uid 0b9c-77", r)
+	}
+}
+
 func TestAddConfigMTUOverridesAgent(t *testing.T) {
 	h := newHarness(t)
 	if err := h.plugin.Add(h.args("c1", "eth0", h.conf(`,"mtu":1200`))); err != nil {
@@ -357,15 +371,14 @@ func TestHostVethName(t *testing.T) {
 }
 
 func TestPodOfCNIArgs(t *testing.T) {
-	for args, want := range map[string][2]string{
-		"IgnoreUnknown=1;K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-abc;K8S_POD_INFRA_CONTAINER_ID=123": {"kube-system", "coredns-abc"},
-		"":                       {"", ""},
-		"K8S_POD_NAME=solo":      {"", "solo"},
-		"garbage;=;K8S_POD_NAME": {"", ""},
+	for args, want := range map[string]podID{
+		"IgnoreUnknown=1;K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-abc;K8S_POD_INFRA_CONTAINER_ID=123;K8S_POD_UID=4f1c-9a": {"kube-system", "coredns-abc", "4f1c-9a"},
+		"":                       {},
+		"K8S_POD_NAME=solo":      {Name: "solo"},
+		"garbage;=;K8S_POD_NAME": {},
 	} {
-		ns, name := podOf(args)
-		if ns != want[0] || name != want[1] {
-			t.Errorf("podOf(%q) = %q, %q; want %q, %q", args, ns, name, want[0], want[1])
+		if got := podOf(args); got != want {
+			t.Errorf("podOf(%q) = %+v; want %+v", args, got, want)
 		}
 	}
 }

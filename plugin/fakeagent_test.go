@@ -28,6 +28,7 @@ type fakeAgent struct {
 	notReady bool
 	held     map[api.Attachment]netip.Addr
 	calls    map[string]int
+	lastReq  api.AllocateRequest // the last allocate's request
 
 	srv *http.Server
 	ln  net.Listener
@@ -116,6 +117,13 @@ func (a *fakeAgent) Held() map[api.Attachment]netip.Addr {
 	return out
 }
 
+// LastAllocate is the request of the last allocate call.
+func (a *fakeAgent) LastAllocate() api.AllocateRequest {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.lastReq
+}
+
 func (a *fakeAgent) Calls(name string) int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -149,6 +157,7 @@ func (a *fakeAgent) allocate(w http.ResponseWriter, r *http.Request) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.calls["allocate"]++
+	a.lastReq = req
 	if a.notReady {
 		replyErr(w, http.StatusServiceUnavailable, api.CodeNotReady, "awaiting consensus")
 		return

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -26,9 +27,11 @@ import (
 // Which parts of a policy become what:
 //
 //   - the policy's podSelector: an address set of the pods it selects in its
-//     namespace ("target"); ingress rules match ip daddr @target, egress
-//     rules ip saddr @target. Local pods a target set holds go into
-//     ingress-iso / egress-iso, by the policy's types.
+//     namespace ("target"); the ingress chain jumps to the policy's own
+//     ingress chain on ip daddr @target, the egress chain to its egress
+//     chain on ip saddr @target. Local pods a target set holds go into
+//     ingress-iso / egress-iso, by the policy's types. A policy with no
+//     rules in a direction has no chain there: isolation alone denies.
 //   - a peer's podSelector / namespaceSelector: an address set, one per
 //     distinct (namespace scope, canonical selectors), shared by every
 //     policy that uses it, the target sets included.
@@ -37,7 +40,10 @@ import (
 //     or an endPort range; named ports: a set of pod address . protocol .
 //     port per port name, since a name resolves per destination pod.
 //
-// Rules are per policy rule: (peers or any) x (port groups or any).
+// Rules are per policy rule: (peers or any) x (port groups or any), in the
+// policy's chain. Each policy is compiled on its own (polProg) and the
+// Engine keeps the results, so a policy change compiles one policy and
+// rewrites one chain; link puts the policies together.
 // Anything invalid (bad CIDR, port out of range, endPort < port, unknown
 // protocol, bad selector) is left out and reported: an entry left out of
 // a list allows nothing, and a list whose every entry is invalid yields no
@@ -50,11 +56,17 @@ const (
 	setNode       = "node"
 )
 
-// Chain names.
+// Chain names. Each policy that has rules in a direction gets its own
+// chain ("pi-" / "pe-" and a hash of its namespace/name), jumped to from
+// the direction's chain when the packet's pod is one the policy selects:
+// a policy change rewrites that policy's chain and its jump, nothing else.
 const (
-	chainForward = "forward"
-	chainIngress = "ingress"
-	chainEgress  = "egress"
+	chainForward  = "forward"
+	chainIngress  = "ingress"
+	chainEgress   = "egress"
+	chainEgressOK = "egress-ok"
+	prefixIngress = "pi-"
+	prefixEgress  = "pe-"
 )
 
 // Named counters of the deny rules, per direction. Named objects, so that
@@ -145,13 +157,14 @@ const (
 	vDrop
 	vReturn
 	vJump
+	vGoto     // to chain jump; where it ends, the calling chain ends
 	vContinue // no verdict: the next rule
 )
 
 type rule struct {
 	conds   []cond
 	verdict verdict
-	jump    string // vJump: the chain
+	jump    string // vJump, vGoto: the chain
 	counter string // a named counter the rule counts into
 	tag     string // the rule's comment
 	log     string // rate-limited log with this prefix (DenyLog)
@@ -172,12 +185,41 @@ type program struct {
 	namedSets []*setDef // named port sets, by name
 	// Target sets of the policies with Ingress / Egress in their types.
 	ingressTargets, egressTargets map[string]bool
-	forward, ingress, egress      []rule
-	errs                          []string
+	// forward is the base chain; ingress and egress hold their fixed rules
+	// and a jump to every policy chain (tagged with its name); egressOK is
+	// where an egress allow goes on to the ingress check.
+	forward, ingress, egress, egressOK []rule
+	chains                             map[string][]rule // the policies' chains, by name
+	errs                               []string
 }
 
-func (p *program) setCount() int  { return len(p.sets) }
-func (p *program) ruleCount() int { return len(p.forward) + len(p.ingress) + len(p.egress) }
+func (p *program) setCount() int { return len(p.sets) }
+func (p *program) ruleCount() int {
+	n := len(p.forward) + len(p.ingress) + len(p.egress) + len(p.egressOK)
+	for _, rs := range p.chains {
+		n += len(rs)
+	}
+	return n
+}
+
+// polProg is one policy compiled on its own: the sets it uses, its
+// chains and the jumps to them.
+type polProg struct {
+	src  *networkingv1.NetworkPolicy // compiled from (the Engine's copy)
+	sets map[string]*setDef
+	// Target set, "" when the policy is not of that type.
+	ingressTarget, egressTarget string
+	jumps                       []jumpRule        // into the ingress / egress chain
+	chains                      map[string][]rule // by name
+	errs                        []string
+}
+
+// jumpRule is a rule of the ingress or egress chain that jumps to a
+// policy's chain; rule.tag is the chain's name.
+type jumpRule struct {
+	chain string // chainIngress or chainEgress
+	r     rule
+}
 
 // Compile errors (wrapped in program.errs' texts), so tests can tell them apart.
 var (
@@ -194,36 +236,71 @@ func hashName(prefix, k string) string {
 }
 
 type compiler struct {
-	p   *program
-	pol string // namespace/name of the policy being compiled
+	sets map[string]*setDef
+	errs []string
+	pol  string // namespace/name of the policy being compiled
 }
 
 func (c *compiler) errf(err error, format string, args ...any) {
-	c.p.errs = append(c.p.errs, fmt.Sprintf("%s: %v: %s", c.pol, err, fmt.Sprintf(format, args...)))
+	c.errs = append(c.errs, fmt.Sprintf("%s: %v: %s", c.pol, err, fmt.Sprintf(format, args...)))
 }
 
 // compile builds the program of a set of policies. It never fails: what it
 // cannot compile it leaves out (failing closed) and lists in errs.
 func compile(policies map[string]*networkingv1.NetworkPolicy, denyLog bool) *program {
+	progs := make(map[string]*polProg, len(policies))
+	for k, np := range policies {
+		progs[k] = compilePolicy(k, np)
+	}
+	return link(progs, denyLog)
+}
+
+// compilePolicy compiles one policy, known as key (namespace/name).
+func compilePolicy(key string, np *networkingv1.NetworkPolicy) *polProg {
+	c := &compiler{sets: map[string]*setDef{}, pol: key}
+	pp := &polProg{src: np, sets: c.sets, chains: map[string][]rule{}}
+	c.policy(pp, np)
+	pp.errs = c.errs
+	return pp
+}
+
+// link puts compiled policies together into a program.
+func link(progs map[string]*polProg, denyLog bool) *program {
 	p := &program{
 		sets:           map[string]*setDef{},
 		ingressTargets: map[string]bool{},
 		egressTargets:  map[string]bool{},
+		chains:         map[string][]rule{},
 	}
 	for _, n := range []string{setIngressIso, setEgressIso, setNode} {
 		p.sets[n] = &setDef{name: n, typ: setAddr}
 	}
-	c := &compiler{p: p}
-	keys := slices.Sorted(func(yield func(string) bool) {
-		for k := range policies {
-			if !yield(k) {
-				return
+	p.ingress = []rule{{conds: []cond{{op: condSaddr, set: setNode}}, verdict: vAccept}}
+	p.egress = []rule{{conds: []cond{{op: condDaddr, set: setNode}}, verdict: vReturn}}
+	for _, k := range slices.Sorted(maps.Keys(progs)) {
+		pp := progs[k]
+		for n, s := range pp.sets {
+			if _, ok := p.sets[n]; !ok {
+				p.sets[n] = s // equal names are equal sets: either will do
 			}
 		}
-	})
-	for _, k := range keys {
-		c.pol = k
-		c.policy(policies[k])
+		if pp.ingressTarget != "" {
+			p.ingressTargets[pp.ingressTarget] = true
+		}
+		if pp.egressTarget != "" {
+			p.egressTargets[pp.egressTarget] = true
+		}
+		for _, j := range pp.jumps {
+			if j.chain == chainIngress {
+				p.ingress = append(p.ingress, j.r)
+			} else {
+				p.egress = append(p.egress, j.r)
+			}
+		}
+		for n, rs := range pp.chains {
+			p.chains[n] = rs
+		}
+		p.errs = append(p.errs, pp.errs...)
 	}
 	for _, s := range p.sets {
 		switch {
@@ -245,13 +322,17 @@ func compile(policies map[string]*networkingv1.NetworkPolicy, denyLog bool) *pro
 		{conds: []cond{ip4, {op: condSaddr, set: setEgressIso}}, verdict: vJump, jump: chainEgress},
 		{conds: []cond{ip4, {op: condDaddr, set: setIngressIso}}, verdict: vJump, jump: chainIngress},
 	}
-	p.ingress = slices.Insert(p.ingress, 0, rule{conds: []cond{{op: condSaddr, set: setNode}}, verdict: vAccept})
+	// An egress allow in a policy chain goes here (goto): the packet has
+	// its egress verdict, and the destination's ingress decides the rest.
+	p.egressOK = []rule{
+		{conds: []cond{{op: condDaddr, set: setIngressIso}}, verdict: vGoto, jump: chainIngress},
+		{verdict: vAccept},
+	}
 	if denyLog {
 		p.ingress = append(p.ingress, rule{verdict: vContinue, log: "weft-policy deny ingress: "})
 		p.egress = append(p.egress, rule{verdict: vContinue, log: "weft-policy deny egress: "})
 	}
 	p.ingress = append(p.ingress, rule{verdict: vDrop, counter: counterIngress, tag: tagDropIngress})
-	p.egress = slices.Insert(p.egress, 0, rule{conds: []cond{{op: condDaddr, set: setNode}}, verdict: vReturn})
 	p.egress = append(p.egress, rule{verdict: vDrop, counter: counterEgress, tag: tagDropEgress})
 	return p
 }
@@ -275,7 +356,7 @@ func (c *compiler) policyTypes(np *networkingv1.NetworkPolicy) (ingress, egress 
 	return ingress, egress
 }
 
-func (c *compiler) policy(np *networkingv1.NetworkPolicy) {
+func (c *compiler) policy(pp *polProg, np *networkingv1.NetworkPolicy) {
 	ingress, egress := c.policyTypes(np)
 	if !ingress && !egress {
 		return
@@ -289,24 +370,40 @@ func (c *compiler) policy(np *networkingv1.NetworkPolicy) {
 	}
 	target := c.selSet(&peerSel{ns: np.Namespace, podSel: podSel})
 	if ingress {
-		c.p.ingressTargets[target] = true
+		pp.ingressTarget = target
+		var rs []rule
 		for i, r := range np.Spec.Ingress {
-			c.rules(&c.p.ingress, fmt.Sprintf("ingress[%d]", i), np.Namespace, condDaddr, condSaddr, target, r.From, r.Ports, vAccept)
+			rs = c.rules(rs, fmt.Sprintf("ingress[%d]", i), np.Namespace, condSaddr, r.From, r.Ports, rule{verdict: vAccept})
 		}
+		c.chain(pp, chainIngress, prefixIngress, condDaddr, target, rs)
 	}
 	if egress {
-		c.p.egressTargets[target] = true
+		pp.egressTarget = target
+		var rs []rule
 		for i, r := range np.Spec.Egress {
-			c.rules(&c.p.egress, fmt.Sprintf("egress[%d]", i), np.Namespace, condSaddr, condDaddr, target, r.To, r.Ports, vReturn)
+			rs = c.rules(rs, fmt.Sprintf("egress[%d]", i), np.Namespace, condDaddr, r.To, r.Ports, rule{verdict: vGoto, jump: chainEgressOK})
 		}
+		c.chain(pp, chainEgress, prefixEgress, condSaddr, target, rs)
 	}
 }
 
-// rules appends the rules of one policy rule: self is the condition on the
-// selected pod's address (daddr for ingress), peer the one on the other
-// end's.
-func (c *compiler) rules(out *[]rule, where, ns string, self, peer condOp, target string,
-	peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort, v verdict) {
+// chain makes the policy's chain in one direction, and the jump to it on
+// the selected pod's address (self). No rules, no chain: the policy only
+// isolates its pods.
+func (c *compiler) chain(pp *polProg, from, prefix string, self condOp, target string, rs []rule) {
+	if len(rs) == 0 {
+		return
+	}
+	name := hashName(prefix, c.pol)
+	pp.chains[name] = rs
+	pp.jumps = append(pp.jumps, jumpRule{chain: from,
+		r: rule{conds: []cond{{op: self, set: target}}, verdict: vJump, jump: name, tag: name}})
+}
+
+// rules appends the rules of one policy rule to out: peer is the condition
+// on the other end's address (saddr for ingress), v the rule to allow with.
+func (c *compiler) rules(out []rule, where, ns string, peer condOp,
+	peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort, v rule) []rule {
 	peerConds := [][]cond{nil} // no peers: any
 	if len(peers) > 0 {
 		peerConds = nil
@@ -322,10 +419,12 @@ func (c *compiler) rules(out *[]rule, where, ns string, self, peer condOp, targe
 	}
 	for _, pc := range peerConds {
 		for _, po := range portConds {
-			conds := append([]cond{{op: self, set: target}}, pc...)
-			*out = append(*out, rule{conds: append(conds, po...), verdict: v})
+			r := v
+			r.conds = append(slices.Clone(pc), po...)
+			out = append(out, r)
 		}
 	}
+	return out
 }
 
 // peer compiles one peer into conditions; ok is false when it matches
@@ -341,8 +440,8 @@ func (c *compiler) peer(where, ns string, op condOp, pr networkingv1.NetworkPoli
 			return nil, false
 		}
 		name := hashName("cidr-", fmt.Sprint(spans))
-		if _, ok := c.p.sets[name]; !ok {
-			c.p.sets[name] = &setDef{name: name, typ: setCIDR, spans: spans}
+		if _, ok := c.sets[name]; !ok {
+			c.sets[name] = &setDef{name: name, typ: setCIDR, spans: spans}
 		}
 		return []cond{{op: op, set: name}}, true
 	}
@@ -379,8 +478,8 @@ func (c *compiler) selSet(ps *peerSel) string {
 		k = "nssel=" + ps.nsSel.String() + "|pod=" + ps.podSel.String()
 	}
 	name := hashName("sel-", k)
-	if _, ok := c.p.sets[name]; !ok {
-		c.p.sets[name] = &setDef{name: name, typ: setAddr, sel: ps}
+	if _, ok := c.sets[name]; !ok {
+		c.sets[name] = &setDef{name: name, typ: setAddr, sel: ps}
 	}
 	return name
 }
@@ -529,8 +628,8 @@ func (c *compiler) ports(where string, ports []networkingv1.NetworkPolicyPort) [
 			out = append(out, []cond{pc, {op: condDport, port: uint16(spans[0].lo)}})
 		} else if len(spans) > 0 {
 			name := hashName("ports-", fmt.Sprint(spans))
-			if _, ok := c.p.sets[name]; !ok {
-				c.p.sets[name] = &setDef{name: name, typ: setPorts, spans: spans}
+			if _, ok := c.sets[name]; !ok {
+				c.sets[name] = &setDef{name: name, typ: setPorts, spans: spans}
 			}
 			out = append(out, []cond{pc, {op: condDportSet, set: name}})
 		}
@@ -548,8 +647,8 @@ func (c *compiler) ports(where string, ports []networkingv1.NetworkPolicyPort) [
 
 func (c *compiler) namedSet(port string) string {
 	name := hashName("np-", port)
-	if _, ok := c.p.sets[name]; !ok {
-		c.p.sets[name] = &setDef{name: name, typ: setNamedPort, port: port}
+	if _, ok := c.sets[name]; !ok {
+		c.sets[name] = &setDef{name: name, typ: setNamedPort, port: port}
 	}
 	return name
 }

@@ -14,8 +14,14 @@
 //	  ip saddr @egress-iso  ct state invalid counter drop
 //	  ip saddr @egress-iso  jump egress
 //	  ip daddr @ingress-iso jump ingress
-//	egress:  ip daddr @node return; one rule per policy rule ... return; counter drop
-//	ingress: ip saddr @node accept; one rule per policy rule ... accept; counter drop
+//	egress:    ip daddr @node return; per policy: ip saddr @target jump pe-<policy>; counter drop
+//	ingress:   ip saddr @node accept; per policy: ip daddr @target jump pi-<policy>; counter drop
+//	pe-<policy>: one rule per policy rule ... goto egress-ok
+//	pi-<policy>: one rule per policy rule ... accept
+//	egress-ok: ip daddr @ingress-iso goto ingress; accept
+//
+// Each policy has its own chains, so a policy change is a rewrite of that
+// policy's chain and its jump, not of the ruleset.
 //
 // Pods are in address sets, one per distinct selector (namespace scope +
 // canonical selector string, shared by every policy that uses it), so a pod
@@ -122,6 +128,7 @@ type Engine struct {
 	dirtyPods     map[string]struct{}
 	dirtyNS       map[string]struct{}
 
+	progs     map[string]*polProg            // each policy compiled, by namespace/name
 	prog      *program                       // compiled from policies; nil before the first Apply
 	contents  map[string]map[string]int      // dynamic set -> element key -> references
 	installed map[string]map[string]struct{} // dynamic set -> elements the kernel has
@@ -165,6 +172,7 @@ func newEngine(cfg Config, log *slog.Logger, kern backend) *Engine {
 		log:        log,
 		kern:       kern,
 		policies:   map[string]*networkingv1.NetworkPolicy{},
+		progs:      map[string]*polProg{},
 		namespaces: map[string]map[string]string{},
 		pods:       map[string]*podState{},
 		dirtyPods:  map[string]struct{}{},
@@ -306,8 +314,8 @@ func (e *Engine) Status() Status {
 // Apply programs everything changed since the last Apply, in one nftables
 // transaction. The first Apply (and any after a failed one) writes the
 // whole table, replacing whatever is there in the same transaction, so
-// there is never a moment without rules. After a policy change the ingress
-// and egress chains are rewritten and sets added or removed; after pod,
+// there is never a moment without rules. After a policy change that
+// policy's chains and jumps are rewritten and sets added or removed; after pod,
 // label or namespace changes only set elements change. It returns once the
 // kernel has it.
 func (e *Engine) Apply(ctx context.Context) error {

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net/netip"
 	"reflect"
+	"slices"
 	"testing"
 )
 
@@ -43,10 +44,14 @@ type fakeKernel struct {
 	sets         map[string]map[string]bool
 	fulls, diffs int
 	elemOps      int // set elements sent by the last write
-	fail         error
-	failOnce     bool                  // fail is for the next write only
-	bridgeErr    error                 // what ensureBridgeNF says
-	flushes      []map[netip.Addr]bool // the addresses of each flushNeighbours
+	ruleOps      int // rules sent by the last write
+	// chains as the kernel has them: the program's, in the order the
+	// writes left them (jumps are inserted at the head).
+	chains    map[string][]rule
+	fail      error
+	failOnce  bool                  // fail is for the next write only
+	bridgeErr error                 // what ensureBridgeNF says
+	flushes   []map[netip.Addr]bool // the addresses of each flushNeighbours
 }
 
 func newFakeKernel(t testing.TB) *fakeKernel { return &fakeKernel{t: t} }
@@ -65,6 +70,11 @@ func (k *fakeKernel) writeFull(p *program, contents map[string]map[string]int) e
 		return err
 	}
 	k.prog, k.fulls, k.elemOps = p, k.fulls+1, 0
+	k.chains = map[string][]rule{chainForward: p.forward, chainIngress: p.ingress, chainEgress: p.egress, chainEgressOK: p.egressOK}
+	for n, rs := range p.chains {
+		k.chains[n] = rs
+	}
+	k.ruleOps = p.ruleCount()
 	k.sets = map[string]map[string]bool{}
 	for name := range p.sets {
 		k.sets[name] = map[string]bool{}
@@ -84,11 +94,10 @@ func (k *fakeKernel) writeChange(p *program, contents map[string]map[string]int,
 		k.t.Errorf("change to a table never written")
 		return errors.New("no table")
 	}
-	if !c.rules && (!reflect.DeepEqual(p.ingress, k.prog.ingress) || !reflect.DeepEqual(p.egress, k.prog.egress)) {
-		k.t.Errorf("rules changed without a rewrite of the chains")
-	}
 	k.diffs++
 	k.elemOps = 0
+	k.ruleOps = c.rulesWritten(p)
+	k.changeChains(p, c)
 	for _, n := range c.newSets {
 		if k.sets[n] != nil {
 			k.t.Errorf("set %s made twice", n)
@@ -136,13 +145,79 @@ func (k *fakeKernel) writeChange(p *program, contents map[string]map[string]int,
 	return nil
 }
 
+// changeChains does to the chains what the kernel does with c, failing on
+// what it would refuse, and checks that the result is p's chains.
+func (k *fakeKernel) changeChains(p *program, c change) {
+	for _, n := range c.newChains {
+		if _, ok := k.chains[n]; ok {
+			k.t.Errorf("chain %s made twice", n)
+		}
+		k.chains[n] = p.chains[n]
+	}
+	for _, n := range c.modChains {
+		if _, ok := k.chains[n]; !ok {
+			k.t.Errorf("refill of missing chain %s", n)
+		}
+		k.chains[n] = p.chains[n]
+	}
+	for _, j := range c.delJumps {
+		rs := k.chains[j.chain]
+		i := slices.IndexFunc(rs, func(r rule) bool { return r.verdict == vJump && r.tag == j.r.tag })
+		if i < 0 {
+			k.t.Errorf("delete of missing jump to %s from %s", j.r.tag, j.chain)
+			continue
+		}
+		k.chains[j.chain] = slices.Delete(slices.Clone(rs), i, i+1)
+	}
+	for _, j := range c.addJumps {
+		if _, ok := k.chains[j.r.jump]; !ok {
+			k.t.Errorf("jump to missing chain %s", j.r.jump)
+		}
+		k.chains[j.chain] = slices.Insert(slices.Clone(k.chains[j.chain]), 0, j.r)
+	}
+	for _, n := range c.oldChains {
+		for _, from := range []string{chainIngress, chainEgress} {
+			if slices.ContainsFunc(k.chains[from], func(r rule) bool { return r.jump == n }) {
+				k.t.Errorf("delete of chain %s that %s still jumps to", n, from)
+			}
+		}
+		delete(k.chains, n)
+	}
+	// The result must be the program: main chains in any order of rules
+	// (see writeChange), the others exactly.
+	key := func(r rule) string { return fmt.Sprintf("%+v", r) }
+	for n, want := range map[string][]rule{chainForward: p.forward, chainIngress: p.ingress, chainEgress: p.egress, chainEgressOK: p.egressOK} {
+		a, b := slices.Sorted(slices.Values(mapSlice(k.chains[n], key))), slices.Sorted(slices.Values(mapSlice(want, key)))
+		if !slices.Equal(a, b) {
+			k.t.Errorf("chain %s after the change:\n%v\nwant (in any order)\n%v", n, a, b)
+		}
+	}
+	for n, want := range p.chains {
+		if !reflect.DeepEqual(k.chains[n], want) {
+			k.t.Errorf("chain %s after the change: %+v, want %+v", n, k.chains[n], want)
+		}
+	}
+	if len(k.chains) != len(p.chains)+4 {
+		k.t.Errorf("kernel has %d chains, the program %d", len(k.chains), len(p.chains)+4)
+	}
+}
+
+func mapSlice[T, U any](in []T, f func(T) U) []U {
+	out := make([]U, 0, len(in))
+	for _, v := range in {
+		out = append(out, f(v))
+	}
+	return out
+}
+
 func (k *fakeKernel) readDrops() (uint64, uint64, error)  { return 0, 0, nil }
 func (k *fakeKernel) forgetFlows(flowFilter) (int, error) { return 0, nil }
+func (k *fakeKernel) forgetUnreplied(netip.Addr) error    { return nil }
 func (k *fakeKernel) flushNeighbours(a map[netip.Addr]bool) (int, error) {
 	k.flushes = append(k.flushes, maps.Clone(a))
 	return len(a), nil
 }
-func (k *fakeKernel) remove() error         { k.prog, k.sets = nil, nil; return nil }
+func (k *fakeKernel) remove() error         { k.prog, k.sets, k.chains = nil, nil, nil; return nil }
 func (k *fakeKernel) ensureBridgeNF() error { return k.bridgeErr }
 
 func (k *fakeKernel) snapshot() map[string]map[string]bool {
@@ -158,13 +233,18 @@ func (k *fakeKernel) allowed(pk packet) bool {
 	if k.prog == nil {
 		return true // no table: nothing filters
 	}
-	v, _ := k.runChain(k.prog.forward, pk)
+	v, _ := k.runChain(chainForward, pk)
 	return v != vDrop
 }
 
-// runChain returns the verdict that ends the chain, and false when it ran
-// off the end (the base chain's policy: accept; a jumped-to chain: return).
-func (k *fakeKernel) runChain(rules []rule, pk packet) (verdict, bool) {
+// runChain returns the verdict that ends chain, and false when it ran off
+// the end (the base chain's policy: accept; a jumped-to chain: return).
+// A goto runs its chain in place of this one.
+func (k *fakeKernel) runChain(chain string, pk packet) (verdict, bool) {
+	rules, ok := k.chains[chain]
+	if !ok {
+		k.t.Fatalf("jump to unknown chain %q", chain)
+	}
 	for _, r := range rules {
 		if !k.matchAll(r.conds, pk) {
 			continue
@@ -176,17 +256,10 @@ func (k *fakeKernel) runChain(rules []rule, pk packet) (verdict, bool) {
 			return r.verdict, true
 		case vReturn:
 			return vReturn, true
+		case vGoto:
+			return k.runChain(r.jump, pk)
 		case vJump:
-			var sub []rule
-			switch r.jump {
-			case chainIngress:
-				sub = k.prog.ingress
-			case chainEgress:
-				sub = k.prog.egress
-			default:
-				k.t.Fatalf("jump to unknown chain %q", r.jump)
-			}
-			if v, ok := k.runChain(sub, pk); ok && v != vReturn {
+			if v, ok := k.runChain(r.jump, pk); ok && v != vReturn {
 				return v, true
 			}
 		}

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -224,6 +225,13 @@ func (e *Engine) recomputeDirty() {
 		ps.contrib = podContrib(e.prog, &ps.pod, nsl)
 		e.ref(ps.contrib, 1)
 	}
+	e.refNode()
+	clear(e.dirtyPods)
+	clear(e.dirtyNS)
+}
+
+// refNode moves the node set's references to the node's addresses now.
+func (e *Engine) refNode() {
 	old := make([]elemRef, 0, len(e.nodeKeys))
 	for _, k := range e.nodeKeys {
 		old = append(old, elemRef{setNode, k})
@@ -235,8 +243,6 @@ func (e *Engine) recomputeDirty() {
 	for _, r := range nc {
 		e.nodeKeys = append(e.nodeKeys, r.key)
 	}
-	clear(e.dirtyPods)
-	clear(e.dirtyNS)
 }
 
 // elemDiff is what an incremental Apply sends.
@@ -295,8 +301,20 @@ func (e *Engine) commitDiff(d elemDiff) {
 }
 
 // compile compiles the policies and notes what could not be compiled.
+// Each policy is compiled once per change of its spec: the Engine keeps the
+// results (SetPolicy stores a new copy only when the spec changed).
 func (e *Engine) compile() *program {
-	p := compile(e.policies, e.cfg.DenyLog)
+	for k, pp := range e.progs {
+		if np, ok := e.policies[k]; !ok || np != pp.src {
+			delete(e.progs, k)
+		}
+	}
+	for k, np := range e.policies {
+		if _, ok := e.progs[k]; !ok {
+			e.progs[k] = compilePolicy(k, np)
+		}
+	}
+	p := link(e.progs, e.cfg.DenyLog)
 	e.compErr = ""
 	if len(p.errs) > 0 {
 		e.compErr = joinErrs(p.errs)
@@ -338,9 +356,9 @@ func (e *Engine) applyIncremental() error {
 }
 
 // applyPolicies moves the kernel from the previous program to a new one
-// without rewriting the table: the ingress and egress chains are refilled,
-// new sets made, unused ones deleted, and the sets both programs have get
-// element changes only. Pods keep their memberships of the sets that stay
+// without rewriting the table: the chains of the policies that changed are
+// made, refilled or deleted with their jumps, new sets made, unused ones
+// deleted, and the sets both programs have get element changes only. Pods keep their memberships of the sets that stay
 // (a set's name is a hash of what selects its members), so only the new
 // sets are matched against every pod.
 func (e *Engine) applyPolicies() error {
@@ -350,9 +368,9 @@ func (e *Engine) applyPolicies() error {
 	var newSel, newNamed []*setDef
 	var c change
 	// Rules refer to sets by a hash of what selects their members, so
-	// equal rules mean an unchanged ruleset (say, a policy was replaced
-	// by an equivalent one).
-	c.rules = !reflect.DeepEqual(old.ingress, np.ingress) || !reflect.DeepEqual(old.egress, np.egress)
+	// equal rules mean an unchanged chain (say, a policy was replaced by
+	// an equivalent one).
+	chainDiff(old, np, &c)
 	for name, s := range np.sets {
 		if _, ok := old.sets[name]; ok {
 			continue
@@ -381,58 +399,126 @@ func (e *Engine) applyPolicies() error {
 	}
 	partial := &program{sets: np.sets, selSets: newSel, namedSets: newNamed}
 	nsl := &nsLabelCache{ns: e.namespaces, cache: map[string]labels.Set{}}
+	// Memberships move by reference counts, as for a label change: a pod
+	// whose memberships are the same (most, for most policy changes) costs
+	// a comparison. New sets start empty here and are sent with their
+	// elements; the old ones go after.
+	e.touched = map[string]map[string]struct{}{}
+	for _, n := range c.newSets {
+		if np.sets[n].dynamic() {
+			e.contents[n] = map[string]int{}
+		}
+	}
 	for k, ps := range e.pods {
 		if ps.pod.Name == "" {
+			e.ref(ps.contrib, -1)
 			delete(e.pods, k)
 			continue
 		}
+		var nc []elemRef
 		if _, dirty := e.dirtyPods[k]; dirty {
-			ps.contrib = podContrib(np, &ps.pod, nsl)
-			continue
+			nc = podContrib(np, &ps.pod, nsl)
+		} else {
+			nc = carryContrib(np, ps, partial, nsl)
 		}
-		ps.contrib = carryContrib(np, ps, partial, nsl)
+		if !slices.Equal(nc, ps.contrib) {
+			e.ref(ps.contrib, -1)
+			e.ref(nc, 1)
+		}
+		ps.contrib = nc
 	}
 	clear(e.dirtyPods)
 	clear(e.dirtyNS)
-	// Contents from the memberships: a few references per pod, cheap.
-	e.contents = map[string]map[string]int{}
-	for name, s := range np.sets {
-		if s.dynamic() {
-			e.contents[name] = map[string]int{}
-		}
+	e.refNode()
+	for _, n := range c.oldSets {
+		delete(e.contents, n)
+		delete(e.installed, n)
+		delete(e.touched, n)
 	}
-	e.touched = map[string]map[string]struct{}{}
-	for _, ps := range e.pods {
-		e.ref(ps.contrib, 1)
+	isNew := map[string]bool{}
+	for _, n := range c.newSets {
+		isNew[n] = true
+		delete(e.touched, n)
 	}
-	e.nodeKeys = e.nodeKeys[:0]
-	for _, r := range nodeContrib(e.nodeAddrs()) {
-		e.ref([]elemRef{r}, 1)
-		e.nodeKeys = append(e.nodeKeys, r.key)
-	}
-	// Element changes of the sets both programs have.
-	c.diff = elemDiff{add: map[string][]string{}, del: map[string][]string{}}
-	for name, want := range e.contents {
-		have, ok := e.installed[name]
-		if !ok || old.sets[name] == nil {
-			continue // a new set, made with its elements
-		}
-		for k := range want {
-			if _, ok := have[k]; !ok {
-				c.diff.add[name] = append(c.diff.add[name], k)
-			}
-		}
-		for k := range have {
-			if _, ok := want[k]; !ok {
-				c.diff.del[name] = append(c.diff.del[name], k)
-			}
-		}
-	}
+	c.diff = e.diff() // of the sets both programs have
 	if err := e.kern.writeChange(np, e.contents, c); err != nil {
 		return err
 	}
-	e.snapshotInstalled()
+	e.commitDiff(c.diff)
+	for n := range isNew {
+		if m, ok := e.contents[n]; ok {
+			h := make(map[string]struct{}, len(m))
+			for k := range m {
+				h[k] = struct{}{}
+			}
+			e.installed[n] = h
+		}
+	}
 	return nil
+}
+
+// chainDiff notes in c the policy chains and jumps that differ between
+// two programs.
+func chainDiff(old, np *program, c *change) {
+	for n, rs := range np.chains {
+		ors, ok := old.chains[n]
+		switch {
+		case !ok:
+			c.newChains = append(c.newChains, n)
+		case !sameRules(ors, rs):
+			c.modChains = append(c.modChains, n)
+		}
+	}
+	for n := range old.chains {
+		if _, ok := np.chains[n]; !ok {
+			c.oldChains = append(c.oldChains, n)
+		}
+	}
+	oj, nj := jumps(old), jumps(np)
+	for k, j := range oj {
+		if n, ok := nj[k]; !ok || !reflect.DeepEqual(n.r, j.r) {
+			c.delJumps = append(c.delJumps, j)
+		}
+	}
+	for k, j := range nj {
+		if o, ok := oj[k]; !ok || !reflect.DeepEqual(o.r, j.r) {
+			c.addJumps = append(c.addJumps, j)
+		}
+	}
+	slices.Sort(c.newChains)
+	slices.Sort(c.modChains)
+	slices.Sort(c.oldChains)
+	byTag := func(a, b jumpRule) int { return strings.Compare(a.chain+"/"+a.r.tag, b.chain+"/"+b.r.tag) }
+	slices.SortFunc(c.delJumps, byTag)
+	slices.SortFunc(c.addJumps, byTag)
+}
+
+// sameRules compares two chains' rules; an unchanged policy's compiled
+// chain is the very same slice, which spares the deep comparison.
+func sameRules(a, b []rule) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	if len(a) == 0 || &a[0] == &b[0] {
+		return true
+	}
+	return reflect.DeepEqual(a, b)
+}
+
+// jumps are the program's jumps to policy chains, by chain "/" tag.
+func jumps(p *program) map[string]jumpRule {
+	out := map[string]jumpRule{}
+	for _, ch := range []struct {
+		name  string
+		rules []rule
+	}{{chainIngress, p.ingress}, {chainEgress, p.egress}} {
+		for _, r := range ch.rules {
+			if r.verdict == vJump && r.tag != "" {
+				out[ch.name+"/"+r.tag] = jumpRule{chain: ch.name, r: r}
+			}
+		}
+	}
+	return out
 }
 
 // carryContrib is a pod's memberships under a new program: those of sets

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"slices"
@@ -31,6 +32,7 @@ type backend interface {
 	remove() error
 	ensureBridgeNF() error
 	forgetFlows(f flowFilter) (int, error)
+	forgetUnreplied(addr netip.Addr) error
 	flushNeighbours(addrs map[netip.Addr]bool) (int, error)
 }
 
@@ -46,6 +48,7 @@ func (b nftBackend) writeChange(p *program, contents map[string]map[string]int, 
 func (b nftBackend) readDrops() (uint64, uint64, error)    { return readDrops(b.cfg) }
 func (b nftBackend) remove() error                         { return removeTable(b.cfg) }
 func (b nftBackend) forgetFlows(f flowFilter) (int, error) { return forgetFlows(b.cfg, f) }
+func (b nftBackend) forgetUnreplied(a netip.Addr) error    { return forgetUnreplied(b.cfg, a) }
 func (b nftBackend) flushNeighbours(a map[netip.Addr]bool) (int, error) {
 	return flushNeighbours(b.cfg, a)
 }
@@ -230,6 +233,8 @@ func ruleExprs(r rule) []expr.Any {
 		e = append(e, &expr.Verdict{Kind: expr.VerdictReturn})
 	case vJump:
 		e = append(e, &expr.Verdict{Kind: expr.VerdictJump, Chain: r.jump})
+	case vGoto:
+		e = append(e, &expr.Verdict{Kind: expr.VerdictGoto, Chain: r.jump})
 	}
 	return e
 }
@@ -258,14 +263,17 @@ func addSets(conn *nftables.Conn, t *nftables.Table, p *program, contents map[st
 	return nil
 }
 
+func nftRule(t *nftables.Table, chain string, r rule) *nftables.Rule {
+	nr := &nftables.Rule{Table: t, Chain: &nftables.Chain{Name: chain, Table: t}, Exprs: ruleExprs(r)}
+	if r.tag != "" {
+		nr.UserData = userdata.AppendString(nil, userdata.TypeComment, r.tag)
+	}
+	return nr
+}
+
 func addRules(conn *nftables.Conn, t *nftables.Table, chain string, rules []rule) {
-	c := &nftables.Chain{Name: chain, Table: t}
 	for _, r := range rules {
-		nr := &nftables.Rule{Table: t, Chain: c, Exprs: ruleExprs(r)}
-		if r.tag != "" {
-			nr.UserData = userdata.AppendString(nil, userdata.TypeComment, r.tag)
-		}
-		conn.AddRule(nr)
+		conn.AddRule(nftRule(t, chain, r))
 	}
 }
 
@@ -298,11 +306,18 @@ func writeFull(cfg Config, p *program, contents map[string]map[string]int) error
 		Name: chainForward, Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept,
 	})
-	conn.AddChain(&nftables.Chain{Name: chainIngress, Table: t})
-	conn.AddChain(&nftables.Chain{Name: chainEgress, Table: t})
-	addRules(conn, t, chainForward, p.forward)
+	// Every chain before any rule: rules jump to them.
+	chains := slices.Sorted(maps.Keys(p.chains))
+	for _, n := range append([]string{chainIngress, chainEgress, chainEgressOK}, chains...) {
+		conn.AddChain(&nftables.Chain{Name: n, Table: t})
+	}
+	for _, n := range chains {
+		addRules(conn, t, n, p.chains[n])
+	}
 	addRules(conn, t, chainIngress, p.ingress)
 	addRules(conn, t, chainEgress, p.egress)
+	addRules(conn, t, chainEgressOK, p.egressOK)
+	addRules(conn, t, chainForward, p.forward)
 	if err := conn.Flush(); err != nil {
 		return fmt.Errorf("policy: write table inet %s (%d sets, %d rules): %w", cfg.Table, len(p.sets), p.ruleCount(), err)
 	}
@@ -310,17 +325,39 @@ func writeFull(cfg Config, p *program, contents map[string]map[string]int) error
 }
 
 // change is what an Apply changes in a table that has the previous
-// program: element adds and deletes, and on a policy change new rules in
-// the ingress and egress chains, new sets and sets no longer used.
+// program: set element adds and deletes; on a policy change also new and
+// unused sets, the policy chains that appear, go or change, and the jumps
+// to them that go or come (a changed jump is both).
 type change struct {
-	rules            bool
 	newSets, oldSets []string
 	diff             elemDiff
+	newChains        []string   // made and filled
+	oldChains        []string   // deleted, after their jumps
+	modChains        []string   // flushed and refilled
+	delJumps         []jumpRule // deleted from the ingress / egress chain (by tag)
+	addJumps         []jumpRule // inserted there
 }
 
-// writeChange sends a change in one transaction. The chains are flushed
-// and refilled before unused sets are deleted, so no rule refers to a
-// missing set at any point of the batch.
+// rules reports whether the change touches any chain.
+func (c change) rules() bool {
+	return len(c.newChains)+len(c.oldChains)+len(c.modChains)+len(c.delJumps)+len(c.addJumps) > 0
+}
+
+// rulesWritten is how many rules a change sends to the kernel.
+func (c change) rulesWritten(p *program) int {
+	n := len(c.addJumps)
+	for _, ch := range slices.Concat(c.newChains, c.modChains) {
+		n += len(p.chains[ch])
+	}
+	return n
+}
+
+// writeChange sends a change in one transaction. Sets and chains are made
+// before the rules that use them, and jumps and rules deleted before the
+// chains and sets they use, so no rule refers to a missing set or chain
+// at any point of the batch. Jumps are inserted at the head of their chain:
+// the order of the policies' jumps and the fixed allows there does not
+// matter (each allows or falls through), and the deny stays the last rule.
 func writeChange(cfg Config, p *program, contents map[string]map[string]int, c change) error {
 	conn, done, err := openConn(cfg)
 	if err != nil {
@@ -328,9 +365,11 @@ func writeChange(cfg Config, p *program, contents map[string]map[string]int, c c
 	}
 	defer done()
 	t := table(cfg)
-	if c.rules {
-		conn.FlushChain(&nftables.Chain{Name: chainIngress, Table: t})
-		conn.FlushChain(&nftables.Chain{Name: chainEgress, Table: t})
+	var handles map[string]uint64
+	if len(c.delJumps) > 0 {
+		if handles, err = jumpHandles(conn, t, c.delJumps); err != nil {
+			return err
+		}
 	}
 	if err := addSets(conn, t, p, contents, c.newSets); err != nil {
 		return err
@@ -345,9 +384,31 @@ func writeChange(cfg Config, p *program, contents map[string]map[string]int, c c
 			return fmt.Errorf("policy: set %s: %w", set, err)
 		}
 	}
-	if c.rules {
-		addRules(conn, t, chainIngress, p.ingress)
-		addRules(conn, t, chainEgress, p.egress)
+	for _, n := range c.newChains {
+		conn.AddChain(&nftables.Chain{Name: n, Table: t})
+	}
+	for _, n := range c.modChains {
+		conn.FlushChain(&nftables.Chain{Name: n, Table: t})
+	}
+	for _, n := range slices.Concat(c.newChains, c.modChains) {
+		addRules(conn, t, n, p.chains[n])
+	}
+	for _, j := range c.delJumps {
+		h, ok := handles[j.chain+"/"+j.r.tag]
+		if !ok {
+			return fmt.Errorf("policy: table inet %s: no jump to %s in chain %s", cfg.Table, j.r.tag, j.chain)
+		}
+		if err := conn.DelRule(&nftables.Rule{Table: t, Chain: &nftables.Chain{Name: j.chain, Table: t}, Handle: h}); err != nil {
+			return fmt.Errorf("policy: delete jump to %s: %w", j.r.tag, err)
+		}
+	}
+	for _, j := range c.addJumps {
+		conn.InsertRule(nftRule(t, j.chain, j.r))
+	}
+	for _, n := range c.oldChains {
+		ch := &nftables.Chain{Name: n, Table: t}
+		conn.FlushChain(ch)
+		conn.DelChain(ch)
 	}
 	for _, n := range c.oldSets {
 		conn.DelSet(&nftables.Set{Table: t, Name: n})
@@ -356,6 +417,28 @@ func writeChange(cfg Config, p *program, contents map[string]map[string]int, c c
 		return fmt.Errorf("policy: update table inet %s: %w", cfg.Table, err)
 	}
 	return nil
+}
+
+// jumpHandles reads the handles of the jumps to policy chains in the
+// chains that js delete from, by chain "/" tag: deleting a rule takes its
+// handle, which the library does not keep from the batch that made it.
+func jumpHandles(conn *nftables.Conn, t *nftables.Table, js []jumpRule) (map[string]uint64, error) {
+	out := map[string]uint64{}
+	for _, chain := range []string{chainIngress, chainEgress} {
+		if !slices.ContainsFunc(js, func(j jumpRule) bool { return j.chain == chain }) {
+			continue
+		}
+		rs, err := conn.GetRules(t, &nftables.Chain{Name: chain, Table: t})
+		if err != nil {
+			return nil, fmt.Errorf("policy: rules of chain %s: %w", chain, err)
+		}
+		for _, r := range rs {
+			if tag, ok := userdata.GetString(r.UserData, userdata.TypeComment); ok && tag != "" {
+				out[chain+"/"+tag] = r.Handle
+			}
+		}
+	}
+	return out, nil
 }
 
 // readDrops reads the deny rules' named counters.

@@ -39,6 +39,7 @@ type PolicyEngine struct {
 	history   map[string][]policy.Pod // every SetPod of a pod, a zero Pod for DeletePod
 	forgotten []netip.Addr
 	flushed   []Flush
+	unreplied []Flush // ForgetUnreplied calls, as Flush records them
 }
 
 // Flush is one FlushNeighbours call: its addresses, and whether each of
@@ -204,14 +205,35 @@ func (e *PolicyEngine) FlushNeighbours(addrs ...netip.Addr) (int, error) {
 	defer e.mu.Unlock()
 	applied := true
 	for _, a := range addrs {
-		held := false
-		for _, p := range e.applied {
-			held = held || (p.Local && slices.Contains(p.IPs, a))
-		}
-		applied = applied && held
+		applied = applied && e.heldLocked(a)
 	}
 	e.flushed = append(e.flushed, Flush{Addrs: slices.Clone(addrs), Applied: applied})
 	return len(addrs), nil
+}
+
+// ForgetUnreplied records the call (see Unreplied).
+func (e *PolicyEngine) ForgetUnreplied(addr netip.Addr) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.unreplied = append(e.unreplied, Flush{Addrs: []netip.Addr{addr}, Applied: e.heldLocked(addr)})
+	return nil
+}
+
+// Unreplied lists every ForgetUnreplied call, in order; Applied says the
+// address was a local pod's as of the last Apply.
+func (e *PolicyEngine) Unreplied() []Flush {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.unreplied)
+}
+
+func (e *PolicyEngine) heldLocked(a netip.Addr) bool {
+	for _, p := range e.applied {
+		if p.Local && slices.Contains(p.IPs, a) {
+			return true
+		}
+	}
+	return false
 }
 
 // Flushed lists every FlushNeighbours call, in order.

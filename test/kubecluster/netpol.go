@@ -143,54 +143,39 @@ kind: Namespace
 metadata: {name: np-named}
 `
 
+// npPolicy is the YAML of NetworkPolicy ns/name with spec (indented YAML).
+func npPolicy(ns, name, spec string) string {
+	return "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: " + name + ", namespace: " + ns + "}\nspec:\n" + spec
+}
+
 // Policies, in the order the phase applies them.
-const (
-	npDefaultDenyYAML = `apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: default-deny, namespace: np-deny}
-spec:
-  podSelector: {}
+var (
+	npDefaultDenyYAML = npPolicy(npDeny, "default-deny", `  podSelector: {}
   policyTypes: [Ingress]
-`
+`)
 	// Namespace only: every pod of a namespace labelled np-access=yes.
-	npAllowNamespaceYAML = `apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: allow-friends, namespace: np-deny}
-spec:
-  podSelector: {matchLabels: {app: server}}
+	npAllowNamespaceYAML = npPolicy(npDeny, "allow-friends", `  podSelector: {matchLabels: {app: server}}
   ingress:
   - from:
     - namespaceSelector: {matchLabels: {np-access: "yes"}}
-`
+`)
 	// Both in one peer: pods labelled role=client AND in such a namespace.
-	npAllowCombinedYAML = `apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: allow-friends, namespace: np-deny}
-spec:
-  podSelector: {matchLabels: {app: server}}
+	npAllowCombinedYAML = npPolicy(npDeny, "allow-friends", `  podSelector: {matchLabels: {app: server}}
   ingress:
   - from:
     - namespaceSelector: {matchLabels: {np-access: "yes"}}
       podSelector: {matchLabels: {role: client}}
-`
-	npEgressYAML = `apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: egress-outside, namespace: np-egress}
-spec:
-  podSelector: {}
+`)
+	npEgressYAML = npPolicy(npEgress, "egress-outside", `  podSelector: {}
   policyTypes: [Egress]
   egress:
   - to:
     - ipBlock: {cidr: %s%s}
-`
-	npNamedPortYAML = `apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: web-only, namespace: np-named}
-spec:
-  podSelector: {}
+`)
+	npNamedPortYAML = npPolicy(npNamed, "web-only", `  podSelector: {}
   ingress:
   - ports: [{protocol: TCP, port: web}]
-`
+`)
 )
 
 // npRun is the state of one run of the phase.
@@ -462,6 +447,43 @@ func (np *npRun) denied(ctx context.Context, from string, to netip.AddrPort) (ti
 	return firstFail, nil
 }
 
+// npObserve returns once d has passed since from: a span during which
+// probes run (and must keep their verdict), not a wait for a condition.
+func npObserve(ctx context.Context, from time.Time, d time.Duration) error {
+	t := time.NewTimer(time.Until(from.Add(d)))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// reach is one expected outcome: from reaches to and is answered by want,
+// or, with want "", does not reach it.
+type reach struct {
+	from string
+	to   netip.AddrPort
+	want string
+}
+
+// expect checks each outcome in turn (allowed or denied, as above).
+func (np *npRun) expect(ctx context.Context, rs ...reach) error {
+	for _, r := range rs {
+		var err error
+		if r.want == "" {
+			_, err = np.denied(ctx, r.from, r.to)
+		} else {
+			err = np.allowed(ctx, r.from, r.to, r.want)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // apply applies y and returns when kubectl was started.
 func (np *npRun) apply(ctx context.Context, y string) (time.Time, error) {
 	start := time.Now()
@@ -472,7 +494,7 @@ func (np *npRun) apply(ctx context.Context, y string) (time.Time, error) {
 }
 
 func (np *npRun) defaultDeny(ctx context.Context) error {
-	s, c := np.s, np.c
+	s := np.s
 	s.Say("NP2. default-deny (ingress) in %s, and allow-friends: from namespaces labelled np-access=yes.", npDeny)
 	applied, err := np.apply(ctx, npDefaultDenyYAML+"---\n"+npAllowNamespaceYAML)
 	if err != nil {
@@ -485,39 +507,22 @@ func (np *npRun) defaultDeny(ctx context.Context) error {
 	}
 	np.r.DenyEnforced = first.Sub(applied)
 	s.Say("     from another node (%s, np-other): denied, %s after the apply", np.n1.Name, np.r.DenyEnforced.Round(time.Millisecond))
-	if _, err := np.denied(ctx, "client-b", srv); err != nil {
+	if err := np.expect(ctx, reach{"client-b", srv, ""}, reach{np.n1.Name, srv, ""}, reach{np.n2.Name, srv, "server"},
+		reach{"friend-a", srv, "server"}, reach{"friend-c", srv, "server"},
+		// Replies of connections the isolated pod opens are allowed back in.
+		reach{"server", np.addr("client-a", ProbePort), "client-a"}); err != nil {
 		return err
 	}
 	s.Say("     from the same node (%s, np-other): denied", np.n2.Name)
-	if _, err := np.denied(ctx, np.n1.Name, srv); err != nil {
-		return err
-	}
 	s.Say("     from another node's host network (%s): denied", np.n1.Name)
-	if err := np.allowed(ctx, np.n2.Name, srv, "server"); err != nil {
-		return err
-	}
 	s.Say("     from its own node (%s): allowed", np.n2.Name)
-	for _, f := range []string{"friend-a", "friend-c"} {
-		if err := np.allowed(ctx, f, srv, "server"); err != nil {
-			return err
-		}
-	}
 	s.Say("     from np-friend on %s and on %s (namespaceSelector): allowed", np.n1.Name, np.n3.Name)
-	// Replies of connections the isolated pod opens are allowed back in.
-	if err := np.allowed(ctx, "server", np.addr("client-a", ProbePort), "client-a"); err != nil {
-		return err
-	}
 	s.Say("     the isolated server's own connection to client-a on %s: its replies come back (established)", np.n1.Name)
 	// Kubelet's readiness probe (every second, one failure flips it) has
 	// run through the policy for a while: the pod must still be Ready,
 	// and Ready since before the policy.
-	if err := c.wait(ctx, 10*time.Second, "3 s of readiness probes under default-deny", func() error {
-		if time.Since(applied) < 3*time.Second {
-			return errors.New("not yet")
-		}
-		return nil
-	}); err != nil {
-		return err
+	if err := npObserve(ctx, applied, 3*time.Second); err != nil {
+		return fmt.Errorf("3 s of readiness probes under default-deny: %w", err)
 	}
 	pod, err := np.getPod(ctx, npDeny, "server")
 	if err != nil {
@@ -564,13 +569,7 @@ func (np *npRun) combined(ctx context.Context) error {
 		return err
 	}
 	srv := np.addr("server", ProbePort)
-	if _, err := np.denied(ctx, "friend-c", srv); err != nil {
-		return err
-	}
-	if err := np.allowed(ctx, "friend-a", srv, "server"); err != nil {
-		return err
-	}
-	if _, err := np.denied(ctx, "client-a", srv); err != nil {
+	if err := np.expect(ctx, reach{"friend-c", srv, ""}, reach{"friend-a", srv, "server"}, reach{"client-a", srv, ""}); err != nil {
 		return err
 	}
 	s.Say("     friend-a (np-friend, role=client, %s): allowed; friend-c (np-friend, no role, %s): denied;", np.n1.Name, np.n3.Name)
@@ -582,17 +581,16 @@ func (np *npRun) labelFlip(ctx context.Context) error {
 	s := np.s
 	s.Say("NP4. A label change flips reachability: friend-c on %s gets role=client, then loses it.", np.n3.Name)
 	srv := np.addr("server", ProbePort)
-	if err := np.label(ctx, npFriend, "friend-c", "role=client"); err != nil {
-		return err
-	}
-	if err := np.allowed(ctx, "friend-c", srv, "server"); err != nil {
-		return err
-	}
-	if err := np.label(ctx, npFriend, "friend-c", "role-"); err != nil {
-		return err
-	}
-	if _, err := np.denied(ctx, "friend-c", srv); err != nil {
-		return err
+	for _, step := range []struct {
+		label string
+		want  string
+	}{{"role=client", "server"}, {"role-", ""}} {
+		if err := np.label(ctx, npFriend, "friend-c", step.label); err != nil {
+			return err
+		}
+		if err := np.expect(ctx, reach{"friend-c", srv, step.want}); err != nil {
+			return err
+		}
 	}
 	s.Say("     allowed with the label, denied again without it")
 	return nil
@@ -612,16 +610,8 @@ func (np *npRun) egress(ctx context.Context) error {
 	if _, err := np.apply(ctx, fmt.Sprintf(npEgressYAML, npOutsideAllowed.String()+"/32", "")); err != nil {
 		return err
 	}
-	if _, err := np.denied(ctx, "egress-a", at(npOutsideExcept)); err != nil {
-		return err
-	}
-	if err := np.allowed(ctx, "egress-a", at(npOutsideAllowed), name(npOutsideAllowed)); err != nil {
-		return err
-	}
-	if err := np.allowed(ctx, "client-a", at(npOutsideExcept), name(npOutsideExcept)); err != nil {
-		return err
-	}
-	if _, err := np.denied(ctx, "egress-a", np.addr("client-b", ProbePort)); err != nil {
+	if err := np.expect(ctx, reach{"egress-a", at(npOutsideExcept), ""}, reach{"egress-a", at(npOutsideAllowed), name(npOutsideAllowed)},
+		reach{"client-a", at(npOutsideExcept), name(npOutsideExcept)}, reach{"egress-a", np.addr("client-b", ProbePort), ""}); err != nil {
 		return err
 	}
 	s.Say("     %s allowed, %s denied (client-a on the same node, not selected, still reaches it); a pod on %s denied", npOutsideAllowed, npOutsideExcept, np.n2.Name)
@@ -629,13 +619,8 @@ func (np *npRun) egress(ctx context.Context) error {
 	if _, err := np.apply(ctx, fmt.Sprintf(npEgressYAML, "198.18.0.192/26", ", except: ["+npOutsideExcept.String()+"/32]")); err != nil {
 		return err
 	}
-	if err := np.allowed(ctx, "egress-a", at(npOutsideBlock), name(npOutsideBlock)); err != nil {
-		return err
-	}
-	if err := np.allowed(ctx, "egress-a", at(npOutsideAllowed), name(npOutsideAllowed)); err != nil {
-		return err
-	}
-	if _, err := np.denied(ctx, "egress-a", at(npOutsideExcept)); err != nil {
+	if err := np.expect(ctx, reach{"egress-a", at(npOutsideBlock), name(npOutsideBlock)}, reach{"egress-a", at(npOutsideAllowed), name(npOutsideAllowed)},
+		reach{"egress-a", at(npOutsideExcept), ""}); err != nil {
 		return err
 	}
 	s.Say("     %s and %s allowed, %s (the except) denied", npOutsideAllowed, npOutsideBlock, npOutsideExcept)
@@ -653,16 +638,8 @@ func (np *npRun) namedPort(ctx context.Context) error {
 	if _, err := np.apply(ctx, npNamedPortYAML); err != nil {
 		return err
 	}
-	if _, err := np.denied(ctx, "client-b", np.addr("web-a", npSecondPort)); err != nil {
-		return err
-	}
-	if _, err := np.denied(ctx, "client-b", np.addr("web-c", ProbePort)); err != nil {
-		return err
-	}
-	if err := np.allowed(ctx, "client-b", np.addr("web-a", ProbePort), "web-a"); err != nil {
-		return err
-	}
-	if err := np.allowed(ctx, "client-b", np.addr("web-c", npSecondPort), "web-c"); err != nil {
+	if err := np.expect(ctx, reach{"client-b", np.addr("web-a", npSecondPort), ""}, reach{"client-b", np.addr("web-c", ProbePort), ""},
+		reach{"client-b", np.addr("web-a", ProbePort), "web-a"}, reach{"client-b", np.addr("web-c", npSecondPort), "web-c"}); err != nil {
 		return err
 	}
 	s.Say("     from %s: web-a:7777 and web-c:7778 allowed, web-a:7778 and web-c:7777 denied", np.n2.Name)
@@ -798,13 +775,8 @@ func (np *npRun) firstPacket(ctx context.Context, name string, restart bool) err
 		}
 	}
 	ready := time.Now()
-	if err := c.wait(ctx, 10*time.Second, "2 s of probing after Ready", func() error {
-		if time.Since(ready) < 2*time.Second {
-			return errors.New("not yet")
-		}
-		return nil
-	}); err != nil {
-		return err
+	if err := npObserve(ctx, ready, 2*time.Second); err != nil {
+		return fmt.Errorf("2 s of probing after Ready: %w", err)
 	}
 	p.Stop()
 	sent, replies, firstReply := p.Counts(ip)
@@ -952,13 +924,7 @@ func (np *npRun) otherDatapath(ctx context.Context) error {
 	np.r.Datapaths = append(np.r.Datapaths, dp)
 	s.Say("     %s -> %s now on %s", np.n1.Name, np.n2.Name, dp)
 	srv := np.addr("server", ProbePort)
-	if _, err := np.denied(ctx, "client-a", srv); err != nil {
-		return err
-	}
-	if err := np.allowed(ctx, "friend-a", srv, "server"); err != nil {
-		return err
-	}
-	if _, err := np.denied(ctx, "friend-c", srv); err != nil {
+	if err := np.expect(ctx, reach{"client-a", srv, ""}, reach{"friend-a", srv, "server"}, reach{"friend-c", srv, ""}); err != nil {
 		return err
 	}
 	s.Say("     across nodes on %s: client-a and friend-c denied, friend-a allowed", dp)
