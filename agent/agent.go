@@ -49,8 +49,7 @@ type Agent struct {
 	// metrics, which start earlier, read those fields only after seeing it.
 	up atomic.Bool
 
-	keysCached bool        // keys came from the cache: Run checks them against the password
-	standby    atomic.Bool // waiting for another agent to let go of the host (see takeHost)
+	standby atomic.Bool // waiting for another agent to let go of the host (see takeHost)
 
 	pendingAllocs atomic.Int64 // allocation requests in progress, for metrics
 	repairs       repairCounts // host network repairs, for metrics
@@ -104,7 +103,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if cfg.Password == nil {
 		dropCachedKeys(cfg.StateDir, log) // no secret of a former password lingers
 	} else {
-		if a.keys, a.keysCached, err = passwordKeys(cfg, log); err != nil {
+		if a.keys, _, err = passwordKeys(cfg, log); err != nil {
 			return nil, err
 		}
 		if a.identity, err = crypto.LoadOrCreateIdentity(cfg.StateDir); err != nil {
@@ -290,9 +289,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	goRun(func() { a.health.run(ctx, m) })
 	if a.kube != nil {
 		goRun(func() { a.kube.run(ctx, a, goRun) })
-	}
-	if a.keysCached {
-		goRun(func() { a.checkCachedKeys(ctx) })
 	}
 
 	<-ctx.Done()
