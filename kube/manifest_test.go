@@ -146,7 +146,8 @@ func TestManifest(t *testing.T) {
 		p    *corev1.Probe
 		path string
 	}{"startup": {c.StartupProbe, "healthz"}, "readiness": {c.ReadinessProbe, "readyz"}, "liveness": {c.LivenessProbe, "healthz"}} {
-		want := []string{"/bin/weft", "probe", "--probe-socket", "/run/weft-pod/probe.sock", pr.path}
+		// weft-cni: the same probe as `weft probe`, a quarter of the CPU.
+		want := []string{"/bin/weft-cni", "probe", "--probe-socket", "/run/weft-pod/probe.sock", pr.path}
 		if pr.p == nil || pr.p.Exec == nil || !slices.Equal(pr.p.Exec.Command, want) {
 			t.Errorf("%s probe: %+v, want exec %q", name, pr.p, want)
 		}
