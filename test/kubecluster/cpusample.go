@@ -32,10 +32,11 @@ type cpuSampler struct {
 }
 
 // cpuSample is one reading: the CPU time used so far by each pod cgroup,
-// keyed "node/pod-UID".
+// keyed "node/pod-UID", and by the weft agent's process in it, if any.
 type cpuSample struct {
-	at  time.Time
-	use map[string]time.Duration
+	at    time.Time
+	use   map[string]time.Duration
+	agent map[string]time.Duration
 }
 
 func newCPUSampler(nodes []*Node) *cpuSampler {
@@ -104,13 +105,16 @@ func readCPU(path string) (time.Duration, bool) {
 	return time.Duration(ns), err == nil
 }
 
-// podCommand names a pod by the command of one of its containers' processes
-// other than the sandbox's pause ("" while only the sandbox runs).
-func podCommand(usagePath string) string {
+// podProcs looks at the processes of a pod's containers: it names the pod
+// by its main command (the first long-lived one other than the sandbox's
+// pause: exec probes, runc and init containers come and go) and returns the
+// CPU time the weft agent's process ("weft launch") has used so far, to
+// tell it from the rest of its pod (exec probes, runc, the init container).
+func podProcs(usagePath string) (name string, agent time.Duration) {
 	dir := filepath.Dir(usagePath)
 	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return ""
+		return "", 0
 	}
 	for _, e := range ents {
 		if !e.IsDir() {
@@ -133,51 +137,82 @@ func podCommand(usagePath string) string {
 				args = args[:2]
 			}
 			args[0] = filepath.Base(args[0])
-			return strings.Join(args, " ")
+			cmdName := strings.Join(args, " ")
+			if cmdName == "weft launch" {
+				agent += procCPU(pid)
+			}
+			if name == "" && !transient(cmdName) {
+				name = cmdName
+			}
 		}
 	}
-	return ""
+	return name, agent
+}
+
+// transient commands do not name a pod: they run for a moment in it.
+func transient(cmd string) bool {
+	first, _, _ := strings.Cut(cmd, " ")
+	return first == "runc" || first == "weft-cni" || cmd == "weft probe" || cmd == "weft install-cni"
+}
+
+// procCPU is a process's CPU time (user and system) from /proc/PID/stat.
+func procCPU(pid string) time.Duration {
+	b, err := os.ReadFile(filepath.Join("/proc", pid, "stat"))
+	if err != nil {
+		return 0
+	}
+	// The command (field 2) is in parentheses and may hold spaces.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	return time.Duration(ut+st) * (time.Second / 100) // USER_HZ
 }
 
 func (s *cpuSampler) sample() {
 	now := time.Now()
 	use := map[string]time.Duration{}
-	var unnamed []string
-	paths := map[string]string{}
+	agent := map[string]time.Duration{}
+	named := map[string]string{}
 	for _, n := range s.nodes {
 		for key, path := range podCgroups(n) {
-			if d, ok := readCPU(path); ok {
-				use[key] = d
-				paths[key] = path
+			d, ok := readCPU(path)
+			if !ok {
+				continue
+			}
+			use[key] = d
+			name, a := podProcs(path)
+			if a > 0 {
+				agent[key] = a
+			}
+			if name != "" {
+				named[key] = name
 			}
 		}
 	}
 	s.mu.Lock()
-	for key := range use {
-		if s.names[key] == "" {
-			unnamed = append(unnamed, key)
-		}
-	}
-	s.mu.Unlock()
-	// Naming reads /proc; only for pods not named yet.
-	named := map[string]string{}
-	for _, key := range unnamed {
-		if cmd := podCommand(paths[key]); cmd != "" {
-			named[key] = cmd
-		}
-	}
-	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.samples = append(s.samples, cpuSample{at: now, use: use})
+	s.samples = append(s.samples, cpuSample{at: now, use: use, agent: agent})
 	for k, v := range named {
-		s.names[k] = v
+		if s.names[k] == "" {
+			s.names[k] = v
+		}
 	}
 }
 
-// cpuUse is one pod's CPU time within a window.
+// cpuUse is one pod's CPU time within a window, and its weft agent's.
 type cpuUse struct {
 	Key, Command string
-	CPU          time.Duration
+	CPU, Agent   time.Duration
 }
 
 // usedIn gives the CPU time each pod of node used within [from, to] (from
@@ -211,7 +246,11 @@ func (s *cpuSampler) usedIn(node string, from, to time.Time) []cpuUse {
 		if name == "" {
 			name = "(sandbox only)"
 		}
-		out = append(out, cpuUse{Key: key, Command: name, CPU: d})
+		var agent time.Duration
+		if ae, ok := b.agent[key]; ok {
+			agent = ae - a.agent[key] // a process started in the window counts from 0
+		}
+		out = append(out, cpuUse{Key: key, Command: name, CPU: d, Agent: max(agent, 0)})
 	}
 	sort.Slice(out, func(x, y int) bool { return out[x].CPU > out[y].CPU })
 	return out
@@ -228,7 +267,11 @@ func formatUse(us []cpuUse) string {
 		if len(uid) > 8 {
 			uid = uid[:8]
 		}
-		parts = append(parts, fmt.Sprintf("%s %s (pod %s)", u.Command, u.CPU.Round(time.Millisecond), uid))
+		p := fmt.Sprintf("%s %s (pod %s", u.Command, u.CPU.Round(time.Millisecond), uid)
+		if u.Agent > 0 {
+			p += fmt.Sprintf("; agent process %s, the rest probes, runc, init", u.Agent.Round(time.Millisecond))
+		}
+		parts = append(parts, p+")")
 	}
 	return strings.Join(parts, ", ")
 }
