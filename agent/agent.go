@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/weftnet/weft/api"
 	"github.com/weftnet/weft/identity"
 	"github.com/weftnet/weft/internal/logx"
@@ -49,8 +51,7 @@ type Agent struct {
 	// metrics, which start earlier, read those fields only after seeing it.
 	up atomic.Bool
 
-	keysCached bool        // keys came from the cache: Run checks them against the password
-	standby    atomic.Bool // waiting for another agent to let go of the host (see takeHost)
+	standby atomic.Bool // waiting for another agent to let go of the host (see takeHost)
 
 	pendingAllocs atomic.Int64 // allocation requests in progress, for metrics
 	repairs       repairCounts // host network repairs, for metrics
@@ -104,7 +105,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if cfg.Password == nil {
 		dropCachedKeys(cfg.StateDir, log) // no secret of a former password lingers
 	} else {
-		if a.keys, a.keysCached, err = passwordKeys(cfg, log); err != nil {
+		if a.keys, _, err = passwordKeys(cfg, log); err != nil {
 			return nil, err
 		}
 		if a.identity, err = crypto.LoadOrCreateIdentity(cfg.StateDir); err != nil {
@@ -291,9 +292,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.kube != nil {
 		goRun(func() { a.kube.run(ctx, a, goRun) })
 	}
-	if a.keysCached {
-		goRun(func() { a.checkCachedKeys(ctx) })
-	}
 
 	<-ctx.Done()
 	a.log.Info("shutting down")
@@ -406,7 +404,8 @@ func (a *Agent) becomeReady(ctx context.Context) {
 		}
 	}
 	a.setBlocker("")
-	a.log.Info("ready: pods can be attached", "address", a.HostAddr(), "bridge", a.cfg.Bridge, "mtu", a.dp.mtu)
+	a.log.Info("ready: pods can be attached", "address", a.HostAddr(), "bridge", a.cfg.Bridge, "mtu", a.dp.mtu,
+		"took", time.Since(a.started).Round(time.Millisecond), "cpu", processCPU().Round(time.Millisecond))
 	a.keepHost(ctx)
 }
 
@@ -487,6 +486,17 @@ func (a *Agent) status() api.Status {
 		}
 	}
 	return st
+}
+
+// processCPU is the CPU time this process has used so far (user and
+// system), logged at the milestones of a start: on a node, the agent's CPU
+// is taken first from the BestEffort pods beside it (site/operations.md).
+func processCPU() time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func plural(n int, one, many string) string {

@@ -69,7 +69,8 @@ func (a *Agent) takeHost(ctx context.Context) (*hostLock, error) {
 		if held && !apiAnswers(api.SocketPath(a.cfg.RunDir)) {
 			if !waitStart.IsZero() {
 				a.standby.Store(false)
-				a.log.Info("took over the host from the previous agent", "standby", time.Since(waitStart).Round(time.Millisecond))
+				a.log.Info("took over the host from the previous agent", "standby", time.Since(waitStart).Round(time.Millisecond),
+					"cpu", processCPU().Round(time.Millisecond))
 			}
 			return &hostLock{f: f}, nil
 		}

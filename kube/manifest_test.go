@@ -142,10 +142,25 @@ func TestManifest(t *testing.T) {
 	// The probes ask this pod's own agent over a socket in its emptyDir, not
 	// 127.0.0.1:6784: during a hand-off that port is still the old agent's,
 	// and the new pod must be judged on its own agent (see agent/handoff.go).
-	for probe, p := range map[string]*corev1.Probe{"readyz": c.ReadinessProbe, "healthz": c.LivenessProbe} {
-		want := []string{"/bin/weft", "probe", "--probe-socket", "/run/weft-pod/probe.sock", probe}
-		if p == nil || p.Exec == nil || !slices.Equal(p.Exec.Command, want) {
-			t.Errorf("probe %s: %+v, want exec %q", probe, p, want)
+	for name, pr := range map[string]struct {
+		p    *corev1.Probe
+		path string
+	}{"startup": {c.StartupProbe, "healthz"}, "readiness": {c.ReadinessProbe, "readyz"}, "liveness": {c.LivenessProbe, "healthz"}} {
+		// weft-cni: the same probe as `weft probe`, a quarter of the CPU.
+		want := []string{"/bin/weft-cni", "probe", "--probe-socket", "/run/weft-pod/probe.sock", pr.path}
+		if pr.p == nil || pr.p.Exec == nil || !slices.Equal(pr.p.Exec.Command, want) {
+			t.Errorf("%s probe: %+v, want exec %q", name, pr.p, want)
+		}
+	}
+	// Every probe is a process in the agent's cgroup, whose CPU the node's
+	// BestEffort pods pay for (site/operations.md, "Restarts"): frequent
+	// only until the agent serves.
+	if p := c.StartupProbe; p != nil && (p.PeriodSeconds > 1 || int(p.PeriodSeconds*p.FailureThreshold) < 60) {
+		t.Errorf("startup probe every %d s, %d times: want every second for at least a minute", p.PeriodSeconds, p.FailureThreshold)
+	}
+	for name, p := range map[string]*corev1.Probe{"readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
+		if p != nil && p.PeriodSeconds < 10 {
+			t.Errorf("%s probe every %d s: want 10 s or more (each one costs the node's pods CPU)", name, p.PeriodSeconds)
 		}
 	}
 	if ru := ds.Spec.UpdateStrategy.RollingUpdate; ru == nil || ru.MaxSurge == nil || ru.MaxSurge.IntValue() != 1 ||

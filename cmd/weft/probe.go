@@ -3,28 +3,30 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/weftnet/weft/api"
 )
 
 // defaultProbeSocket is where the DaemonSet's agent serves its probes
 // (WEFT_PROBE_SOCKET, in a volume private to the pod).
-const defaultProbeSocket = "/run/weft-pod/probe.sock"
+const defaultProbeSocket = api.DefaultProbeSocket
 
 func probeSocketFlag() *cli.StringFlag {
 	return &cli.StringFlag{Name: "probe-socket", EnvVars: []string{"WEFT_PROBE_SOCKET"},
 		Usage: "unix socket serving this agent's /healthz and /readyz from its start, standby included (a pod's probes; empty: off)"}
 }
 
-// probeCommand is the kubelet's exec probe of the DaemonSet. An exec probe,
-// not httpGet on the node's loopback: while a new agent stands by to take
-// over (--handoff), the health port on the node is the old agent's, and
-// the new pod's probes must ask the new agent.
+// probeCommand asks a pod's agent through its probe socket, as the
+// kubelet's exec probes of the DaemonSet do. An exec probe, not httpGet on
+// the node's loopback: while a new agent stands by to take over
+// (--handoff), the health port on the node is the old agent's, and the new
+// pod's probes must ask the new agent. The DaemonSet runs the same probe
+// through `weft-cni probe`, which starts in a fraction of weft's time.
 func probeCommand() *cli.Command {
 	sock := probeSocketFlag()
 	sock.Value = defaultProbeSocket
@@ -56,24 +58,5 @@ func probeCommand() *cli.Command {
 }
 
 func probeGet(ctx context.Context, sock, path string) (int, string, error) {
-	cl := &http.Client{Transport: &http.Transport{DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		},
-	}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://weft"+path, nil)
-	if err != nil {
-		return 0, "", err
-	}
-	resp, err := cl.Do(req)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	if err != nil {
-		return 0, "", err
-	}
-	return resp.StatusCode, strings.TrimSpace(string(b)), nil
+	return api.Probe(ctx, sock, path)
 }

@@ -93,6 +93,7 @@ func TestKubeCluster(t *testing.T) {
 		ms(r.MaxGapInRestart), r.RolloutRestart.Round(100*time.Millisecond), kubecluster.GoalPlaintext,
 		ms(r.GapUpgrade), r.Upgrade.Round(100*time.Millisecond), ms(r.GapRollback), r.Rollback.Round(100*time.Millisecond),
 		ms(r.GapToEncrypted), ms(r.GapEncrypted), r.RestartEncrypted.Round(100*time.Millisecond), kubecluster.GoalEncrypted)
+	t.Logf("MEASURED restart silences per step:\n%s", kubecluster.FormatSilences(s.Measured))
 	if err != nil {
 		t.Fatalf("%v\n%s", err, c.Diagnose())
 	}

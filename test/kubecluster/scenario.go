@@ -174,6 +174,8 @@ type Scenario struct {
 	Release, Upgrade *Release
 	Say              func(format string, args ...any) // one line of narration
 	Show             func(title, text string)         // command output worth showing
+	// Measured collects the silences of every restart step (roll).
+	Measured []Silence
 }
 
 func (s *Scenario) show(ctx context.Context, args ...string) {
@@ -193,41 +195,10 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 		return r, err
 	}
 
-	s.Say("3. A Deployment of 6 probe pods spread over the nodes, and a host-network probe on %s.", last.Name)
-	start := time.Now()
-	if _, err := c.KubectlStdin(ctx, fmt.Appendf(nil, probesYAML, 6, ProbeImage, ProbePort, probeDir, last.Name), "apply", "-f", "-"); err != nil {
-		return r, err
-	}
-	pods, err := c.WaitPods(ctx, 2*time.Minute, "default", "app=netprobe", func(pods []PodStatus) error {
-		return allRunning(pods, 6)
-	})
+	pods, peers, err := s.deployProbes(ctx, r)
 	if err != nil {
 		return r, err
 	}
-	if err := spreadEvenly(pods, c.Nodes); err != nil {
-		return r, err
-	}
-	if _, err := c.WaitPods(ctx, time.Minute, "default", "app=hostprobe", func(pods []PodStatus) error {
-		return allRunning(pods, 1)
-	}); err != nil {
-		return r, err
-	}
-	r.Pods = pods
-	s.show(ctx, "get", "pods", "-o", "wide")
-
-	s.Say("4. Every probe pod connects to every other by pod address, and to the host-network probe on %s.", last.Name)
-	peers := map[string]string{"hostprobe": fmt.Sprintf("%s:%d", last.IP, ProbePort)}
-	for _, p := range pods {
-		peers[p.Name] = fmt.Sprintf("%s:%d", p.IP, ProbePort)
-	}
-	if err := c.writePeers(peers); err != nil {
-		return r, err
-	}
-	if err := c.waitAllReach(ctx, 2*time.Minute, pods, peers, time.Time{}); err != nil {
-		return r, err
-	}
-	r.DeployToReach = time.Since(start)
-	s.Say("   all %d pairs answer (%s after the Deployment was created)", len(pods)*(len(pods)-1)+len(pods), r.DeployToReach.Round(100*time.Millisecond))
 
 	s.Say("5. A new pod on %s probes the pods on the other nodes every 20 ms from its start.", c.Nodes[0].Name)
 	var targets []string
@@ -279,7 +250,7 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 	}
 	s.Say("13. kubectl rollout restart ds/weft (plaintext, kernel fast path): each node's new agent starts beside the")
 	s.Say("    old one, stands by, takes over when the old pod is stopped; the running pods keep their addresses.")
-	r.RolloutRestart, r.MaxGapInRestart, err = s.roll(ctx, pods, peers, func() error {
+	r.RolloutRestart, r.MaxGapInRestart, err = s.roll(ctx, "rollout restart, plaintext", pods, peers, func() error {
 		_, err := c.Kubectl(ctx, "-n", "weft-system", "rollout", "restart", "ds/weft")
 		return err
 	})
@@ -301,7 +272,7 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 			return r, err
 		}
 		s.Say("14b. Upgrade %s -> %s: the new release's image imported, its weft.yaml applied.", r1.Version, r2.Version)
-		r.Upgrade, r.GapUpgrade, err = s.roll(ctx, pods, peers, func() error { return s.applyRelease(ctx, r2) })
+		r.Upgrade, r.GapUpgrade, err = s.roll(ctx, "upgrade", pods, peers, func() error { return s.applyRelease(ctx, r2) })
 		if err != nil {
 			return r, err
 		}
@@ -313,7 +284,7 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 		goal("upgrade", r.GapUpgrade, GoalPlaintext)
 
 		s.Say("14c. Roll back to %s the same way: its weft.yaml applied again.", r1.Version)
-		r.Rollback, r.GapRollback, err = s.roll(ctx, pods, peers, func() error { return s.applyRelease(ctx, r1) })
+		r.Rollback, r.GapRollback, err = s.roll(ctx, "rollback", pods, peers, func() error { return s.applyRelease(ctx, r1) })
 		if err != nil {
 			return r, err
 		}
@@ -330,7 +301,7 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 
 	s.Say("14d. Encryption: the Secret gets a password and the agents restart with it (while the mesh is")
 	s.Say("     mixed, encrypted and plaintext nodes do not talk: no goal for this one).")
-	_, r.GapToEncrypted, err = s.roll(ctx, pods, peers, func() error {
+	_, r.GapToEncrypted, err = s.roll(ctx, "plaintext -> encrypted", pods, peers, func() error {
 		if err := s.setSecret(ctx, true); err != nil {
 			return err
 		}
@@ -345,7 +316,7 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 		return r, err
 	}
 	s.Say("14e. kubectl rollout restart ds/weft, encrypted.")
-	r.RestartEncrypted, r.GapEncrypted, err = s.roll(ctx, pods, peers, func() error {
+	r.RestartEncrypted, r.GapEncrypted, err = s.roll(ctx, "rollout restart, encrypted", pods, peers, func() error {
 		_, err := c.Kubectl(ctx, "-n", "weft-system", "rollout", "restart", "ds/weft")
 		return err
 	})
@@ -377,7 +348,7 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 	if err := c.StopNode(last); err != nil {
 		return r, err
 	}
-	start = time.Now()
+	start := time.Now()
 	if _, err := c.Kubectl(ctx, "delete", "node", last.Name); err != nil {
 		return r, err
 	}
@@ -407,6 +378,51 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 		return r, fmt.Errorf("%w: %s", errGoal, strings.Join(over, "; "))
 	}
 	return r, nil
+}
+
+// deployProbes is steps 3 and 4: the probe pods spread over the nodes and the
+// host-network probe, every pair answering. It returns the pods and the
+// peers file's entries (name -> address).
+func (s *Scenario) deployProbes(ctx context.Context, r *Results) ([]PodStatus, map[string]string, error) {
+	c := s.C
+	last := c.Nodes[len(c.Nodes)-1]
+	s.Say("3. A Deployment of 6 probe pods spread over the nodes, and a host-network probe on %s.", last.Name)
+	start := time.Now()
+	if _, err := c.KubectlStdin(ctx, fmt.Appendf(nil, probesYAML, 6, ProbeImage, ProbePort, probeDir, last.Name), "apply", "-f", "-"); err != nil {
+		return nil, nil, err
+	}
+	pods, err := c.WaitPods(ctx, 2*time.Minute, "default", "app=netprobe", func(pods []PodStatus) error {
+		return allRunning(pods, 6)
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := spreadEvenly(pods, c.Nodes); err != nil {
+		return nil, nil, err
+	}
+	if _, err := c.WaitPods(ctx, time.Minute, "default", "app=hostprobe", func(pods []PodStatus) error {
+		return allRunning(pods, 1)
+	}); err != nil {
+		return nil, nil, err
+	}
+	r.Pods = pods
+	s.show(ctx, "get", "pods", "-o", "wide")
+
+	s.Say("4. Every probe pod connects to every other by pod address, and to the host-network probe on %s.", last.Name)
+	peers := map[string]string{"hostprobe": fmt.Sprintf("%s:%d", last.IP, ProbePort)}
+	for _, p := range pods {
+		peers[p.Name] = fmt.Sprintf("%s:%d", p.IP, ProbePort)
+	}
+	if err := c.writePeers(peers); err != nil {
+		return nil, nil, err
+	}
+	if err := c.waitAllReach(ctx, 2*time.Minute, pods, peers, time.Time{}); err != nil {
+		return nil, nil, err
+	}
+	r.DeployToReach = time.Since(start)
+	s.Say("   all %d pairs answer (%s after the Deployment was created)", len(pods)*(len(pods)-1)+len(pods), r.DeployToReach.Round(100*time.Millisecond))
+
+	return pods, peers, nil
 }
 
 // Install is the operator's install: nodes NotReady without a network, the

@@ -192,13 +192,33 @@ func (c *Cluster) waitUDP(ctx context.Context, pods []PodStatus, peers map[strin
 	})
 }
 
+// Silence is what roll measured in one step.
+type Silence struct {
+	Step string
+	// Network is a cross-node pair's longest silence less the time either
+	// pod was silent to itself (the asserted figure); Raw the longest
+	// silence of any pair as measured; Floor that of a pair on one node,
+	// which weft does not tunnel; Self the longest time a probe pod was
+	// silent to itself over loopback (it was not running).
+	Network, Raw, Floor, Self time.Duration
+	Load                      string // 1-minute load average when measured
+}
+
 // roll is one DaemonSet change (a rollout restart, an apply of a release)
 // under the probes: it waits for the rollout, checks that the probe pods are
 // the same with the same addresses and reach each other again, and returns
 // the longest silence the network made (gapIn) from the change until every
-// pair answered again.
-func (s *Scenario) roll(ctx context.Context, pods []PodStatus, peers map[string]string, change func() error) (took, gap time.Duration, err error) {
+// pair answered again. Every figure also goes to s.Measured, and for each
+// node the longest time its pods were silent to themselves is shown beside
+// the CPU time each pod of that node used meanwhile and the weft agents'
+// log lines of that moment: what stalled the pods.
+func (s *Scenario) roll(ctx context.Context, step string, pods []PodStatus, peers map[string]string, change func() error) (took, gap time.Duration, err error) {
 	c := s.C
+	sampleCtx, stopSampling := context.WithCancel(ctx)
+	defer stopSampling()
+	cpu := newCPUSampler(c.Nodes)
+	sampled := make(chan struct{})
+	go func() { defer close(sampled); cpu.run(sampleCtx) }()
 	start := time.Now()
 	if err := change(); err != nil {
 		return 0, 0, err
@@ -221,13 +241,102 @@ func (s *Scenario) roll(ctx context.Context, pods []PodStatus, peers map[string]
 	if err := c.waitUDP(ctx, pods, peers, rolled); err != nil {
 		return took, 0, err
 	}
-	g := c.gapIn(pods, start, time.Now())
+	stopSampling()
+	<-sampled
+	end := time.Now()
+	g := c.gapIn(pods, start, end)
 	ms := func(d time.Duration) time.Duration { return d.Round(10 * time.Millisecond) }
 	s.Say("   longest silence of a pair across nodes, less the time either pod was silent to itself: %s (%s)",
 		ms(g.Network), g.NetworkPair)
 	s.Say("   raw: longest silence of any pair %s (%s); of a pair on one node, which weft does not tunnel: %s",
 		ms(g.Raw), g.RawPair, ms(g.Floor))
+	m := Silence{Step: step, Network: g.Network, Raw: g.Raw, Floor: g.Floor, Load: loadAvg()}
+	for _, n := range c.Nodes {
+		st := c.selfSilence(pods, n.Name, start, end)
+		m.Self = max(m.Self, st.To.Sub(st.From))
+		if st.From.IsZero() {
+			continue
+		}
+		s.Say("   %s: its pods silent to themselves (loopback) for up to %s, %s +%s; CPU used on the node meanwhile: %s",
+			n.Name, ms(st.To.Sub(st.From)), st.From.Format("15:04:05.000"), ms(st.From.Sub(start)),
+			formatUse(cpu.usedIn(n.Name, st.From, st.To)))
+		for _, line := range agentLogIn(n, st.From.Add(-time.Second), st.To.Add(500*time.Millisecond)) {
+			s.Say("      %s", line)
+		}
+	}
+	s.Measured = append(s.Measured, m)
 	return took, g.Network, nil
+}
+
+// selfSilence is the longest time a probe pod on node was silent to itself
+// (its own echo over loopback) within [from, to].
+func (c *Cluster) selfSilence(pods []PodStatus, node string, from, to time.Time) (longest ProbeGap) {
+	for _, p := range pods {
+		if p.Node != node {
+			continue
+		}
+		rep, err := c.report(p)
+		if err != nil || rep.UDP[p.Name] == nil {
+			continue
+		}
+		for _, gp := range rep.UDP[p.Name].Gaps {
+			if gp.To.Before(from) || gp.From.After(to) {
+				continue
+			}
+			if gp.To.Sub(gp.From) > longest.To.Sub(longest.From) {
+				longest = gp
+			}
+		}
+	}
+	return longest
+}
+
+// agentLogIn returns the weft agents' log lines of node n (every weft pod's,
+// old and new, from the node's /var/log/pods) written within [from, to],
+// in time order, each prefixed with its pod's short UID.
+func agentLogIn(n *Node, from, to time.Time) []string {
+	files, _ := filepath.Glob(filepath.Join(n.Dir, "pod-logs", "weft-system_weft-*", "weft", "*.log"))
+	type line struct {
+		at   time.Time
+		text string
+	}
+	var lines []line
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		// weft-system_weft-abcde_UID/weft/0.log
+		pod := filepath.Base(filepath.Dir(filepath.Dir(f)))
+		if i := strings.LastIndexByte(pod, '_'); i >= 0 && len(pod) > i+9 {
+			pod = pod[i+1 : i+9]
+		}
+		for l := range strings.SplitSeq(string(b), "\n") {
+			// CRI log format: TIMESTAMP STREAM TAG MESSAGE
+			f := strings.SplitN(l, " ", 4)
+			if len(f) < 4 {
+				continue
+			}
+			at, err := time.Parse(time.RFC3339Nano, f[0])
+			if err != nil || at.Before(from) || at.After(to) {
+				continue
+			}
+			msg := f[3]
+			if i := strings.Index(msg, "msg="); i >= 0 {
+				msg = msg[i:]
+			}
+			if len(msg) > 160 {
+				msg = msg[:160] + "..."
+			}
+			lines = append(lines, line{at, fmt.Sprintf("%s weft %s: %s", at.Local().Format("15:04:05.000"), pod, msg)})
+		}
+	}
+	sort.Slice(lines, func(i, j int) bool { return lines[i].at.Before(lines[j].at) })
+	out := make([]string, len(lines))
+	for i, l := range lines {
+		out[i] = l.text
+	}
+	return out
 }
 
 // applyRelease imports a release's image into the nodes and applies its
@@ -338,3 +447,96 @@ func (s *Scenario) setSecret(ctx context.Context, password bool) error {
 // errGoal marks a measured silence over its goal: the scenario goes on and
 // reports every figure, then fails.
 var errGoal = errors.New("over the restart goal")
+
+// baselineFor is how long Restarts measures the probes before any restart:
+// the silences this machine makes on its own, to compare the restarts with.
+const baselineFor = 30 * time.Second
+
+// Restarts is the restart phases of Run alone, for working on the restart
+// silence: install (plaintext), the probe pods, a baseline of baselineFor
+// with no restart, `kubectl rollout restart ds/weft` plaintext, the switch
+// to a password, and a rollout restart encrypted. Every figure of each step
+// is in s.Measured (the baseline as step "no restart"); the error is
+// errGoal when the asserted figure of a restart is over its goal.
+func (s *Scenario) Restarts(ctx context.Context) error {
+	c, r := s.C, &Results{}
+	if err := s.Install(ctx, r); err != nil {
+		return err
+	}
+	pods, peers, err := s.deployProbes(ctx, r)
+	if err != nil {
+		return err
+	}
+	s.Say("Baseline: %s of probing with no restart.", baselineFor)
+	if err := s.baseline(ctx, pods, peers); err != nil {
+		return err
+	}
+	restart := func() error {
+		_, err := c.Kubectl(ctx, "-n", "weft-system", "rollout", "restart", "ds/weft")
+		return err
+	}
+	var over []string
+	s.Say("kubectl rollout restart ds/weft (plaintext, kernel fast path).")
+	if _, gap, err := s.roll(ctx, "rollout restart, plaintext", pods, peers, restart); err != nil {
+		return err
+	} else if gap > GoalPlaintext {
+		over = append(over, fmt.Sprintf("plaintext %s, goal %s", gap.Round(10*time.Millisecond), GoalPlaintext))
+	}
+	s.Say("A password in the Secret, the agents restarted with it.")
+	if _, _, err := s.roll(ctx, "plaintext -> encrypted", pods, peers, func() error {
+		if err := s.setSecret(ctx, true); err != nil {
+			return err
+		}
+		return restart()
+	}); err != nil {
+		return err
+	}
+	if err := s.checkDatapath(ctx, true); err != nil {
+		return err
+	}
+	s.Say("kubectl rollout restart ds/weft (encrypted).")
+	if _, gap, err := s.roll(ctx, "rollout restart, encrypted", pods, peers, restart); err != nil {
+		return err
+	} else if gap > GoalEncrypted {
+		over = append(over, fmt.Sprintf("encrypted %s, goal %s", gap.Round(10*time.Millisecond), GoalEncrypted))
+	}
+	if len(over) > 0 {
+		return fmt.Errorf("%w: %s", errGoal, strings.Join(over, "; "))
+	}
+	return nil
+}
+
+// baseline measures the probes for baselineFor without touching weft: the
+// same figures as roll's, as step "no restart".
+func (s *Scenario) baseline(ctx context.Context, pods []PodStatus, peers map[string]string) error {
+	c := s.C
+	start := time.Now()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(baselineFor): // a measurement period, not a wait for a condition
+	}
+	end := time.Now()
+	if err := c.waitUDP(ctx, pods, peers, end); err != nil {
+		return err
+	}
+	g := c.gapIn(pods, start, end)
+	m := Silence{Step: "no restart", Network: g.Network, Raw: g.Raw, Floor: g.Floor, Load: loadAvg()}
+	for _, n := range c.Nodes {
+		st := c.selfSilence(pods, n.Name, start, end)
+		m.Self = max(m.Self, st.To.Sub(st.From))
+	}
+	s.Measured = append(s.Measured, m)
+	return nil
+}
+
+// FormatSilences is one line per step of s.Measured.
+func FormatSilences(ms []Silence) string {
+	var b strings.Builder
+	r := func(d time.Duration) time.Duration { return d.Round(10 * time.Millisecond) }
+	for _, m := range ms {
+		fmt.Fprintf(&b, "%-28s raw any pair %6s  raw same node %6s  pod silent to itself %6s  asserted (network) %6s  load %s\n",
+			m.Step, r(m.Raw), r(m.Floor), r(m.Self), r(m.Network), m.Load)
+	}
+	return b.String()
+}
