@@ -85,9 +85,14 @@ func (d *delegate) LocalState(join bool) []byte {
 	var out []byte
 	for ch, h := range hs {
 		var s []byte
-		if dg, ok := h.(Digester); ok && !join {
+		dg, digests := h.(Digester)
+		js, small := h.(JoinStater)
+		switch {
+		case digests && !join:
 			s = dg.LocalDigest()
-		} else {
+		case small && join:
+			s = js.JoinState()
+		default:
 			s = h.LocalState()
 		}
 		out = append(out, byte(ch))

@@ -56,6 +56,16 @@ type Digester interface {
 	LocalDigest() []byte
 }
 
+// JoinStater is a Handler whose state in a join is smaller than its full
+// state. Every member answers the joins of newcomers with its own state,
+// and when a mesh starts they all join the same few peers: N joins of a
+// state that grows with N cost those peers N² bytes. A handler whose state
+// a newcomer can learn later (from broadcasts and the periodic push/pull)
+// sends JoinState instead. Digester's periodic digest is unaffected.
+type JoinStater interface {
+	JoinState() []byte
+}
+
 // Timing are the failure-detection and rejoin intervals.
 type Timing struct {
 	ProbeInterval    time.Duration // how often one peer is probed

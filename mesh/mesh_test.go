@@ -215,3 +215,32 @@ func (r *recorder) hasState(s string) bool {
 	}
 	return false
 }
+
+type joinRecorder struct {
+	recorder
+	join []byte
+}
+
+func (r *joinRecorder) JoinState() []byte { return r.join }
+
+// A handler with a JoinState sends it in joins and its full state in the
+// periodic push/pulls; one without sends its full state in both.
+func TestJoinStateInJoinsOnly(t *testing.T) {
+	d := &delegate{m: &Mesh{handlers: map[Channel]Handler{
+		ChannelHealth: &joinRecorder{recorder: recorder{state: []byte("all summaries")}, join: []byte("own")},
+		ChannelIPAM:   &recorder{state: []byte("ring")},
+	}}}
+	states := func(join bool) map[Channel]string {
+		out := map[Channel]string{}
+		if err := SplitState(d.LocalState(join), func(ch Channel, s []byte) error { out[ch] = string(s); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	if got := states(true); got[ChannelHealth] != "own" || got[ChannelIPAM] != "ring" {
+		t.Errorf("join state: %q", got)
+	}
+	if got := states(false); got[ChannelHealth] != "all summaries" || got[ChannelIPAM] != "ring" {
+		t.Errorf("push/pull state: %q", got)
+	}
+}
