@@ -154,6 +154,10 @@ type Config struct {
 	// agent turns these into Kubernetes Events. It runs on memberlist's
 	// goroutines and must not block.
 	OnRefusal func(Refusal)
+
+	// compress gossip with LZW as earlier agents did (tests of a
+	// mixed mesh only; see memberlistConfig).
+	compress bool
 }
 
 // Mesh is this agent's view of the mesh.
@@ -308,6 +312,14 @@ func (m *Mesh) memberlistConfig(bind, advertise netip.Addr, transport memberlist
 	mc.GossipInterval = cfg.Timing.GossipInterval
 	mc.PushPullInterval = cfg.Timing.PushPullInterval
 	mc.TCPTimeout = cfg.Timing.TCPTimeout
+	// No LZW: memberlist compresses every packet it sends, pings and acks
+	// included, and Go's LZW writer and reader zero about 64 kB and 20 kB
+	// of tables per message. In a simulated mesh of 1,000 agents that was
+	// the largest CPU cost of all; it saves little on packets of a few
+	// hundred bytes, and a LAN has bandwidth to spare (site/benchmarks.md
+	// has the figures). Peers that still compress are understood: memberlist
+	// decodes compressed messages whatever its own setting.
+	mc.EnableCompression = cfg.compress
 	mc.Logger = newMemberlistLogger(cfg.Logger, m.suspected, cfg.OnRefusal)
 	if transport != nil {
 		mc.Transport = transport
