@@ -211,3 +211,38 @@ func TestKnownPeersWritesSpaced(t *testing.T) {
 	}
 	t.Logf("%d writes in %s for %d joins", m.knownWrites.Load(), took.Round(time.Millisecond), peers)
 }
+
+// In a big mesh the known peers are written less often: the bytes an agent
+// writes a second stay about the same whatever the mesh's size. The last
+// state is still written at exit.
+func TestKnownPeersSpacingGrowsWithMesh(t *testing.T) {
+	lo := netip.MustParseAddr("127.0.0.1")
+	port := freePort(t)
+	dir := t.TempDir()
+	m, stop := runMesh(t, Config{Name: "self", Bind: lo, Port: port, StateDir: dir, Timing: LocalTiming(),
+		Meta: Meta{Protocol: ProtocolMin, DataPort: uint16(port + 1), Version: "test"}})
+	meta, err := Meta{Protocol: ProtocolMin, DataPort: 6784, Version: "test"}.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const peers = 1000
+	start := time.Now()
+	for i := range peers {
+		m.delegate.NotifyJoin(&memberlist.Node{Name: fmt.Sprintf("p%04d", i),
+			Addr: net.IPv4(198, 18, byte(i/250), byte(1+i%250)), Port: 6783, Meta: meta})
+		if i%100 == 99 {
+			time.Sleep(300 * time.Millisecond) // joins over about 3 s
+		}
+	}
+	took := time.Since(start)
+	// Writes: the first change, then one per knownSpacing(peers) = 20 s
+	// (one a second before: 4 in these 3 s).
+	if w := m.knownWrites.Load(); w > 1+int64(took/knownSpacing(peers)) {
+		t.Errorf("%d writes of the known peers in %s with %d members, want 1", w, took.Round(time.Millisecond), peers)
+	}
+	stop()
+	ps, err := LoadKnownPeers(dir)
+	if err != nil || len(ps) != peers {
+		t.Fatalf("after exit: %d known peers (%v), want %d", len(ps), err, peers)
+	}
+}

@@ -386,7 +386,7 @@ func (m *Mesh) Run(ctx context.Context) {
 		case <-tick.C:
 			m.rejoin(ctx)
 		case <-knownTick.C:
-			if m.knownDirty {
+			if m.knownDirty && m.knownDue() {
 				m.saveKnown()
 			}
 		case <-m.changed:
@@ -807,7 +807,7 @@ func (m *Mesh) notifyChange() {
 		f()
 	}
 	m.knownDirty = true
-	if time.Since(m.knownSavedAt) >= knownSaveEvery {
+	if m.knownDue() {
 		m.saveKnown()
 	}
 }
@@ -815,8 +815,32 @@ func (m *Mesh) notifyChange() {
 // knownSaveEvery spaces the writes of KnownPeersFile: it lists every peer,
 // and a mesh forming changes with every peer that joins, so a write per
 // change was N writes of N peers at every agent (a thousand agents forming
-// wrote about 100 MB each). The last change is written at most this late.
-const knownSaveEvery = time.Second
+// wrote about 100 MB each). The last change is written at most this late,
+// in a mesh of up to knownSaveEvery / knownSavePerPeer members; in a larger
+// one the spacing grows with it (knownSpacing), so that an agent writes
+// about the same bytes a second whatever the mesh's size: a thousand
+// agents each writing their 100 kB file and fsyncing it every second was
+// 100 MB/s for the machine (a simulation) or the disk (each host). What a
+// restart misses of the last seconds is harmless: it rejoins any of the
+// peers it lists, and learns the rest from it.
+const (
+	knownSaveEvery   = time.Second
+	knownSavePerPeer = 20 * time.Millisecond
+)
+
+// knownSpacing is the least time between two writes of KnownPeersFile in a
+// mesh of n members.
+func knownSpacing(n int) time.Duration {
+	return max(knownSaveEvery, time.Duration(n)*knownSavePerPeer)
+}
+
+// knownDue: a write of KnownPeersFile may happen now (Run's goroutine).
+func (m *Mesh) knownDue() bool {
+	m.mu.Lock()
+	n := len(m.peers)
+	m.mu.Unlock()
+	return time.Since(m.knownSavedAt) >= knownSpacing(n)
+}
 
 // Shutdown stops gossip without leaving, for a start that is abandoned
 // before Run.
