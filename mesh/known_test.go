@@ -231,14 +231,14 @@ func TestKnownPeersSpacingGrowsWithMesh(t *testing.T) {
 		m.delegate.NotifyJoin(&memberlist.Node{Name: fmt.Sprintf("p%04d", i),
 			Addr: net.IPv4(198, 18, byte(i/250), byte(1+i%250)), Port: 6783, Meta: meta})
 		if i%100 == 99 {
-			time.Sleep(300 * time.Millisecond) // joins over about 3 s
+			time.Sleep(400 * time.Millisecond) // joins over about 4 s
 		}
 	}
 	took := time.Since(start)
 	// Writes: the first change, then one per knownSpacing(peers) = 20 s
-	// (one a second before: 4 in these 3 s).
-	if w := m.knownWrites.Load(); w > 1+int64(took/knownSpacing(peers)) {
-		t.Errorf("%d writes of the known peers in %s with %d members, want 1", w, took.Round(time.Millisecond), peers)
+	// (one a second before: 4 or 5 in these 4 s).
+	if w := m.knownWrites.Load(); w > 2 {
+		t.Errorf("%d writes of the known peers in %s with %d members, want 1 or 2", w, took.Round(time.Millisecond), peers)
 	}
 	stop()
 	ps, err := LoadKnownPeers(dir)
