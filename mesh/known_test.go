@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -244,5 +245,54 @@ func TestKnownPeersSpacingGrowsWithMesh(t *testing.T) {
 	ps, err := LoadKnownPeers(dir)
 	if err != nil || len(ps) != peers {
 		t.Fatalf("after exit: %d known peers (%v), want %d", len(ps), err, peers)
+	}
+}
+
+// In a big mesh, membership changes are handled (OnChange) at a pace that
+// shrinks with its size, not once per change: each handling reads the
+// whole membership, and a mesh forming makes N changes at each of N
+// members. The last change is always handled.
+func TestChangesCoalescedInBigMesh(t *testing.T) {
+	lo := netip.MustParseAddr("127.0.0.1")
+	port := freePort(t)
+	m, _ := runMesh(t, Config{Name: "self", Bind: lo, Port: port, Timing: LocalTiming(),
+		Meta: Meta{Protocol: ProtocolMin, DataPort: uint16(port + 1), Version: "test"}})
+	var calls, lastSeen atomic.Int64
+	m.OnChange(func() {
+		calls.Add(1)
+		_, alive := m.Counts()
+		lastSeen.Store(int64(alive))
+	})
+	meta, err := Meta{Protocol: ProtocolMin, DataPort: 6784, Version: "test"}.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const peers = 1000
+	node := func(i int) *memberlist.Node {
+		return &memberlist.Node{Name: fmt.Sprintf("p%04d", i), Addr: net.IPv4(198, 18, byte(i/250), byte(1+i%250)), Port: 6783, Meta: meta}
+	}
+	for i := range peers {
+		m.delegate.NotifyJoin(node(i))
+	}
+	waitFor(t, "the joins handled", 5*time.Second, func() bool { return lastSeen.Load() == peers+1 }) // and itself
+	// Now 1,000 changes over 2 s (updates, then one failure).
+	calls.Store(0)
+	start := time.Now()
+	for i := range peers {
+		if i == peers-1 {
+			m.delegate.NotifyLeave(node(i))
+			break
+		}
+		m.delegate.NotifyUpdate(node(i))
+		if i%50 == 49 {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	took := time.Since(start)
+	waitFor(t, "the last change handled", 5*time.Second, func() bool { return lastSeen.Load() == peers })
+	// One handling per 0.5 s at this size; about one per 100 ms pause, 20
+	// or more, before.
+	if c := calls.Load(); c > 2+int64(took/(500*time.Millisecond)) {
+		t.Errorf("%d membership changes handled in %s for %d changes, want at most %d", c, took.Round(time.Millisecond), peers, 2+int64(took/(500*time.Millisecond)))
 	}
 }
