@@ -17,6 +17,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -176,11 +177,17 @@ type Mesh struct {
 	mu       sync.Mutex
 	bind     netip.Addr // the address bound and advertised now (Config.Bind until a Rebind)
 	handlers map[Channel]Handler
-	peers    map[string]*peer   // every peer ever seen, by name
-	targets  map[string]*target // addresses to keep joining, by host:port
-	onChange []func()
-	closing  bool
-	changed  chan struct{} // coalesced membership-change signal, drained by Run
+	peers    map[string]*peer // every peer ever seen, by name
+	// byAddr: the peer last seen at a gossip address (host:port), an
+	// alive one kept against one that is not: rejoin asks it of every
+	// target at every pass, without listing the members.
+	byAddr map[string]*peer
+	// aliveNames caches AliveNames; nil when a state changed since.
+	aliveNames []string
+	targets    map[string]*target // addresses to keep joining, by host:port
+	onChange   []func()
+	closing    bool
+	changed    chan struct{} // coalesced membership-change signal, drained by Run
 
 	// KnownPeersFile as last written, whether membership changed since,
 	// when it was written, and how many times; Run's goroutine only.
@@ -202,6 +209,7 @@ type Mesh struct {
 
 type peer struct {
 	node  memberlist.Node // last seen (a copy: memberlist's own changes under its lock)
+	addr  string          // node.Address(), made once
 	meta  Meta
 	state State // from events: alive, dead, left (or unknown: from the last run)
 	// suspect: alive, but this member's own probe of it went unanswered
@@ -243,6 +251,7 @@ func New(cfg Config) (*Mesh, error) {
 		log:      cfg.Logger,
 		handlers: map[Channel]Handler{},
 		peers:    map[string]*peer{},
+		byAddr:   map[string]*peer{},
 		targets:  map[string]*target{},
 		started:  time.Now(),
 		now:      time.Now,
@@ -515,10 +524,15 @@ func (m *Mesh) rejoin(ctx context.Context) {
 	now := m.now()
 	var due, learnt []*target
 	m.mu.Lock()
-	alive := m.aliveAddrsLocked()
 	self := net.JoinHostPort(m.bind.String(), strconv.Itoa(m.cfg.Port))
+	aliveOthers := 0
+	for name, p := range m.peers {
+		if name != m.cfg.Name && p.current() == StateAlive {
+			aliveOthers++
+		}
+	}
 	for addr, t := range m.targets {
-		if alive[t.addr] {
+		if m.aliveAtLocked(t.addr) {
 			t.lastAlive = now
 			continue
 		}
@@ -537,7 +551,7 @@ func (m *Mesh) rejoin(ctx context.Context) {
 			learnt = append(learnt, t)
 		}
 	}
-	due = append(due, pickLearnt(learnt, len(alive))...)
+	due = append(due, pickLearnt(learnt, aliveOthers)...)
 	for _, t := range due {
 		// Mark as in flight so the next tick does not start a second join.
 		t.next = now.Add(m.cfg.Timing.RejoinMaxBackoff + m.cfg.Timing.TCPTimeout)
@@ -717,17 +731,25 @@ func (m *Mesh) Members() []PeerInfo {
 }
 
 // AliveNames returns the names of alive members, this one included, sorted.
+// IPAM asks it at every membership check: the sorted list is kept until a
+// member's state changes, and each call gets a copy.
 func (m *Mesh) AliveNames() []string {
 	m.mu.Lock()
-	var out []string
-	for name, p := range m.peers {
-		if p.current() == StateAlive {
-			out = append(out, name)
+	defer m.mu.Unlock()
+	if m.aliveNames == nil {
+		out := make([]string, 0, len(m.peers))
+		for name, p := range m.peers {
+			if p.current() == StateAlive {
+				out = append(out, name)
+			}
 		}
+		sort.Strings(out)
+		m.aliveNames = out
 	}
-	m.mu.Unlock()
-	sort.Strings(out)
-	return out
+	if len(m.aliveNames) == 0 {
+		return nil
+	}
+	return slices.Clone(m.aliveNames)
 }
 
 // IsAlive reports whether name is an alive member.
@@ -752,10 +774,25 @@ func (m *Mesh) aliveAddrsLocked() map[string]bool {
 	alive := map[string]bool{}
 	for name, p := range m.peers {
 		if name != m.cfg.Name && p.current() == StateAlive {
-			alive[p.node.Address()] = true
+			alive[p.addr] = true
 		}
 	}
 	return alive
+}
+
+// aliveAtLocked reports whether a peer other than this one is alive at
+// gossip address addr.
+func (m *Mesh) aliveAtLocked(addr string) bool {
+	p := m.byAddr[addr]
+	return p != nil && p.addr == addr && p.node.Name != m.cfg.Name && p.current() == StateAlive
+}
+
+// indexAddrLocked records p (just changed) at its address, unless an
+// alive peer is there already.
+func (m *Mesh) indexAddrLocked(p *peer) {
+	if old := m.byAddr[p.addr]; old == nil || old == p || old.addr != p.addr || old.current() != StateAlive {
+		m.byAddr[p.addr] = p
+	}
 }
 
 // current is the peer's state with this member's suspicion applied.
@@ -786,7 +823,7 @@ func (m *Mesh) Peers() []Peer {
 	for name, p := range m.peers {
 		out = append(out, Peer{
 			Name:     name,
-			Address:  p.node.Address(),
+			Address:  p.addr,
 			DataPort: int(p.meta.DataPort),
 			State:    p.current(),
 			Local:    name == m.cfg.Name,
