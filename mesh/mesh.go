@@ -790,6 +790,9 @@ func (m *Mesh) aliveAtLocked(addr string) bool {
 // indexAddrLocked records p (just changed) at its address, unless an
 // alive peer is there already.
 func (m *Mesh) indexAddrLocked(p *peer) {
+	if m.byAddr == nil {
+		m.byAddr = map[string]*peer{}
+	}
 	if old := m.byAddr[p.addr]; old == nil || old == p || old.addr != p.addr || old.current() != StateAlive {
 		m.byAddr[p.addr] = p
 	}
