@@ -187,3 +187,17 @@ func TestToWireAllocations(t *testing.T) {
 		}
 	}
 }
+
+// Ready, polled by probes and the agent's start, allocates nothing in a
+// ring of a thousand keys (it built a map of every peer's free space).
+func TestReadyAllocatesNothing(t *testing.T) {
+	n := newFakeNet(t, 17)
+	all := names(1000)
+	p := n.add(all[0], simRange, Init{Mode: ModeSeed, Seeds: all}, "")
+	if !p.Ready() {
+		t.Fatal("a seeded peer with space of its own is not ready")
+	}
+	if allocs := testing.AllocsPerRun(20, func() { p.Ready() }); allocs > 0 {
+		t.Errorf("Ready with %d ring keys: %.0f allocations, want 0", len(all), allocs)
+	}
+}
