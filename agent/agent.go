@@ -368,7 +368,7 @@ func (a *Agent) membershipChanged() {
 // address and sets up the host network, then keeps the kernel's routes in
 // step with the ranges this host owns.
 func (a *Agent) becomeReady(ctx context.Context) {
-	a.setBlocker("waiting for the address ring (" + a.ipam.Status().State + ")")
+	a.setBlocker("waiting for the address ring (" + a.ipam.State() + ")")
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	for !a.ipam.Ready() {
@@ -376,7 +376,7 @@ func (a *Agent) becomeReady(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-			a.setBlocker("waiting for the address ring (" + a.ipam.Status().State + ")")
+			a.setBlocker("waiting for the address ring (" + a.ipam.State() + ")")
 		}
 	}
 	if a.dp == nil {

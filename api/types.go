@@ -201,14 +201,23 @@ type PeerHealth struct {
 	Ready    bool   `json:"ready"`
 	Datapath string `json:"datapath,omitempty"`
 	// Age is how long ago this agent last heard the summary.
-	Age         time.Duration `json:"age_ns"`
-	Connections []PeerLink    `json:"connections"`
+	Age time.Duration `json:"age_ns"`
+	// Links and Established count the peer's connections. A summary
+	// gossips only its exceptions; Connections fills in the established
+	// ones from this agent's view of the members when the counts agree,
+	// and leaves them out (unknown) when not, or when Truncated: the peer
+	// had more exceptions than a summary carries.
+	Links       int        `json:"links"`
+	Established int        `json:"established"`
+	Truncated   bool       `json:"truncated,omitempty"`
+	Connections []PeerLink `json:"connections"`
 }
 
 // PeerLink is one connection as the peer that has it sees it.
 type PeerLink struct {
-	Peer  string `json:"peer"`
-	State string `json:"state"` // established, connecting, down
+	Peer     string `json:"peer"`
+	State    string `json:"state"`              // established, connecting, down
+	Datapath string `json:"datapath,omitempty"` // of an established connection
 }
 
 // PeersRequest names peers for connect and forget: host or host:port.

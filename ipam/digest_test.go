@@ -124,3 +124,80 @@ func TestPushPullDigestAsksEachPeer(t *testing.T) {
 			asks, len(all), len(all)-1, len(all)-1)
 	}
 }
+
+// A join carries the digest too: a newcomer with the same ring (seeded
+// alike) has nothing more to ask; one without a ring asks the member it
+// joined for it and has it after one exchange.
+func TestJoinCarriesDigest(t *testing.T) {
+	n := newFakeNet(t, 13)
+	all := names(100)
+	for _, name := range all {
+		n.add(name, simRange, Init{Mode: ModeSeed, Seeds: all}, "")
+	}
+	roundsUntil(t, n, 200, "seeded ring", func() bool { return converged(n.live()) })
+	n.pump()
+	a, b := n.peers[all[0]], n.peers[all[1]]
+	join, full := a.JoinState(), a.LocalState()
+	if len(join)*4 > len(full) {
+		t.Fatalf("join state of %d bytes, full state %d: want the digest", len(join), len(full))
+	}
+	if err := b.MergeState(join); err != nil {
+		t.Fatal(err)
+	}
+	if q := n.queued(t); len(q) != 0 {
+		t.Fatalf("same ring: %d messages after a join, want none", len(q))
+	}
+	o := n.add("o", simRange, Init{Mode: ModeObserver}, "")
+	if err := o.MergeState(a.JoinState()); err != nil {
+		t.Fatal(err)
+	}
+	q := n.queued(t)
+	if len(q) != 1 || q[0].Type != msgGetState {
+		t.Fatalf("a newcomer without a ring sent %d messages after its join, want one ask", len(q))
+	}
+	n.pump()
+	o.mu.Lock()
+	has := o.ring != nil
+	o.mu.Unlock()
+	if !has || digestOf(o) != digestOf(a) {
+		t.Fatalf("newcomer after its ask: has a ring %v, %s", has, o.Status().State)
+	}
+}
+
+// Encoding a ring of a thousand signed entries for the wire costs a few
+// allocations, not one per entry (a seeded mesh of a thousand agents
+// encoded it at every join and every save).
+func TestToWireAllocations(t *testing.T) {
+	all := names(1000)
+	r := newSeededRing(simRange.String(), 1<<20, all)
+	for i := range r.entries {
+		r.entries[i].Sig[0] = 1
+		if i%10 == 0 {
+			r.entries[i].Grant = grant{From: all[(i+1)%len(all)], To: r.entries[i].Owner, Version: 1, Reason: reasonDonation}
+		}
+	}
+	allocs := testing.AllocsPerRun(20, func() { toWire(r.entries) })
+	if allocs > 8 {
+		t.Errorf("toWire of %d entries: %.0f allocations, want at most 8", len(r.entries), allocs)
+	}
+	back := fromWire(toWire(r.entries))
+	for i := range back {
+		if back[i] != r.entries[i] {
+			t.Fatalf("entry %d: %+v after a round trip, want %+v", i, back[i], r.entries[i])
+		}
+	}
+}
+
+// Ready, polled by probes and the agent's start, allocates nothing in a
+// ring of a thousand keys (it built a map of every peer's free space).
+func TestReadyAllocatesNothing(t *testing.T) {
+	n := newFakeNet(t, 17)
+	all := names(1000)
+	p := n.add(all[0], simRange, Init{Mode: ModeSeed, Seeds: all}, "")
+	if !p.Ready() {
+		t.Fatal("a seeded peer with space of its own is not ready")
+	}
+	if allocs := testing.AllocsPerRun(20, func() { p.Ready() }); allocs > 0 {
+		t.Errorf("Ready with %d ring keys: %.0f allocations, want 0", len(all), allocs)
+	}
+}

@@ -731,6 +731,16 @@ func (p *IPAM) LocalDigest() []byte {
 	return p.encodeLocked(m)
 }
 
+// JoinState is this peer's ring in a join (mesh.JoinStater): the digest,
+// as in a periodic push/pull. When a mesh starts, every newcomer joins the
+// same few peers, and each join carried the whole ring both ways (encoded
+// and signed: the largest CPU cost of a thousand simulated agents
+// forming); most newcomers already hold the same ring (seeded, or
+// restored from disk), and one that does not (a newcomer without a ring,
+// a ring that differs) asks the sender for it at once, as after a periodic
+// digest.
+func (p *IPAM) JoinState() []byte { return p.LocalDigest() }
+
 // ringCapLocked is the most keys a ring may hold: proportional to the peers,
 // as counted at the last tick (counting is not free, and a message needs it
 // several times).

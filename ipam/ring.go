@@ -79,7 +79,7 @@ func ringID(rangeStr string, seeds []string) string {
 func newSeededRing(rangeStr string, size uint64, seeds []string) *ring {
 	s := append([]string(nil), seeds...)
 	sort.Strings(s)
-	r := &ring{ID: ringID(rangeStr, s), Seeds: s, Size: size}
+	r := &ring{ID: ringID(rangeStr, s), Seeds: s, Size: size, entries: make([]entry, 0, len(s))}
 	n := uint64(len(s))
 	for i, name := range s {
 		start, end := size*uint64(i)/n, size*uint64(i+1)/n

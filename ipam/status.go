@@ -18,12 +18,35 @@ func (p *IPAM) readyLocked() bool {
 	if p.ring == nil || p.left {
 		return false
 	}
-	for name, free := range p.freeByPeerLocked() {
-		if free > 0 && (name == p.cfg.Name || p.cfg.Alive(name)) {
-			return true
+	// As freeByPeerLocked, without its map: Ready is polled (readiness
+	// probes, the agent's start), and at a thousand keys the map was 4 % of
+	// a simulated mesh's CPU. This peer's own space first, then any alive
+	// peer's.
+	for _, own := range []bool{true, false} {
+		for i, e := range p.ring.entries {
+			if (e.Owner == p.cfg.Name) != own {
+				continue
+			}
+			end := min(e.End, p.size)
+			if i+1 < len(p.ring.entries) {
+				end = min(end, p.ring.entries[i+1].Start)
+			}
+			if end > e.Start && min(e.Free, end-e.Start) > 0 && (own || p.cfg.Alive(e.Owner)) {
+				return true
+			}
 		}
 	}
 	return false
+}
+
+// State is Status().State alone, without the shares and prefixes of every
+// peer that Status works out: the agent shows it while it waits for the
+// ring, and a thousand agents starting at once spent 15 % of their CPU in
+// Status there.
+func (p *IPAM) State() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stateLocked()
 }
 
 // stateLocked is the one-line IPAM state of `weft status`.

@@ -365,14 +365,34 @@ func (w wireEntry) toEntry() (entry, error) {
 }
 
 func toWire(es []entry) []wireEntry {
+	// The signatures are copied into one block (the wire form may outlive
+	// the ring's lock): slicing a loop variable's array made each entry a
+	// heap copy of its own, about 300 bytes an entry at every encoding.
 	out := make([]wireEntry, len(es))
-	for i, e := range es {
+	sigs := make([]byte, 0, sigSize*len(es))
+	grants := 0
+	for i := range es {
+		if !es[i].Grant.isZero() {
+			grants++
+		}
+	}
+	var gs []wireGrant
+	var gsigs []byte
+	if grants > 0 {
+		gs = make([]wireGrant, 0, grants)
+		gsigs = make([]byte, 0, sigSize*grants)
+	}
+	for i := range es {
+		e := &es[i]
 		out[i] = wireEntry{Start: e.Start, End: e.End, Owner: e.Owner, Version: e.Version, Free: e.Free}
 		if e.Sig != ([sigSize]byte{}) {
-			out[i].Sig = e.Sig[:]
+			sigs = append(sigs, e.Sig[:]...)
+			out[i].Sig = sigs[len(sigs)-sigSize : len(sigs) : len(sigs)]
 		}
-		if g := e.Grant; !g.isZero() {
-			out[i].Grant = &wireGrant{From: g.From, To: g.To, Version: g.Version, Reason: g.Reason, Sig: g.Sig[:]}
+		if g := &e.Grant; !g.isZero() {
+			gsigs = append(gsigs, g.Sig[:]...)
+			gs = append(gs, wireGrant{From: g.From, To: g.To, Version: g.Version, Reason: g.Reason, Sig: gsigs[len(gsigs)-sigSize : len(gsigs) : len(gsigs)]})
+			out[i].Grant = &gs[len(gs)-1]
 		}
 	}
 	return out

@@ -85,9 +85,14 @@ func (d *delegate) LocalState(join bool) []byte {
 	var out []byte
 	for ch, h := range hs {
 		var s []byte
-		if dg, ok := h.(Digester); ok && !join {
+		dg, digests := h.(Digester)
+		js, small := h.(JoinStater)
+		switch {
+		case digests && !join:
 			s = dg.LocalDigest()
-		} else {
+		case small && join:
+			s = js.JoinState()
+		default:
 			s = h.LocalState()
 		}
 		out = append(out, byte(ch))
@@ -169,12 +174,15 @@ func (d *delegate) record(n *memberlist.Node, state State) {
 	changed := p.state != state
 	p.node = *n
 	p.node.Meta = nil
+	p.addr = addr
 	p.meta = meta
 	p.suspect = false
+	m.aliveNames = nil
 	if changed {
 		p.state = state
 		p.since = time.Now()
 	}
+	m.indexAddrLocked(p)
 	// Remember every peer's address so that, once memberlist has forgotten a
 	// dead peer, it is still joined again when it comes back.
 	if n.Name != m.cfg.Name && state == StateAlive {
@@ -234,6 +242,7 @@ func (m *Mesh) suspected(name string) {
 	defer m.mu.Unlock()
 	if p := m.peers[name]; p != nil && p.state == StateAlive && !p.suspect {
 		p.suspect = true
+		m.aliveNames = nil
 		p.since = time.Now()
 	}
 }
@@ -243,6 +252,7 @@ func (m *Mesh) unsuspect(name string) {
 	defer m.mu.Unlock()
 	if p := m.peers[name]; p != nil && p.suspect {
 		p.suspect = false
+		m.aliveNames = nil
 		p.since = time.Now()
 	}
 }

@@ -158,7 +158,9 @@ func (m *Mesh) seedKnown(peers []KnownPeer) {
 		p.node.Name = kp.Name
 		p.node.Addr = kp.Addr.AsSlice()
 		p.node.Port = kp.Port
+		p.addr = p.node.Address()
 		m.peers[kp.Name] = p
+		m.indexAddrLocked(p)
 	}
 }
 

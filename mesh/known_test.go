@@ -9,7 +9,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -210,4 +212,129 @@ func TestKnownPeersWritesSpaced(t *testing.T) {
 		t.Fatalf("%d writes of the known peers in %s for %d joins, want at most %d", m.knownWrites.Load(), took.Round(time.Millisecond), peers, max)
 	}
 	t.Logf("%d writes in %s for %d joins", m.knownWrites.Load(), took.Round(time.Millisecond), peers)
+}
+
+// In a big mesh the known peers are written less often: the bytes an agent
+// writes a second stay about the same whatever the mesh's size. The last
+// state is still written at exit.
+func TestKnownPeersSpacingGrowsWithMesh(t *testing.T) {
+	lo := netip.MustParseAddr("127.0.0.1")
+	port := freePort(t)
+	dir := t.TempDir()
+	m, stop := runMesh(t, Config{Name: "self", Bind: lo, Port: port, StateDir: dir, Timing: LocalTiming(),
+		Meta: Meta{Protocol: ProtocolMin, DataPort: uint16(port + 1), Version: "test"}})
+	meta, err := Meta{Protocol: ProtocolMin, DataPort: 6784, Version: "test"}.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const peers = 1000
+	start := time.Now()
+	for i := range peers {
+		m.delegate.NotifyJoin(&memberlist.Node{Name: fmt.Sprintf("p%04d", i),
+			Addr: net.IPv4(198, 18, byte(i/250), byte(1+i%250)), Port: 6783, Meta: meta})
+		if i%100 == 99 {
+			time.Sleep(400 * time.Millisecond) // joins over about 4 s
+		}
+	}
+	took := time.Since(start)
+	// Writes: the first change, then one per knownSpacing(peers) = 20 s
+	// (one a second before: 4 or 5 in these 4 s).
+	if w := m.knownWrites.Load(); w > 2 {
+		t.Errorf("%d writes of the known peers in %s with %d members, want 1 or 2", w, took.Round(time.Millisecond), peers)
+	}
+	stop()
+	ps, err := LoadKnownPeers(dir)
+	if err != nil || len(ps) != peers {
+		t.Fatalf("after exit: %d known peers (%v), want %d", len(ps), err, peers)
+	}
+}
+
+// In a big mesh, membership changes are handled (OnChange) at a pace that
+// shrinks with its size, not once per change: each handling reads the
+// whole membership, and a mesh forming makes N changes at each of N
+// members. The last change is always handled.
+func TestChangesCoalescedInBigMesh(t *testing.T) {
+	lo := netip.MustParseAddr("127.0.0.1")
+	port := freePort(t)
+	m, _ := runMesh(t, Config{Name: "self", Bind: lo, Port: port, Timing: LocalTiming(),
+		Meta: Meta{Protocol: ProtocolMin, DataPort: uint16(port + 1), Version: "test"}})
+	var calls, lastSeen atomic.Int64
+	m.OnChange(func() {
+		calls.Add(1)
+		_, alive := m.Counts()
+		lastSeen.Store(int64(alive))
+	})
+	meta, err := Meta{Protocol: ProtocolMin, DataPort: 6784, Version: "test"}.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const peers = 1000
+	node := func(i int) *memberlist.Node {
+		return &memberlist.Node{Name: fmt.Sprintf("p%04d", i), Addr: net.IPv4(198, 18, byte(i/250), byte(1+i%250)), Port: 6783, Meta: meta}
+	}
+	for i := range peers {
+		m.delegate.NotifyJoin(node(i))
+	}
+	waitFor(t, "the joins handled", 5*time.Second, func() bool { return lastSeen.Load() == peers+1 }) // and itself
+	// Now 1,000 changes over 2 s (updates, then one failure).
+	calls.Store(0)
+	start := time.Now()
+	for i := range peers {
+		if i == peers-1 {
+			m.delegate.NotifyLeave(node(i))
+			break
+		}
+		m.delegate.NotifyUpdate(node(i))
+		if i%50 == 49 {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	took := time.Since(start)
+	waitFor(t, "the last change handled", 5*time.Second, func() bool { return lastSeen.Load() == peers })
+	// One handling per 0.5 s at this size; about one per 100 ms pause, 20
+	// or more, before.
+	if c := calls.Load(); c > 2+int64(took/(500*time.Millisecond)) {
+		t.Errorf("%d membership changes handled in %s for %d changes, want at most %d", c, took.Round(time.Millisecond), peers, 2+int64(took/(500*time.Millisecond)))
+	}
+}
+
+// A rejoin pass in a mesh of a thousand alive members costs no allocation
+// per member: it ran every 500 ms at every agent, and listed the gossip
+// address of every member each time (3,000 allocations a pass).
+func TestRejoinPassCheap(t *testing.T) {
+	lo := netip.MustParseAddr("127.0.0.1")
+	port := freePort(t)
+	m, err := New(Config{Name: "self", Bind: lo, Port: port, Timing: LocalTiming(),
+		Meta: Meta{Protocol: ProtocolMin, DataPort: uint16(port + 1), Version: "test"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Shutdown)
+	meta, err := Meta{Protocol: ProtocolMin, DataPort: 6784, Version: "test"}.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const peers = 1000
+	for i := range peers {
+		m.delegate.NotifyJoin(&memberlist.Node{Name: fmt.Sprintf("p%04d", i),
+			Addr: net.IPv4(198, 18, byte(i/250), byte(1+i%250)), Port: 6783, Meta: meta})
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // no join is started: every target is alive
+	allocs := testing.AllocsPerRun(20, func() { m.rejoin(ctx) })
+	if allocs > 10 {
+		t.Errorf("a rejoin pass over %d alive members: %.0f allocations, want at most 10", peers, allocs)
+	}
+	names := m.AliveNames()
+	if len(names) != peers+1 || !slices.IsSorted(names) {
+		t.Fatalf("AliveNames: %d names, sorted %v", len(names), slices.IsSorted(names))
+	}
+	// The cached list follows a state change.
+	m.delegate.NotifyLeave(&memberlist.Node{Name: "p0007", Addr: net.IPv4(198, 18, 0, 8), Port: 6783, Meta: meta})
+	if names := m.AliveNames(); len(names) != peers || slices.Contains(names, "p0007") {
+		t.Errorf("after p0007 failed: %d names, p0007 in them %v", len(names), slices.Contains(names, "p0007"))
+	}
+	if !m.aliveAtLocked("198.18.0.9:6783") || m.aliveAtLocked("198.18.0.8:6783") {
+		t.Error("alive by address: p0008 should be, p0007 should not")
+	}
 }

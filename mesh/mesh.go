@@ -17,6 +17,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -54,6 +55,16 @@ type Handler interface {
 // grows with the mesh (the IPAM ring of a thousand peers is some 100 kB).
 type Digester interface {
 	LocalDigest() []byte
+}
+
+// JoinStater is a Handler whose state in a join is smaller than its full
+// state. Every member answers the joins of newcomers with its own state,
+// and when a mesh starts they all join the same few peers: N joins of a
+// state that grows with N cost those peers N² bytes. A handler whose state
+// a newcomer can learn later (from broadcasts and the periodic push/pull)
+// sends JoinState instead. Digester's periodic digest is unaffected.
+type JoinStater interface {
+	JoinState() []byte
 }
 
 // Timing are the failure-detection and rejoin intervals.
@@ -144,6 +155,10 @@ type Config struct {
 	// agent turns these into Kubernetes Events. It runs on memberlist's
 	// goroutines and must not block.
 	OnRefusal func(Refusal)
+
+	// compress gossip with LZW as earlier agents did (tests of a
+	// mixed mesh only; see memberlistConfig).
+	compress bool
 }
 
 // Mesh is this agent's view of the mesh.
@@ -162,11 +177,17 @@ type Mesh struct {
 	mu       sync.Mutex
 	bind     netip.Addr // the address bound and advertised now (Config.Bind until a Rebind)
 	handlers map[Channel]Handler
-	peers    map[string]*peer   // every peer ever seen, by name
-	targets  map[string]*target // addresses to keep joining, by host:port
-	onChange []func()
-	closing  bool
-	changed  chan struct{} // coalesced membership-change signal, drained by Run
+	peers    map[string]*peer // every peer ever seen, by name
+	// byAddr: the peer last seen at a gossip address (host:port), an
+	// alive one kept against one that is not: rejoin asks it of every
+	// target at every pass, without listing the members.
+	byAddr map[string]*peer
+	// aliveNames caches AliveNames; nil when a state changed since.
+	aliveNames []string
+	targets    map[string]*target // addresses to keep joining, by host:port
+	onChange   []func()
+	closing    bool
+	changed    chan struct{} // coalesced membership-change signal, drained by Run
 
 	// KnownPeersFile as last written, whether membership changed since,
 	// when it was written, and how many times; Run's goroutine only.
@@ -174,6 +195,8 @@ type Mesh struct {
 	knownDirty   bool
 	knownSavedAt time.Time
 	knownWrites  atomic.Int64 // read by tests
+	// lastChange: when the OnChange callbacks last ran (Run's goroutine).
+	lastChange time.Time
 
 	// inbox holds subsystem messages for Run to hand to their handlers:
 	// memberlist delivers them on the goroutine that also handles its
@@ -186,6 +209,7 @@ type Mesh struct {
 
 type peer struct {
 	node  memberlist.Node // last seen (a copy: memberlist's own changes under its lock)
+	addr  string          // node.Address(), made once
 	meta  Meta
 	state State // from events: alive, dead, left (or unknown: from the last run)
 	// suspect: alive, but this member's own probe of it went unanswered
@@ -227,6 +251,7 @@ func New(cfg Config) (*Mesh, error) {
 		log:      cfg.Logger,
 		handlers: map[Channel]Handler{},
 		peers:    map[string]*peer{},
+		byAddr:   map[string]*peer{},
 		targets:  map[string]*target{},
 		started:  time.Now(),
 		now:      time.Now,
@@ -298,6 +323,14 @@ func (m *Mesh) memberlistConfig(bind, advertise netip.Addr, transport memberlist
 	mc.GossipInterval = cfg.Timing.GossipInterval
 	mc.PushPullInterval = cfg.Timing.PushPullInterval
 	mc.TCPTimeout = cfg.Timing.TCPTimeout
+	// No LZW: memberlist compresses every packet it sends, pings and acks
+	// included, and Go's LZW writer and reader zero about 64 kB and 20 kB
+	// of tables per message. In a simulated mesh of 1,000 agents that was
+	// the largest CPU cost of all; it saves little on packets of a few
+	// hundred bytes, and a LAN has bandwidth to spare (site/benchmarks.md
+	// has the figures). Peers that still compress are understood: memberlist
+	// decodes compressed messages whatever its own setting.
+	mc.EnableCompression = cfg.compress
 	mc.Logger = newMemberlistLogger(cfg.Logger, m.suspected, cfg.OnRefusal)
 	if transport != nil {
 		mc.Transport = transport
@@ -353,6 +386,9 @@ func (m *Mesh) Run(ctx context.Context) {
 	}()
 	defer func() { <-delivered }()
 	m.rejoin(ctx)
+	// A change that comes sooner than changeSpacing after the last one
+	// handled waits for this timer (nil channel: none pending).
+	var pending <-chan time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -364,13 +400,40 @@ func (m *Mesh) Run(ctx context.Context) {
 		case <-tick.C:
 			m.rejoin(ctx)
 		case <-knownTick.C:
-			if m.knownDirty {
+			if m.knownDirty && m.knownDue() {
 				m.saveKnown()
 			}
 		case <-m.changed:
+			if pending != nil {
+				continue // handled when the timer fires, this change too
+			}
+			if wait := m.changeWait(); wait > 0 {
+				pending = time.After(wait)
+				continue
+			}
+			m.notifyChange()
+		case <-pending:
+			pending = nil
 			m.notifyChange()
 		}
 	}
+}
+
+// changeSpacingPerPeer spaces the handling of membership changes (the
+// OnChange callbacks) by this much per member. Each handling reads the
+// whole membership (routes, metrics, IPAM's view: O(N)), and while a mesh
+// forms every member sees N changes: N² work at each of N members. At a
+// thousand members changes are handled at most every half second (about
+// 2 ms of CPU a second while the mesh forms), at fifty every 25 ms.
+const changeSpacingPerPeer = 500 * time.Microsecond
+
+// changeWait is how long the next membership change must wait to be
+// handled (Run's goroutine).
+func (m *Mesh) changeWait() time.Duration {
+	m.mu.Lock()
+	n := len(m.peers)
+	m.mu.Unlock()
+	return m.lastChange.Add(time.Duration(n) * changeSpacingPerPeer).Sub(time.Now())
 }
 
 func (m *Mesh) leave() {
@@ -461,10 +524,15 @@ func (m *Mesh) rejoin(ctx context.Context) {
 	now := m.now()
 	var due, learnt []*target
 	m.mu.Lock()
-	alive := m.aliveAddrsLocked()
 	self := net.JoinHostPort(m.bind.String(), strconv.Itoa(m.cfg.Port))
+	aliveOthers := 0
+	for name, p := range m.peers {
+		if name != m.cfg.Name && p.current() == StateAlive {
+			aliveOthers++
+		}
+	}
 	for addr, t := range m.targets {
-		if alive[t.addr] {
+		if m.aliveAtLocked(t.addr) {
 			t.lastAlive = now
 			continue
 		}
@@ -483,7 +551,7 @@ func (m *Mesh) rejoin(ctx context.Context) {
 			learnt = append(learnt, t)
 		}
 	}
-	due = append(due, pickLearnt(learnt, len(alive))...)
+	due = append(due, pickLearnt(learnt, aliveOthers)...)
 	for _, t := range due {
 		// Mark as in flight so the next tick does not start a second join.
 		t.next = now.Add(m.cfg.Timing.RejoinMaxBackoff + m.cfg.Timing.TCPTimeout)
@@ -663,17 +731,25 @@ func (m *Mesh) Members() []PeerInfo {
 }
 
 // AliveNames returns the names of alive members, this one included, sorted.
+// IPAM asks it at every membership check: the sorted list is kept until a
+// member's state changes, and each call gets a copy.
 func (m *Mesh) AliveNames() []string {
 	m.mu.Lock()
-	var out []string
-	for name, p := range m.peers {
-		if p.current() == StateAlive {
-			out = append(out, name)
+	defer m.mu.Unlock()
+	if m.aliveNames == nil {
+		out := make([]string, 0, len(m.peers))
+		for name, p := range m.peers {
+			if p.current() == StateAlive {
+				out = append(out, name)
+			}
 		}
+		sort.Strings(out)
+		m.aliveNames = out
 	}
-	m.mu.Unlock()
-	sort.Strings(out)
-	return out
+	if len(m.aliveNames) == 0 {
+		return nil
+	}
+	return slices.Clone(m.aliveNames)
 }
 
 // IsAlive reports whether name is an alive member.
@@ -698,10 +774,28 @@ func (m *Mesh) aliveAddrsLocked() map[string]bool {
 	alive := map[string]bool{}
 	for name, p := range m.peers {
 		if name != m.cfg.Name && p.current() == StateAlive {
-			alive[p.node.Address()] = true
+			alive[p.addr] = true
 		}
 	}
 	return alive
+}
+
+// aliveAtLocked reports whether a peer other than this one is alive at
+// gossip address addr.
+func (m *Mesh) aliveAtLocked(addr string) bool {
+	p := m.byAddr[addr]
+	return p != nil && p.addr == addr && p.node.Name != m.cfg.Name && p.current() == StateAlive
+}
+
+// indexAddrLocked records p (just changed) at its address, unless an
+// alive peer is there already.
+func (m *Mesh) indexAddrLocked(p *peer) {
+	if m.byAddr == nil {
+		m.byAddr = map[string]*peer{}
+	}
+	if old := m.byAddr[p.addr]; old == nil || old == p || old.addr != p.addr || old.current() != StateAlive {
+		m.byAddr[p.addr] = p
+	}
 }
 
 // current is the peer's state with this member's suspicion applied.
@@ -732,7 +826,7 @@ func (m *Mesh) Peers() []Peer {
 	for name, p := range m.peers {
 		out = append(out, Peer{
 			Name:     name,
-			Address:  p.node.Address(),
+			Address:  p.addr,
 			DataPort: int(p.meta.DataPort),
 			State:    p.current(),
 			Local:    name == m.cfg.Name,
@@ -778,6 +872,7 @@ func (m *Mesh) Counts() (known, alive int) {
 }
 
 func (m *Mesh) notifyChange() {
+	m.lastChange = time.Now()
 	m.mu.Lock()
 	fs := append([]func(){}, m.onChange...)
 	m.mu.Unlock()
@@ -785,7 +880,7 @@ func (m *Mesh) notifyChange() {
 		f()
 	}
 	m.knownDirty = true
-	if time.Since(m.knownSavedAt) >= knownSaveEvery {
+	if m.knownDue() {
 		m.saveKnown()
 	}
 }
@@ -793,8 +888,32 @@ func (m *Mesh) notifyChange() {
 // knownSaveEvery spaces the writes of KnownPeersFile: it lists every peer,
 // and a mesh forming changes with every peer that joins, so a write per
 // change was N writes of N peers at every agent (a thousand agents forming
-// wrote about 100 MB each). The last change is written at most this late.
-const knownSaveEvery = time.Second
+// wrote about 100 MB each). The last change is written at most this late,
+// in a mesh of up to knownSaveEvery / knownSavePerPeer members; in a larger
+// one the spacing grows with it (knownSpacing), so that an agent writes
+// about the same bytes a second whatever the mesh's size: a thousand
+// agents each writing their 100 kB file and fsyncing it every second was
+// 100 MB/s for the machine (a simulation) or the disk (each host). What a
+// restart misses of the last seconds is harmless: it rejoins any of the
+// peers it lists, and learns the rest from it.
+const (
+	knownSaveEvery   = time.Second
+	knownSavePerPeer = 20 * time.Millisecond
+)
+
+// knownSpacing is the least time between two writes of KnownPeersFile in a
+// mesh of n members.
+func knownSpacing(n int) time.Duration {
+	return max(knownSaveEvery, time.Duration(n)*knownSavePerPeer)
+}
+
+// knownDue: a write of KnownPeersFile may happen now (Run's goroutine).
+func (m *Mesh) knownDue() bool {
+	m.mu.Lock()
+	n := len(m.peers)
+	m.mu.Unlock()
+	return time.Since(m.knownSavedAt) >= knownSpacing(n)
+}
 
 // Shutdown stops gossip without leaving, for a start that is abandoned
 // before Run.

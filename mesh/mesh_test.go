@@ -57,6 +57,11 @@ func (s *logSink) contains(sub string) bool {
 
 func startMesh(t *testing.T, name string, key []byte, sink *logSink) (*Mesh, int) {
 	t.Helper()
+	return startMeshWith(t, name, key, sink, nil)
+}
+
+func startMeshWith(t *testing.T, name string, key []byte, sink *logSink, edit func(*Config)) (*Mesh, int) {
+	t.Helper()
 	port := freePort(t)
 	cfg := Config{
 		Name: name, Bind: netip.MustParseAddr("127.0.0.1"), Port: port,
@@ -66,6 +71,9 @@ func startMesh(t *testing.T, name string, key []byte, sink *logSink) (*Mesh, int
 	}
 	if sink != nil {
 		cfg.Logger = newTestLogger(sink)
+	}
+	if edit != nil {
+		edit(&cfg)
 	}
 	m, err := New(cfg)
 	if err != nil {
@@ -214,4 +222,56 @@ func (r *recorder) hasState(s string) bool {
 		}
 	}
 	return false
+}
+
+type joinRecorder struct {
+	recorder
+	join []byte
+}
+
+func (r *joinRecorder) JoinState() []byte { return r.join }
+
+// A handler with a JoinState sends it in joins and its full state in the
+// periodic push/pulls; one without sends its full state in both.
+func TestJoinStateInJoinsOnly(t *testing.T) {
+	d := &delegate{m: &Mesh{handlers: map[Channel]Handler{
+		ChannelHealth: &joinRecorder{recorder: recorder{state: []byte("all summaries")}, join: []byte("own")},
+		ChannelIPAM:   &recorder{state: []byte("ring")},
+	}}}
+	states := func(join bool) map[Channel]string {
+		out := map[Channel]string{}
+		if err := SplitState(d.LocalState(join), func(ch Channel, s []byte) error { out[ch] = string(s); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	if got := states(true); got[ChannelHealth] != "own" || got[ChannelIPAM] != "ring" {
+		t.Errorf("join state: %q", got)
+	}
+	if got := states(false); got[ChannelHealth] != "all summaries" || got[ChannelIPAM] != "ring" {
+		t.Errorf("push/pull state: %q", got)
+	}
+}
+
+// Gossip is sent uncompressed (see memberlistConfig), and a member that
+// does not compress still understands one that does (an older agent during
+// a rolling upgrade).
+func TestGossipUncompressedAndCompatible(t *testing.T) {
+	m := &Mesh{cfg: Config{Name: "a", Port: 1, Timing: LocalTiming(), Logger: newTestLogger(&logSink{})}}
+	if mc := m.memberlistConfig(netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.1"), nil); mc.EnableCompression {
+		t.Error("memberlist compresses gossip")
+	}
+	a, pa := startMesh(t, "a", nil, nil)
+	b, _ := startMeshWith(t, "b", nil, nil, func(c *Config) { c.compress = true }) // an older agent
+	hb := &recorder{state: []byte("state of b")}
+	ha := &recorder{state: []byte("state of a")}
+	a.Handle(ChannelIPAM, ha)
+	b.Handle(ChannelIPAM, hb)
+	if err := b.Connect([]string{fmt.Sprintf("127.0.0.1:%d", pa)}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "join", 5*time.Second, func() bool { return len(a.AliveNames()) == 2 && len(b.AliveNames()) == 2 })
+	b.Broadcast(ChannelIPAM, []byte("compressed hello"))
+	waitFor(t, "a compressed broadcast", 5*time.Second, func() bool { return ha.hasMsg("compressed hello") })
+	waitFor(t, "a compressed push/pull", 5*time.Second, func() bool { return ha.hasState("state of b") })
 }
