@@ -295,11 +295,24 @@ func (s *Scenario) CheckReclaimEvents(ctx context.Context, from time.Time, dead 
 var errNoOwner = errors.New("owns no addresses")
 
 // Events is the Node Events part of the scenario alone, after Install (which
-// checks WeftReady): the password switch (WeftPasswordMismatch while the
+// checks WeftReady), with the operator's views (views.go): the password switch (WeftPasswordMismatch while the
 // mesh is mixed) and a dropped node (WeftRangeReclaimed). Run does the same
 // steps between its measurements.
 func (s *Scenario) Events(ctx context.Context, r *Results) error {
 	c := s.C
+	s.Say("   The operator's views: weft status mesh from any node, weft ps naming the CoreDNS pods.")
+	if err := s.CheckMeshView(ctx); err != nil {
+		return err
+	}
+	dns, err := c.WaitPods(ctx, 2*time.Minute, "kube-system", "k8s-app=kube-dns", func(pods []PodStatus) error {
+		return allRunning(pods, 2)
+	})
+	if err != nil {
+		return err
+	}
+	if err := s.CheckPodNames(ctx, "kube-system", dns); err != nil {
+		return err
+	}
 	s.Say("14d. The Secret gets a password and the agents restart with it, one node at a time.")
 	switched := time.Now()
 	if err := s.setSecret(ctx, true); err != nil {

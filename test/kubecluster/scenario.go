@@ -228,6 +228,13 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 	}
 	r.DeployToReach = time.Since(start)
 	s.Say("   all %d pairs answer (%s after the Deployment was created)", len(pods)*(len(pods)-1)+len(pods), r.DeployToReach.Round(100*time.Millisecond))
+	s.Say("   weft status mesh from any node, and weft ps naming the pods on each node:")
+	if err := s.CheckMeshView(ctx); err != nil {
+		return r, err
+	}
+	if err := s.CheckPodNames(ctx, "default", pods); err != nil {
+		return r, err
+	}
 
 	s.Say("5. A new pod on %s probes the pods on the other nodes every 20 ms from its start.", c.Nodes[0].Name)
 	var targets []string
