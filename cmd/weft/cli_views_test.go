@@ -111,3 +111,24 @@ func TestMetricsPerPeerFlag(t *testing.T) {
 		t.Error("the flag does not win over the environment")
 	}
 }
+
+// `weft help [COMMAND [VIEW]]` is `weft COMMAND [VIEW] --help`, exit 0; an
+// unknown word is a usage error with a suggestion.
+func TestHelpCommand(t *testing.T) {
+	for _, c := range []struct {
+		args       []string
+		code       int
+		out, error string
+	}{
+		{[]string{"help"}, exitOK, "weft - an overlay network", ""},
+		{[]string{"help", "status"}, exitOK, "weft status - show the agent's view", ""},
+		{[]string{"help", "status", "peers"}, exitOK, "weft status peers - one line per peer", ""},
+		{[]string{"help", "stauts"}, exitUsage, "", `unknown command "stauts"; did you mean "status"?`},
+		{[]string{"help", "status", "peer"}, exitUsage, "", `did you mean "peers"?`},
+	} {
+		r := runCLI(t, c.args...)
+		if r.code != c.code || !strings.Contains(r.stdout, c.out) || !strings.Contains(r.stderr, c.error) || (c.error == "") != (r.stderr == "") {
+			t.Errorf("weft %s: exit %d (want %d)\nstdout: %s\nstderr: %s", strings.Join(c.args, " "), r.code, c.code, r.stdout, r.stderr)
+		}
+	}
+}
