@@ -279,6 +279,9 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 	}
 
 	var over []string
+	// The Node Events checks (events.go) do not stop the scenario: what
+	// they find is reported at its end with the restart figures.
+	var late []error
 	goal := func(what string, gap, limit time.Duration) {
 		if gap > limit {
 			over = append(over, fmt.Sprintf("%s: longest pair silence %s, goal %s", what, gap.Round(10*time.Millisecond), limit))
@@ -296,7 +299,7 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 	}
 	// Each new agent's first readiness is an Event on its Node.
 	if err := s.CheckReadyEvents(ctx, restarted, false); err != nil {
-		return r, err
+		late = append(late, err)
 	}
 	s.Say("   rolled out in %s; every pair answers again; longest silence of any pair: %s (goal %s)",
 		r.RolloutRestart.Round(100*time.Millisecond), r.MaxGapInRestart.Round(10*time.Millisecond), GoalPlaintext)
@@ -356,7 +359,7 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 	s.Say("   longest pair silence while switching: %s", r.GapToEncrypted.Round(10*time.Millisecond))
 	s.Say("   the agents that met a peer with the other password said so on their Node:")
 	if err := s.CheckPasswordEvents(ctx, switched); err != nil {
-		return r, err
+		late = append(late, err)
 	}
 	if err := s.checkDatapath(ctx, true); err != nil {
 		return r, err
@@ -386,12 +389,12 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 	}
 
 	if err := s.DropNode(ctx, r); err != nil {
-		return r, err
+		late = append(late, err)
 	}
 	if len(over) > 0 {
-		return r, fmt.Errorf("%w: %s", errGoal, strings.Join(over, "; "))
+		late = append(late, fmt.Errorf("%w: %s", errGoal, strings.Join(over, "; ")))
 	}
-	return r, nil
+	return r, errors.Join(late...)
 }
 
 // DropNode is step 15: the last node dies (power off) and its Node is
