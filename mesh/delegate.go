@@ -386,8 +386,17 @@ type Refusal struct {
 	From     netip.Addr // the sender as memberlist names it; invalid when it does not
 }
 
-// refusalFrom reads the sender out of memberlist's "from=ADDR:PORT" suffix.
+// refusalFrom reads the sender out of memberlist's "from=ADDR:PORT" suffix,
+// or, for a join this member made, the peer out of "failed to join
+// ADDR:PORT: ..." (memberlist's Join names no from=).
 func refusalFrom(line string) netip.Addr {
+	if rest, ok := strings.CutPrefix(line, "failed to join "); ok {
+		if j := strings.Index(rest, ": "); j > 0 {
+			if ap, err := netip.ParseAddrPort(rest[:j]); err == nil {
+				return ap.Addr().Unmap()
+			}
+		}
+	}
 	i := strings.LastIndex(line, "from=")
 	if i < 0 {
 		return netip.Addr{}

@@ -17,6 +17,9 @@ func TestRefusalFrom(t *testing.T) {
 		"failed to receive: x from=198.18.0.9 trailing":                                           "198.18.0.9",
 		"failed to receive: x from=<unknown address>":                                             "invalid IP",
 		"No installed keys could decrypt the message":                                             "invalid IP",
+		// Seen in the cluster: a member with a password joining one without.
+		"failed to join 198.18.0.2:6783: encryption is configured but remote state is not encrypted": "198.18.0.2",
+		"failed to join [2001:db8::2]:6783: no installed keys could decrypt the message":             "2001:db8::2",
 	} {
 		if got := refusalFrom(line).String(); got != want {
 			t.Errorf("%q: got %s, want %s", line, got, want)

@@ -44,6 +44,9 @@ func newApp() *cli.App {
 				_ = cli.ShowAppHelp(c)
 				return usagef(c, "name a command")
 			}
+			if c.Args().First() == "help" {
+				return help(c)
+			}
 			return unknownCommand(c, c.Args().First(), c.App.Commands)
 		},
 		// Errors are printed once, by run, with their exit code: never let
@@ -60,6 +63,22 @@ func newApp() *cli.App {
 	}
 	walk(app.Commands)
 	return app
+}
+
+// help is `weft help [COMMAND [VIEW]]`, as git and kubectl have it: the
+// same as `weft COMMAND [VIEW] --help`. (urfave/cli's own help command is
+// hidden: it answered an unknown topic with exit 3.)
+func help(c *cli.Context) error {
+	args := c.Args().Slice()[1:]
+	if len(args) == 0 {
+		return cli.ShowAppHelp(c)
+	}
+	if c.App.Command(args[0]) == nil {
+		return unknownCommand(c, args[0], c.App.Commands)
+	}
+	app := newApp()
+	app.Writer, app.ErrWriter = c.App.Writer, c.App.ErrWriter
+	return app.RunContext(c.Context, append(append([]string{c.App.Name}, args...), "--help"))
 }
 
 func init() {

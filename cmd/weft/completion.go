@@ -23,15 +23,19 @@ _weft_complete() {
 complete -o bashdefault -o default -F _weft_complete weft
 `
 
+// zshCompletion passes the words before the cursor (words[2,CURRENT-1]:
+// zsh arrays count from 1, and $CURRENT is the word being completed) and,
+// for a flag, the word itself.
 const zshCompletion = `#compdef weft
 # weft completion for zsh: source <(weft completion zsh), or save as _weft in $fpath
 _weft() {
-  local -a opts
-  local cur=${words[-1]}
+  local -a opts before
+  local cur=${words[CURRENT]}
+  before=("${(@)words[2,CURRENT-1]}")
   if [[ "$cur" == -* ]]; then
-    opts=("${(@f)$(${words[1]} ${words[@]:1:#words[@]-2} $cur --generate-bash-completion 2>/dev/null)}")
+    opts=("${(@f)$(${words[1]} "${(@)before}" "$cur" --generate-bash-completion 2>/dev/null)}")
   else
-    opts=("${(@f)$(${words[1]} ${words[@]:1:#words[@]-2} --generate-bash-completion 2>/dev/null)}")
+    opts=("${(@f)$(${words[1]} "${(@)before}" --generate-bash-completion 2>/dev/null)}")
   fi
   if [[ "${opts[1]}" != "" ]]; then
     _describe 'values' opts

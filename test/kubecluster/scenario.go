@@ -189,7 +189,6 @@ func (s *Scenario) show(ctx context.Context, args ...string) {
 // Run does the whole scenario, stopping at the first step that fails.
 func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 	c, r := s.C, &Results{}
-	last := c.Nodes[len(c.Nodes)-1]
 
 	if err := s.Install(ctx, r); err != nil {
 		return r, err
@@ -197,6 +196,13 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 
 	pods, peers, err := s.deployProbes(ctx, r)
 	if err != nil {
+		return r, err
+	}
+	s.Say("   weft status mesh from any node, and weft ps naming the pods on each node:")
+	if err := s.CheckMeshView(ctx); err != nil {
+		return r, err
+	}
+	if err := s.CheckPodNames(ctx, "default", pods); err != nil {
 		return r, err
 	}
 
@@ -243,6 +249,9 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 	}
 
 	var over []string
+	// The Node Events checks (events.go) do not stop the scenario: what
+	// they find is reported at its end with the restart figures.
+	var late []error
 	goal := func(what string, gap, limit time.Duration) {
 		if gap > limit {
 			over = append(over, fmt.Sprintf("%s: longest pair silence %s, goal %s", what, gap.Round(10*time.Millisecond), limit))
@@ -250,12 +259,17 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 	}
 	s.Say("13. kubectl rollout restart ds/weft (plaintext, kernel fast path): each node's new agent starts beside the")
 	s.Say("    old one, stands by, takes over when the old pod is stopped; the running pods keep their addresses.")
+	restarted := time.Now()
 	r.RolloutRestart, r.MaxGapInRestart, err = s.roll(ctx, "rollout restart, plaintext", pods, peers, func() error {
 		_, err := c.Kubectl(ctx, "-n", "weft-system", "rollout", "restart", "ds/weft")
 		return err
 	})
 	if err != nil {
 		return r, err
+	}
+	// Each new agent's first readiness is an Event on its Node.
+	if err := s.CheckReadyEvents(ctx, restarted, false); err != nil {
+		late = append(late, err)
 	}
 	s.Say("   rolled out in %s; every pair answers again; longest silence of any pair: %s (goal %s)",
 		r.RolloutRestart.Round(100*time.Millisecond), r.MaxGapInRestart.Round(10*time.Millisecond), GoalPlaintext)
@@ -301,6 +315,7 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 
 	s.Say("14d. Encryption: the Secret gets a password and the agents restart with it (while the mesh is")
 	s.Say("     mixed, encrypted and plaintext nodes do not talk: no goal for this one).")
+	switched := time.Now()
 	_, r.GapToEncrypted, err = s.roll(ctx, "plaintext -> encrypted", pods, peers, func() error {
 		if err := s.setSecret(ctx, true); err != nil {
 			return err
@@ -312,6 +327,10 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 		return r, err
 	}
 	s.Say("   longest pair silence while switching: %s", r.GapToEncrypted.Round(10*time.Millisecond))
+	s.Say("   the agents that met a peer with the other password said so on their Node:")
+	if err := s.CheckPasswordEvents(ctx, switched); err != nil {
+		late = append(late, err)
+	}
 	if err := s.checkDatapath(ctx, true); err != nil {
 		return r, err
 	}
@@ -339,18 +358,41 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 		return r, err
 	}
 
+	if err := s.DropNode(ctx, r); err != nil {
+		late = append(late, err)
+	}
+	if len(over) > 0 {
+		late = append(late, fmt.Errorf("%w: %s", errGoal, strings.Join(over, "; ")))
+	}
+	return r, errors.Join(late...)
+}
+
+// DropNode is step 15: the last node dies (power off) and its Node is
+// deleted; the others take over its ranges and say so in a
+// WeftRangeReclaimed Event.
+func (s *Scenario) DropNode(ctx context.Context, r *Results) error {
+	c, last := s.C, s.C.Nodes[len(s.C.Nodes)-1]
 	s.Say("15. %s dies and its Node is deleted: the other agents take over its address ranges.", last.Name)
 	before, err := c.ipam(ctx, c.Nodes[0])
 	if err != nil {
-		return r, err
+		return err
 	}
 	s.Show("$ weft status ipam (on "+c.Nodes[0].Name+")", formatIPAM(before))
+	var owned uint64
+	for _, e := range before.Entries {
+		if e.Name == last.Name {
+			owned = e.Owned
+		}
+	}
+	if owned == 0 {
+		return fmt.Errorf("%s %w before it was dropped: nothing to reclaim", last.Name, errNoOwner)
+	}
 	if err := c.StopNode(last); err != nil {
-		return r, err
+		return err
 	}
 	start := time.Now()
 	if _, err := c.Kubectl(ctx, "delete", "node", last.Name); err != nil {
-		return r, err
+		return err
 	}
 	var final api.IPAMStatus
 	err = c.wait(ctx, 3*time.Minute, "ranges of "+last.Name+" reclaimed", func() error {
@@ -369,15 +411,12 @@ func (s *Scenario) Run(ctx context.Context) (*Results, error) {
 		return nil
 	})
 	if err != nil {
-		return r, err
+		return err
 	}
 	r.ReclaimAfterDrop = time.Since(start)
 	s.Show("$ weft status ipam (on "+c.Nodes[0].Name+")", formatIPAM(final))
-	s.Say("   reclaimed %s after the Node was deleted", r.ReclaimAfterDrop.Round(100*time.Millisecond))
-	if len(over) > 0 {
-		return r, fmt.Errorf("%w: %s", errGoal, strings.Join(over, "; "))
-	}
-	return r, nil
+	s.Say("   reclaimed %s after the Node was deleted; the Event that says so:", r.ReclaimAfterDrop.Round(100*time.Millisecond))
+	return s.CheckReclaimEvents(ctx, start, last.Name, owned)
 }
 
 // deployProbes is steps 3 and 4: the probe pods spread over the nodes and the
@@ -474,6 +513,10 @@ func (s *Scenario) Install(ctx context.Context, r *Results) error {
 	}
 	r.ApplyToReady = time.Since(start)
 	s.Say("   every node Ready %s after the apply", r.ApplyToReady.Round(100*time.Millisecond))
+	s.Say("   and every agent said so on its Node:")
+	if err := s.CheckReadyEvents(ctx, start, true); err != nil {
+		return err
+	}
 	if err := c.WaitNodes(ctx, 30*time.Second, func(nodes []NodeStatus) error {
 		for _, n := range nodes {
 			if !n.NetworkSet {
