@@ -239,3 +239,29 @@ func requireCluster(t *testing.T) {
 		t.Skipf("KUBERNETES CLUSTER TEST NOT RUN: %v", err)
 	}
 }
+
+// startScenario starts a three-node cluster (default options) for a focused
+// cluster test, torn down when the test ends, and the Scenario that drives it
+// with the test's log.
+func startScenario(ctx context.Context, t *testing.T) (*kubecluster.Cluster, *kubecluster.Scenario) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "wkc-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	c, err := kubecluster.Start(ctx, kubecluster.Options{Dir: dir, Logger: log})
+	if err != nil {
+		os.RemoveAll(dir)
+		if errors.Is(err, kubecluster.ErrUnavailable) && os.Getenv("CI") != "true" {
+			t.Skipf("KUBERNETES CLUSTER TEST NOT RUN: %v", err)
+		}
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("teardown: %v", err)
+		}
+	})
+	return c, &kubecluster.Scenario{C: c, Say: t.Logf, Show: func(title, text string) { t.Logf("%s\n%s", title, text) }}
+}

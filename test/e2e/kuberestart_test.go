@@ -4,9 +4,6 @@ package e2e
 
 import (
 	"context"
-	"errors"
-	"log/slog"
-	"os"
 	"testing"
 	"time"
 
@@ -27,26 +24,8 @@ func TestKubeClusterRestart(t *testing.T) {
 	requireCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
-	dir, err := os.MkdirTemp("", "wkc-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
-	c, err := kubecluster.Start(ctx, kubecluster.Options{Dir: dir, Logger: log})
-	if err != nil {
-		os.RemoveAll(dir)
-		if errors.Is(err, kubecluster.ErrUnavailable) && os.Getenv("CI") != "true" {
-			t.Skipf("KUBERNETES CLUSTER TEST NOT RUN: %v", err)
-		}
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Errorf("teardown: %v", err)
-		}
-	})
-	s := &kubecluster.Scenario{C: c, Say: t.Logf, Show: func(title, text string) { t.Logf("%s\n%s", title, text) }}
-	err = s.Restarts(ctx)
+	c, s := startScenario(ctx, t)
+	err := s.Restarts(ctx)
 	t.Logf("MEASURED restart silences (UDP every 10 ms):\n%s", kubecluster.FormatSilences(s.Measured))
 	if err != nil {
 		t.Fatalf("%v\n%s", err, c.Diagnose())
