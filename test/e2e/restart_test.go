@@ -11,10 +11,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/internal/childproc"
 	"github.com/weftnet/weft/test/testbed"
 )
 
@@ -192,12 +192,11 @@ func startProbes(t *testing.T, ps []*testbed.Pod) *probeSet {
 		}
 		cmd := exec.Command("ip", "netns", "exec", src.Netns, self)
 		cmd.Env = append(os.Environ(), "WEFT_E2E_HELPER=pulse", "WEFT_E2E_TARGETS="+strings.Join(targets, ","))
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		out, err := cmd.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := cmd.Start(); err != nil {
+		if err := childproc.Start(cmd); err != nil {
 			t.Fatal(err)
 		}
 		done := make(chan struct{})

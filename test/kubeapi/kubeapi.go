@@ -30,6 +30,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/weftnet/weft/internal/childproc"
 )
 
 // ErrUnavailable wraps every reason the control plane cannot be had on this
@@ -330,8 +332,8 @@ func (s *APIServer) startProcess(t testing.TB, logPath, path string, args ...str
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// If the test binary dies (timeout panic), the kernel kills the child.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	// (childproc forks from a thread that never ends: see its doc).
+	if err := childproc.Start(cmd); err != nil {
 		logf.Close()
 		return nil, fmt.Errorf("kubeapi: start %s: %w", filepath.Base(path), err)
 	}

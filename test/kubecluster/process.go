@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/weftnet/weft/internal/childproc"
 )
 
 // process is a child this package started; it is only ever signalled by the
@@ -33,8 +35,9 @@ func startIn(netns, logPath string, env []string, args ...string) (*process, err
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), env...)
 	// If this process dies (a test timeout panics), the kernel kills the child.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	// childproc forks from a thread that never ends (see its doc).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := childproc.Start(cmd); err != nil {
 		logf.Close()
 		return nil, fmt.Errorf("start %s: %w", filepath.Base(args[0]), err)
 	}

@@ -142,6 +142,7 @@ func (c *Cluster) Diagnose() string {
 	}
 	for _, n := range c.Nodes {
 		fmt.Fprintf(&b, "---- %s init ----\n%s\n", n.Name, n.Log("init", 10))
+		fmt.Fprintf(&b, "---- %s processes ----\n%s\n", n.Name, nodeProcesses(n))
 		fmt.Fprintf(&b, "---- %s kubelet (errors) ----\n%s\n", n.Name, grepTail(filepath.Join(n.Dir, "logs", "kubelet.log"), klogError, 15))
 		fmt.Fprintf(&b, "---- %s kube-proxy (errors) ----\n%s\n", n.Name, grepTail(filepath.Join(n.Dir, "logs", "kube-proxy.log"), klogError, 10))
 		fmt.Fprintf(&b, "---- %s containerd (errors) ----\n%s\n", n.Name, grepTail(filepath.Join(n.Dir, "logs", "containerd.log"), func(l string) bool { return strings.Contains(l, "level=error") }, 10))
@@ -179,4 +180,32 @@ func tailString(s string, lines int) string {
 		parts = parts[len(parts)-lines:]
 	}
 	return strings.Join(parts, "\n") + "\n"
+}
+
+// nodeProcesses lists the commands alive in the node's pid namespace with
+// their scheduler state, so a diagnosis tells a node whose processes died
+// (empty) from one that hangs (D states) or merely reports late.
+func nodeProcesses(n *Node) string {
+	if n.pidNS == "" {
+		return "(pid namespace unknown)"
+	}
+	pids := pidsInNamespace(n.pidNS)
+	if len(pids) == 0 {
+		return "NONE: every process of this node is gone"
+	}
+	var out []string
+	for _, pid := range pids {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// "pid (comm) state ...": comm may hold spaces, so cut at the last ')'.
+		s := string(stat)
+		lp, rp := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+		if lp < 0 || rp < lp || rp+2 >= len(s) {
+			continue
+		}
+		out = append(out, fmt.Sprintf("%s:%c", s[lp+1:rp], s[rp+2]))
+	}
+	return fmt.Sprintf("%d alive: %s", len(out), strings.Join(out, " "))
 }

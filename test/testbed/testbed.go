@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/api"
+	"github.com/weftnet/weft/internal/childproc"
 )
 
 // Underlay addressing: host i is 198.18.0.(i+1); the outside world (a
@@ -248,8 +249,9 @@ func (h *Host) Launch(extra []string, peers ...string) error {
 	cmd := exec.Command("ip", args...) // ip netns exec execs weft in place: the pid is weft's
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), h.Env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	// Killed with the test binary; childproc forks from a thread that
+	// never ends, so a namespace helper's thread ending cannot kill it.
+	if err := childproc.Start(cmd); err != nil {
 		logf.Close()
 		return fmt.Errorf("%s: start weft: %w", h.Name, err)
 	}
