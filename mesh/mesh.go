@@ -185,9 +185,13 @@ type Mesh struct {
 	// aliveNames caches AliveNames; nil when a state changed since.
 	aliveNames []string
 	targets    map[string]*target // addresses to keep joining, by host:port
-	onChange   []func()
-	closing    bool
-	changed    chan struct{} // coalesced membership-change signal, drained by Run
+	// marked: the peers with suspect set (verifySuspects looks at these
+	// only), and verifying: how many of them are being pinged.
+	marked    map[string]bool
+	verifying int
+	onChange  []func()
+	closing   bool
+	changed   chan struct{} // coalesced membership-change signal, drained by Run
 
 	// KnownPeersFile as last written, whether membership changed since,
 	// when it was written, and how many times; Run's goroutine only.
@@ -205,6 +209,10 @@ type Mesh struct {
 	// memberlist's queue overflowed and dropped them (seen at 100 agents).
 	inbox        chan []byte
 	inboxDropped atomic.Uint64
+
+	// verifyWG: the pings of verifySuspects in flight; Run waits for them.
+	verifyWG    sync.WaitGroup
+	verifyPings atomic.Int64 // sent, read by tests
 }
 
 type peer struct {
@@ -219,6 +227,10 @@ type peer struct {
 	// of its own, a data race (-race found it).
 	suspect bool
 	since   time.Time
+	// verifyAt: when this member next pings a peer it marks suspect itself
+	// (verifySuspects); verifying: a ping of it is in flight.
+	verifyAt  time.Time
+	verifying bool
 }
 
 type target struct {
@@ -253,6 +265,7 @@ func New(cfg Config) (*Mesh, error) {
 		peers:    map[string]*peer{},
 		byAddr:   map[string]*peer{},
 		targets:  map[string]*target{},
+		marked:   map[string]bool{},
 		started:  time.Now(),
 		now:      time.Now,
 		changed:  make(chan struct{}, 1),
@@ -372,6 +385,8 @@ func (m *Mesh) Run(ctx context.Context) {
 	defer tick.Stop()
 	knownTick := time.NewTicker(knownSaveEvery)
 	defer knownTick.Stop()
+	verifyTick := time.NewTicker(max(m.cfg.Timing.ProbeTimeout, 10*time.Millisecond))
+	defer verifyTick.Stop()
 	delivered := make(chan struct{})
 	go func() {
 		defer close(delivered)
@@ -385,6 +400,7 @@ func (m *Mesh) Run(ctx context.Context) {
 		}
 	}()
 	defer func() { <-delivered }()
+	defer m.verifyWG.Wait()
 	m.rejoin(ctx)
 	// A change that comes sooner than changeSpacing after the last one
 	// handled waits for this timer (nil channel: none pending).
@@ -399,6 +415,8 @@ func (m *Mesh) Run(ctx context.Context) {
 			return
 		case <-tick.C:
 			m.rejoin(ctx)
+		case <-verifyTick.C:
+			m.verifySuspects(ctx)
 		case <-knownTick.C:
 			if m.knownDirty && m.knownDue() {
 				m.saveKnown()
