@@ -136,3 +136,46 @@ func TestUnreachableSuspectStays(t *testing.T) {
 		t.Fatal("pinged again at once")
 	}
 }
+
+// A member that joined early learns of the members that joined the same
+// peer after it from its follow-up push/pulls, without gossip: here
+// gossip, probes and periodic push/pulls are all an hour apart, so before
+// the follow-ups m2 never heard of m3.
+func TestFollowUpsAfterJoin(t *testing.T) {
+	timing := LocalTiming()
+	timing.GossipInterval = time.Hour
+	timing.PushPullInterval = time.Hour
+	timing.ProbeInterval = time.Hour
+	var net meshtest.Network
+	start := func(i int, peer int) *Mesh {
+		tr, err := net.Listen(simAddr(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := New(Config{
+			Name: fmt.Sprintf("m%d", i), Bind: simAddr(i).Addr(), Port: int(simAddr(i).Port()),
+			Meta:   Meta{Protocol: ProtocolMax, DataPort: 6784, Version: "test"},
+			Timing: timing, Transport: tr, Logger: newTestLogger(&logSink{}),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if peer > 0 {
+			if err := m.Connect([]string{simAddr(peer).String()}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { m.Run(ctx); close(done) }()
+		t.Cleanup(func() { cancel(); <-done })
+		return m
+	}
+	m1 := start(1, 0)
+	m2 := start(2, 1)
+	waitFor(t, "m2 to join m1", 5*time.Second, func() bool { return len(m2.AliveNames()) == 2 })
+	m3 := start(3, 1)
+	waitFor(t, "m3 to join m1", 5*time.Second, func() bool { return len(m3.AliveNames()) == 3 && len(m1.AliveNames()) == 3 })
+	waitFor(t, "m2 to learn of m3", 10*time.Second, func() bool { return len(m2.AliveNames()) == 3 })
+	waitFor(t, "m2's three follow-ups", 10*time.Second, func() bool { return m2.followUpsDone.Load() == followUps })
+}
