@@ -258,6 +258,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.routes = newRoutes(a.cfg.Name, a.cfg.Range, a.ipam, a.log.With("component", "routes"))
+	a.routes.onDemand = a.cfg.NoDataplane
 	m.Handle(mesh.ChannelIPAM, a.ipam)
 	m.Handle(mesh.ChannelHealth, a.health)
 	m.OnChange(a.membershipChanged)

@@ -118,3 +118,55 @@ func TestRoutesLookupFollowsRing(t *testing.T) {
 		t.Fatalf("%d addresses still routed to the removed peer", n)
 	}
 }
+
+// Without a data plane (onDemand) the lookup table is not rebuilt at each
+// membership change, only when a lookup asks, and then from the latest
+// endpoints; with one, each change rebuilds it at once, off the packet
+// path.
+func TestRoutesRebuiltOnDemand(t *testing.T) {
+	dir := t.TempDir()
+	signer, err := identity.LoadOrCreate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := netip.MustParsePrefix("10.40.0.0/24")
+	seeds := []string{"other", "self"}
+	p, err := ipam.New(ipam.Config{Signer: signer, Name: "self", Range: prefix,
+		Init: ipam.Init{Mode: ipam.ModeSeed, Seeds: seeds}, StateDir: dir, Transport: nopTransport{},
+		Peers: func() []string { return seeds }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var theirs netip.Addr
+	for a := prefix.Addr(); prefix.Contains(a); a = a.Next() {
+		if owner, ok := p.Owner(a); ok && owner == "other" {
+			theirs = a
+			break
+		}
+	}
+	if !theirs.IsValid() {
+		t.Fatal("the other seed owns nothing")
+	}
+	at := func(ep string) []mesh.PeerInfo {
+		ap := netip.MustParseAddrPort(ep)
+		return []mesh.PeerInfo{{Name: "other", Addr: ap.Addr(), State: mesh.StateAlive, Meta: mesh.Meta{DataPort: ap.Port()}}}
+	}
+	for _, onDemand := range []bool{true, false} {
+		r := newRoutes("self", prefix, p, slog.New(slog.DiscardHandler))
+		r.onDemand = onDemand
+		r.update(at("198.18.0.2:6784"))
+		before := r.table.Load()
+		r.update(at("198.18.0.3:6784"))
+		if rebuilt := r.table.Load() != before; rebuilt == onDemand {
+			t.Fatalf("onDemand %v: rebuilt at the membership change: %v", onDemand, rebuilt)
+		}
+		if _, ep, _ := r.Lookup(theirs); ep != netip.MustParseAddrPort("198.18.0.3:6784") {
+			t.Fatalf("onDemand %v: lookup answers endpoint %v, want the latest", onDemand, ep)
+		}
+		built := r.table.Load()
+		r.Lookup(theirs)
+		if r.table.Load() != built {
+			t.Fatalf("onDemand %v: rebuilt by a second lookup with nothing changed", onDemand)
+		}
+	}
+}

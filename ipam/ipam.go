@@ -726,7 +726,7 @@ func (p *IPAM) LocalDigest() []byte {
 	if p.ring != nil && !p.left {
 		// The seeds stay: an older peer checks the ring ID against them
 		// (and merges no entries).
-		m.RingID, m.Seeds, m.Digest = p.ring.ID, p.ring.Seeds, ringDigest(p.ring.entries)
+		m.RingID, m.Seeds, m.Digest = p.ring.ID, p.ring.Seeds, p.ring.digest()
 	}
 	return p.encodeLocked(m)
 }
@@ -911,7 +911,7 @@ func (p *IPAM) mergeDigestLocked(m *message) error {
 		if m.RingID != p.ring.ID {
 			return p.mismatchErr(m.From, m.RingID, m.Seeds)
 		}
-		if m.Digest == ringDigest(p.ring.entries) {
+		if m.Digest == p.ring.digest() {
 			p.digestsEqual++
 			return nil
 		}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -177,6 +178,7 @@ func (d *delegate) record(n *memberlist.Node, state State) {
 	p.addr = addr
 	p.meta = meta
 	p.suspect = false
+	delete(m.marked, n.Name)
 	m.aliveNames = nil
 	if changed {
 		p.state = state
@@ -242,8 +244,76 @@ func (m *Mesh) suspected(name string) {
 	defer m.mu.Unlock()
 	if p := m.peers[name]; p != nil && p.state == StateAlive && !p.suspect {
 		p.suspect = true
+		if m.marked == nil {
+			m.marked = map[string]bool{}
+		}
+		m.marked[name] = true
 		m.aliveNames = nil
 		p.since = time.Now()
+		p.verifyAt = m.now().Add(m.cfg.Timing.ProbeTimeout)
+	}
+}
+
+// maxVerifying bounds the verification pings in flight at one member: when
+// a partition cuts half a mesh away, its probes mark a new peer suspect
+// every probe interval, and memberlist's own suspicion settles them.
+const maxVerifying = 4
+
+// verifySuspects pings the peers this member marked suspect, and takes
+// the mark off those that answer. The mark comes from memberlist's log of
+// a probe that failed, and memberlist suspects the peer only if it has not
+// heard a newer incarnation of it meanwhile (suspectNode ignores older
+// ones): a peer that refuted another member's suspicion while this
+// member's probe of it was under way stays alive for memberlist, no
+// suspicion is gossiped, no refutation follows, and nothing but this
+// member's next probe of that very peer would clear the mark. Probes go
+// round the members, one per probe interval, so that took N intervals:
+// after a partition healed, 100 simulated agents stayed "not whole" for
+// minutes with a peer suspect here and there. A ping answered is a sign
+// of life like the others that clear the mark; an unreachable peer stays
+// suspect until memberlist declares it dead.
+func (m *Mesh) verifySuspects(ctx context.Context) {
+	now := m.now()
+	type due struct {
+		name string
+		addr net.Addr
+	}
+	var pings []due
+	m.mu.Lock()
+	for name := range m.marked {
+		if m.verifying >= maxVerifying {
+			break
+		}
+		p := m.peers[name]
+		if p == nil || !p.suspect || p.verifying || p.state != StateAlive || now.Before(p.verifyAt) {
+			continue
+		}
+		p.verifying = true
+		m.verifying++
+		// The next one after a probe interval: memberlist probes at that pace.
+		p.verifyAt = now.Add(m.cfg.Timing.ProbeInterval)
+		pings = append(pings, due{name, &net.UDPAddr{IP: p.node.Addr, Port: int(p.node.Port)}})
+	}
+	m.mu.Unlock()
+	for _, d := range pings {
+		m.verifyWG.Add(1)
+		m.verifyPings.Add(1)
+		go func() {
+			defer m.verifyWG.Done()
+			var err error
+			if ctx.Err() == nil {
+				_, err = m.ml().Ping(d.name, d.addr)
+			}
+			m.mu.Lock()
+			if p := m.peers[d.name]; p != nil {
+				p.verifying = false
+			}
+			m.verifying--
+			m.mu.Unlock()
+			if err == nil && ctx.Err() == nil {
+				m.unsuspect(d.name)
+			}
+		}()
 	}
 }
 
@@ -252,6 +322,7 @@ func (m *Mesh) unsuspect(name string) {
 	defer m.mu.Unlock()
 	if p := m.peers[name]; p != nil && p.suspect {
 		p.suspect = false
+		delete(m.marked, name)
 		m.aliveNames = nil
 		p.since = time.Now()
 	}

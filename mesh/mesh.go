@@ -185,9 +185,13 @@ type Mesh struct {
 	// aliveNames caches AliveNames; nil when a state changed since.
 	aliveNames []string
 	targets    map[string]*target // addresses to keep joining, by host:port
-	onChange   []func()
-	closing    bool
-	changed    chan struct{} // coalesced membership-change signal, drained by Run
+	// marked: the peers with suspect set (verifySuspects looks at these
+	// only), and verifying: how many of them are being pinged.
+	marked    map[string]bool
+	verifying int
+	onChange  []func()
+	closing   bool
+	changed   chan struct{} // coalesced membership-change signal, drained by Run
 
 	// KnownPeersFile as last written, whether membership changed since,
 	// when it was written, and how many times; Run's goroutine only.
@@ -205,6 +209,17 @@ type Mesh struct {
 	// memberlist's queue overflowed and dropped them (seen at 100 agents).
 	inbox        chan []byte
 	inboxDropped atomic.Uint64
+
+	// verifyWG: the pings of verifySuspects and the follow-up push/pulls
+	// in flight; Run waits for them.
+	verifyWG    sync.WaitGroup
+	verifyPings atomic.Int64 // sent, read by tests
+
+	// The follow-up push/pulls of the last join (see followUps), under mu.
+	followUpsLeft int
+	followUpGap   time.Duration
+	followUpAt    time.Time
+	followUpsDone atomic.Int64 // started, read by tests
 }
 
 type peer struct {
@@ -219,6 +234,10 @@ type peer struct {
 	// of its own, a data race (-race found it).
 	suspect bool
 	since   time.Time
+	// verifyAt: when this member next pings a peer it marks suspect itself
+	// (verifySuspects); verifying: a ping of it is in flight.
+	verifyAt  time.Time
+	verifying bool
 }
 
 type target struct {
@@ -253,6 +272,7 @@ func New(cfg Config) (*Mesh, error) {
 		peers:    map[string]*peer{},
 		byAddr:   map[string]*peer{},
 		targets:  map[string]*target{},
+		marked:   map[string]bool{},
 		started:  time.Now(),
 		now:      time.Now,
 		changed:  make(chan struct{}, 1),
@@ -372,6 +392,8 @@ func (m *Mesh) Run(ctx context.Context) {
 	defer tick.Stop()
 	knownTick := time.NewTicker(knownSaveEvery)
 	defer knownTick.Stop()
+	verifyTick := time.NewTicker(max(m.cfg.Timing.ProbeTimeout, 10*time.Millisecond))
+	defer verifyTick.Stop()
 	delivered := make(chan struct{})
 	go func() {
 		defer close(delivered)
@@ -385,6 +407,7 @@ func (m *Mesh) Run(ctx context.Context) {
 		}
 	}()
 	defer func() { <-delivered }()
+	defer m.verifyWG.Wait()
 	m.rejoin(ctx)
 	// A change that comes sooner than changeSpacing after the last one
 	// handled waits for this timer (nil channel: none pending).
@@ -399,6 +422,9 @@ func (m *Mesh) Run(ctx context.Context) {
 			return
 		case <-tick.C:
 			m.rejoin(ctx)
+			m.followUp(ctx, m.now())
+		case <-verifyTick.C:
+			m.verifySuspects(ctx)
 		case <-knownTick.C:
 			if m.knownDirty && m.knownDue() {
 				m.saveKnown()
@@ -634,6 +660,58 @@ func (m *Mesh) joinOne(ctx context.Context, t *target) {
 	t.failures, t.lastErr = 0, ""
 	t.lastAlive = m.now()
 	t.next = t.lastAlive.Add(m.cfg.Timing.RejoinInterval)
+	m.followUpsLeft, m.followUpGap = followUps, 2*m.cfg.Timing.RejoinInterval
+	m.followUpAt = t.lastAlive.Add(m.followUpGap)
+}
+
+// A join is a push/pull with one peer: this member learns the members that
+// peer knew then, and nothing more until gossip tells it. When a mesh
+// starts, everyone joins the same first peer at once, and the early
+// joiners hear of the later ones only from gossip, whose every message is
+// retransmitted a bounded number of times to the members each sender knew
+// then: in a simulated mesh of 100, a few agents still missed a few peers
+// 20 s after the others had them all, until memberlist's periodic
+// push/pull (every 45 s at 100 members, 90 s at 1,000) filled the gap.
+// So after a join a member does followUps more push/pulls with a random
+// alive member, each after twice the wait of the one before (2, 4 and 8
+// rejoin intervals): the last one comes after most of a starting mesh has
+// joined. Each is a join's exchange (the node list, and the small join
+// state of IPAM and health), and there are followUps per join, not per
+// member: a restart or a mesh's start costs each agent three.
+const followUps = 3
+
+// followUp does the next follow-up push/pull if it is due (rejoin's pass).
+func (m *Mesh) followUp(ctx context.Context, now time.Time) {
+	m.mu.Lock()
+	if m.followUpsLeft == 0 || now.Before(m.followUpAt) {
+		m.mu.Unlock()
+		return
+	}
+	m.followUpsLeft--
+	m.followUpGap *= 2
+	m.followUpAt = now.Add(m.followUpGap)
+	var addrs []string
+	for name, p := range m.peers {
+		if name != m.cfg.Name && p.current() == StateAlive {
+			addrs = append(addrs, p.addr)
+		}
+	}
+	m.mu.Unlock()
+	if len(addrs) == 0 {
+		return
+	}
+	addr := addrs[rand.IntN(len(addrs))]
+	m.followUpsDone.Add(1)
+	m.verifyWG.Add(1)
+	go func() {
+		defer m.verifyWG.Done()
+		if ctx.Err() != nil {
+			return
+		}
+		if _, err := m.ml().Join([]string{addr}); err != nil {
+			m.log.Debug("follow-up push/pull after a join", "peer", addr, "err", err)
+		}
+	}()
 }
 
 // Broadcast gossips msg on channel ch to every peer, eventually.

@@ -3,8 +3,10 @@ package scale_test
 import (
 	"fmt"
 	"log/slog"
+	"os"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -206,6 +208,10 @@ func simulate(t *testing.T, opts simOptions) result {
 	start, cpuStart := time.Now(), cpuTime()
 	c.StartAll()
 	all := c.Nodes
+	if os.Getenv("WEFT_SCALE_TRACE") != "" {
+		stop := traceMesh(t, all, start, cpuStart)
+		defer stop()
+	}
 
 	_, err := waitAll(all, opts.Deadline, formed(opts.N))
 	g := gossipTotals(all)
@@ -324,4 +330,59 @@ func TestSimulated100(t *testing.T) {
 	if r.RingKeys > 4*100 {
 		t.Errorf("ring of %d keys for 100 agents", r.RingKeys)
 	}
+}
+
+// traceMesh logs, every second until stopped, how far the mesh is: the
+// agents formed, the spread of alive counts, suspect flags, and the
+// transport's counters, against the process's CPU time (which, unlike the
+// wall clock, a loaded machine does not stretch).
+func traceMesh(t *testing.T, all []*agenttest.Node, start time.Time, cpuStart time.Duration) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+			alive := make([]int, 0, len(all))
+			suspects, withSuspect, ok := 0, 0, 0
+			for _, n := range all {
+				a := n.Agent()
+				if a == nil {
+					continue
+				}
+				v := a.MeshView()
+				alive = append(alive, v.Alive)
+				suspects += v.Suspect
+				if v.Suspect > 0 {
+					withSuspect++
+				}
+				if formed(len(all))(n) == nil {
+					ok++
+				}
+			}
+			slices.Sort(alive)
+			var dropped, streams, refused, blocked uint64
+			for _, n := range all {
+				g := n.GossipStats()
+				dropped += g.PacketsDropped
+				streams += g.StreamsOut
+				refused += g.StreamsRefused
+				blocked += g.Blocked
+			}
+			if len(alive) == 0 {
+				continue
+			}
+			t.Logf("trace t=%s cpu=%s formed=%d alive min/med/max=%d/%d/%d suspect=%d on %d dropped=%d streams=%d refused=%d blocked=%d",
+				time.Since(start).Round(100*time.Millisecond), (cpuTime() - cpuStart).Round(10*time.Millisecond), ok,
+				alive[0], alive[len(alive)/2], alive[len(alive)-1], suspects, withSuspect, dropped, streams, refused, blocked)
+		}
+	}()
+	return func() { close(done); wg.Wait() }
 }
