@@ -118,6 +118,8 @@ func throughput(ctx context.Context, bin string) error {
 	if *brNF != "" {
 		fmt.Printf("net.bridge.bridge-nf-call-iptables=%s in both hosts\n", *brNF)
 	}
+	fmt.Printf("load average at the start: %s\n", loadAvg())
+	defer func() { fmt.Printf("load average at the end: %s\n", loadAvg()) }()
 	fmt.Println()
 	var rs []result
 
@@ -453,6 +455,20 @@ func pct(d []time.Duration, q float64) time.Duration {
 	s := append([]time.Duration(nil), d...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	return s[min(len(s)-1, int(q*float64(len(s))))]
+}
+
+// loadAvg is the machine's 1, 5 and 15 minute load averages: the
+// measurements of a shared machine mean little without them.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
