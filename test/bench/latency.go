@@ -21,9 +21,10 @@ import (
 //     the path's own cost (every device, hook and lookup it crosses), and
 //     the median and minimum of the round trips are what is reported;
 //   - idle: pingIdle requests 20 ms apart (what the bench measured before),
-//     median. Between two requests the CPUs go idle, and each request first
-//     waits for a CPU to wake (tens of µs on a virtual machine): that is the
-//     latency an occasional packet sees, and it is mostly wake-up, not path.
+//     median. Between two requests the CPUs idle or run other work, so each
+//     request crosses the path cold (caches, and on a virtual machine a
+//     virtual CPU that may first have to be woken or scheduled): that is the
+//     latency an occasional packet sees, and most of it is not the path.
 //
 // The mean, which the bench reported before, is dragged by the few requests
 // that wait for a CPU busy with something else; the median is not.
