@@ -159,7 +159,7 @@ func throughput(ctx context.Context, bin string) error {
 			r.gbps4, r.gbps4/bare.gbps4, ms(r.lat.busy.p50), ms(r.lat.busy.min), ms(r.lat.idle.p50))
 	}
 	fmt.Printf("(Gbit/s; × bare is the ratio to the bare underlay measured in this run; RTT in ms: median and minimum of %d pings\n"+
-		"1 ms apart, the path's own cost; idle: median of %d pings 20 ms apart, mostly a CPU's wake-up)\n", *pingBusy, *pingIdle)
+		"1 ms apart, the path's own cost; idle: median of %d pings 20 ms apart, the path crossed cold)\n", *pingBusy, *pingIdle)
 	fmt.Printf("\nKernel paths against the bare underlay of the same bed, measured in turn (median of %d per-run ratios)\n", *runs)
 	fmt.Printf("%-62s %9s %9s %8s %9s\n", "datapath", "1 stream", "4 streams", "RTT", "idle RTT")
 	for _, r := range rs {
