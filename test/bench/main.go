@@ -24,10 +24,8 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -96,7 +94,7 @@ type result struct {
 	mtu   int
 	gbps  float64 // one stream
 	gbps4 float64 // four streams
-	rtt   time.Duration
+	lat   latency
 	// paired: ratios to the bare underlay of the same bed, measured in
 	// turn with the row's own runs (the kernel rows only).
 	paired *pairedRatios
@@ -104,8 +102,9 @@ type result struct {
 
 // pairedRatios are medians of per-run ratios row/bare, each run measuring
 // the bare underlay right before the row: on a shared, noisy machine that
-// cancels most of the drift between rows measured minutes apart.
-type pairedRatios struct{ gbps, gbps4, rtt float64 }
+// cancels most of the drift between rows measured minutes apart. rtt is the
+// ratio of the busy medians, rttIdle of the idle ones (see latency.go).
+type pairedRatios struct{ gbps, gbps4, rtt, rttIdle float64 }
 
 func throughput(ctx context.Context, bin string) error {
 	fmt.Printf("\nThroughput and latency, one TCP stream, iperf3 %d s × %d runs (median), two simulated hosts sharing this machine's %d CPUs\n", *seconds, *runs, runtime.NumCPU())
@@ -119,6 +118,8 @@ func throughput(ctx context.Context, bin string) error {
 	if *brNF != "" {
 		fmt.Printf("net.bridge.bridge-nf-call-iptables=%s in both hosts\n", *brNF)
 	}
+	fmt.Printf("load average at the start: %s\n", loadAvg())
+	defer func() { fmt.Printf("load average at the end: %s\n", loadAvg()) }()
 	fmt.Println()
 	var rs []result
 
@@ -131,6 +132,7 @@ func throughput(ctx context.Context, bin string) error {
 	}{
 		{"bare underlay (veth + bridge)", nil, nil, true, false},
 		{handVXLAN, nil, nil, false, false},
+		{handVXLANMasq, nil, nil, false, false},
 		{"weft plaintext, kernel fast path", nil, agentEnv, false, false},
 		{"weft plaintext, userspace", []string{"--datapath", "userspace"}, agentEnv, false, false},
 		{"weft encrypted", []string{"--password", "bench passphrase"}, agentEnv, false, false},
@@ -150,17 +152,19 @@ func throughput(ctx context.Context, bin string) error {
 		rs = append(rs, r)
 	}
 	bare := rs[0]
-	fmt.Printf("%-62s %5s %9s %8s %9s %8s %8s\n", "datapath", "MTU", "1 stream", "× bare", "4 streams", "× bare", "RTT ms")
+	fmt.Printf("%-62s %5s %9s %7s %9s %7s %9s %7s %9s\n", "datapath", "MTU", "1 stream", "× bare", "4 streams", "× bare",
+		"RTT p50", "min", "idle p50")
 	for _, r := range rs {
-		fmt.Printf("%-62s %5d %9.2f %8.2f %9.2f %8.2f %8.3f\n", r.name, r.mtu, r.gbps, r.gbps/bare.gbps,
-			r.gbps4, r.gbps4/bare.gbps4, float64(r.rtt)/float64(time.Millisecond))
+		fmt.Printf("%-62s %5d %9.2f %7.2f %9.2f %7.2f %9.3f %7.3f %9.3f\n", r.name, r.mtu, r.gbps, r.gbps/bare.gbps,
+			r.gbps4, r.gbps4/bare.gbps4, ms(r.lat.busy.p50), ms(r.lat.busy.min), ms(r.lat.idle.p50))
 	}
-	fmt.Println("(Gbit/s; × bare is the ratio to the bare underlay measured in this run)")
+	fmt.Printf("(Gbit/s; × bare is the ratio to the bare underlay measured in this run; RTT in ms: median and minimum of %d pings\n"+
+		"1 ms apart, the path's own cost; idle: median of %d pings 20 ms apart, the path crossed cold)\n", *pingBusy, *pingIdle)
 	fmt.Printf("\nKernel paths against the bare underlay of the same bed, measured in turn (median of %d per-run ratios)\n", *runs)
-	fmt.Printf("%-62s %9s %9s %8s\n", "datapath", "1 stream", "4 streams", "RTT")
+	fmt.Printf("%-62s %9s %9s %8s %9s\n", "datapath", "1 stream", "4 streams", "RTT", "idle RTT")
 	for _, r := range rs {
 		if r.paired != nil {
-			fmt.Printf("%-62s %8.2f× %8.2f× %7.2f×\n", r.name, r.paired.gbps, r.paired.gbps4, r.paired.rtt)
+			fmt.Printf("%-62s %8.2f× %8.2f× %7.2f× %8.2f×\n", r.name, r.paired.gbps, r.paired.gbps4, r.paired.rtt, r.paired.rttIdle)
 		}
 	}
 	return nil
@@ -191,8 +195,8 @@ func measureBed(ctx context.Context, bin, name string, extra, env []string, bare
 	}
 	srcNS, dstNS, dst := h1.Netns, h2.Netns, h2.Addr
 	mtu := 1500
-	if name == handVXLAN {
-		if srcNS, dstNS, dst, err = flannelByHand(ctx, bed); err != nil {
+	if name == handVXLAN || name == handVXLANMasq {
+		if srcNS, dstNS, dst, err = flannelByHand(ctx, bed, name == handVXLANMasq); err != nil {
 			return result{}, err
 		}
 		mtu = 1450
@@ -252,7 +256,7 @@ func measureBed(ctx context.Context, bin, name string, extra, env []string, bare
 		return gbps[len(gbps)/2], nil
 	}
 	r := result{name: name, mtu: mtu}
-	if name == handVXLAN || strings.Contains(name, "fastdp") {
+	if name == handVXLAN || name == handVXLANMasq || strings.Contains(name, "fastdp") {
 		if r.paired, err = paired(ctx, h1.Netns, h2.Netns, h2.Addr, srcNS, dstNS, dst); err != nil {
 			return r, err
 		}
@@ -263,24 +267,8 @@ func measureBed(ctx context.Context, bin, name string, extra, env []string, bare
 	if r.gbps4, err = median(4); err != nil {
 		return r, err
 	}
-	r.rtt, err = pingRTT(ctx, srcNS, dst)
+	r.lat, err = measureLatency(ctx, srcNS, dst)
 	return r, err
-}
-
-var rttRE = regexp.MustCompile(`= [\d.]+/([\d.]+)/`)
-
-// pingRTT is the average of 50 pings 20 ms apart.
-func pingRTT(ctx context.Context, ns string, dst netip.Addr) (time.Duration, error) {
-	out, err := testbed.Exec(ctx, ns, "ping", "-c", "50", "-i", "0.02", "-q", dst.String())
-	if err != nil {
-		return 0, err
-	}
-	m := rttRE.FindStringSubmatch(out)
-	if m == nil {
-		return 0, fmt.Errorf("no RTT in ping output: %s", out)
-	}
-	ms, _ := strconv.ParseFloat(m[1], 64)
-	return time.Duration(ms * float64(time.Millisecond)), nil
 }
 
 // cniLatency times ADD and DEL of weft-cni against a real agent beside the
@@ -469,6 +457,20 @@ func pct(d []time.Duration, q float64) time.Duration {
 	return s[min(len(s)-1, int(q*float64(len(s))))]
 }
 
+// loadAvg is the machine's 1, 5 and 15 minute load averages: the
+// measurements of a shared machine mean little without them.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}
+
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // handVXLAN names the row of kernel VXLAN configured by hand, as flannel's
@@ -476,13 +478,40 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // is what weft's own setup costs.
 const handVXLAN = "kernel VXLAN by hand (flannel layout, pod to pod)"
 
+// handVXLANMasq is the same with the nftables equivalent of flannel's
+// --ip-masq rules (on in flannel's own manifests), which turns on connection
+// tracking for every packet of the host, as weft's masquerade does: the
+// difference between the two hand-made rows is what conntrack costs, and
+// the one between this row and weft's fast path what weft's host filter
+// and leak guard cost.
+const handVXLANMasq = "kernel VXLAN by hand + flannel's masquerade (conntrack)"
+
+// flannelMasq is flannel's --ip-masq in nftables (flannel writes the same
+// with iptables): pod traffic within the cluster range is left alone,
+// traffic leaving it is masqueraded, and the forward chain accepts the
+// cluster range both ways.
+const flannelMasq = `table ip flannel {
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		ip saddr 10.250.0.0/16 ip daddr 10.250.0.0/16 return
+		ip saddr 10.250.0.0/16 ip daddr != 224.0.0.0/4 masquerade
+	}
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		ip saddr 10.250.0.0/16 accept
+		ip daddr 10.250.0.0/16 accept
+	}
+}
+`
+
 // flannelByHand wires the two hosts as flannel does, with iproute2: on each
 // host a bridge cni0 (10.250.i.1/24) with one pod (10.250.i.2) on a veth, a
 // VXLAN device flannel.1 (VNI 1, port 8472, 10.250.i.0/32, no learning), and
 // towards the other host a route "10.250.j.0/24 via 10.250.j.0 dev
-// flannel.1 onlink" with a permanent neighbour and FDB entry. It returns the
-// two pods' namespaces and the second pod's address.
-func flannelByHand(ctx context.Context, bed *testbed.Bed) (string, string, netip.Addr, error) {
+// flannel.1 onlink" with a permanent neighbour and FDB entry; with masq
+// also flannel's masquerade (flannelMasq). It returns the two pods'
+// namespaces and the second pod's address.
+func flannelByHand(ctx context.Context, bed *testbed.Bed, masq bool) (string, string, netip.Addr, error) {
 	mac := func(i int) string { return fmt.Sprintf("02:fa:00:00:00:%02x", i) }
 	var podNS [2]string
 	for i, h := range bed.Hosts[:2] {
@@ -514,6 +543,13 @@ func flannelByHand(ctx context.Context, bed *testbed.Bed) (string, string, netip
 		} {
 			if out, err := exec.CommandContext(ctx, args[0], args[1:]...).CombinedOutput(); err != nil {
 				return "", "", netip.Addr{}, fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, out)
+			}
+		}
+		if masq {
+			nft := exec.CommandContext(ctx, "ip", "netns", "exec", ns, "nft", "-f", "-")
+			nft.Stdin = strings.NewReader(flannelMasq)
+			if out, err := nft.CombinedOutput(); err != nil {
+				return "", "", netip.Addr{}, fmt.Errorf("flannel's masquerade in %s: %w: %s", ns, err, out)
 			}
 		}
 	}
@@ -558,7 +594,7 @@ func waitFastPath(ctx context.Context, h *testbed.Host, peer string) (bool, erro
 // underlay of the same two hosts (underlay addresses) alternately, and
 // returns the medians of the per-run ratios.
 func paired(ctx context.Context, bareSrc, bareDst string, bareAddr netip.Addr, srcNS, dstNS string, dst netip.Addr) (*pairedRatios, error) {
-	var one, four, rtt []float64
+	var one, four, rtt, idle []float64
 	for i := 0; i < *runs; i++ {
 		for _, m := range []struct {
 			streams int
@@ -574,16 +610,17 @@ func paired(ctx context.Context, bareSrc, bareDst string, bareAddr netip.Addr, s
 			}
 			*m.out = append(*m.out, g/b)
 		}
-		b, err := pingRTT(ctx, bareSrc, bareAddr)
+		b, err := measureLatency(ctx, bareSrc, bareAddr)
 		if err != nil {
 			return nil, err
 		}
-		g, err := pingRTT(ctx, srcNS, dst)
+		g, err := measureLatency(ctx, srcNS, dst)
 		if err != nil {
 			return nil, err
 		}
-		rtt = append(rtt, float64(g)/float64(b))
+		rtt = append(rtt, float64(g.busy.p50)/float64(b.busy.p50))
+		idle = append(idle, float64(g.idle.p50)/float64(b.idle.p50))
 	}
 	med := func(v []float64) float64 { sort.Float64s(v); return v[len(v)/2] }
-	return &pairedRatios{gbps: med(one), gbps4: med(four), rtt: med(rtt)}, nil
+	return &pairedRatios{gbps: med(one), gbps4: med(four), rtt: med(rtt), rttIdle: med(idle)}, nil
 }
