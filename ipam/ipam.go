@@ -153,6 +153,12 @@ type IPAM struct {
 	// asked (bounded: cleared past maxDigestAsked peers).
 	digestsEqual, digestAsks uint64
 	digestAsked              map[string]time.Time
+	// stateAsked: peers asked for their full ring, when (askStateLocked).
+	stateAsked map[string]time.Time
+	// lastGapAsk: when this peer last asked for the ring because its own
+	// had a gap; gapAsks counts such asks.
+	lastGapAsk time.Time
+	gapAsks    uint64
 	acks                     map[uint64]chan struct{}
 	nonce                    uint64
 	rng                      *rand.Rand
@@ -343,6 +349,7 @@ func (p *IPAM) tick() {
 			p.log.Error("could not persist IPAM state", "err", err)
 		}
 	}
+	p.askForGapLocked(now)
 	if p.checkReturnsLocked(now, p.announce.Swap(false)) {
 		p.dirty = true
 	}
@@ -410,7 +417,7 @@ func (p *IPAM) askForRingLocked(now time.Time, interval time.Duration) {
 	}
 	if peers := p.alivePeersLocked(); len(peers) > 0 {
 		p.lastGet = now
-		p.sendLocked(peers[p.rng.IntN(len(peers))], &message{Type: msgGetState})
+		p.askStateLocked(peers[p.rng.IntN(len(peers))], now)
 	}
 }
 
@@ -610,7 +617,9 @@ func (p *IPAM) checkLostLocked() error {
 
 // mergeLocked folds remote entries into the ring, logs what needs an
 // operator's attention, republishes, persists and gossips our own changes.
-func (p *IPAM) mergeLocked(from string, es []entry) error {
+// fillGaps: es is a full state this peer asked from, which may fill the
+// gaps of its ring (acceptEntryLocked).
+func (p *IPAM) mergeLocked(from string, es []entry, fillGaps bool) error {
 	for _, e := range es {
 		if err := e.validate(p.size); err != nil {
 			return fmt.Errorf("%w from %s: %v", ErrBadMessage, from, err)
@@ -639,7 +648,7 @@ func (p *IPAM) mergeLocked(from string, es []entry) error {
 				"from", from, "start", addrAt(p.cfg.Range, e.Start), "version", e.Version, "our_version", cur.Version)
 		}
 	}
-	changed, conflicts, refused := p.ring.mergeChecked(es, p.acceptEntryLocked(p.ring.ID), p.keyCapLocked())
+	changed, conflicts, refused := p.ring.mergeChecked(es, p.acceptEntryLocked(p.ring.ID, fillGaps), p.keyCapLocked())
 	var errs []error
 	if refused > 0 {
 		// Mostly a peer that lags behind an owner change; a forgery looks
@@ -899,7 +908,7 @@ func (p *IPAM) mergeStateLocked(m *message) error {
 	if m.RingID != p.ring.ID {
 		return p.mismatchErr(m.From, m.RingID, m.Seeds)
 	}
-	return p.mergeLocked(m.From, es)
+	return p.mergeLocked(m.From, es, p.takeStateAskedLocked(m.From))
 }
 
 // mergeDigestLocked takes a periodic push/pull's digest: equal rings are
@@ -930,8 +939,52 @@ func (p *IPAM) mergeDigestLocked(m *message) error {
 	}
 	p.digestAsked[m.From] = now
 	p.digestAsks++
-	p.sendLocked(m.From, &message{Type: msgGetState})
+	p.askStateLocked(m.From, now)
 	return nil
+}
+
+// askStateLocked asks peer `to` for its full ring and remembers it did:
+// the answer may fill the gaps of this peer's ring (acceptEntryLocked).
+func (p *IPAM) askStateLocked(to string, now time.Time) {
+	if p.stateAsked == nil || len(p.stateAsked) >= maxDigestAsked {
+		p.stateAsked = map[string]time.Time{}
+	}
+	p.stateAsked[to] = now
+	p.sendLocked(to, &message{Type: msgGetState})
+}
+
+// takeStateAskedLocked reports whether a full state from peer `from`
+// answers an ask of this peer's of the last stateAnswerWithin, and forgets
+// the ask: one ask, one answer trusted with the gaps.
+func (p *IPAM) takeStateAskedLocked(from string) bool {
+	at, ok := p.stateAsked[from]
+	if !ok {
+		return false
+	}
+	delete(p.stateAsked, from)
+	return p.now().Sub(at) <= stateAnswerWithin
+}
+
+// stateAnswerWithin: an answer later than this after the ask is not
+// trusted with gaps (it is merged as any state).
+const stateAnswerWithin = 10 * time.Second
+
+// gapAskInterval: a peer whose ring has a gap (a range whose key it
+// missed) asks a random peer for the whole ring this often, so that a lost
+// broadcast is repaired in about that time, not at the next push/pull.
+const gapAskInterval = time.Second
+
+// askForGapLocked asks a random alive peer for the full ring when this
+// peer's ring has a gap, at most once per gapAskInterval.
+func (p *IPAM) askForGapLocked(now time.Time) {
+	if p.ring == nil || p.left || now.Sub(p.lastGapAsk) < gapAskInterval || p.ring.complete() {
+		return
+	}
+	if peers := p.alivePeersLocked(); len(peers) > 0 {
+		p.lastGapAsk = now
+		p.gapAsks++
+		p.askStateLocked(peers[p.rng.IntN(len(peers))], now)
+	}
 }
 
 // maxDigestAsked bounds the per-peer memory of mergeDigestLocked's rate limit.
@@ -977,14 +1030,14 @@ func (p *IPAM) handleLocked(m *message) error {
 			// A ring exists somewhere: fetch all of it (rate-limited).
 			if now := p.now(); now.Sub(p.lastGet) >= time.Second/2 {
 				p.lastGet = now
-				p.sendLocked(m.From, &message{Type: msgGetState})
+				p.askStateLocked(m.From, now)
 			}
 			return nil
 		}
 		if m.RingID != p.ring.ID {
 			return p.mismatchErr(m.From, m.RingID, nil)
 		}
-		return p.mergeLocked(m.From, fromWire(m.Entries))
+		return p.mergeLocked(m.From, fromWire(m.Entries), false)
 	case msgGetState:
 		if p.ring != nil && !p.left {
 			p.sendLocked(m.From, p.stateMsgLocked())
