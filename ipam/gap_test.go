@@ -100,9 +100,9 @@ func TestFullStateFillsChainInOneMerge(t *testing.T) {
 	seed := Init{Mode: ModeSeed, Seeds: []string{"a"}}
 	a := n.add("a", simRange, seed, "")
 	e := n.add("e", simRange, seed, "")
-	give(t, a, 32768, 49152, "b")  // [49152,65536) stays a's
-	give(t, a, 16384, 32768, "c")  // [0,16384) stays a's
-	give(t, a, 49152, 57344, "d")  // [57344,65536) stays a's
+	give(t, a, 32768, 49152, "b") // [49152,65536) stays a's
+	give(t, a, 16384, 32768, "c") // [0,16384) stays a's
+	give(t, a, 49152, 57344, "d") // [57344,65536) stays a's
 	toE := give(t, a, 8192, 16384, "e")
 	deliver(n, e, "a", toE) // e hears of its own donation only
 	if complete(e) {

@@ -159,10 +159,10 @@ type IPAM struct {
 	// had a gap; gapAsks counts such asks.
 	lastGapAsk time.Time
 	gapAsks    uint64
-	acks                     map[uint64]chan struct{}
-	nonce                    uint64
-	rng                      *rand.Rand
-	mismatchN                int // ring mismatches logged (rate limit)
+	acks       map[uint64]chan struct{}
+	nonce      uint64
+	rng        *rand.Rand
+	mismatchN  int // ring mismatches logged (rate limit)
 	// Membership as last checked (checkReturnsLocked): who was alive, who
 	// went away and when, and when this peer last wrote one of its keys.
 	aliveSeen      map[string]bool
