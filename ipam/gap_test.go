@@ -115,3 +115,65 @@ func TestFullStateFillsChainInOneMerge(t *testing.T) {
 		t.Fatalf("one full state did not complete e's ring: owners hold %d of %d addresses", ownedTotal(e), 1<<16)
 	}
 }
+
+// Gaps are filled only from a state this peer asked for, only where it
+// knows no owner, and only with entries whose signatures verify.
+func TestGapFillTrustsOnlyAskedValidGapEntries(t *testing.T) {
+	n := newFakeNet(t, 5)
+	seed := Init{Mode: ModeSeed, Seeds: []string{"a"}}
+	a := n.add("a", simRange, seed, "")
+	b := n.add("b", simRange, seed, "")
+	mallory := testSigner("mallory")
+	n.pin("mallory", mallory.Public())
+	n.pin("c", testSigner("c").Public())
+	give(t, a, 32768, 49152, "c") // b misses it
+	deliver(n, b, "a", give(t, a, 16384, 32768, "b"))
+	give(t, b, 28672, 32768, "d") // b's ring now has a gap at 32768
+	id := ringIDOf(b)
+	state := func(es ...entry) []byte {
+		return n.forge(mallory, &message{Type: msgState, From: "mallory", RingID: id, Range: simRange.String(),
+			Size: 1 << 16, Seeds: []string{"a"}, Entries: toWire(es)})
+	}
+	theft := signed(mallory, id, entry{Start: 0, End: 16384, Owner: "mallory", Version: 1 << 40, Free: 10})
+	gapKey := signed(mallory, id, entry{Start: 32768, End: 65536, Owner: "mallory", Version: 1, Free: 10})
+	forgedC := signed(mallory, id, entry{Start: 32768, End: 49152, Owner: "c", Version: 1, Free: 10,
+		Grant: grant{From: "a", To: "c", Version: 1, Reason: reasonDonation}})
+	gapState := func() (struct{}, bool) {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		_, ok := b.ring.find(32768)
+		return struct{}{}, ok
+	}
+
+	// Not asked: a state's new keys in the gap are refused.
+	_ = b.MergeState(state(gapKey))
+	if _, ok := gapState(); ok {
+		t.Fatal("an unasked state filled a gap")
+	}
+	// Asked: an entry b holds is not moved, a bad signature not taken.
+	b.mu.Lock()
+	b.askStateLocked("mallory", n.now())
+	b.outbox = nil
+	b.mu.Unlock()
+	_ = b.MergeState(state(theft, forgedC))
+	if o := ownerOf(t, b, "10.32.0.5"); o != "a" {
+		t.Fatalf("an asked state moved a's range to %q", o)
+	}
+	if _, ok := gapState(); ok {
+		t.Fatal("a gap entry with a forged signature was taken")
+	}
+	// One ask, one trusted answer: the next state is merged as any.
+	_ = b.MergeState(state(gapKey))
+	if _, ok := gapState(); ok {
+		t.Fatal("a second, unasked state filled a gap")
+	}
+	// A signed entry from an asked state fills it.
+	b.mu.Lock()
+	b.askStateLocked("mallory", n.now())
+	b.outbox = nil
+	b.mu.Unlock()
+	_ = b.MergeState(state(gapKey))
+	if _, ok := gapState(); !ok {
+		t.Fatal("an asked state's valid entry did not fill the gap")
+	}
+}
