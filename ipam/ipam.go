@@ -981,9 +981,11 @@ func (p *IPAM) askForGapLocked(now time.Time) {
 		return
 	}
 	if peers := p.alivePeersLocked(); len(peers) > 0 {
+		to := peers[p.rng.IntN(len(peers))]
 		p.lastGapAsk = now
 		p.gapAsks++
-		p.askStateLocked(peers[p.rng.IntN(len(peers))], now)
+		p.log.Debug("the ring has a gap (a change this peer missed): asking a peer for the whole ring", "peer", to, "asks", p.gapAsks)
+		p.askStateLocked(to, now)
 	}
 }
 
