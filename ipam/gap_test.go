@@ -1,6 +1,9 @@
 package ipam
 
-import "testing"
+import (
+	"fmt"
+	"testing"
+)
 
 // give makes p donate [start,end) of its own space to peer `to` and returns
 // the keys written, as the donation's broadcast carries them.
@@ -176,4 +179,67 @@ func TestGapFillTrustsOnlyAskedValidGapEntries(t *testing.T) {
 	if _, ok := gapState(); !ok {
 		t.Fatal("an asked state's valid entry did not fill the gap")
 	}
+}
+
+// The e2e test's bootstrap in miniature, over lossy, reordering gossip: one
+// seed owns the range, four peers each allocate (a donation each, donors
+// splitting again), and a third of the broadcasts are lost. Without any
+// push/pull, no ring may keep a gap (addresses of no known owner) for more
+// than a few ticks; with one push/pull round, all agree on every owner.
+// Before, a gap lasted until a push/pull, and after a re-split for ever.
+func TestLossyBootstrapConverges(t *testing.T) {
+	const seeds, ticks = 40, 15 // 15 ticks of 200 ms: 3 s
+	for s := uint64(1); s <= seeds; s++ {
+		n := newFakeNet(t, s)
+		n.loss = 0.35
+		init := Init{Mode: ModeSeed, Seeds: []string{"a"}}
+		for _, name := range []string{"a", "b", "c", "d", "e"} {
+			n.add(name, simRange, init, "")
+		}
+		for _, p := range n.live()[1:] {
+			if _, err := n.allocatePumping(t, p, "pod-"+p.cfg.Name); err != nil {
+				t.Fatalf("seed %d: %s: allocate: %v", s, p.cfg.Name, err)
+			}
+		}
+		// More allocations: peers short of space ask again, and donors
+		// may split what they were given.
+		for _, p := range n.live() {
+			for k := range 3 {
+				if _, err := n.allocatePumping(t, p, fmt.Sprintf("pod2-%s-%d", p.cfg.Name, k)); err != nil {
+					t.Fatalf("seed %d: %s: allocate: %v", s, p.cfg.Name, err)
+				}
+			}
+		}
+		for r := 0; r < ticks && !allComplete(n.live()); r++ {
+			n.round(false)
+		}
+		for _, p := range n.live() {
+			if !complete(p) {
+				for _, q := range n.live() {
+					q.mu.Lock()
+					t.Logf("%s: gapAsks %d %+v", q.cfg.Name, q.gapAsks, q.ring.entries)
+					q.mu.Unlock()
+				}
+				t.Fatalf("seed %d: %s's ring has a gap after %d ticks without push/pull: owners hold %d of %d addresses",
+					s, p.cfg.Name, ticks, ownedTotal(p), 1<<16)
+			}
+		}
+		n.round(true)
+		for r := 0; r < ticks && !sameOwners(n.live()); r++ {
+			n.round(false)
+		}
+		if !sameOwners(n.live()) || !allComplete(n.live()) {
+			t.Fatalf("seed %d: owners differ after a push/pull round and %d ticks", s, ticks)
+		}
+		checkSafety(t, n.live())
+	}
+}
+
+func allComplete(ps []*IPAM) bool {
+	for _, p := range ps {
+		if !complete(p) {
+			return false
+		}
+	}
+	return true
 }

@@ -159,10 +159,13 @@ type IPAM struct {
 	// had a gap; gapAsks counts such asks.
 	lastGapAsk time.Time
 	gapAsks    uint64
-	acks       map[uint64]chan struct{}
-	nonce      uint64
-	rng        *rand.Rand
-	mismatchN  int // ring mismatches logged (rate limit)
+	// gapRun counts the asks for the current gap, gapFrom is where their
+	// turn through the alive peers started.
+	gapRun, gapFrom int
+	acks            map[uint64]chan struct{}
+	nonce           uint64
+	rng             *rand.Rand
+	mismatchN       int // ring mismatches logged (rate limit)
 	// Membership as last checked (checkReturnsLocked): who was alive, who
 	// went away and when, and when this peer last wrote one of its keys.
 	aliveSeen      map[string]bool
@@ -970,23 +973,44 @@ func (p *IPAM) takeStateAskedLocked(from string) bool {
 const stateAnswerWithin = 10 * time.Second
 
 // gapAskInterval: a peer whose ring has a gap (a range whose key it
-// missed) asks a random peer for the whole ring this often, so that a lost
-// broadcast is repaired in about that time, not at the next push/pull.
-const gapAskInterval = time.Second
+// missed) asks a peer for the whole ring this often, so that a lost
+// broadcast is repaired within a few of these, not at the next push/pull.
+const gapAskInterval = 500 * time.Millisecond
 
-// askForGapLocked asks a random alive peer for the full ring when this
-// peer's ring has a gap, at most once per gapAskInterval.
+// askForGapLocked asks a peer for the full ring when this peer's ring has a
+// gap, at most once per gapAskInterval: first the owner of the key after the
+// gap (most often the donor who created the missing key: it keeps the
+// tail), then every alive peer in turn from a random one, so that a peer
+// that has the key is asked within as many asks as there are peers, even
+// when others missed the same key.
 func (p *IPAM) askForGapLocked(now time.Time) {
-	if p.ring == nil || p.left || now.Sub(p.lastGapAsk) < gapAskInterval || p.ring.complete() {
+	if p.ring == nil || p.left || now.Sub(p.lastGapAsk) < gapAskInterval {
 		return
 	}
-	if peers := p.alivePeersLocked(); len(peers) > 0 {
-		to := peers[p.rng.IntN(len(peers))]
-		p.lastGapAsk = now
-		p.gapAsks++
-		p.log.Debug("the ring has a gap (a change this peer missed): asking a peer for the whole ring", "peer", to, "asks", p.gapAsks)
-		p.askStateLocked(to, now)
+	after, gap := p.ring.firstGap()
+	if !gap {
+		p.gapRun = 0
+		return
 	}
+	peers := p.alivePeersLocked()
+	if len(peers) == 0 {
+		return
+	}
+	to := ""
+	if p.gapRun == 0 {
+		if after != "" && after != p.cfg.Name && p.cfg.Alive(after) {
+			to = after
+		}
+		p.gapFrom = p.rng.IntN(len(peers))
+	}
+	if to == "" {
+		to = peers[(p.gapFrom+p.gapRun)%len(peers)]
+	}
+	p.gapRun++
+	p.lastGapAsk = now
+	p.gapAsks++
+	p.log.Debug("the ring has a gap (a change this peer missed): asking a peer for the whole ring", "peer", to, "asks", p.gapAsks)
+	p.askStateLocked(to, now)
 }
 
 // maxDigestAsked bounds the per-peer memory of mergeDigestLocked's rate limit.

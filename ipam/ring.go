@@ -326,10 +326,17 @@ func (r *ring) spans() []span {
 // keeps an honest ring complete (a split writes both halves, a trim stops
 // at the next key), so a gap is a change this peer missed.
 func (r *ring) complete() bool {
+	_, gap := r.firstGap()
+	return !gap
+}
+
+// firstGap reports whether the ring has a gap and the owner of the key
+// right after the first one ("" when the gap runs to the end).
+func (r *ring) firstGap() (after string, gap bool) {
 	var next uint64
 	for i, e := range r.entries {
 		if e.Start > next {
-			return false
+			return e.Owner, true
 		}
 		end := min(e.End, r.Size)
 		if i+1 < len(r.entries) {
@@ -337,7 +344,7 @@ func (r *ring) complete() bool {
 		}
 		next = max(next, end)
 	}
-	return next >= r.Size
+	return "", next < r.Size
 }
 
 // ownedBy returns the indexes of keys whose effective range belongs to name,
