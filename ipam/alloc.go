@@ -210,16 +210,7 @@ func (p *IPAM) freeByPeerLocked() map[string]uint64 {
 	return out
 }
 
-func (p *IPAM) ringCompleteLocked() bool {
-	var next uint64
-	for _, s := range p.ring.spans() {
-		if s.Start != next {
-			return false
-		}
-		next = s.End
-	}
-	return next == p.size
-}
+func (p *IPAM) ringCompleteLocked() bool { return p.ring.complete() }
 
 // handleDonationRequestLocked gives at most half of this peer's free space,
 // carved from its largest free block, to a requester that is short of space.
@@ -248,7 +239,7 @@ func (p *IPAM) handleDonationRequestLocked(m *message) error {
 		}
 	}
 	if len(es) > 0 {
-		if err := p.mergeLocked(to, es); err != nil {
+		if err := p.mergeLocked(to, es, false); err != nil {
 			p.log.Debug("donation request: merging the requester's keys", "from", to, "err", err)
 		}
 	}
@@ -628,7 +619,7 @@ func (p *IPAM) handleHandOverLocked(m *message) error {
 		}
 	}
 	undo := p.checkpointLocked()
-	if err := p.mergeLocked(m.From, es); err != nil && p.store != nil {
+	if err := p.mergeLocked(m.From, es, false); err != nil && p.store != nil {
 		// Not confirmed: the leaving peer keeps its state and retries, maybe
 		// with another peer. Unless the merge is on disk, forget it, or
 		// that peer and this one would both own the ranges.

@@ -179,7 +179,14 @@ func (p *IPAM) writeLocked(r *ring, start, end uint64, owner string, free uint64
 // authority come first; signatures are verified only for entries that
 // claim it, and after maxBadSigs bad ones the rest of the batch is refused
 // unverified: an honest peer never sends one.
-func (p *IPAM) acceptEntryLocked(ringID string) acceptFunc {
+//
+// fillGaps is set for a full state this peer asked for: a new key that
+// starts where this peer knows no owner (a gap: it missed the key's
+// creation, and the key before has been split again since, so its owner is
+// no longer the key's creator) is then taken on the sender's word, its
+// signatures checked, as a ring-less peer takes a whole ring
+// (acceptAdoptedLocked). Without it such a gap was never filled.
+func (p *IPAM) acceptEntryLocked(ringID string, fillGaps bool) acceptFunc {
 	bad := 0
 	return func(cur entry, exists bool, prev entry, hasPrev bool, e entry) bool {
 		if bad >= maxBadSigs {
@@ -187,6 +194,7 @@ func (p *IPAM) acceptEntryLocked(ringID string) acceptFunc {
 		}
 		var u uint64 // the version e must beat
 		var auth [2]string
+		gap := false
 		if exists {
 			u = cur.Version
 			auth[0] = cur.Owner
@@ -195,11 +203,18 @@ func (p *IPAM) acceptEntryLocked(ringID string) acceptFunc {
 			// the peer that just gave that key away (the key right after
 			// a donated block is the donor's), may create it.
 			if !hasPrev || e.Start > prev.End {
-				return false
-			}
-			auth[0] = prev.Owner
-			if e.Start == prev.End && !prev.Grant.isZero() {
-				auth[1] = prev.Grant.From
+				if !fillGaps {
+					return false
+				}
+				gap = true
+			} else {
+				auth[0] = prev.Owner
+				if e.Start == prev.End {
+					gap = fillGaps
+					if !prev.Grant.isZero() {
+						auth[1] = prev.Grant.From
+					}
+				}
 			}
 		}
 		authorised := func(name string) bool { return name != "" && (name == auth[0] || name == auth[1]) }
@@ -215,7 +230,13 @@ func (p *IPAM) acceptEntryLocked(ringID string) acceptFunc {
 			// The owner's own write.
 			return check(e.Owner, entryPayload(ringID, e), &e.Sig)
 		}
-		if g.isZero() || g.To != e.Owner || !authorised(g.From) || g.Version <= u && !(g.Version == u && e.Version == u) {
+		if gap && g.isZero() {
+			// In a gap, on the asked sender's word: the owner's own key,
+			// signed with its pinned key (an unknown signer's cannot be
+			// checked, so the key is not taken).
+			return check(e.Owner, entryPayload(ringID, e), &e.Sig)
+		}
+		if g.isZero() || g.To != e.Owner || !(gap || authorised(g.From)) || g.Version <= u && !(g.Version == u && e.Version == u) {
 			return false
 		}
 		// A takeover of this peer itself is accepted only just after it

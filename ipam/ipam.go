@@ -153,10 +153,19 @@ type IPAM struct {
 	// asked (bounded: cleared past maxDigestAsked peers).
 	digestsEqual, digestAsks uint64
 	digestAsked              map[string]time.Time
-	acks                     map[uint64]chan struct{}
-	nonce                    uint64
-	rng                      *rand.Rand
-	mismatchN                int // ring mismatches logged (rate limit)
+	// stateAsked: peers asked for their full ring, when (askStateLocked).
+	stateAsked map[string]time.Time
+	// lastGapAsk: when this peer last asked for the ring because its own
+	// had a gap; gapAsks counts such asks.
+	lastGapAsk time.Time
+	gapAsks    uint64
+	// gapRun counts the asks for the current gap, gapFrom is where their
+	// turn through the alive peers started.
+	gapRun, gapFrom int
+	acks            map[uint64]chan struct{}
+	nonce           uint64
+	rng             *rand.Rand
+	mismatchN       int // ring mismatches logged (rate limit)
 	// Membership as last checked (checkReturnsLocked): who was alive, who
 	// went away and when, and when this peer last wrote one of its keys.
 	aliveSeen      map[string]bool
@@ -343,6 +352,7 @@ func (p *IPAM) tick() {
 			p.log.Error("could not persist IPAM state", "err", err)
 		}
 	}
+	p.askForGapLocked(now)
 	if p.checkReturnsLocked(now, p.announce.Swap(false)) {
 		p.dirty = true
 	}
@@ -410,7 +420,7 @@ func (p *IPAM) askForRingLocked(now time.Time, interval time.Duration) {
 	}
 	if peers := p.alivePeersLocked(); len(peers) > 0 {
 		p.lastGet = now
-		p.sendLocked(peers[p.rng.IntN(len(peers))], &message{Type: msgGetState})
+		p.askStateLocked(peers[p.rng.IntN(len(peers))], now)
 	}
 }
 
@@ -610,7 +620,9 @@ func (p *IPAM) checkLostLocked() error {
 
 // mergeLocked folds remote entries into the ring, logs what needs an
 // operator's attention, republishes, persists and gossips our own changes.
-func (p *IPAM) mergeLocked(from string, es []entry) error {
+// fillGaps: es is a full state this peer asked from, which may fill the
+// gaps of its ring (acceptEntryLocked).
+func (p *IPAM) mergeLocked(from string, es []entry, fillGaps bool) error {
 	for _, e := range es {
 		if err := e.validate(p.size); err != nil {
 			return fmt.Errorf("%w from %s: %v", ErrBadMessage, from, err)
@@ -639,7 +651,7 @@ func (p *IPAM) mergeLocked(from string, es []entry) error {
 				"from", from, "start", addrAt(p.cfg.Range, e.Start), "version", e.Version, "our_version", cur.Version)
 		}
 	}
-	changed, conflicts, refused := p.ring.mergeChecked(es, p.acceptEntryLocked(p.ring.ID), p.keyCapLocked())
+	changed, conflicts, refused := p.ring.mergeChecked(es, p.acceptEntryLocked(p.ring.ID, fillGaps), p.keyCapLocked())
 	var errs []error
 	if refused > 0 {
 		// Mostly a peer that lags behind an owner change; a forgery looks
@@ -899,7 +911,7 @@ func (p *IPAM) mergeStateLocked(m *message) error {
 	if m.RingID != p.ring.ID {
 		return p.mismatchErr(m.From, m.RingID, m.Seeds)
 	}
-	return p.mergeLocked(m.From, es)
+	return p.mergeLocked(m.From, es, p.takeStateAskedLocked(m.From))
 }
 
 // mergeDigestLocked takes a periodic push/pull's digest: equal rings are
@@ -930,8 +942,75 @@ func (p *IPAM) mergeDigestLocked(m *message) error {
 	}
 	p.digestAsked[m.From] = now
 	p.digestAsks++
-	p.sendLocked(m.From, &message{Type: msgGetState})
+	p.askStateLocked(m.From, now)
 	return nil
+}
+
+// askStateLocked asks peer `to` for its full ring and remembers it did:
+// the answer may fill the gaps of this peer's ring (acceptEntryLocked).
+func (p *IPAM) askStateLocked(to string, now time.Time) {
+	if p.stateAsked == nil || len(p.stateAsked) >= maxDigestAsked {
+		p.stateAsked = map[string]time.Time{}
+	}
+	p.stateAsked[to] = now
+	p.sendLocked(to, &message{Type: msgGetState})
+}
+
+// takeStateAskedLocked reports whether a full state from peer `from`
+// answers an ask of this peer's of the last stateAnswerWithin, and forgets
+// the ask: one ask, one answer trusted with the gaps.
+func (p *IPAM) takeStateAskedLocked(from string) bool {
+	at, ok := p.stateAsked[from]
+	if !ok {
+		return false
+	}
+	delete(p.stateAsked, from)
+	return p.now().Sub(at) <= stateAnswerWithin
+}
+
+// stateAnswerWithin: an answer later than this after the ask is not
+// trusted with gaps (it is merged as any state).
+const stateAnswerWithin = 10 * time.Second
+
+// gapAskInterval: a peer whose ring has a gap (a range whose key it
+// missed) asks a peer for the whole ring this often, so that a lost
+// broadcast is repaired within a few of these, not at the next push/pull.
+const gapAskInterval = 500 * time.Millisecond
+
+// askForGapLocked asks a peer for the full ring when this peer's ring has a
+// gap, at most once per gapAskInterval: first the owner of the key after the
+// gap (most often the donor who created the missing key: it keeps the
+// tail), then every alive peer in turn from a random one, so that a peer
+// that has the key is asked within as many asks as there are peers, even
+// when others missed the same key.
+func (p *IPAM) askForGapLocked(now time.Time) {
+	if p.ring == nil || p.left || now.Sub(p.lastGapAsk) < gapAskInterval {
+		return
+	}
+	after, gap := p.ring.firstGap()
+	if !gap {
+		p.gapRun = 0
+		return
+	}
+	peers := p.alivePeersLocked()
+	if len(peers) == 0 {
+		return
+	}
+	to := ""
+	if p.gapRun == 0 {
+		if after != "" && after != p.cfg.Name && p.cfg.Alive(after) {
+			to = after
+		}
+		p.gapFrom = p.rng.IntN(len(peers))
+	}
+	if to == "" {
+		to = peers[(p.gapFrom+p.gapRun)%len(peers)]
+	}
+	p.gapRun++
+	p.lastGapAsk = now
+	p.gapAsks++
+	p.log.Debug("the ring has a gap (a change this peer missed): asking a peer for the whole ring", "peer", to, "asks", p.gapAsks)
+	p.askStateLocked(to, now)
 }
 
 // maxDigestAsked bounds the per-peer memory of mergeDigestLocked's rate limit.
@@ -977,14 +1056,14 @@ func (p *IPAM) handleLocked(m *message) error {
 			// A ring exists somewhere: fetch all of it (rate-limited).
 			if now := p.now(); now.Sub(p.lastGet) >= time.Second/2 {
 				p.lastGet = now
-				p.sendLocked(m.From, &message{Type: msgGetState})
+				p.askStateLocked(m.From, now)
 			}
 			return nil
 		}
 		if m.RingID != p.ring.ID {
 			return p.mismatchErr(m.From, m.RingID, nil)
 		}
-		return p.mergeLocked(m.From, fromWire(m.Entries))
+		return p.mergeLocked(m.From, fromWire(m.Entries), false)
 	case msgGetState:
 		if p.ring != nil && !p.left {
 			p.sendLocked(m.From, p.stateMsgLocked())

@@ -168,7 +168,9 @@ func (r *ring) merge(remote []entry) (changed bool, conflicts []conflict) {
 
 // acceptFunc decides whether e may replace cur (exists) or, for a new key,
 // be added after prev (hasPrev): the owner-only-writes rule of auth.go.
-// prev and cur are the receiver's entries as they were before this merge.
+// cur is the receiver's entry as it was before this merge; prev is the key
+// before e as merged so far, or as it was before the merge (see
+// mergeChecked).
 type acceptFunc func(cur entry, exists bool, prev entry, hasPrev bool, e entry) bool
 
 // mergeChecked folds remote entries into r in one sorted pass, O(n+m): each
@@ -202,20 +204,27 @@ func (r *ring) mergeChecked(remote []entry, accept acceptFunc, maxKeys int) (cha
 	}
 	var adds []add
 	i := 0
-	var prev entry // the local entry before i, as it was before the merge
+	// The key before e: as merged so far (a key this batch replaced or
+	// added counts, as if the batch came one entry at a time), and as it
+	// was before the merge. A new key is accepted if either allows it:
+	// both are states the receiver could have been in. With only the old
+	// one, a full state filled one key of a chain of keys a peer missed
+	// per merge, and with only the new one, a batch that shortens a key
+	// and adds the key after it would depend on how the writer trimmed.
+	var prev, prevOld entry
+	hasPrev := false
 	var updated entry
 	updatedAt := -1
 	for k := range remote {
 		e := &remote[k]
 		for i < len(r.entries) && r.entries[i].Start < e.Start {
+			prev, prevOld = r.entries[i], r.entries[i]
 			if i == updatedAt {
-				prev = updated
-			} else {
-				prev = r.entries[i]
+				prevOld = updated
 			}
+			hasPrev = true
 			i++
 		}
-		hasPrev := i > 0
 		if i < len(r.entries) && r.entries[i].Start == e.Start {
 			cur := &r.entries[i]
 			if *cur == *e {
@@ -244,11 +253,13 @@ func (r *ring) mergeChecked(remote []entry, accept acceptFunc, maxKeys int) (cha
 			refused++
 			continue
 		}
-		if accept != nil && !accept(entry{}, false, prev, hasPrev, *e) {
+		if accept != nil && !accept(entry{}, false, prev, hasPrev, *e) &&
+			(prevOld == prev || !accept(entry{}, false, prevOld, hasPrev, *e)) {
 			refused++
 			continue
 		}
 		adds = append(adds, add{at: i, k: k})
+		prev, prevOld, hasPrev = *e, *e, true
 	}
 	if len(adds) == 0 {
 		return changed, conflicts, refused
@@ -325,6 +336,32 @@ func (r *ring) spans() []span {
 		out = append(out, span{Start: e.Start, End: end, Owner: e.Owner})
 	}
 	return out
+}
+
+// complete reports whether every address of the range has a known owner:
+// the keys, each up to its End or the next key, leave no gap. Every write
+// keeps an honest ring complete (a split writes both halves, a trim stops
+// at the next key), so a gap is a change this peer missed.
+func (r *ring) complete() bool {
+	_, gap := r.firstGap()
+	return !gap
+}
+
+// firstGap reports whether the ring has a gap and the owner of the key
+// right after the first one ("" when the gap runs to the end).
+func (r *ring) firstGap() (after string, gap bool) {
+	var next uint64
+	for i, e := range r.entries {
+		if e.Start > next {
+			return e.Owner, true
+		}
+		end := min(e.End, r.Size)
+		if i+1 < len(r.entries) {
+			end = min(end, r.entries[i+1].Start)
+		}
+		next = max(next, end)
+	}
+	return "", next < r.Size
 }
 
 // ownedBy returns the indexes of keys whose effective range belongs to name,
