@@ -27,6 +27,34 @@ func simAddr(i int) netip.AddrPort {
 	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 1, byte(i)}), 6783)
 }
 
+// startSimMember starts member i on an in-memory network, joining member
+// peer when peer > 0, and stops it when the test ends.
+func startSimMember(t *testing.T, net *meshtest.Network, i, peer int, timing Timing) *Mesh {
+	t.Helper()
+	tr, err := net.Listen(simAddr(i))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := New(Config{
+		Name: fmt.Sprintf("m%d", i), Bind: simAddr(i).Addr(), Port: int(simAddr(i).Port()),
+		Meta:   Meta{Protocol: ProtocolMax, DataPort: 6784, Version: "test"},
+		Timing: timing, Transport: tr, Logger: newTestLogger(&logSink{}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if peer > 0 {
+		if err := m.Connect([]string{simAddr(peer).String()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return m
+}
+
 // startSim starts members 1..n on an in-memory network, 2..n joining 1
 // (given before Run, which joins them at once), and waits until each sees
 // all.
@@ -34,28 +62,11 @@ func startSim(t *testing.T, net *meshtest.Network, n int, timing Timing) []*Mesh
 	t.Helper()
 	var ms []*Mesh
 	for i := 1; i <= n; i++ {
-		tr, err := net.Listen(simAddr(i))
-		if err != nil {
-			t.Fatal(err)
-		}
-		m, err := New(Config{
-			Name: fmt.Sprintf("m%d", i), Bind: simAddr(i).Addr(), Port: int(simAddr(i).Port()),
-			Meta:   Meta{Protocol: ProtocolMax, DataPort: 6784, Version: "test"},
-			Timing: timing, Transport: tr, Logger: newTestLogger(&logSink{}),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
+		peer := 0
 		if i > 1 {
-			if err := m.Connect([]string{simAddr(1).String()}); err != nil {
-				t.Fatal(err)
-			}
+			peer = 1
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { m.Run(ctx); close(done) }()
-		t.Cleanup(func() { cancel(); <-done })
-		ms = append(ms, m)
+		ms = append(ms, startSimMember(t, net, i, peer, timing))
 	}
 	for i, m := range ms {
 		waitFor(t, fmt.Sprintf("m%d to see %d", i+1, n), 10*time.Second, func() bool { return len(m.AliveNames()) == n })
@@ -147,30 +158,7 @@ func TestFollowUpsAfterJoin(t *testing.T) {
 	timing.PushPullInterval = time.Hour
 	timing.ProbeInterval = time.Hour
 	var net meshtest.Network
-	start := func(i int, peer int) *Mesh {
-		tr, err := net.Listen(simAddr(i))
-		if err != nil {
-			t.Fatal(err)
-		}
-		m, err := New(Config{
-			Name: fmt.Sprintf("m%d", i), Bind: simAddr(i).Addr(), Port: int(simAddr(i).Port()),
-			Meta:   Meta{Protocol: ProtocolMax, DataPort: 6784, Version: "test"},
-			Timing: timing, Transport: tr, Logger: newTestLogger(&logSink{}),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if peer > 0 {
-			if err := m.Connect([]string{simAddr(peer).String()}); err != nil {
-				t.Fatal(err)
-			}
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { m.Run(ctx); close(done) }()
-		t.Cleanup(func() { cancel(); <-done })
-		return m
-	}
+	start := func(i, peer int) *Mesh { return startSimMember(t, &net, i, peer, timing) }
 	m1 := start(1, 0)
 	m2 := start(2, 1)
 	waitFor(t, "m2 to join m1", 5*time.Second, func() bool { return len(m2.AliveNames()) == 2 })
