@@ -166,7 +166,9 @@ func measureReal(t *testing.T, n int) result {
 	r := result{Kind: "real", N: n}
 	// WEFT_SCALE_DIR keeps the agents' state and logs there (the default, a
 	// test temporary directory, goes with the test).
-	bed := testbed.Start(t, testbed.Options{Hosts: n, Prefix: "wsc", Dir: os.Getenv("WEFT_SCALE_DIR")})
+	bed := testbed.Start(t, testbed.Options{Hosts: n, Prefix: "wsc", Dir: os.Getenv("WEFT_SCALE_DIR"),
+		// 50 hosts on one kernel share its ARP table: see StaticNeighbours.
+		StaticNeighbours: true})
 	deadline := 60 * time.Second
 	launch := func(h *testbed.Host) error {
 		peer := bed.Hosts[0]
