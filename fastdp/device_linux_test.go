@@ -205,3 +205,31 @@ func TestEnsureAdoptRecreateRemove(t *testing.T) {
 		t.Fatalf("Remove of a bridge: %v", err)
 	}
 }
+
+// TestProberReadsRepliesOnly: the probe socket is not handed echo requests.
+// A probe of this host's own loopback address arrives as a request, then
+// the kernel's reply; the prober must see the reply and nothing else.
+func TestProberReadsRepliesOnly(t *testing.T) {
+	p := newPair(t)
+	lo := netip.MustParseAddr("127.0.0.1")
+	var pr *Prober
+	if err := netnstest.Do(p.a, func() (err error) { pr, err = NewProber(time.Second, nil); return err }); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go pr.Run(ctx)
+	deadline := time.Now().Add(5 * time.Second)
+	for pr.State(lo) != ProbeUp {
+		if time.Now().After(deadline) {
+			t.Fatalf("probe of %v is %v, want up", lo, pr.State(lo))
+		}
+		pr.Send(0, lo, []netip.Addr{lo})
+		time.Sleep(100 * time.Millisecond) // the probe's own pace, not synchronisation
+	}
+	// The request of each probe arrives before its reply, so once a reply
+	// was read every request sent before it would have been read too.
+	if n := pr.stray.Load(); n != 0 {
+		t.Errorf("the prober read %d messages that are not its replies (echo requests), want 0", n)
+	}
+}

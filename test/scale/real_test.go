@@ -1,9 +1,11 @@
 package scale_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"slices"
@@ -162,7 +164,11 @@ func seesDead(victims []string) func(*testbed.Host) error {
 // them as simulate does.
 func measureReal(t *testing.T, n int) result {
 	r := result{Kind: "real", N: n}
-	bed := testbed.Start(t, testbed.Options{Hosts: n, Prefix: "wsc"})
+	// WEFT_SCALE_DIR keeps the agents' state and logs there (the default, a
+	// test temporary directory, goes with the test).
+	bed := testbed.Start(t, testbed.Options{Hosts: n, Prefix: "wsc", Dir: os.Getenv("WEFT_SCALE_DIR"),
+		// 50 hosts on one kernel share its ARP table: see StaticNeighbours.
+		StaticNeighbours: true})
 	deadline := 60 * time.Second
 	launch := func(h *testbed.Host) error {
 		peer := bed.Hosts[0]
@@ -177,23 +183,38 @@ func measureReal(t *testing.T, n int) result {
 			t.Fatal(err)
 		}
 	}
-	if _, err := waitHosts(bed.Hosts, deadline, realFormed(n)); err != nil {
-		r.miss("no formation within %s (%v)", deadline, err)
+	if os.Getenv("WEFT_SCALE_TRACE") != "" {
+		stop := traceReal(t, bed.Hosts, start)
+		defer stop()
+	}
+	_, err := waitHosts(bed.Hosts, deadline, realFormed(n))
+	ctx := context.Background()
+	pids := make([]int, n)
+	// The CPU the agents spent until formation (or the deadline): a figure
+	// of the start's work that does not depend on the machine's load.
+	var formCPU time.Duration
+	for i, h := range bed.Hosts {
+		pid, perr := agentPid(ctx, h)
+		if perr != nil {
+			if err == nil {
+				t.Fatal(perr)
+			}
+			continue // an agent that exited: the note says so
+		}
+		pids[i] = pid
+		if s, serr := sampleProc(pid); serr == nil {
+			formCPU += s.cpu
+		}
+	}
+	r.FormCPU = formCPU / time.Duration(n)
+	if err != nil {
+		r.miss("no formation within %s (%v; %s CPU per agent)", deadline, err, r.FormCPU.Round(time.Millisecond))
 		logTails(t, bed.Hosts)
 		return r
 	}
 	r.Formation = time.Since(start)
-	t.Logf("%d real agents: formed in %s", n, r.Formation)
+	t.Logf("%d real agents: formed in %s, %s CPU per agent", n, r.Formation, r.FormCPU.Round(time.Millisecond))
 
-	ctx := context.Background()
-	pids := make([]int, n)
-	for i, h := range bed.Hosts {
-		pid, err := agentPid(ctx, h)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pids[i] = pid
-	}
 	time.Sleep(3 * time.Second) // let the burst of formation pass
 	before := make([]procSample, n)
 	for i, pid := range pids {
@@ -231,7 +252,6 @@ func measureReal(t *testing.T, n int) result {
 		go func() { defer wg.Done(); _ = v.Kill() }()
 	}
 	wg.Wait()
-	var err error
 	if r.Dead, err = waitHosts(rest, deadline, seesDead(names)); err != nil {
 		r.Dead = 0
 		r.miss("killed agents not all dead within %s (%v)", deadline, err)
@@ -265,4 +285,93 @@ func logTails(t *testing.T, hosts []*testbed.Host) {
 		lines := strings.Split(log, "\n")
 		t.Logf("---- last lines of %s ----\n%s", h.Name, strings.Join(lines[max(0, len(lines)-15):], "\n"))
 	}
+}
+
+// traceReal logs, every second until stop, how the real agents' start goes
+// (WEFT_SCALE_TRACE=1): the machine's load, the CPU the agents used, the
+// spread of their alive counts, and how often an agent declared a peer
+// unreachable (its log's "peer unreachable"), the flapping of issue 21.
+func traceReal(t *testing.T, hosts []*testbed.Host, start time.Time) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		pids := make([]int, len(hosts))
+		read := make([]int64, len(hosts)) // bytes of each log already counted
+		unreachable := 0
+		victims := map[string]int{}
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+			var cpu time.Duration
+			alive := make([]int, 0, len(hosts))
+			formed := 0
+			for i, h := range hosts {
+				if pids[i] == 0 {
+					pids[i], _ = agentPid(context.Background(), h)
+				}
+				if pids[i] != 0 {
+					if s, err := sampleProc(pids[i]); err == nil {
+						cpu += s.cpu
+					}
+				}
+				if st, err := statusOf(h); err == nil {
+					alive = append(alive, st.Alive)
+					if st.Alive == len(hosts) && st.Ready {
+						formed++
+					}
+				}
+				for _, line := range newLines(h.LogPath, &read[i]) {
+					if strings.Contains(line, `msg="peer unreachable"`) {
+						unreachable++
+						if _, rest, ok := strings.Cut(line, " peer="); ok {
+							name, _, _ := strings.Cut(rest, " ")
+							victims[name]++
+						}
+					}
+				}
+			}
+			slices.Sort(alive)
+			spread := "-"
+			if len(alive) > 0 {
+				spread = fmt.Sprintf("%d/%d/%d", alive[0], alive[len(alive)/2], alive[len(alive)-1])
+			}
+			var most []string
+			for name, c := range victims {
+				most = append(most, fmt.Sprintf("%s×%d", name, c))
+			}
+			slices.Sort(most)
+			t.Logf("trace t=%s load=%s agents' cpu=%s answering=%d formed=%d alive min/med/max=%s unreachable=%d %v",
+				time.Since(start).Round(100*time.Millisecond), loadAvg(), cpu.Round(10*time.Millisecond),
+				len(alive), formed, spread, unreachable, most)
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
+// newLines returns the whole lines of the file at path past *off, and moves
+// *off past them: logs grow by megabytes at debug level, and the trace must
+// not read them again every second.
+func newLines(path string, off *int64) []string {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.NewSectionReader(f, *off, 1<<40))
+	if err != nil {
+		return nil
+	}
+	end := bytes.LastIndexByte(b, '\n')
+	if end < 0 {
+		return nil
+	}
+	*off += int64(end + 1)
+	return strings.Split(string(b[:end]), "\n")
 }

@@ -33,10 +33,11 @@ type result struct {
 	Kind      string // "real" or "simulated"
 	N         int
 	Formation time.Duration
-	// FormCPU is the CPU time the process spent until formation, per agent,
-	// and FormBytes the gossip bytes each agent sent until then: figures of
-	// the work formation takes that do not depend on how loaded the
-	// machine is (simulated only).
+	// FormCPU is the CPU time spent until formation, per agent (the
+	// process's for simulated agents, each agent process's for real ones),
+	// and FormBytes the gossip bytes each agent sent until then (simulated
+	// only): figures of the work formation takes that do not depend on how
+	// loaded the machine is.
 	FormCPU   time.Duration
 	FormBytes float64
 	GossipIn  float64 // bytes/s per agent, packets and streams, steady state

@@ -40,7 +40,18 @@ type Options struct {
 	BinDir  string // holds weft and weft-cni (required)
 	Prefix  string // namespace name prefix, default "wtb"
 	Outside bool   // also create the outside-world namespace
-	Logf    func(format string, args ...any)
+	// StaticNeighbours gives every host a permanent neighbour entry (IP to
+	// MAC) for every other host's underlay address, so that nobody ARPs on
+	// the underlay. The kernel keeps one ARP table for all namespaces, and
+	// its dynamic entries are capped at net.ipv4.neigh.default.gc_thresh3
+	// (1,024 by default) for the whole machine: N hosts that all talk to
+	// each other need N×(N-1) entries, 2,450 at 50 hosts, and past the cap
+	// ("neighbor table overflow!") packets to unresolved neighbours are
+	// dropped, so hosts cannot reach each other. Permanent entries are
+	// exempt from that cap. A real host has its own table; use this for
+	// beds of more than about 20 hosts.
+	StaticNeighbours bool
+	Logf             func(format string, args ...any)
 }
 
 // Bed is a running test bed.
@@ -133,7 +144,51 @@ func New(ctx context.Context, opts Options) (b *Bed, err error) {
 			return nil, err
 		}
 	}
+	if opts.StaticNeighbours {
+		if err := b.staticNeighbours(ctx); err != nil {
+			return nil, err
+		}
+	}
 	return b, nil
+}
+
+// underlayMAC is the MAC address of the eth0 of the namespace at addr: a
+// locally administered one derived from the address, so that neighbours
+// can be written without asking.
+func underlayMAC(addr netip.Addr) string {
+	a := addr.As4()
+	return fmt.Sprintf("02:00:%02x:%02x:%02x:%02x", a[0], a[1], a[2], a[3])
+}
+
+// staticNeighbours writes, in every host's namespace (and the outside
+// world's), a permanent neighbour entry for every other one, one `ip
+// -batch` per namespace.
+func (b *Bed) staticNeighbours(ctx context.Context) error {
+	type end struct {
+		ns   string
+		addr netip.Addr
+	}
+	var ends []end
+	for _, h := range b.Hosts {
+		ends = append(ends, end{h.Netns, h.Addr})
+	}
+	if b.Outside != "" {
+		ends = append(ends, end{b.Outside, OutsideAddr})
+	}
+	for _, e := range ends {
+		var batch strings.Builder
+		for _, o := range ends {
+			if o.addr != e.addr {
+				fmt.Fprintf(&batch, "neigh replace %s lladdr %s dev eth0 nud permanent\n", o.addr, underlayMAC(o.addr))
+			}
+		}
+		cmd := exec.CommandContext(ctx, "ip", "-n", e.ns, "-batch", "-")
+		cmd.Stdin = strings.NewReader(batch.String())
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("static neighbours in %s: %w: %s", e.ns, err, bytes.TrimSpace(out))
+		}
+	}
+	return nil
 }
 
 // plug creates namespace ns with interface eth0 at addr, cabled to the
@@ -147,6 +202,7 @@ func (b *Bed) plug(ctx context.Context, ns, port string, addr netip.Addr) error 
 		{"ip", "-n", b.Underlay, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns},
 		{"ip", "-n", b.Underlay, "link", "set", port, "master", "br0", "up"},
 		{"ip", "-n", ns, "link", "set", "lo", "up"},
+		{"ip", "-n", ns, "link", "set", "eth0", "address", underlayMAC(addr)},
 		{"ip", "-n", ns, "addr", "add", cidr, "dev", "eth0"},
 		{"ip", "-n", ns, "link", "set", "eth0", "up"},
 	} {
