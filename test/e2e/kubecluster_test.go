@@ -123,25 +123,7 @@ func TestKubeClusterNetworkPolicy(t *testing.T) {
 	requireCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	dir, err := os.MkdirTemp("", "wkc-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
-	c, err := kubecluster.Start(ctx, kubecluster.Options{Dir: dir, Logger: log})
-	if err != nil {
-		os.RemoveAll(dir)
-		if errors.Is(err, kubecluster.ErrUnavailable) && os.Getenv("CI") != "true" {
-			t.Skipf("KUBERNETES CLUSTER TEST NOT RUN: %v", err)
-		}
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Errorf("teardown: %v", err)
-		}
-	})
-	s := &kubecluster.Scenario{C: c, Say: t.Logf, Show: func(title, text string) { t.Logf("%s\n%s", title, text) }}
+	c, s := startScenario(ctx, t)
 	if err := s.Install(ctx, &kubecluster.Results{}); err != nil {
 		t.Fatalf("%v\n%s", err, c.Diagnose())
 	}
