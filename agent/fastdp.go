@@ -27,12 +27,16 @@ const (
 	pairUserspace = "userspace"
 )
 
-// Timing of the fast path's control loop. A pair whose probes go
-// unanswered for probeTimeout falls back; with the loop's period that is
-// at most probeTimeout+2*fastdpTick after the path broke, inside 5 s.
+// Timing of the fast path's control loop. A peer that answers is probed
+// every probeSlowEvery rounds; one with a request unanswered (and a new
+// one) every round. A pair whose request goes unanswered for probeTimeout
+// falls back: at most probeSlowEvery*fastdpTick+probeTimeout+fastdpTick
+// (3.5 s) after the path broke, inside 5 s. Probing every peer every round
+// was 98 requests a second per agent at 50 agents (issue 21).
 const (
-	fastdpTick   = 500 * time.Millisecond
-	probeTimeout = 2500 * time.Millisecond
+	fastdpTick     = 500 * time.Millisecond
+	probeTimeout   = 2 * time.Second
+	probeSlowEvery = 3
 	// fullSyncEvery re-applies the desired state even when it did not
 	// change, so that entries removed by hand come back.
 	fullSyncEvery = 10 * time.Second
@@ -55,8 +59,13 @@ type fastPath struct {
 	mu        sync.Mutex
 	decisions map[string]fastdp.Decision
 	fallbacks map[string]uint64
-	lastWant  string
+	lastWant  fastdp.Desired
+	synced    bool // lastWant was applied; resync clears it
 	lastSync  time.Time
+	// ranges: every ring owner's prefixes, kept while the ring's owner
+	// generation stays rangesGen.
+	ranges    map[string][]netip.Prefix
+	rangesGen uint64
 }
 
 // startFastPath decides whether this host offers the fast path and, if so,
@@ -100,7 +109,8 @@ func (a *Agent) startFastPath() (*fastPath, error) {
 		return fail(fmt.Errorf("underlay MTU %d leaves less than 576 bytes inside VXLAN", underlayMTU))
 	}
 	fp.self.UnderlayMTU = underlayMTU
-	prober, err := fastdp.NewProber(probeTimeout, a.log.With("component", "fastdp"))
+	prober, err := fastdp.NewProber(fastdp.ProberConfig{Timeout: probeTimeout, SlowEvery: probeSlowEvery,
+		Logger: a.log.With("component", "fastdp")})
 	if err != nil {
 		return fail(err)
 	}
@@ -160,7 +170,7 @@ func (fp *fastPath) resync() {
 		return
 	}
 	fp.mu.Lock()
-	fp.lastWant = ""
+	fp.synced = false
 	fp.mu.Unlock()
 }
 
@@ -174,13 +184,10 @@ func (fp *fastPath) round(late bool) error {
 	}
 	members := a.mesh.Members()
 	known := map[string]bool{}
-	ranges := map[string][]netip.Prefix{}
-	owners := 0
-	for _, e := range a.ipam.Status().Entries {
-		if !e.Local {
-			ranges[e.Name] = e.Ranges
-			owners++
-		}
+	ranges := fp.ownerRanges()
+	owners := len(ranges)
+	if _, ok := ranges[a.cfg.Name]; ok {
+		owners--
 	}
 	views := make([]fastdp.PeerView, 0, len(members))
 	pending := false
@@ -214,9 +221,8 @@ func (fp *fastPath) round(late bool) error {
 	want.Prune = late || len(known) == owners
 	fp.record(decisions)
 
-	key := fmt.Sprint(want)
 	fp.mu.Lock()
-	due := key != fp.lastWant || time.Since(fp.lastSync) > fullSyncEvery
+	due := !fp.synced || !want.Equal(fp.lastWant) || time.Since(fp.lastSync) > fullSyncEvery
 	fp.mu.Unlock()
 	if due {
 		res, err := dev.Sync(want)
@@ -232,7 +238,7 @@ func (fp *fastPath) round(late bool) error {
 			a.log.Debug("kernel fast path synced", "added", res.Added, "removed", res.Removed)
 		}
 		fp.mu.Lock()
-		fp.lastWant, fp.lastSync = key, time.Now()
+		fp.lastWant, fp.synced, fp.lastSync = want, true, time.Now()
 		fp.mu.Unlock()
 	}
 	targets := make([]netip.Addr, 0, len(want.Peers))
@@ -241,6 +247,17 @@ func (fp *fastPath) round(late bool) error {
 	}
 	fp.prober.Send(dev.Index(), a.cfg.Host, targets)
 	return nil
+}
+
+// ownerRanges is every ring owner's prefixes (this host's among them),
+// worked out again only when ownership changed: at 50 peers and two rounds
+// a second, the ring's full status each round was a visible share of an
+// agent's CPU.
+func (fp *fastPath) ownerRanges() map[string][]netip.Prefix {
+	if gen := fp.a.ipam.OwnerGen(); gen != fp.rangesGen || fp.ranges == nil {
+		fp.rangesGen, fp.ranges = fp.a.ipam.OwnerPrefixes()
+	}
+	return fp.ranges
 }
 
 // record keeps the decisions for status and metrics, and logs and counts

@@ -116,7 +116,7 @@ func TestDeviceSyncProbeAndPrune(t *testing.T) {
 
 	// The probe: up while the path works, down once VXLAN is dropped at b.
 	var pr *Prober
-	if err := netnstest.Do(p.a, func() (err error) { pr, err = NewProber(time.Second, nil); return err }); err != nil {
+	if err := netnstest.Do(p.a, func() (err error) { pr, err = NewProber(ProberConfig{Timeout: time.Second, SlowEvery: 3}); return err }); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -213,7 +213,7 @@ func TestProberReadsRepliesOnly(t *testing.T) {
 	p := newPair(t)
 	lo := netip.MustParseAddr("127.0.0.1")
 	var pr *Prober
-	if err := netnstest.Do(p.a, func() (err error) { pr, err = NewProber(time.Second, nil); return err }); err != nil {
+	if err := netnstest.Do(p.a, func() (err error) { pr, err = NewProber(ProberConfig{Timeout: time.Second, SlowEvery: 3}); return err }); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

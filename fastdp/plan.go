@@ -73,6 +73,11 @@ type Desired struct {
 	Prune bool
 }
 
+// Equal reports whether d and o ask for the same kernel state.
+func (d Desired) Equal(o Desired) bool {
+	return d.Src == o.Src && d.Prune == o.Prune && slices.EqualFunc(d.Peers, o.Peers, PeerEntry.Equal)
+}
+
 // PeerEntry is one peer's neighbour and FDB entries and, on the fast path,
 // its routes. Every candidate gets the first two, so that it can be probed.
 type PeerEntry struct {
@@ -81,6 +86,12 @@ type PeerEntry struct {
 	MAC      net.HardwareAddr
 	MTU      int            // route MTU: the smaller underlay minus Overhead
 	Prefixes []netip.Prefix // routed through the device; empty off the fast path
+}
+
+// Equal reports whether e and o are the same entries.
+func (e PeerEntry) Equal(o PeerEntry) bool {
+	return e.Name == o.Name && e.Underlay == o.Underlay && e.MTU == o.MTU &&
+		slices.Equal(e.MAC, o.MAC) && slices.Equal(e.Prefixes, o.Prefixes)
 }
 
 // Reasons a pair is not on the fast path, as shown by `weft status connections`.

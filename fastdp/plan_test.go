@@ -180,3 +180,33 @@ func FuzzParseReply(f *testing.F) {
 		_ = n
 	})
 }
+
+// Equal tells apart every field Sync applies: the agent skips a Sync when
+// the desired state is Equal to the last one applied.
+func TestDesiredEqual(t *testing.T) {
+	base := func() Desired {
+		return Desired{Src: netip.MustParseAddr("10.32.0.1"), Peers: []PeerEntry{{
+			Name: "b", Underlay: netip.MustParseAddr("198.18.0.2"), MAC: MAC("b"), MTU: 1450, Prefixes: pfx("10.33.0.0/16"),
+		}}}
+	}
+	if !base().Equal(base()) {
+		t.Fatal("equal states differ")
+	}
+	for name, change := range map[string]func(*Desired){
+		"src":      func(d *Desired) { d.Src = netip.MustParseAddr("10.32.0.2") },
+		"prune":    func(d *Desired) { d.Prune = true },
+		"peer":     func(d *Desired) { d.Peers = append(d.Peers, d.Peers[0]) },
+		"name":     func(d *Desired) { d.Peers[0].Name = "c" },
+		"underlay": func(d *Desired) { d.Peers[0].Underlay = netip.MustParseAddr("198.18.0.3") },
+		"mac":      func(d *Desired) { d.Peers[0].MAC = MAC("c") },
+		"mtu":      func(d *Desired) { d.Peers[0].MTU = 1400 },
+		"prefixes": func(d *Desired) { d.Peers[0].Prefixes = pfx("10.33.0.0/17") },
+		"no route": func(d *Desired) { d.Peers[0].Prefixes = nil },
+	} {
+		d := base()
+		change(&d)
+		if d.Equal(base()) || base().Equal(d) {
+			t.Errorf("a change of %s is not seen", name)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
 	"net/netip"
 	"sync"
@@ -42,32 +43,56 @@ const (
 )
 
 // Prober sends the probes and tracks the answers.
+//
+// How often a peer is probed adapts (issue 21: at 50 peers, a probe of
+// every peer each round was most of an idle agent's CPU): a peer is probed
+// at every Send until it first answers, and again at every Send while a
+// request of its is unanswered (in doubt); a peer whose last request was
+// answered is probed only every ProberConfig.SlowEvery Sends. A peer is
+// down once a request has gone unanswered for the timeout, so a broken path
+// is found within SlowEvery rounds plus the timeout.
 type Prober struct {
-	conn    *icmp.PacketConn
-	pc      *ipv4.PacketConn
-	id      int
-	timeout time.Duration
-	log     *slog.Logger
-	now     func() time.Time
+	conn      *icmp.PacketConn
+	id        int
+	timeout   time.Duration
+	slowEvery int
+	log       *slog.Logger
+	now       func() time.Time
+	// write sends one request; the socket's, or a test's.
+	write func(msg []byte, ifIndex int, src, dst netip.Addr) error
 
-	// stray counts messages read that are not a reply to this prober.
-	stray atomic.Uint64
+	// stray counts messages read that are not a reply to this prober;
+	// sent counts requests sent.
+	stray, sent atomic.Uint64
 
 	mu    sync.Mutex
 	seq   int
+	round uint64
+	rng   *mrand.ChaCha8 // nonces: unpredictable, without a system call each
 	peers map[netip.Addr]*probePeer
 }
 
 type probePeer struct {
 	firstSent time.Time // first request since the last answer, zero if none pending
 	lastReply time.Time
+	idle      int    // Sends since the last request to this peer
+	round     uint64 // the last Send that listed this peer
 	nonces    [probeNonces]uint64
 	next      int
 }
 
-// NewProber opens a raw ICMP socket (root or CAP_NET_RAW). A peer counts as
-// down when no request was answered for timeout.
-func NewProber(timeout time.Duration, log *slog.Logger) (*Prober, error) {
+// ProberConfig tunes a Prober.
+type ProberConfig struct {
+	// Timeout: a peer is down when a request went unanswered this long.
+	Timeout time.Duration
+	// SlowEvery: a peer that answered its last request is probed on every
+	// SlowEvery-th Send only; 0 or 1 probes every peer at every Send.
+	SlowEvery int
+	Logger    *slog.Logger
+}
+
+// NewProber opens a raw ICMP socket (root or CAP_NET_RAW).
+func NewProber(cfg ProberConfig) (*Prober, error) {
 	conn, err := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
 	if err != nil {
 		return nil, fmt.Errorf("fastdp: probe socket: %w", err)
@@ -84,66 +109,104 @@ func NewProber(timeout time.Duration, log *slog.Logger) (*Prober, error) {
 		conn.Close()
 		return nil, fmt.Errorf("fastdp: probe socket filter: %w", err)
 	}
-	var id [2]byte
-	_, _ = rand.Read(id[:])
+	p := newProber(cfg)
+	p.conn = conn
+	pc := conn.IPv4PacketConn()
+	p.write = func(msg []byte, ifIndex int, src, dst netip.Addr) error {
+		cm := &ipv4.ControlMessage{IfIndex: ifIndex, Src: net.IP(src.AsSlice())}
+		_, err := pc.WriteTo(msg, cm, &net.IPAddr{IP: net.IP(dst.AsSlice())})
+		return err
+	}
+	return p, nil
+}
+
+// newProber is a Prober without its socket (write and conn unset).
+func newProber(cfg ProberConfig) *Prober {
+	var seed [32]byte
+	_, _ = rand.Read(seed[:])
 	return &Prober{
-		conn: conn, pc: conn.IPv4PacketConn(), id: int(binary.BigEndian.Uint16(id[:])),
-		timeout: timeout, log: logx.OrDiscard(log), now: time.Now, peers: map[netip.Addr]*probePeer{},
-	}, nil
+		id: int(binary.BigEndian.Uint16(seed[:2])), timeout: cfg.Timeout, slowEvery: max(cfg.SlowEvery, 1),
+		log: logx.OrDiscard(cfg.Logger), now: time.Now, rng: mrand.NewChaCha8(seed), peers: map[netip.Addr]*probePeer{},
+	}
 }
 
 // Close closes the socket; Run then returns.
 func (p *Prober) Close() error { return p.conn.Close() }
 
-// Send sends one request to each target out through the device with index
-// ifIndex, from src (this host's underlay address), and forgets peers not
-// among targets.
+// Sent is the number of requests sent so far.
+func (p *Prober) Sent() uint64 { return p.sent.Load() }
+
+// Send sends a request to each target that is due (see Prober) out through
+// the device with index ifIndex, from src (this host's underlay address),
+// and forgets peers not among targets.
 func (p *Prober) Send(ifIndex int, src netip.Addr, targets []netip.Addr) {
 	now := p.now()
 	p.mu.Lock()
-	keep := make(map[netip.Addr]bool, len(targets))
-	type out struct {
-		dst netip.Addr
-		msg []byte
-	}
-	var msgs []out
+	p.round++
+	var dsts []netip.Addr
+	var buf []byte // the requests, one after the other
 	for _, t := range targets {
-		keep[t] = true
 		pp := p.peers[t]
 		if pp == nil {
 			pp = &probePeer{}
 			p.peers[t] = pp
 		}
-		var nb [8]byte
-		_, _ = rand.Read(nb[:])
-		nonce := binary.BigEndian.Uint64(nb[:])
-		pp.nonces[pp.next%probeNonces] = nonce
-		pp.next++
-		if pp.firstSent.IsZero() {
-			pp.firstSent = now
+		pp.round = p.round
+		pp.idle++
+		if !pp.firstSent.IsZero() || pp.lastReply.IsZero() || pp.idle >= p.slowEvery {
+			nonce := p.rng.Uint64() | 1 // never 0, which marks an empty slot
+			pp.nonces[pp.next%probeNonces] = nonce
+			pp.next++
+			pp.idle = 0
+			if pp.firstSent.IsZero() {
+				pp.firstSent = now
+			}
+			p.seq++
+			buf = appendEcho(buf, p.id, p.seq&0xffff, nonce)
+			dsts = append(dsts, t)
 		}
-		p.seq++
-		body := append(append(make([]byte, 0, probeLen), probeMagic...), nb[:]...)
-		msg, err := (&icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: p.id, Seq: p.seq & 0xffff, Data: body}}).Marshal(nil)
-		if err != nil {
-			continue
-		}
-		msgs = append(msgs, out{t, msg})
 	}
-	for a := range p.peers {
-		if !keep[a] {
+	for a, pp := range p.peers {
+		if pp.round != p.round {
 			delete(p.peers, a)
 		}
 	}
 	p.mu.Unlock()
-	cm := &ipv4.ControlMessage{IfIndex: ifIndex, Src: net.IP(src.AsSlice())}
-	for _, m := range msgs {
-		if _, err := p.pc.WriteTo(m.msg, cm, &net.IPAddr{IP: net.IP(m.dst.AsSlice())}); err != nil {
+	const size = 8 + probeLen
+	for i, dst := range dsts {
+		p.sent.Add(1)
+		if err := p.write(buf[i*size:(i+1)*size], ifIndex, src, dst); err != nil {
 			// ENETUNREACH and friends: the device is down or gone; the
 			// peer's state shows it after the timeout.
-			p.log.Debug("fastdp probe not sent", "peer", m.dst, "err", err)
+			p.log.Debug("fastdp probe not sent", "peer", dst, "err", err)
 		}
 	}
+}
+
+// appendEcho appends an ICMP echo request of id and seq carrying nonce.
+func appendEcho(b []byte, id, seq int, nonce uint64) []byte {
+	n := len(b)
+	b = append(b, byte(ipv4.ICMPTypeEcho), 0, 0, 0, byte(id>>8), byte(id), byte(seq>>8), byte(seq))
+	b = append(b, probeMagic...)
+	b = binary.BigEndian.AppendUint64(b, nonce)
+	sum := checksum(b[n:])
+	b[n+2], b[n+3] = byte(sum>>8), byte(sum)
+	return b
+}
+
+// checksum is the Internet checksum (RFC 1071) of b.
+func checksum(b []byte) uint16 {
+	var s uint32
+	for ; len(b) >= 2; b = b[2:] {
+		s += uint32(b[0])<<8 | uint32(b[1])
+	}
+	if len(b) == 1 {
+		s += uint32(b[0]) << 8
+	}
+	for s>>16 != 0 {
+		s = s&0xffff + s>>16
+	}
+	return ^uint16(s)
 }
 
 // Run reads answers until ctx is done or the socket is closed.
@@ -195,20 +258,18 @@ func (p *Prober) answer(from netip.Addr, b []byte) {
 }
 
 // parseReply returns the nonce of an echo reply to a request of id, or false
-// for anything else.
+// for anything else. By hand: a reply is read per answered probe, and the
+// generic ICMP parser allocates for each.
 func parseReply(b []byte, id int) (uint64, bool) {
-	m, err := icmp.ParseMessage(1, b)
-	if err != nil || m.Type != ipv4.ICMPTypeEchoReply {
+	if len(b) != 8+probeLen || b[0] != byte(ipv4.ICMPTypeEchoReply) || int(binary.BigEndian.Uint16(b[4:6])) != id ||
+		!bytes.HasPrefix(b[8:], probeMagic) {
 		return 0, false
 	}
-	e, ok := m.Body.(*icmp.Echo)
-	if !ok || e.ID != id || len(e.Data) != probeLen || !bytes.HasPrefix(e.Data, probeMagic) {
-		return 0, false
-	}
-	return binary.BigEndian.Uint64(e.Data[len(probeMagic):]), true
+	return binary.BigEndian.Uint64(b[8+len(probeMagic):]), true
 }
 
-// State is what the probes say of the peer at addr now.
+// State is what the probes say of the peer at addr now: down once a request
+// went unanswered for the timeout, else up once it answered, else pending.
 func (p *Prober) State(addr netip.Addr) ProbeState {
 	now := p.now()
 	p.mu.Lock()
@@ -217,10 +278,10 @@ func (p *Prober) State(addr netip.Addr) ProbeState {
 	switch {
 	case pp == nil:
 		return ProbePending
-	case !pp.lastReply.IsZero() && now.Sub(pp.lastReply) < p.timeout:
+	case !pp.firstSent.IsZero() && now.Sub(pp.firstSent) >= p.timeout:
+		return ProbeDown
+	case !pp.lastReply.IsZero():
 		return ProbeUp
-	case pp.lastReply.IsZero() && now.Sub(pp.firstSent) < p.timeout:
-		return ProbePending // never answered, not yet given up
 	}
-	return ProbeDown
+	return ProbePending // never answered, not yet given up
 }

@@ -161,5 +161,21 @@ func (p *IPAM) OwnedPrefixes() []netip.Prefix {
 	return out
 }
 
+// OwnerPrefixes is every owner's ranges as the fewest CIDR prefixes, with
+// the generation of the snapshot they come from (see OwnerGen): the fast
+// path routes each peer's prefixes, and keeps them until the generation
+// changes instead of working them out at every round.
+func (p *IPAM) OwnerPrefixes() (gen uint64, prefixes map[string][]netip.Prefix) {
+	t := p.owners.Load()
+	if t == nil {
+		return 0, nil
+	}
+	prefixes = map[string][]netip.Prefix{}
+	for i, o := range t.owners {
+		prefixes[o] = cidrCover(prefixes[o], t.prefix, t.starts[i], t.ends[i])
+	}
+	return t.gen, prefixes
+}
+
 // Changes signals (coalesced) that ownership changed: routes need a refresh.
 func (p *IPAM) Changes() <-chan struct{} { return p.changes }
