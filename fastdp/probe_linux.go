@@ -48,14 +48,17 @@ const (
 // every peer each round was most of an idle agent's CPU): a peer is probed
 // at every Send until it first answers, and again at every Send while a
 // request of its is unanswered (in doubt); a peer whose last request was
-// answered is probed only every ProberConfig.SlowEvery Sends. A peer is
-// down once a request has gone unanswered for the timeout, so a broken path
-// is found within SlowEvery rounds plus the timeout.
+// answered is probed only every ProberConfig.SlowEvery Sends, or less often
+// when the peers are many (at most about ProberConfig.PerSend answered
+// peers per Send, spread over the Sends). A peer is down once a request has
+// gone unanswered for the timeout, so a broken path is found within that
+// period plus the timeout.
 type Prober struct {
 	conn      *icmp.PacketConn
 	id        int
 	timeout   time.Duration
 	slowEvery int
+	perSend   int
 	log       *slog.Logger
 	now       func() time.Time
 	// write sends one request; the socket's, or a test's.
@@ -88,6 +91,10 @@ type ProberConfig struct {
 	// SlowEvery: a peer that answered its last request is probed on every
 	// SlowEvery-th Send only; 0 or 1 probes every peer at every Send.
 	SlowEvery int
+	// PerSend bounds the answered peers probed per Send: with more than
+	// SlowEvery*PerSend peers, each is probed every ceil(peers/PerSend)
+	// Sends. 0: no bound.
+	PerSend int
 	Logger    *slog.Logger
 }
 
@@ -125,7 +132,7 @@ func newProber(cfg ProberConfig) *Prober {
 	var seed [32]byte
 	_, _ = rand.Read(seed[:])
 	return &Prober{
-		id: int(binary.BigEndian.Uint16(seed[:2])), timeout: cfg.Timeout, slowEvery: max(cfg.SlowEvery, 1),
+		id: int(binary.BigEndian.Uint16(seed[:2])), timeout: cfg.Timeout, slowEvery: max(cfg.SlowEvery, 1), perSend: cfg.PerSend,
 		log: logx.OrDiscard(cfg.Logger), now: time.Now, rng: mrand.NewChaCha8(seed), peers: map[netip.Addr]*probePeer{},
 	}
 }
@@ -143,6 +150,10 @@ func (p *Prober) Send(ifIndex int, src netip.Addr, targets []netip.Addr) {
 	now := p.now()
 	p.mu.Lock()
 	p.round++
+	every := p.slowEvery
+	if p.perSend > 0 {
+		every = max(every, (len(targets)+p.perSend-1)/p.perSend)
+	}
 	var dsts []netip.Addr
 	var buf []byte // the requests, one after the other
 	for _, t := range targets {
@@ -153,11 +164,17 @@ func (p *Prober) Send(ifIndex int, src netip.Addr, targets []netip.Addr) {
 		}
 		pp.round = p.round
 		pp.idle++
-		if !pp.firstSent.IsZero() || pp.lastReply.IsZero() || pp.idle >= p.slowEvery {
+		if !pp.firstSent.IsZero() || pp.lastReply.IsZero() || pp.idle >= every {
 			nonce := p.rng.Uint64() | 1 // never 0, which marks an empty slot
 			pp.nonces[pp.next%probeNonces] = nonce
 			pp.next++
 			pp.idle = 0
+			if pp.lastReply.IsZero() {
+				// First contact: once it answers, its slow probes come
+				// at a phase of their own, not in step with every peer
+				// that answered the same round.
+				pp.idle = -int(p.rng.Uint64() % uint64(every))
+			}
 			if pp.firstSent.IsZero() {
 				pp.firstSent = now
 			}

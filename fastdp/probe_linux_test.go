@@ -96,11 +96,12 @@ func TestProberFastOnFirstContactAndDoubt(t *testing.T) {
 		t.Fatalf("after an answer: %v, want up", st)
 	}
 	before := f.sent[a]
-	for range 6 {
+	for range 12 {
 		f.round([]netip.Addr{a}, tick)
 	}
-	if d := f.sent[a] - before; d != 2 {
-		t.Fatalf("%d requests in 6 rounds to a peer that answers, want 2", d)
+	// Every third round, the first one up to two rounds later (its phase).
+	if d := f.sent[a] - before; d < 3 || d > 4 {
+		t.Fatalf("%d requests in 12 rounds to a peer that answers, want 3 or 4", d)
 	}
 
 	// The path breaks: the next slow probe goes unanswered, and from then
@@ -109,7 +110,7 @@ func TestProberFastOnFirstContactAndDoubt(t *testing.T) {
 	broke := f.now
 	before = f.sent[a]
 	for f.p.State(a) != ProbeDown {
-		if f.now.Sub(broke) > 3*tick+2*time.Second {
+		if f.now.Sub(broke) > 3*tick+2*time.Second+tick {
 			t.Fatalf("not down %v after the path broke, want within SlowEvery rounds and the timeout", f.now.Sub(broke))
 		}
 		f.round([]netip.Addr{a}, tick)
@@ -133,6 +134,33 @@ func TestProberFastOnFirstContactAndDoubt(t *testing.T) {
 	f.round([]netip.Addr{a}, tick) // in doubt: asked again, answered
 	if st := f.p.State(a); st != ProbeUp {
 		t.Fatalf("after one lost request: %v, want up", st)
+	}
+}
+
+// Many peers: at most about PerSend answered peers are probed per round,
+// spread over the rounds rather than all in the same one.
+func TestProberBoundsRequestsPerRound(t *testing.T) {
+	const tick = 500 * time.Millisecond
+	peers := peersN(49)
+	f := newFakeProbes(ProberConfig{Timeout: 2 * time.Second, SlowEvery: 3, PerSend: 10})
+	f.round(peers, tick) // first contact: all of them
+	most := 0
+	for range 120 {
+		before := f.p.Sent()
+		f.round(peers, tick)
+		most = max(most, int(f.p.Sent()-before))
+	}
+	// Each peer every ceil(49/10) = 5 rounds: 49*120/5 = 1,176 requests.
+	if got := f.p.Sent() - 49; got > 1176+49 {
+		t.Fatalf("%d requests in 120 rounds to 49 answering peers, want at most %d (each every 5th round)", got, 1176+49)
+	}
+	if most > 25 {
+		t.Fatalf("%d requests in one round, want the peers spread over the rounds (about 10 a round)", most)
+	}
+	for _, a := range peers {
+		if st := f.p.State(a); st != ProbeUp {
+			t.Fatalf("peer %v is %v, want up", a, st)
+		}
 	}
 }
 
