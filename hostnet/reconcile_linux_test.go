@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
+	"github.com/weftnet/weft/internal/nlconv"
 	"github.com/weftnet/weft/internal/roottest"
 	"github.com/weftnet/weft/test/cnitest"
 )
@@ -247,5 +249,69 @@ func TestWatchSignalsTableChanges(t *testing.T) {
 	case <-ch:
 	case <-time.After(5 * time.Second):
 		t.Fatal("no signal within 5 s of nft flush table ip weft")
+	}
+}
+
+// Watch does not signal weft's own writes: a route of weft's protocol
+// added by the agent, and the host filter's set updated by this process
+// (before, each was a signal, then a check of the whole host and a resync
+// of the fast path, at every membership change: issue 21). The same
+// changes made by another process, and a deletion of a weft route, are
+// signalled.
+func TestWatchIgnoresOwnWrites(t *testing.T) {
+	roottest.Require(t)
+	name, ns := newNetns(t, "")
+	run(t, "ip", "-n", name, "link", "add", "d0", "type", "bridge")
+	run(t, "ip", "-n", name, "link", "set", "d0", "up")
+	var h *Host
+	in(t, ns, func() (err error) { h, err = Setup(testConfig()); return err })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stats := &watchStats{}
+	in(t, ns, func() (err error) { _, err = watch(ctx, nil, stats); return err })
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: own %d, signalled %d", what, stats.own.Load(), stats.signalled.Load())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+
+	// Own writes: a route of weft's protocol, and the filter's peers.
+	in(t, ns, func() error {
+		link, err := netlink.LinkByName("d0")
+		if err != nil {
+			return err
+		}
+		return netlink.RouteReplace(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: nlconv.IPNet(netip.MustParsePrefix("10.40.0.0/16")),
+			Protocol: RouteProtocol, Scope: netlink.SCOPE_LINK})
+	})
+	in(t, ns, func() error { return h.SetPeers([]netip.Addr{netip.MustParseAddr("198.18.0.9")}, nil) })
+	waitFor("both own writes seen", func() bool { return stats.own.Load() >= 2 })
+	if n := stats.signalled.Load(); n != 0 {
+		t.Fatalf("own writes gave %d signals, want none", n)
+	}
+
+	// Another process's writes, and the deletion of a weft route, signal.
+	run(t, "ip", "netns", "exec", name, "nft", "add", "element", "ip", "weft", "peers", "{ 198.18.0.10 }")
+	waitFor("another process's nftables change", func() bool { return stats.signalled.Load() >= 1 })
+	run(t, "ip", "-n", name, "route", "del", "10.40.0.0/16", "dev", "d0")
+	waitFor("a weft route deleted", func() bool { return stats.signalled.Load() >= 2 })
+}
+
+// ownRoute: additions of weft's protocol only.
+func TestOwnRoute(t *testing.T) {
+	for _, c := range []struct {
+		typ   uint16
+		proto netlink.RouteProtocol
+		own   bool
+	}{{unix.RTM_NEWROUTE, RouteProtocol, true}, {unix.RTM_DELROUTE, RouteProtocol, false}, {unix.RTM_NEWROUTE, unix.RTPROT_BOOT, false}} {
+		u := netlink.RouteUpdate{Type: c.typ, Route: netlink.Route{Protocol: c.proto}}
+		if got := ownRoute(u); got != c.own {
+			t.Errorf("type %d proto %d: own %v, want %v", c.typ, c.proto, got, c.own)
+		}
 	}
 }

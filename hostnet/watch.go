@@ -4,9 +4,13 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"strconv"
+	"sync/atomic"
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/internal/logx"
 )
@@ -18,10 +22,29 @@ import (
 // after each signal misses nothing. An error of a subscription (the
 // kernel's buffer overran, say) is signalled too, since changes may have
 // been lost with it.
+//
+// weft's own writes are not signalled: a route weft added (its protocol)
+// and an nftables transaction of this process change nothing a check
+// would repair, and with 50 peers they were a check and a fast-path resync
+// at every membership change and every fast-path sync (issue 21). Routes
+// weft loses (deletions) are signalled whoever deletes them.
 func Watch(ctx context.Context, log *slog.Logger) (<-chan struct{}, error) {
+	return watch(ctx, log, nil)
+}
+
+// watchStats counts what watch did, for tests.
+type watchStats struct {
+	own, signalled atomic.Uint64
+}
+
+func watch(ctx context.Context, log *slog.Logger, stats *watchStats) (<-chan struct{}, error) {
 	log = logx.OrDiscard(log)
+	if stats == nil {
+		stats = &watchStats{}
+	}
 	out := make(chan struct{}, 1)
 	signal := func() {
+		stats.signalled.Add(1)
 		select {
 		case out <- struct{}{}:
 		default:
@@ -47,7 +70,7 @@ func Watch(ctx context.Context, log *slog.Logger) (<-chan struct{}, error) {
 		close(done)
 		return nil, fmt.Errorf("hostnet: subscribe to route changes: %w", err)
 	}
-	nft, err := watchTable(ctx, signal, log)
+	nft, err := watchTable(ctx, signal, stats, log)
 	if err != nil {
 		close(done)
 		return nil, err
@@ -66,9 +89,12 @@ func Watch(ctx context.Context, log *slog.Logger) (<-chan struct{}, error) {
 				if !ok {
 					addrs = nil
 				}
-			case _, ok := <-routes:
+			case u, ok := <-routes:
 				if !ok {
 					routes = nil
+				} else if ownRoute(u) {
+					stats.own.Add(1)
+					continue
 				}
 			case <-nft:
 				// watchTable signals by itself; this only ends with it.
@@ -84,7 +110,7 @@ func Watch(ctx context.Context, log *slog.Logger) (<-chan struct{}, error) {
 // watchTable calls signal after every nftables transaction that touched
 // table ip weft (`nft flush table ip weft`, say, which makes no link,
 // address or route event). The returned channel closes when the watch ends.
-func watchTable(ctx context.Context, signal func(), log *slog.Logger) (<-chan struct{}, error) {
+func watchTable(ctx context.Context, signal func(), stats *watchStats, log *slog.Logger) (<-chan struct{}, error) {
 	conn, err := nftables.New()
 	if err != nil {
 		return nil, fmt.Errorf("hostnet: nftables: %w", err)
@@ -100,6 +126,10 @@ func watchTable(ctx context.Context, signal func(), log *slog.Logger) (<-chan st
 		defer close(ended)
 		defer stop()
 		for gen := range gens { // closed by mon.Close or a receive error
+			if ownGeneration(gen) {
+				stats.own.Add(1)
+				continue
+			}
 			for _, ev := range gen.Changes {
 				if ev.Type == nftables.MonitorEventTypeOOB {
 					log.Debug("nftables watch", "err", ev.Error)
@@ -111,6 +141,34 @@ func watchTable(ctx context.Context, signal func(), log *slog.Logger) (<-chan st
 		}
 	}()
 	return ended, nil
+}
+
+// ownRoute reports whether u is a route weft added or replaced: one of its
+// protocol that is not a deletion.
+func ownRoute(u netlink.RouteUpdate) bool {
+	return u.Type == unix.RTM_NEWROUTE && u.Route.Protocol == RouteProtocol
+}
+
+// ownGeneration reports whether an nftables transaction came from this
+// process. The kernel names the thread that committed it (its id in the
+// initial PID namespace); a thread of this process is in /proc/self/task.
+// In a PID namespace of its own the id is not found there, and every
+// transaction counts as foreign, as before. Errors (OOB) are never own.
+func ownGeneration(gen *nftables.MonitorEvents) bool {
+	if gen == nil || gen.GeneratedBy == nil {
+		return false
+	}
+	g, ok := gen.GeneratedBy.Data.(*nftables.GenMsg)
+	if !ok || g == nil || g.ProcPID == 0 {
+		return false
+	}
+	for _, ev := range gen.Changes {
+		if ev.Type == nftables.MonitorEventTypeOOB {
+			return false
+		}
+	}
+	_, err := os.Stat("/proc/self/task/" + strconv.FormatUint(uint64(g.ProcPID), 10))
+	return err == nil
 }
 
 // touchesTable reports whether an nftables event may concern table ip weft:
