@@ -51,7 +51,9 @@ func (a *Agent) keepHost(ctx context.Context) {
 	tick, stop := a.dev.NewTicker(ReconcileInterval)
 	defer stop()
 	u := a.newUnderlayWatch()
+	var pace checkPacer
 	check := func() {
+		pace.checked(time.Now())
 		a.reconcileHost()
 		a.fp.resync() // the fast path's routes and neighbours, within a round
 		u.follow(ctx)
@@ -71,7 +73,7 @@ func (a *Agent) keepHost(ctx context.Context) {
 			// its addresses and routes with it; a pod's ADD makes a veth,
 			// addresses and routes): look once the burst is over.
 			if settle == nil {
-				settle = time.After(eventSettle)
+				settle = time.After(pace.wait(time.Now()))
 			}
 		case <-settle:
 			settle = nil
@@ -83,8 +85,28 @@ func (a *Agent) keepHost(ctx context.Context) {
 }
 
 // eventSettle is how long the reconcile loop lets a burst of netlink events
-// settle before it looks at the host.
-const eventSettle = 50 * time.Millisecond
+// settle before it looks at the host; eventCheckGap the least time between
+// two checks on events. Pods coming and going, peers joining and fast-path
+// routes moving make events for seconds on end while a mesh forms: one
+// check (a dozen netlink dumps, and a fast-path resync after it) every
+// 50 ms of them was a tenth of a starting agent's CPU at 50 agents
+// (issue 21). A repair waits at most eventCheckGap.
+const (
+	eventSettle   = 50 * time.Millisecond
+	eventCheckGap = time.Second
+)
+
+// checkPacer spaces the checks the reconcile loop makes on events.
+type checkPacer struct{ last time.Time }
+
+// wait is how long after an event at now its check should come: once the
+// burst settled, and not within eventCheckGap of the last check.
+func (p *checkPacer) wait(now time.Time) time.Duration {
+	return max(eventSettle, eventCheckGap-now.Sub(p.last))
+}
+
+// checked records a check at now.
+func (p *checkPacer) checked(now time.Time) { p.last = now }
 
 // reconcileHost repairs the host network once. A failed repair makes this
 // host not ready (CNI ADD answers "try again") until a later one succeeds;
