@@ -111,6 +111,11 @@ type Host struct {
 	overlay   bool              // RouteOverlay succeeded: the TUN and its route must exist
 	tuned     map[string]string // sysctls set (or found set): path -> value
 	bridgeMAC net.HardwareAddr  // last seen; a re-created bridge gets it back
+	// tableGen: the nftables generation when a check last found table ip
+	// weft whole (tableGenOK); tableReads counts the checks that read it.
+	tableGen   uint32
+	tableGenOK bool
+	tableReads int
 }
 
 // Setup brings the host network to the state cfg describes: bridge up with

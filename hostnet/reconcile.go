@@ -341,7 +341,25 @@ func nftRules(cfg Config) map[string]int {
 // checkTable compares table ip weft with what installTable makes: its
 // chains with their number of rules, and the filter's sets with their
 // elements. (An operator's `nft flush table ip weft` empties the chains.)
-func (h *Host) checkTable(add addFault) error {
+func (h *Host) checkTable(add addFault) (err error) {
+	// The generation before the reads: a transaction during them moves it,
+	// and the next check reads again.
+	gen, genErr := nftGeneration()
+	if genErr == nil && h.tableGenOK && gen == h.tableGen {
+		return nil // no transaction since the table was found whole
+	}
+	h.tableGenOK = false
+	h.tableReads++
+	n, inner := 0, add // faults found in the table
+	add = func(p Part, format string, args ...any) {
+		n++
+		inner(p, format, args...)
+	}
+	defer func() {
+		if n == 0 && err == nil && genErr == nil {
+			h.tableGen, h.tableGenOK = gen, true
+		}
+	}()
 	conn, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("hostnet: nftables: %w", err)

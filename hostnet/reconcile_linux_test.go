@@ -315,3 +315,55 @@ func TestOwnRoute(t *testing.T) {
 		}
 	}
 }
+
+// A check reads table ip weft only when an nftables transaction happened
+// since the last check found it whole (before: every check, a dozen dumps,
+// every 10 s and on every event: issue 21); a change by anyone is still
+// found.
+func TestCheckReadsTableOnlyAfterTransactions(t *testing.T) {
+	b := newReconcileBed(t) // it checked once
+	reads := func() int { b.h.mu.Lock(); defer b.h.mu.Unlock(); return b.h.tableReads }
+	before := reads()
+	for range 3 {
+		if faults := b.check(); len(faults) != 0 {
+			t.Fatalf("faults on a healthy host: %v", faults)
+		}
+	}
+	if d := reads() - before; d != 0 {
+		t.Fatalf("3 checks without a transaction read the table %d times, want 0", d)
+	}
+	// A transaction in another table moves the generation: read again, once.
+	run(t, "ip", "netns", "exec", b.name, "nft", "add", "table", "ip", "other")
+	b.check()
+	b.check()
+	if d := reads() - before; d != 1 {
+		t.Fatalf("2 checks after one transaction read the table %d times, want 1", d)
+	}
+	run(t, "ip", "netns", "exec", b.name, "nft", "flush", "table", "ip", "weft")
+	if faults := b.check(); !hasPart(faults, PartNftables) {
+		t.Fatalf("a flushed table not found: %v", faults)
+	}
+	b.repair(PartNftables)
+}
+
+// parseGen reads NFTA_GEN_ID after the nfgenmsg header, and nothing from a
+// message without it.
+func TestParseGen(t *testing.T) {
+	msg := []byte{unix.AF_UNSPEC, 0, 0, 0, 8, 0, unix.NFTA_GEN_ID, 0, 0, 0, 1, 2}
+	if gen, ok := parseGen(msg); !ok || gen != 0x102 {
+		t.Fatalf("gen %#x %v, want 0x102", gen, ok)
+	}
+	for _, bad := range [][]byte{nil, msg[:3], msg[:4], {0, 0, 0, 0, 8, 0, 9, 0, 0, 0, 1, 2}, msg[:10]} {
+		if gen, ok := parseGen(bad); ok {
+			t.Errorf("parseGen(%x) = %#x, want nothing", bad, gen)
+		}
+	}
+}
+
+// FuzzParseGen: parseGen never panics on any bytes.
+func FuzzParseGen(f *testing.F) {
+	f.Add([]byte{unix.AF_UNSPEC, 0, 0, 0, 8, 0, unix.NFTA_GEN_ID, 0, 0, 0, 1, 2})
+	f.Add([]byte{0, 0, 0, 0, 5, 0, 1, 0, 7})
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) { parseGen(b) })
+}
