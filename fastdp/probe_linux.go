@@ -95,7 +95,7 @@ type ProberConfig struct {
 	// SlowEvery*PerSend peers, each is probed every ceil(peers/PerSend)
 	// Sends. 0: no bound.
 	PerSend int
-	Logger    *slog.Logger
+	Logger  *slog.Logger
 }
 
 // NewProber opens a raw ICMP socket (root or CAP_NET_RAW).
