@@ -303,3 +303,30 @@ func TestChangesSignalled(t *testing.T) {
 		t.Fatal("no change signalled after a donation")
 	}
 }
+
+// OwnerPrefixes gives every owner what Status gives it as Ranges, with the
+// generation of the snapshot, which moves when ownership does.
+func TestOwnerPrefixesMatchStatus(t *testing.T) {
+	n := newFakeNet(t, 1)
+	a := n.add("a", simRange, seedAB(), "")
+	n.add("b", simRange, seedAB(), "")
+	gen, got := a.OwnerPrefixes()
+	if gen == 0 || gen != a.OwnerGen() || len(got) != 2 {
+		t.Fatalf("generation %d (OwnerGen %d), owners %v", gen, a.OwnerGen(), got)
+	}
+	for _, e := range a.Status().Entries {
+		if !slices.Equal(got[e.Name], e.Ranges) {
+			t.Fatalf("%s: OwnerPrefixes %v, Status %v", e.Name, got[e.Name], e.Ranges)
+		}
+	}
+	n.mu.Lock()
+	n.down["b"] = true
+	n.mu.Unlock()
+	if _, err := a.RemovePeer("b"); err != nil {
+		t.Fatal(err)
+	}
+	gen2, got2 := a.OwnerPrefixes()
+	if gen2 == gen || len(got2) != 1 || !slices.Equal(got2["a"], []netip.Prefix{simRange}) {
+		t.Fatalf("after rmpeer b: generation %d (was %d), owners %v", gen2, gen, got2)
+	}
+}
