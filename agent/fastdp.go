@@ -226,11 +226,27 @@ func (fp *fastPath) round(late bool) error {
 	fp.record(decisions)
 
 	fp.mu.Lock()
-	due := !fp.synced || !want.Equal(fp.lastWant) || time.Since(fp.lastSync) > fullSyncEvery
+	full := !fp.synced || time.Since(fp.lastSync) > fullSyncEvery
+	due := full || !want.Equal(fp.lastWant)
+	prev := fp.lastWant
 	fp.mu.Unlock()
 	if due {
-		res, err := dev.Sync(want)
+		// Between full Syncs, a change is applied as a difference from the
+		// last state applied, without listing the kernel's entries.
+		var res fastdp.SyncResult
+		var err error
+		handled := false
+		if !full {
+			res, handled, err = dev.SyncChange(prev, want)
+		}
+		if !handled && err == nil {
+			full = true
+			res, err = dev.Sync(want)
+		}
 		if err != nil {
+			fp.mu.Lock()
+			fp.synced = false // the next round applies everything
+			fp.mu.Unlock()
 			// The device may have been deleted under us: make it again,
 			// the next round fills it.
 			if again, eerr := fastdp.Ensure(fp.cfg); eerr == nil {
@@ -239,10 +255,13 @@ func (fp *fastPath) round(late bool) error {
 			return err
 		}
 		if res.Added+res.Removed > 0 {
-			a.log.Debug("kernel fast path synced", "added", res.Added, "removed", res.Removed)
+			a.log.Debug("kernel fast path synced", "added", res.Added, "removed", res.Removed, "full", full)
 		}
 		fp.mu.Lock()
-		fp.lastWant, fp.synced, fp.lastSync = want, true, time.Now()
+		fp.lastWant, fp.synced = want, true
+		if full {
+			fp.lastSync = time.Now()
+		}
 		fp.mu.Unlock()
 	}
 	targets := make([]netip.Addr, 0, len(want.Peers))

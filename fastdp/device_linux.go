@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -55,6 +56,7 @@ type Device struct {
 
 	mu    sync.Mutex // serialises Sync
 	index int
+	dumps atomic.Uint64 // listings of the kernel's entries (Sync's), for tests
 }
 
 // Ensure makes the VXLAN device as cfg describes it, or adopts the one a
@@ -196,6 +198,117 @@ func (d *Device) Sync(want Desired) (SyncResult, error) {
 	return res, nil
 }
 
+// SyncChange applies the difference from prev, a state Sync or SyncChange
+// applied last, to want, without listing what the kernel holds: while a
+// mesh forms, the desired state changes at most rounds (a peer appears, a
+// range moves), and a full Sync lists every address, FDB entry, neighbour
+// and route of the device for each change. It handles new peers and
+// changed routes or MTUs of known ones; anything else (a peer gone or with
+// another address or MAC, another Src or Prune) is left to Sync, and
+// handled reports false with nothing done. Entries changed by hand are
+// Sync's business too: the agent runs it every fullSyncEvery.
+func (d *Device) SyncChange(prev, want Desired) (res SyncResult, handled bool, err error) {
+	if prev.Src != want.Src || prev.Prune != want.Prune {
+		return res, false, nil
+	}
+	old := make(map[string]*PeerEntry, len(prev.Peers))
+	for i := range prev.Peers {
+		old[prev.Peers[i].Name] = &prev.Peers[i]
+	}
+	kept := 0
+	for _, p := range want.Peers {
+		if o := old[p.Name]; o != nil {
+			if o.Underlay != p.Underlay || !bytes.Equal(o.MAC, p.MAC) {
+				return res, false, nil
+			}
+			kept++
+		}
+	}
+	if kept != len(prev.Peers) {
+		return res, false, nil // a peer left: Sync decides what goes with it
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, p := range want.Peers {
+		o := old[p.Name]
+		if o == nil {
+			if err := d.addPeer(p, &res); err != nil {
+				return res, true, err
+			}
+		}
+		var had []netip.Prefix
+		if o != nil {
+			if o.Equal(p) {
+				continue
+			}
+			had = o.Prefixes
+		}
+		for _, pfx := range had {
+			if !slices.Contains(p.Prefixes, pfx) {
+				if err := d.delRoute(d.routeTo(pfx, *o, want.Src), &res); err != nil {
+					return res, true, err
+				}
+			}
+		}
+		for _, pfx := range p.Prefixes {
+			if o != nil && o.MTU == p.MTU && slices.Contains(had, pfx) {
+				continue
+			}
+			if err := d.replaceRoute(pfx, p.Underlay, want.Src, p.MTU, p.Name, &res); err != nil {
+				return res, true, err
+			}
+		}
+	}
+	return res, true, nil
+}
+
+// addPeer writes a new peer's FDB and neighbour entries.
+func (d *Device) addPeer(p PeerEntry, res *SyncResult) error {
+	fdb := &netlink.Neigh{
+		LinkIndex: d.index, Family: unix.AF_BRIDGE, State: unix.NUD_PERMANENT, Flags: netlink.NTF_SELF,
+		IP: net.IP(p.Underlay.AsSlice()), HardwareAddr: p.MAC,
+	}
+	if err := netlink.NeighAppend(fdb); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("fastdp: FDB entry %s dst %s for %s: %w", p.MAC, p.Underlay, p.Name, err)
+	}
+	neigh := &netlink.Neigh{
+		LinkIndex: d.index, Family: unix.AF_INET, State: unix.NUD_PERMANENT,
+		IP: net.IP(p.Underlay.AsSlice()), HardwareAddr: p.MAC,
+	}
+	if err := netlink.NeighSet(neigh); err != nil {
+		return fmt.Errorf("fastdp: neighbour %s lladdr %s for %s: %w", p.Underlay, p.MAC, p.Name, err)
+	}
+	res.Added += 2
+	return nil
+}
+
+// routeTo is the kernel route of prefix dst through peer p.
+func (d *Device) routeTo(dst netip.Prefix, p PeerEntry, src netip.Addr) netlink.Route {
+	r := netlink.Route{
+		LinkIndex: d.index,
+		Dst:       nlconv.IPNet(dst),
+		Gw:        net.IP(p.Underlay.AsSlice()),
+		Flags:     int(netlink.FLAG_ONLINK),
+		Priority:  RouteMetric,
+		Protocol:  hostnet.RouteProtocol,
+		Table:     unix.RT_TABLE_MAIN,
+		MTU:       p.MTU,
+	}
+	if src.IsValid() {
+		r.Src = net.IP(src.AsSlice())
+	}
+	return r
+}
+
+func (d *Device) replaceRoute(dst netip.Prefix, gw, src netip.Addr, mtu int, name string, res *SyncResult) error {
+	r := d.routeTo(dst, PeerEntry{Underlay: gw, MTU: mtu}, src)
+	if err := netlink.RouteReplace(&r); err != nil {
+		return fmt.Errorf("fastdp: route %s via %s dev %s onlink (peer %s): %w", dst, gw, d.cfg.Device, name, err)
+	}
+	res.Added++
+	return nil
+}
+
 // syncAddr puts src/32 on the device, replacing any other address. Without
 // an address of its own the kernel's reverse-path check drops (rp_filter 1
 // or 2) every packet arriving on the device whose source is routed
@@ -237,6 +350,7 @@ func (d *Device) syncAddr(src netip.Addr, res *SyncResult) error {
 }
 
 func (d *Device) syncFDB(want Desired, res *SyncResult) error {
+	d.dumps.Add(1)
 	have, err := nlconv.RetryDump(func() ([]netlink.Neigh, error) { return netlink.NeighList(d.index, unix.AF_BRIDGE) })
 	if err != nil {
 		return fmt.Errorf("fastdp: list FDB of %s: %w", d.cfg.Device, err)
@@ -278,6 +392,7 @@ func (d *Device) syncFDB(want Desired, res *SyncResult) error {
 }
 
 func (d *Device) syncNeighbours(want Desired, res *SyncResult) error {
+	d.dumps.Add(1)
 	have, err := nlconv.RetryDump(func() ([]netlink.Neigh, error) { return netlink.NeighList(d.index, unix.AF_INET) })
 	if err != nil {
 		return fmt.Errorf("fastdp: list neighbours of %s: %w", d.cfg.Device, err)
@@ -366,23 +481,9 @@ func (d *Device) syncRoutes(want Desired, res *SyncResult) error {
 		if ok[dst] {
 			continue
 		}
-		r := &netlink.Route{
-			LinkIndex: d.index,
-			Dst:       nlconv.IPNet(dst),
-			Gw:        net.IP(w.gw.AsSlice()),
-			Flags:     int(netlink.FLAG_ONLINK),
-			Priority:  RouteMetric,
-			Protocol:  hostnet.RouteProtocol,
-			Table:     unix.RT_TABLE_MAIN,
-			MTU:       w.mtu,
+		if err := d.replaceRoute(dst, w.gw, w.src, w.mtu, "", res); err != nil {
+			return err
 		}
-		if w.src.IsValid() {
-			r.Src = net.IP(w.src.AsSlice())
-		}
-		if err := netlink.RouteReplace(r); err != nil {
-			return fmt.Errorf("fastdp: route %s via %s dev %s onlink: %w", dst, w.gw, d.cfg.Device, err)
-		}
-		res.Added++
 	}
 	return nil
 }
@@ -403,6 +504,7 @@ func routeOf(r netlink.Route) route {
 
 // routes lists weft's routes through the device.
 func (d *Device) routes() ([]netlink.Route, error) {
+	d.dumps.Add(1)
 	filter := &netlink.Route{Protocol: hostnet.RouteProtocol, Table: unix.RT_TABLE_MAIN, LinkIndex: d.index}
 	rs, err := nlconv.RetryDump(func() ([]netlink.Route, error) {
 		return netlink.RouteListFiltered(netlink.FAMILY_V4, filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE|netlink.RT_FILTER_OIF)

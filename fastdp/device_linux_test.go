@@ -233,3 +233,51 @@ func TestProberReadsRepliesOnly(t *testing.T) {
 		t.Errorf("the prober read %d messages that are not its replies (echo requests), want 0", n)
 	}
 }
+
+// SyncChange applies a new peer and moved routes without listing the
+// kernel's entries (a full Sync lists four kinds of them for every change
+// of the desired state, each round of a forming mesh: issue 21); a full
+// Sync afterwards finds nothing to do. A peer gone is left to Sync.
+func TestSyncChangeWithoutListing(t *testing.T) {
+	p := newPair(t)
+	da := ensureIn(t, p.a, cfgFor("a", ulA))
+	ulC := netip.MustParseAddr("198.18.0.3")
+	b := PeerEntry{Name: "b", Underlay: ulB, MAC: MAC("b"), MTU: 1450, Prefixes: pfx("10.99.2.0/24", "10.99.3.0/24")}
+	c := PeerEntry{Name: "c", Underlay: ulC, MAC: MAC("c"), MTU: 1400, Prefixes: pfx("10.99.4.0/24")}
+	prev := Desired{Src: ovA, Peers: []PeerEntry{b}}
+	syncIn(t, p.a, da, prev)
+
+	b2 := b
+	b2.Prefixes = pfx("10.99.2.0/24", "10.99.5.0/25") // one kept, one gone, one new
+	want := Desired{Src: ovA, Peers: []PeerEntry{b2, c}}
+	dumps := da.dumps.Load()
+	var res SyncResult
+	var handled bool
+	if err := netnstest.Do(p.a, func() (err error) { res, handled, err = da.SyncChange(prev, want); return err }); err != nil || !handled {
+		t.Fatalf("SyncChange: handled %v, %v", handled, err)
+	}
+	if d := da.dumps.Load() - dumps; d != 0 {
+		t.Fatalf("SyncChange listed the kernel's entries %d times, want 0", d)
+	}
+	if res.Added != 4 || res.Removed != 1 {
+		t.Fatalf("SyncChange %+v, want 4 added (c's FDB, neighbour, route; b's new route) and 1 removed", res)
+	}
+	if again := syncIn(t, p.a, da, want); again != (SyncResult{}) {
+		t.Fatalf("a full Sync after SyncChange changed %+v, want nothing", again)
+	}
+	out, _ := p.exec(t, p.a, "ip", "route", "show", "dev", DefaultDevice, "proto", "87")
+	if !strings.Contains(out, "10.99.4.0/24 via 198.18.0.3") || !strings.Contains(out, "mtu 1400") || strings.Contains(out, "10.99.3.0/24") {
+		t.Fatalf("routes after SyncChange:\n%s", out)
+	}
+
+	// A peer leaving, or another Src, is not a change SyncChange makes.
+	for name, next := range map[string]Desired{
+		"peer gone": {Src: ovA, Peers: []PeerEntry{c}},
+		"new src":   {Src: ovB, Peers: want.Peers},
+		"prune":     {Src: ovA, Peers: want.Peers, Prune: true},
+	} {
+		if err := netnstest.Do(p.a, func() (err error) { _, handled, err = da.SyncChange(want, next); return err }); err != nil || handled {
+			t.Errorf("%s: handled %v, %v; want it left to Sync", name, handled, err)
+		}
+	}
+}
