@@ -224,6 +224,14 @@ func (fp *fastPath) round(late bool) error {
 	want, decisions := fastdp.Plan(self, views)
 	want.Prune = late || len(known) == owners
 	fp.record(decisions)
+	// The probes go out whatever the sync does: a peer is down only once a
+	// request of its went unanswered, so a round that sent none (a failing
+	// Sync, say) would keep every peer up.
+	targets := make([]netip.Addr, 0, len(want.Peers))
+	for _, p := range want.Peers {
+		targets = append(targets, p.Underlay)
+	}
+	defer func() { fp.prober.Send(fp.dev.Load().Index(), a.cfg.Host, targets) }()
 
 	fp.mu.Lock()
 	full := !fp.synced || time.Since(fp.lastSync) > fullSyncEvery
@@ -264,11 +272,6 @@ func (fp *fastPath) round(late bool) error {
 		}
 		fp.mu.Unlock()
 	}
-	targets := make([]netip.Addr, 0, len(want.Peers))
-	for _, p := range want.Peers {
-		targets = append(targets, p.Underlay)
-	}
-	fp.prober.Send(dev.Index(), a.cfg.Host, targets)
 	return nil
 }
 
