@@ -29,7 +29,34 @@ type delegate struct {
 
 	refusedMu sync.Mutex
 	refused   map[string]string // peer -> last reason logged, so a refusal is logged once
+
+	// vetted: per peer, the metadata last found acceptable (see vet).
+	vetMu  sync.Mutex
+	vetted map[string]vetted
+	// vetChecks counts full checks (decode and pin), read by tests.
+	vetChecks atomic.Int64
 }
+
+// vetted is metadata vet accepted: the bytes, the signing key in them, and when.
+type vetted struct {
+	meta       string
+	signingKey string
+	at         time.Time
+}
+
+// vetTTL bounds how long an accepted check is reused. memberlist asks the
+// Alive delegate about every alive message it receives, before it looks at
+// the incarnation, so duplicates cost a full check each: a mesh of 1,000
+// forming retransmits each member's alive message about twelve times per
+// member, millions of checks (each decoding the metadata and taking the pin
+// table's lock) that can only answer what the first one did. The pin is
+// looked up on each reuse, so a forgotten or re-pinned name is checked
+// afresh at once; what the TTL bounds is how late a Kubernetes authority
+// that changed its answer for a name is asked again.
+const vetTTL = 30 * time.Second
+
+// maxVetted bounds the names remembered: past it, the table starts afresh.
+const maxVetted = 16384
 
 // NodeMeta implements memberlist.Delegate.
 func (d *delegate) NodeMeta(limit int) []byte {
@@ -343,6 +370,48 @@ func (d *delegate) NotifyMerge(peers []*memberlist.Node) error {
 }
 
 func (d *delegate) vet(n *memberlist.Node) error {
+	now := d.m.clock()
+	if d.vettedBefore(n, now) {
+		return nil
+	}
+	d.vetChecks.Add(1)
+	meta, err := d.check(n)
+	if err == nil {
+		d.remember(n, meta, now)
+	}
+	return err
+}
+
+// vettedBefore: n announces the metadata accepted for its name less than
+// vetTTL ago, and the pin (or its absence) is still the one checked then.
+func (d *delegate) vettedBefore(n *memberlist.Node, now time.Time) bool {
+	d.vetMu.Lock()
+	v, ok := d.vetted[n.Name]
+	d.vetMu.Unlock()
+	if !ok || v.meta != string(n.Meta) || now.Sub(v.at) >= vetTTL || now.Before(v.at) {
+		return false
+	}
+	if d.m.cfg.Pins == nil {
+		return true
+	}
+	key, pinned := d.m.cfg.Pins.Key(n.Name)
+	if v.signingKey == "" {
+		return !pinned
+	}
+	return pinned && string(key) == v.signingKey
+}
+
+func (d *delegate) remember(n *memberlist.Node, meta Meta, now time.Time) {
+	d.vetMu.Lock()
+	defer d.vetMu.Unlock()
+	if d.vetted == nil || len(d.vetted) >= maxVetted {
+		d.vetted = map[string]vetted{}
+	}
+	d.vetted[n.Name] = vetted{meta: string(n.Meta), signingKey: string(meta.SigningKey), at: now}
+}
+
+// check is vet without the memory of earlier checks.
+func (d *delegate) check(n *memberlist.Node) (Meta, error) {
 	meta, err := DecodeMeta(n.Meta)
 	if err == nil {
 		err = meta.Compatible(len(d.m.cfg.SecretKey) > 0)
@@ -362,7 +431,7 @@ func (d *delegate) vet(n *memberlist.Node) error {
 		}
 	}
 	if err == nil {
-		return nil
+		return meta, nil
 	}
 	err = fmt.Errorf("refusing peer %s at %s: %w", n.Name, n.Address(), err)
 	d.refusedMu.Lock()
@@ -376,7 +445,7 @@ func (d *delegate) vet(n *memberlist.Node) error {
 	if first {
 		d.m.log.Error("refusing peer", "peer", n.Name, "address", n.Address(), "reason", err)
 	}
-	return err
+	return meta, err
 }
 
 func (d *delegate) pinned(name string) bool {

@@ -363,6 +363,14 @@ func (m *Mesh) memberlistConfig(bind, advertise netip.Addr, transport memberlist
 	return mc
 }
 
+// clock is m.now, or the wall clock for a Mesh made without New (tests).
+func (m *Mesh) clock() time.Time {
+	if m.now == nil {
+		return time.Now()
+	}
+	return m.now()
+}
+
 // ml is the memberlist of this member now.
 func (m *Mesh) ml() *memberlist.Memberlist { return m.listp.Load() }
 
@@ -679,6 +687,15 @@ func (m *Mesh) joinOne(ctx context.Context, t *target) {
 // state of IPAM and health), and there are followUps per join, not per
 // member: a restart or a mesh's start costs each agent three.
 const followUps = 3
+
+// FollowUpsPending is how many follow-up push/pulls of the last join are
+// still to come: until then a member that joined is still catching up,
+// and its traffic is that of a join, not of a steady state.
+func (m *Mesh) FollowUpsPending() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.followUpsLeft
+}
 
 // followUp does the next follow-up push/pull if it is due (rejoin's pass).
 func (m *Mesh) followUp(ctx context.Context, now time.Time) {

@@ -43,7 +43,10 @@ const packetQueue = 1024
 
 // Network connects Transports by address. The zero value is ready to use.
 type Network struct {
-	mu      sync.Mutex
+	// mu is read on every packet and dial of every member, written only
+	// when a member comes or goes or a link is cut: a read lock, so that
+	// a thousand members sending at once do not queue on it.
+	mu      sync.RWMutex
 	nodes   map[netip.AddrPort]*Transport
 	blocked map[[2]netip.Addr]bool
 }
@@ -66,6 +69,7 @@ func (n *Network) Listen(addr netip.AddrPort) (*Transport, error) {
 	t := &Transport{
 		net:     n,
 		local:   addr,
+		from:    net.UDPAddrFromAddrPort(addr),
 		packets: make(chan *memberlist.Packet, packetQueue),
 		streams: make(chan net.Conn),
 		done:    make(chan struct{}),
@@ -101,8 +105,8 @@ func (n *Network) route(from netip.Addr, to string) (*Transport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("meshtest: address %q: %w", to, err)
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
+	n.mu.RLock()
+	defer n.mu.RUnlock()
 	if n.blocked[[2]netip.Addr{from, dst.Addr()}] {
 		return nil, ErrBlocked
 	}
@@ -139,6 +143,7 @@ type Stats struct {
 type Transport struct {
 	net     *Network
 	local   netip.AddrPort
+	from    *net.UDPAddr // local, as the From of every packet sent (memberlist only reads it)
 	packets chan *memberlist.Packet
 	streams chan net.Conn
 	done    chan struct{}
@@ -202,7 +207,7 @@ func (t *Transport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, e
 	// memberlist reuses its send buffers: the receiver gets a copy.
 	p := &memberlist.Packet{
 		Buf:       append([]byte(nil), b...),
-		From:      net.UDPAddrFromAddrPort(t.local),
+		From:      t.from,
 		Timestamp: now,
 	}
 	if !dst.deliver(p) {

@@ -116,6 +116,18 @@ func formed(want int) func(*agenttest.Node) error {
 	}
 }
 
+// followUpsDone: no follow-up push/pull of a join is still to come.
+func followUpsDone(n *agenttest.Node) error {
+	a := n.Agent()
+	if a == nil {
+		return fmt.Errorf("not running")
+	}
+	if f := a.MeshView().FollowUps; f > 0 {
+		return fmt.Errorf("%d follow-up push/pulls to come", f)
+	}
+	return nil
+}
+
 // sees: exactly want alive and none suspect (the others declared dead).
 func sees(want int) func(*agenttest.Node) error {
 	return func(n *agenttest.Node) error {
@@ -205,6 +217,9 @@ func simulate(t *testing.T, opts simOptions) result {
 		N: opts.N, NoDataplane: true, Timing: opts.Timing,
 		IPAMInit: "seed=" + strings.Join(names, ","),
 		LogLevel: slog.LevelWarn, StopWorkers: 64,
+		// The last warnings of each agent are enough to tell why a run
+		// failed; a thousand logs of 4 MiB each are not.
+		LogKeep: 64 << 10,
 	})
 	start, cpuStart := time.Now(), cpuTime()
 	c.StartAll()
@@ -225,7 +240,14 @@ func simulate(t *testing.T, opts simOptions) result {
 	r.Formation = time.Since(start)
 	t.Logf("%d agents: formed in %s, %s CPU and %.0f kB sent per agent", opts.N, r.Formation, r.FormCPU, r.FormBytes/1e3)
 
-	// Steady state: let the burst of formation pass first.
+	// Steady state: after the follow-up push/pulls of every join (the last
+	// comes 14 rejoin intervals after the last join: 28 s with the default
+	// timing), each as big as a join; then let the burst pass.
+	if settled, err := waitAll(all, opts.Deadline, followUpsDone); err != nil {
+		r.miss("follow-ups not over within %s (%v)", opts.Deadline, err)
+	} else {
+		t.Logf("%d agents: follow-up push/pulls over %s after formation", opts.N, settled)
+	}
 	time.Sleep(3 * time.Second)
 	g0, cpu0, t0 := gossipTotals(all), cpuTime(), time.Now()
 	time.Sleep(opts.Steady)
