@@ -640,6 +640,7 @@ func (m *Mesh) joinOne(ctx context.Context, t *target) {
 		return
 	}
 	m.log.Debug("joining", "target", t.addr)
+	before := m.ml().NumMembers()
 	n, err := m.ml().Join([]string{t.addr})
 	// Never call memberlist with m.mu held: memberlist calls the delegate,
 	// which takes m.mu, with its node lock held (a deadlock seen with 100
@@ -668,8 +669,10 @@ func (m *Mesh) joinOne(ctx context.Context, t *target) {
 	t.failures, t.lastErr = 0, ""
 	t.lastAlive = m.now()
 	t.next = t.lastAlive.Add(m.cfg.Timing.RejoinInterval)
-	m.followUpsLeft, m.followUpGap = followUps, 2*m.cfg.Timing.RejoinInterval
-	m.followUpAt = t.lastAlive.Add(m.followUpGap)
+	if members > before {
+		m.followUpsLeft, m.followUpGap = followUps, 2*m.cfg.Timing.RejoinInterval
+		m.followUpAt = t.lastAlive.Add(m.followUpGap)
+	}
 }
 
 // A join is a push/pull with one peer: this member learns the members that
@@ -685,7 +688,12 @@ func (m *Mesh) joinOne(ctx context.Context, t *target) {
 // rejoin intervals): the last one comes after most of a starting mesh has
 // joined. Each is a join's exchange (the node list, and the small join
 // state of IPAM and health), and there are followUps per join, not per
-// member: a restart or a mesh's start costs each agent three.
+// member: a restart or a mesh's start costs each agent three. A join that
+// brought no member this one did not have (a rejoin of a peer it marked
+// suspect, say) schedules none: it is not catching up, and in a mesh of
+// hundreds, where some peer is suspect now and then, every such rejoin
+// started three more exchanges of the whole member list, so the follow-ups
+// never ended.
 const followUps = 3
 
 // FollowUpsPending is how many follow-up push/pulls of the last join are
