@@ -206,7 +206,7 @@ func (d *delegate) record(n *memberlist.Node, state State) {
 	p.meta = meta
 	p.suspect = false
 	delete(m.marked, n.Name)
-	m.aliveNames = nil
+	m.changedLocked()
 	if changed {
 		p.state = state
 		p.since = time.Now()
@@ -275,7 +275,7 @@ func (m *Mesh) suspected(name string) {
 			m.marked = map[string]bool{}
 		}
 		m.marked[name] = true
-		m.aliveNames = nil
+		m.changedLocked()
 		p.since = time.Now()
 		p.verifyAt = m.now().Add(m.cfg.Timing.ProbeTimeout)
 	}
@@ -350,7 +350,7 @@ func (m *Mesh) unsuspect(name string) {
 	if p := m.peers[name]; p != nil && p.suspect {
 		p.suspect = false
 		delete(m.marked, name)
-		m.aliveNames = nil
+		m.changedLocked()
 		p.since = time.Now()
 	}
 }
@@ -573,21 +573,32 @@ func explain(msg string) string {
 // explainKind is explain, and whether the cause is a password mismatch.
 func explainKind(msg string) (why string, password bool) {
 	msg = strings.ToLower(msg)
-	for _, e := range explanations {
-		if strings.Contains(msg, strings.ToLower(e.fragment)) {
+	for i, e := range explanations {
+		if strings.Contains(msg, explanationsLower[i]) {
 			return e.meaning, e.password
 		}
 	}
 	return "", false
 }
 
+// explanationsLower are the fragments of explanations in lower case, made
+// once: memberlist logs every stream and push/pull, and each line is
+// checked against all of them.
+var explanationsLower = func() []string {
+	out := make([]string, len(explanations))
+	for i, e := range explanations {
+		out[i] = strings.ToLower(e.fragment)
+	}
+	return out
+}()
+
 func (w *memberlistLogger) Write(p []byte) (int, error) {
 	line := strings.TrimSpace(string(p))
 	level := slog.LevelDebug
-	for tag, l := range map[string]slog.Level{"[ERR]": slog.LevelError, "[WARN]": slog.LevelWarn, "[INFO]": slog.LevelDebug, "[DEBUG]": slog.LevelDebug} {
-		if strings.HasPrefix(line, tag) {
-			level = l
-			line = strings.TrimSpace(strings.TrimPrefix(line, tag))
+	for _, tl := range memberlistLevels {
+		if strings.HasPrefix(line, tl.tag) {
+			level = tl.level
+			line = strings.TrimSpace(line[len(tl.tag):])
 			break
 		}
 	}
@@ -620,6 +631,13 @@ func (w *memberlistLogger) Write(p []byte) (int, error) {
 	w.log.Log(context.Background(), level, line)
 	return len(p), nil
 }
+
+// memberlistLevels maps memberlist's level tags to slog's; memberlist's
+// INFO is chatter (every stream, every push/pull), logged at Debug.
+var memberlistLevels = []struct {
+	tag   string
+	level slog.Level
+}{{"[ERR]", slog.LevelError}, {"[WARN]", slog.LevelWarn}, {"[INFO]", slog.LevelDebug}, {"[DEBUG]", slog.LevelDebug}}
 
 // explainJoinError shortens a failed join into a reason a person can act on.
 func explainJoinError(err error) string {
