@@ -42,13 +42,17 @@ var (
 const packetQueue = 1024
 
 // Network connects Transports by address. The zero value is ready to use.
+//
+// Every packet and dial of every member looks up its destination here, and
+// members come and go and links are cut rarely: the maps are sync.Maps,
+// read without a lock. With a mutex (even a read-write one), a thousand
+// members sending at once queued on it, and a member starting (Listen, a
+// writer) stalled every sender until the readers of the moment, scheduled
+// late on a loaded machine, were done.
 type Network struct {
-	// mu is read on every packet and dial of every member, written only
-	// when a member comes or goes or a link is cut: a read lock, so that
-	// a thousand members sending at once do not queue on it.
-	mu      sync.RWMutex
-	nodes   map[netip.AddrPort]*Transport
-	blocked map[[2]netip.Addr]bool
+	nodes   sync.Map     // netip.AddrPort -> *Transport
+	blocked sync.Map     // [2]netip.Addr -> struct{}, both directions
+	nblock  atomic.Int64 // entries in blocked: none is the common case
 }
 
 // Listen returns a transport bound to addr; it fails when addr is taken,
@@ -57,14 +61,6 @@ type Network struct {
 func (n *Network) Listen(addr netip.AddrPort) (*Transport, error) {
 	if !addr.IsValid() || addr.Port() == 0 {
 		return nil, fmt.Errorf("meshtest: listen %s: need an address and a port", addr)
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.nodes == nil {
-		n.nodes = map[netip.AddrPort]*Transport{}
-	}
-	if _, taken := n.nodes[addr]; taken {
-		return nil, fmt.Errorf("meshtest: listen %s: address already in use", addr)
 	}
 	t := &Transport{
 		net:     n,
@@ -75,28 +71,29 @@ func (n *Network) Listen(addr netip.AddrPort) (*Transport, error) {
 		done:    make(chan struct{}),
 		conns:   map[net.Conn]struct{}{},
 	}
-	n.nodes[addr] = t
+	if _, taken := n.nodes.LoadOrStore(addr, t); taken {
+		return nil, fmt.Errorf("meshtest: listen %s: address already in use", addr)
+	}
 	return t, nil
 }
 
 // Block cuts every packet and new stream between hosts a and b, both ways,
 // until Unblock.
 func (n *Network) Block(a, b netip.Addr) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.blocked == nil {
-		n.blocked = map[[2]netip.Addr]bool{}
+	for _, k := range [][2]netip.Addr{{a, b}, {b, a}} {
+		if _, had := n.blocked.LoadOrStore(k, struct{}{}); !had {
+			n.nblock.Add(1)
+		}
 	}
-	n.blocked[[2]netip.Addr{a, b}] = true
-	n.blocked[[2]netip.Addr{b, a}] = true
 }
 
 // Unblock heals a link cut by Block.
 func (n *Network) Unblock(a, b netip.Addr) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	delete(n.blocked, [2]netip.Addr{a, b})
-	delete(n.blocked, [2]netip.Addr{b, a})
+	for _, k := range [][2]netip.Addr{{a, b}, {b, a}} {
+		if _, had := n.blocked.LoadAndDelete(k); had {
+			n.nblock.Add(-1)
+		}
+	}
 }
 
 // route finds the transport at to, or why there is none.
@@ -105,24 +102,20 @@ func (n *Network) route(from netip.Addr, to string) (*Transport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("meshtest: address %q: %w", to, err)
 	}
-	n.mu.RLock()
-	defer n.mu.RUnlock()
-	if n.blocked[[2]netip.Addr{from, dst.Addr()}] {
-		return nil, ErrBlocked
+	if n.nblock.Load() > 0 {
+		if _, cut := n.blocked.Load([2]netip.Addr{from, dst.Addr()}); cut {
+			return nil, ErrBlocked
+		}
 	}
-	t := n.nodes[dst]
-	if t == nil {
+	t, ok := n.nodes.Load(dst)
+	if !ok {
 		return nil, ErrRefused
 	}
-	return t, nil
+	return t.(*Transport), nil
 }
 
 func (n *Network) remove(t *Transport) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.nodes[t.local] == t {
-		delete(n.nodes, t.local)
-	}
+	n.nodes.CompareAndDelete(t.local, t)
 }
 
 // Stats are one transport's counters: what memberlist sent and received as
