@@ -12,7 +12,8 @@
 //
 // Packets behave like UDP (a full queue, a cut link or nobody listening: the
 // packet is gone without an error); streams behave like TCP (a cut link or
-// nobody listening: the dial fails) and are net.Pipe pairs, which honour the
+// nobody listening: the dial fails) and are in-memory pipes with a send
+// buffer (see pipe), which honour the
 // deadlines memberlist sets.
 package meshtest
 
@@ -247,7 +248,7 @@ func (t *Transport) DialAddressTimeout(a memberlist.Address, timeout time.Durati
 		return nil, fmt.Errorf("dial %s: %w", a.Addr, err)
 	}
 	// The far side's address is made up: memberlist only logs it.
-	mine, theirs := net.Pipe()
+	mine, theirs := newPipe(tcpAddr(t.local), tcpAddr(dst.local))
 	local := &conn{Conn: mine, local: tcpAddr(t.local), remote: tcpAddr(dst.local), owner: t}
 	remote := &conn{Conn: theirs, local: tcpAddr(dst.local), remote: tcpAddr(t.local), owner: dst}
 	if !dst.track(remote) {
