@@ -25,6 +25,10 @@ type simOptions struct {
 	Steady    time.Duration // window of the steady-state figures
 	Deadline  time.Duration // of each phase; past it the phase is reported as not reached
 	Timing    mesh.Timing   // zero: simTiming
+	// Unsettled opens the steady window 3 s after formation, while the
+	// follow-up push/pulls of the joins still run: a stricter bound on
+	// traffic, and half a minute shorter (the 100-agent test of make test).
+	Unsettled bool
 }
 
 // result is one row of the table; a zero duration is a phase not reached
@@ -246,7 +250,9 @@ func simulate(t *testing.T, opts simOptions) result {
 	// Steady state: after the follow-up push/pulls of every join (the last
 	// comes 14 rejoin intervals after the last join: 28 s with the default
 	// timing), each as big as a join; then let the burst pass.
-	if settled, err := waitAll(all, opts.Deadline, followUpsDone); err != nil {
+	if opts.Unsettled {
+		t.Logf("%d agents: steady window opened before the follow-ups end", opts.N)
+	} else if settled, err := waitAll(all, opts.Deadline, followUpsDone); err != nil {
 		r.miss("follow-ups not over within %s (%v)", opts.Deadline, err)
 	} else {
 		t.Logf("%d agents: follow-up push/pulls over %s after formation", opts.N, settled)
@@ -332,7 +338,7 @@ func TestSimulated100(t *testing.T) {
 	// The partition and its heal are measured by make scale only: at 100
 	// agents on this machine the heal did not always complete within the
 	// deadline (see site/benchmarks.md).
-	r := simulate(t, simOptions{N: 100, Steady: 5 * time.Second, Deadline: 150 * time.Second})
+	r := simulate(t, simOptions{N: 100, Steady: 5 * time.Second, Deadline: 150 * time.Second, Unsettled: true})
 	t.Logf("%+v", r)
 	if r.Note != "" {
 		t.Fatal(r.Note)
