@@ -143,7 +143,6 @@ func (c *Cluster) StartAll() {
 // (Node.Config) first.
 func New(t testing.TB, opts Options) *Cluster {
 	t.Helper()
-	CheckGoroutines(t)
 	if opts.N == 0 {
 		opts.N = 3
 	}
@@ -159,6 +158,7 @@ func New(t testing.TB, opts Options) *Cluster {
 	if opts.Timing == (mesh.Timing{}) {
 		opts.Timing = slowed(mesh.LocalTiming(), raceSlowdown)
 	}
+	checkGoroutinesWithin(t, leakGrace(opts.Timing))
 	if strings.EqualFold(os.Getenv("WEFT_TEST_LOG"), "debug") {
 		opts.LogLevel = slog.LevelDebug
 	}
