@@ -6,6 +6,9 @@ import "github.com/weftnet/weft/mesh"
 // included.
 type MeshView struct {
 	Known, Alive, Suspect, Dead, Left int
+	// FollowUps are the follow-up push/pulls of the last join still to
+	// come (mesh.Mesh.FollowUpsPending): a steady state starts after them.
+	FollowUps int
 }
 
 // MeshView reads the agent's membership without going through the local
@@ -30,6 +33,7 @@ func (a *Agent) MeshView() MeshView {
 			v.Left++
 		}
 	}
+	v.FollowUps = a.mesh.FollowUpsPending()
 	return v
 }
 

@@ -167,3 +167,23 @@ func TestFollowUpsAfterJoin(t *testing.T) {
 	waitFor(t, "m2 to learn of m3", 10*time.Second, func() bool { return len(m2.AliveNames()) == 3 })
 	waitFor(t, "m2's three follow-ups", 10*time.Second, func() bool { return m2.followUpsDone.Load() == followUps })
 }
+
+// A join that brings no member this one did not know (a rejoin of a peer
+// it already has) starts no follow-ups: in a big mesh, rejoins of peers
+// marked suspect kept restarting them, three exchanges of the whole member
+// list each time.
+func TestNoFollowUpsForJoinBringingNothing(t *testing.T) {
+	timing := LocalTiming()
+	timing.GossipInterval = time.Hour
+	timing.PushPullInterval = time.Hour
+	timing.ProbeInterval = time.Hour
+	var net meshtest.Network
+	m1 := startSimMember(t, &net, 1, 0, timing)
+	m2 := startSimMember(t, &net, 2, 1, timing)
+	waitFor(t, "m2 to join m1", 5*time.Second, func() bool { return len(m2.AliveNames()) == 2 && len(m1.AliveNames()) == 2 })
+	waitFor(t, "m2's three follow-ups", 10*time.Second, func() bool { return m2.FollowUpsPending() == 0 })
+	m2.joinOne(context.Background(), &target{addr: simAddr(1).String()})
+	if n := m2.FollowUpsPending(); n != 0 {
+		t.Fatalf("a join of a member already known scheduled %d follow-ups", n)
+	}
+}

@@ -29,7 +29,34 @@ type delegate struct {
 
 	refusedMu sync.Mutex
 	refused   map[string]string // peer -> last reason logged, so a refusal is logged once
+
+	// vetted: per peer, the metadata last found acceptable (see vet).
+	vetMu  sync.Mutex
+	vetted map[string]vetted
+	// vetChecks counts full checks (decode and pin), read by tests.
+	vetChecks atomic.Int64
 }
+
+// vetted is metadata vet accepted: the bytes, the signing key in them, and when.
+type vetted struct {
+	meta       string
+	signingKey string
+	at         time.Time
+}
+
+// vetTTL bounds how long an accepted check is reused. memberlist asks the
+// Alive delegate about every alive message it receives, before it looks at
+// the incarnation, so duplicates cost a full check each: a mesh of 1,000
+// forming retransmits each member's alive message about twelve times per
+// member, millions of checks (each decoding the metadata and taking the pin
+// table's lock) that can only answer what the first one did. The pin is
+// looked up on each reuse, so a forgotten or re-pinned name is checked
+// afresh at once; what the TTL bounds is how late a Kubernetes authority
+// that changed its answer for a name is asked again.
+const vetTTL = 30 * time.Second
+
+// maxVetted bounds the names remembered: past it, the table starts afresh.
+const maxVetted = 16384
 
 // NodeMeta implements memberlist.Delegate.
 func (d *delegate) NodeMeta(limit int) []byte {
@@ -179,7 +206,7 @@ func (d *delegate) record(n *memberlist.Node, state State) {
 	p.meta = meta
 	p.suspect = false
 	delete(m.marked, n.Name)
-	m.aliveNames = nil
+	m.changedLocked()
 	if changed {
 		p.state = state
 		p.since = time.Now()
@@ -248,7 +275,7 @@ func (m *Mesh) suspected(name string) {
 			m.marked = map[string]bool{}
 		}
 		m.marked[name] = true
-		m.aliveNames = nil
+		m.changedLocked()
 		p.since = time.Now()
 		p.verifyAt = m.now().Add(m.cfg.Timing.ProbeTimeout)
 	}
@@ -323,7 +350,7 @@ func (m *Mesh) unsuspect(name string) {
 	if p := m.peers[name]; p != nil && p.suspect {
 		p.suspect = false
 		delete(m.marked, name)
-		m.aliveNames = nil
+		m.changedLocked()
 		p.since = time.Now()
 	}
 }
@@ -343,6 +370,48 @@ func (d *delegate) NotifyMerge(peers []*memberlist.Node) error {
 }
 
 func (d *delegate) vet(n *memberlist.Node) error {
+	now := d.m.clock()
+	if d.vettedBefore(n, now) {
+		return nil
+	}
+	d.vetChecks.Add(1)
+	meta, err := d.check(n)
+	if err == nil {
+		d.remember(n, meta, now)
+	}
+	return err
+}
+
+// vettedBefore: n announces the metadata accepted for its name less than
+// vetTTL ago, and the pin (or its absence) is still the one checked then.
+func (d *delegate) vettedBefore(n *memberlist.Node, now time.Time) bool {
+	d.vetMu.Lock()
+	v, ok := d.vetted[n.Name]
+	d.vetMu.Unlock()
+	if !ok || v.meta != string(n.Meta) || now.Sub(v.at) >= vetTTL || now.Before(v.at) {
+		return false
+	}
+	if d.m.cfg.Pins == nil {
+		return true
+	}
+	key, pinned := d.m.cfg.Pins.Key(n.Name)
+	if v.signingKey == "" {
+		return !pinned
+	}
+	return pinned && string(key) == v.signingKey
+}
+
+func (d *delegate) remember(n *memberlist.Node, meta Meta, now time.Time) {
+	d.vetMu.Lock()
+	defer d.vetMu.Unlock()
+	if d.vetted == nil || len(d.vetted) >= maxVetted {
+		d.vetted = map[string]vetted{}
+	}
+	d.vetted[n.Name] = vetted{meta: string(n.Meta), signingKey: string(meta.SigningKey), at: now}
+}
+
+// check is vet without the memory of earlier checks.
+func (d *delegate) check(n *memberlist.Node) (Meta, error) {
 	meta, err := DecodeMeta(n.Meta)
 	if err == nil {
 		err = meta.Compatible(len(d.m.cfg.SecretKey) > 0)
@@ -362,7 +431,7 @@ func (d *delegate) vet(n *memberlist.Node) error {
 		}
 	}
 	if err == nil {
-		return nil
+		return meta, nil
 	}
 	err = fmt.Errorf("refusing peer %s at %s: %w", n.Name, n.Address(), err)
 	d.refusedMu.Lock()
@@ -376,7 +445,7 @@ func (d *delegate) vet(n *memberlist.Node) error {
 	if first {
 		d.m.log.Error("refusing peer", "peer", n.Name, "address", n.Address(), "reason", err)
 	}
-	return err
+	return meta, err
 }
 
 func (d *delegate) pinned(name string) bool {
@@ -504,21 +573,32 @@ func explain(msg string) string {
 // explainKind is explain, and whether the cause is a password mismatch.
 func explainKind(msg string) (why string, password bool) {
 	msg = strings.ToLower(msg)
-	for _, e := range explanations {
-		if strings.Contains(msg, strings.ToLower(e.fragment)) {
+	for i, e := range explanations {
+		if strings.Contains(msg, explanationsLower[i]) {
 			return e.meaning, e.password
 		}
 	}
 	return "", false
 }
 
+// explanationsLower are the fragments of explanations in lower case, made
+// once: memberlist logs every stream and push/pull, and each line is
+// checked against all of them.
+var explanationsLower = func() []string {
+	out := make([]string, len(explanations))
+	for i, e := range explanations {
+		out[i] = strings.ToLower(e.fragment)
+	}
+	return out
+}()
+
 func (w *memberlistLogger) Write(p []byte) (int, error) {
 	line := strings.TrimSpace(string(p))
 	level := slog.LevelDebug
-	for tag, l := range map[string]slog.Level{"[ERR]": slog.LevelError, "[WARN]": slog.LevelWarn, "[INFO]": slog.LevelDebug, "[DEBUG]": slog.LevelDebug} {
-		if strings.HasPrefix(line, tag) {
-			level = l
-			line = strings.TrimSpace(strings.TrimPrefix(line, tag))
+	for _, tl := range memberlistLevels {
+		if strings.HasPrefix(line, tl.tag) {
+			level = tl.level
+			line = strings.TrimSpace(line[len(tl.tag):])
 			break
 		}
 	}
@@ -551,6 +631,13 @@ func (w *memberlistLogger) Write(p []byte) (int, error) {
 	w.log.Log(context.Background(), level, line)
 	return len(p), nil
 }
+
+// memberlistLevels maps memberlist's level tags to slog's; memberlist's
+// INFO is chatter (every stream, every push/pull), logged at Debug.
+var memberlistLevels = []struct {
+	tag   string
+	level slog.Level
+}{{"[ERR]", slog.LevelError}, {"[WARN]", slog.LevelWarn}, {"[INFO]", slog.LevelDebug}, {"[DEBUG]", slog.LevelDebug}}
 
 // explainJoinError shortens a failed join into a reason a person can act on.
 func explainJoinError(err error) string {

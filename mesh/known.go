@@ -162,6 +162,7 @@ func (m *Mesh) seedKnown(peers []KnownPeer) {
 		m.peers[kp.Name] = p
 		m.indexAddrLocked(p)
 	}
+	m.changedLocked()
 }
 
 // knownPeers is what KnownPeersFile should hold now: every peer seen with

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/weftnet/weft/mesh/meshtest"
 )
 
 func knownSample() []KnownPeer {
@@ -336,5 +338,60 @@ func TestRejoinPassCheap(t *testing.T) {
 	}
 	if !m.aliveAtLocked("198.18.0.9:6783") || m.aliveAtLocked("198.18.0.8:6783") {
 		t.Error("alive by address: p0008 should be, p0007 should not")
+	}
+}
+
+// A rejoin pass (twice a second at every member) looks at every target
+// only when a peer's state or the targets changed since the last pass;
+// otherwise at the targets not alive only. Scanning all of them at every
+// pass was the largest cost of weft's own in an idle simulated mesh of 300.
+func TestRejoinPassScansOnlyAfterChanges(t *testing.T) {
+	var net meshtest.Network
+	m := startSimMember(t, &net, 1, 0, Timing{ProbeInterval: time.Hour, ProbeTimeout: time.Minute, SuspicionMult: 4,
+		GossipInterval: time.Hour, PushPullInterval: time.Hour, RejoinInterval: time.Hour, RejoinMaxBackoff: time.Hour,
+		TCPTimeout: time.Second, TargetExpiry: time.Hour})
+	meta, err := Meta{Protocol: ProtocolMin, DataPort: 6784, Version: "test"}.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := func(i int) netip.AddrPort { // 198.18.2.0 onwards: the member is at 198.18.1.1
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(2 + i/250), byte(1 + i%250)}), 6783)
+	}
+	node := func(i int) *memberlist.Node {
+		return &memberlist.Node{Name: fmt.Sprintf("p%04d", i), Addr: addr(i).Addr().AsSlice(), Port: addr(i).Port(), Meta: meta}
+	}
+	const peers = 1000
+	for i := range peers {
+		m.delegate.NotifyJoin(node(i))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // joins are not started
+	m.rejoin(ctx)
+	scans := m.rejoinScans.Load()
+	for range 100 {
+		m.rejoin(ctx)
+	}
+	if got := m.rejoinScans.Load() - scans; got != 0 {
+		t.Fatalf("100 passes without a change: %d scans of the %d targets, want 0", got, peers)
+	}
+	m.delegate.NotifyLeave(node(7))
+	for range 100 {
+		m.rejoin(ctx)
+	}
+	if got := m.rejoinScans.Load() - scans; got != 1 {
+		t.Fatalf("100 passes after one change: %d scans, want 1", got)
+	}
+	m.mu.Lock()
+	down, aliveOthers := len(m.down), m.aliveOthers
+	var lost *target
+	if len(m.down) == 1 {
+		lost = m.down[0]
+	}
+	m.mu.Unlock()
+	if down != 1 || lost.addr != addr(7).String() || aliveOthers != peers-1 {
+		t.Fatalf("after p0007 failed: %d targets down (%v), %d alive others; want p0007's only and %d", down, lost, aliveOthers, peers-1)
+	}
+	if time.Since(lost.lastAlive) > time.Minute {
+		t.Fatalf("the lost target was last alive %s ago: its expiry would count from then", time.Since(lost.lastAlive))
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -184,7 +185,14 @@ type Mesh struct {
 	byAddr map[string]*peer
 	// aliveNames caches AliveNames; nil when a state changed since.
 	aliveNames []string
-	targets    map[string]*target // addresses to keep joining, by host:port
+	// stateGen counts changes of peer states and of targets
+	// (changedLocked); scannedGen is the one rejoin's last scan of the
+	// targets saw, and down and aliveOthers what it found.
+	stateGen, scannedGen uint64
+	down                 []*target
+	aliveOthers          int
+	rejoinScans          atomic.Int64       // scans, read by tests
+	targets              map[string]*target // addresses to keep joining, by host:port
 	// marked: the peers with suspect set (verifySuspects looks at these
 	// only), and verifying: how many of them are being pinged.
 	marked    map[string]bool
@@ -247,6 +255,7 @@ type target struct {
 	next      time.Time
 	lastErr   string
 	lastAlive time.Time // last seen alive, or learnt; expiry counts from here
+	wasAlive  bool      // alive at the last scan of the targets
 }
 
 // New binds the gossip ports and starts memberlist; it does not join anyone yet.
@@ -361,6 +370,14 @@ func (m *Mesh) memberlistConfig(bind, advertise netip.Addr, transport memberlist
 		mc.GossipVerifyOutgoing = true
 	}
 	return mc
+}
+
+// clock is m.now, or the wall clock for a Mesh made without New (tests).
+func (m *Mesh) clock() time.Time {
+	if m.now == nil {
+		return time.Now()
+	}
+	return m.now()
 }
 
 // ml is the memberlist of this member now.
@@ -507,6 +524,7 @@ func (m *Mesh) Connect(addrs []string) error {
 		t.explicit = true
 		t.next, t.failures = time.Time{}, 0
 	}
+	m.changedLocked()
 	return nil
 }
 
@@ -521,6 +539,7 @@ func (m *Mesh) Forget(addrs []string) error {
 		}
 		delete(m.targets, n)
 	}
+	m.changedLocked()
 	return nil
 }
 
@@ -546,28 +565,33 @@ func NormalizeTarget(s string, defaultPort int) (string, error) {
 
 // rejoin joins every target that is due and not an alive member, each in its
 // own goroutine so one unreachable address does not hold up the others.
+//
+// A pass runs every quarter rejoin interval at every member; looking up
+// every target's peer at each (as it did) was an O(N) pass twice a second
+// at each of N members, the largest cost of weft's own in a simulated mesh
+// of 300 idle agents. So the targets are scanned only when a peer's state
+// or the targets changed since the last scan (stateGen), which keeps the
+// ones not alive (down); passes in between look at those only.
 func (m *Mesh) rejoin(ctx context.Context) {
 	now := m.now()
 	var due, learnt []*target
 	m.mu.Lock()
 	self := net.JoinHostPort(m.bind.String(), strconv.Itoa(m.cfg.Port))
-	aliveOthers := 0
-	for name, p := range m.peers {
-		if name != m.cfg.Name && p.current() == StateAlive {
-			aliveOthers++
-		}
+	if m.scannedGen != m.stateGen || m.scannedGen == 0 {
+		m.scanTargetsLocked(now)
 	}
-	for addr, t := range m.targets {
-		if m.aliveAtLocked(t.addr) {
-			t.lastAlive = now
-			continue
+	kept := m.down[:0]
+	for _, t := range m.down {
+		if m.targets[t.addr] != t {
+			continue // forgotten or replaced
 		}
 		if !t.explicit && now.Sub(t.lastAlive) > m.cfg.Timing.TargetExpiry {
-			delete(m.targets, addr)
-			m.log.Info("dropped a join target dead for too long", "target", addr,
+			delete(m.targets, t.addr)
+			m.log.Info("dropped a join target dead for too long", "target", t.addr,
 				"dead_for", now.Sub(t.lastAlive).Round(time.Second), "expiry", m.cfg.Timing.TargetExpiry)
 			continue
 		}
+		kept = append(kept, t)
 		if t.addr == self || now.Before(t.next) {
 			continue
 		}
@@ -577,7 +601,9 @@ func (m *Mesh) rejoin(ctx context.Context) {
 			learnt = append(learnt, t)
 		}
 	}
-	due = append(due, pickLearnt(learnt, aliveOthers)...)
+	clear(m.down[len(kept):])
+	m.down = kept
+	due = append(due, pickLearnt(learnt, m.aliveOthers)...)
 	for _, t := range due {
 		// Mark as in flight so the next tick does not start a second join.
 		t.next = now.Add(m.cfg.Timing.RejoinMaxBackoff + m.cfg.Timing.TCPTimeout)
@@ -586,6 +612,40 @@ func (m *Mesh) rejoin(ctx context.Context) {
 	for _, t := range due {
 		go m.joinOne(ctx, t)
 	}
+}
+
+// scanTargetsLocked counts the alive peers and lists the targets that are
+// not alive (m.down). A target alive now was last alive now; one that was
+// alive at the last scan and is not any more was alive until about now
+// (its state changed since, or there would be no scan).
+func (m *Mesh) scanTargetsLocked(now time.Time) {
+	m.scannedGen = m.stateGen
+	m.rejoinScans.Add(1)
+	m.aliveOthers = 0
+	for name, p := range m.peers {
+		if name != m.cfg.Name && p.current() == StateAlive {
+			m.aliveOthers++
+		}
+	}
+	clear(m.down)
+	m.down = m.down[:0]
+	for _, t := range m.targets {
+		alive := m.aliveAtLocked(t.addr)
+		if alive || t.wasAlive {
+			t.lastAlive = now
+		}
+		t.wasAlive = alive
+		if !alive {
+			m.down = append(m.down, t)
+		}
+	}
+}
+
+// changedLocked notes a change of a peer's state or of the targets: the
+// cached alive names and the rejoin pass's scan are out of date.
+func (m *Mesh) changedLocked() {
+	m.aliveNames = nil
+	m.stateGen++
 }
 
 // Learnt join targets that are not alive are peers this member lost: a
@@ -632,6 +692,7 @@ func (m *Mesh) joinOne(ctx context.Context, t *target) {
 		return
 	}
 	m.log.Debug("joining", "target", t.addr)
+	before := m.ml().NumMembers()
 	n, err := m.ml().Join([]string{t.addr})
 	// Never call memberlist with m.mu held: memberlist calls the delegate,
 	// which takes m.mu, with its node lock held (a deadlock seen with 100
@@ -660,8 +721,10 @@ func (m *Mesh) joinOne(ctx context.Context, t *target) {
 	t.failures, t.lastErr = 0, ""
 	t.lastAlive = m.now()
 	t.next = t.lastAlive.Add(m.cfg.Timing.RejoinInterval)
-	m.followUpsLeft, m.followUpGap = followUps, 2*m.cfg.Timing.RejoinInterval
-	m.followUpAt = t.lastAlive.Add(m.followUpGap)
+	if members > before {
+		m.followUpsLeft, m.followUpGap = followUps, 2*m.cfg.Timing.RejoinInterval
+		m.followUpAt = t.lastAlive.Add(m.followUpGap)
+	}
 }
 
 // A join is a push/pull with one peer: this member learns the members that
@@ -677,8 +740,22 @@ func (m *Mesh) joinOne(ctx context.Context, t *target) {
 // rejoin intervals): the last one comes after most of a starting mesh has
 // joined. Each is a join's exchange (the node list, and the small join
 // state of IPAM and health), and there are followUps per join, not per
-// member: a restart or a mesh's start costs each agent three.
+// member: a restart or a mesh's start costs each agent three. A join that
+// brought no member this one did not have (a rejoin of a peer it marked
+// suspect, say) schedules none: it is not catching up, and in a mesh of
+// hundreds, where some peer is suspect now and then, every such rejoin
+// started three more exchanges of the whole member list, so the follow-ups
+// never ended.
 const followUps = 3
+
+// FollowUpsPending is how many follow-up push/pulls of the last join are
+// still to come: until then a member that joined is still catching up,
+// and its traffic is that of a join, not of a steady state.
+func (m *Mesh) FollowUpsPending() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.followUpsLeft
+}
 
 // followUp does the next follow-up push/pull if it is due (rejoin's pass).
 func (m *Mesh) followUp(ctx context.Context, now time.Time) {
@@ -804,7 +881,9 @@ func (m *Mesh) Members() []PeerInfo {
 		addr, _ := netip.AddrFromSlice(p.node.Addr)
 		out = append(out, PeerInfo{Name: name, Addr: addr.Unmap(), Meta: p.meta, State: p.current()})
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	// SortFunc, not sort.Slice: membership handling lists every member
+	// at each change, and sort.Slice's reflection showed in profiles.
+	slices.SortFunc(out, func(a, b PeerInfo) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 

@@ -82,6 +82,7 @@ func (m *Mesh) Rebind(addr netip.Addr, newTransport NewTransport) error {
 	m.listp.Store(list)
 	m.mu.Lock()
 	m.bind = addr
+	m.changedLocked()
 	for _, t := range m.targets {
 		t.next, t.failures = time.Time{}, 0 // join everyone again at once
 	}

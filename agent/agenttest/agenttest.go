@@ -76,6 +76,10 @@ type Options struct {
 	LogLevel slog.Level
 	// Configure has the last word on each agent's configuration.
 	Configure func(i int, cfg *agent.Config)
+	// LogKeep is how many bytes of each agent's log are kept (the most
+	// recent; default 4 MiB). A simulation of a thousand agents keeps less:
+	// at the default, warnings of a loaded run held gigabytes.
+	LogKeep int
 	// StopWorkers is how many agents the cleanup stops at once (default 1,
 	// one after the other; a simulation of hundreds of agents wants more,
 	// or each leave in turn waits for its timeouts).
@@ -139,7 +143,6 @@ func (c *Cluster) StartAll() {
 // (Node.Config) first.
 func New(t testing.TB, opts Options) *Cluster {
 	t.Helper()
-	CheckGoroutines(t)
 	if opts.N == 0 {
 		opts.N = 3
 	}
@@ -155,13 +158,14 @@ func New(t testing.TB, opts Options) *Cluster {
 	if opts.Timing == (mesh.Timing{}) {
 		opts.Timing = slowed(mesh.LocalTiming(), raceSlowdown)
 	}
+	checkGoroutinesWithin(t, leakGrace(opts.Timing))
 	if strings.EqualFold(os.Getenv("WEFT_TEST_LOG"), "debug") {
 		opts.LogLevel = slog.LevelDebug
 	}
 	c := &Cluster{T: t, Net: &Network{}}
 	for i := 0; i < opts.N; i++ {
 		n := &Node{c: c, Index: i, Name: fmt.Sprintf("host%d", i+1), Addr: HostAddr(i), HostNet: &HostNet{}}
-		n.logs = &logBuffer{}
+		n.logs = &logBuffer{keep: opts.LogKeep}
 		n.log = slog.New(slog.NewTextHandler(n.logs, &slog.HandlerOptions{Level: opts.LogLevel})).With("host", n.Name)
 		peer := HostAddr(0)
 		if i == 0 {
@@ -562,20 +566,27 @@ func (n *Node) gossipTransport(addr netip.AddrPort) (memberlist.NodeAwareTranspo
 	return tr, nil
 }
 
-// logBuffer keeps an agent's log lines, the most recent 4 MiB.
+// logBuffer keeps an agent's log lines, the most recent keep bytes (at
+// least; up to twice that before it trims).
 type logBuffer struct {
+	keep int // 0: defaultLogKeep
+
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-const logKeep = 4 << 20
+const defaultLogKeep = 4 << 20
 
 func (b *logBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.buf.Len()+len(p) > 2*logKeep {
-		keep := b.buf.Bytes()[b.buf.Len()-logKeep:]
-		b.buf = *bytes.NewBuffer(append([]byte(nil), keep...))
+	keep := b.keep
+	if keep <= 0 {
+		keep = defaultLogKeep
+	}
+	if b.buf.Len()+len(p) > 2*keep && b.buf.Len() > keep {
+		tail := b.buf.Bytes()[b.buf.Len()-keep:]
+		b.buf = *bytes.NewBuffer(append(make([]byte, 0, 2*keep), tail...))
 	}
 	return b.buf.Write(p)
 }

@@ -12,7 +12,8 @@
 //
 // Packets behave like UDP (a full queue, a cut link or nobody listening: the
 // packet is gone without an error); streams behave like TCP (a cut link or
-// nobody listening: the dial fails) and are net.Pipe pairs, which honour the
+// nobody listening: the dial fails) and are in-memory pipes with a send
+// buffer (see pipe), which honour the
 // deadlines memberlist sets.
 package meshtest
 
@@ -42,10 +43,17 @@ var (
 const packetQueue = 1024
 
 // Network connects Transports by address. The zero value is ready to use.
+//
+// Every packet and dial of every member looks up its destination here, and
+// members come and go and links are cut rarely: the maps are sync.Maps,
+// read without a lock. With a mutex (even a read-write one), a thousand
+// members sending at once queued on it, and a member starting (Listen, a
+// writer) stalled every sender until the readers of the moment, scheduled
+// late on a loaded machine, were done.
 type Network struct {
-	mu      sync.Mutex
-	nodes   map[netip.AddrPort]*Transport
-	blocked map[[2]netip.Addr]bool
+	nodes   sync.Map     // netip.AddrPort -> *Transport
+	blocked sync.Map     // [2]netip.Addr -> struct{}, both directions
+	nblock  atomic.Int64 // entries in blocked: none is the common case
 }
 
 // Listen returns a transport bound to addr; it fails when addr is taken,
@@ -55,44 +63,38 @@ func (n *Network) Listen(addr netip.AddrPort) (*Transport, error) {
 	if !addr.IsValid() || addr.Port() == 0 {
 		return nil, fmt.Errorf("meshtest: listen %s: need an address and a port", addr)
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.nodes == nil {
-		n.nodes = map[netip.AddrPort]*Transport{}
-	}
-	if _, taken := n.nodes[addr]; taken {
-		return nil, fmt.Errorf("meshtest: listen %s: address already in use", addr)
-	}
 	t := &Transport{
 		net:     n,
 		local:   addr,
+		from:    net.UDPAddrFromAddrPort(addr),
 		packets: make(chan *memberlist.Packet, packetQueue),
 		streams: make(chan net.Conn),
 		done:    make(chan struct{}),
 		conns:   map[net.Conn]struct{}{},
 	}
-	n.nodes[addr] = t
+	if _, taken := n.nodes.LoadOrStore(addr, t); taken {
+		return nil, fmt.Errorf("meshtest: listen %s: address already in use", addr)
+	}
 	return t, nil
 }
 
 // Block cuts every packet and new stream between hosts a and b, both ways,
 // until Unblock.
 func (n *Network) Block(a, b netip.Addr) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.blocked == nil {
-		n.blocked = map[[2]netip.Addr]bool{}
+	for _, k := range [][2]netip.Addr{{a, b}, {b, a}} {
+		if _, had := n.blocked.LoadOrStore(k, struct{}{}); !had {
+			n.nblock.Add(1)
+		}
 	}
-	n.blocked[[2]netip.Addr{a, b}] = true
-	n.blocked[[2]netip.Addr{b, a}] = true
 }
 
 // Unblock heals a link cut by Block.
 func (n *Network) Unblock(a, b netip.Addr) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	delete(n.blocked, [2]netip.Addr{a, b})
-	delete(n.blocked, [2]netip.Addr{b, a})
+	for _, k := range [][2]netip.Addr{{a, b}, {b, a}} {
+		if _, had := n.blocked.LoadAndDelete(k); had {
+			n.nblock.Add(-1)
+		}
+	}
 }
 
 // route finds the transport at to, or why there is none.
@@ -101,24 +103,20 @@ func (n *Network) route(from netip.Addr, to string) (*Transport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("meshtest: address %q: %w", to, err)
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.blocked[[2]netip.Addr{from, dst.Addr()}] {
-		return nil, ErrBlocked
+	if n.nblock.Load() > 0 {
+		if _, cut := n.blocked.Load([2]netip.Addr{from, dst.Addr()}); cut {
+			return nil, ErrBlocked
+		}
 	}
-	t := n.nodes[dst]
-	if t == nil {
+	t, ok := n.nodes.Load(dst)
+	if !ok {
 		return nil, ErrRefused
 	}
-	return t, nil
+	return t.(*Transport), nil
 }
 
 func (n *Network) remove(t *Transport) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.nodes[t.local] == t {
-		delete(n.nodes, t.local)
-	}
+	n.nodes.CompareAndDelete(t.local, t)
 }
 
 // Stats are one transport's counters: what memberlist sent and received as
@@ -139,6 +137,7 @@ type Stats struct {
 type Transport struct {
 	net     *Network
 	local   netip.AddrPort
+	from    *net.UDPAddr // local, as the From of every packet sent (memberlist only reads it)
 	packets chan *memberlist.Packet
 	streams chan net.Conn
 	done    chan struct{}
@@ -202,7 +201,7 @@ func (t *Transport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, e
 	// memberlist reuses its send buffers: the receiver gets a copy.
 	p := &memberlist.Packet{
 		Buf:       append([]byte(nil), b...),
-		From:      net.UDPAddrFromAddrPort(t.local),
+		From:      t.from,
 		Timestamp: now,
 	}
 	if !dst.deliver(p) {
@@ -249,7 +248,7 @@ func (t *Transport) DialAddressTimeout(a memberlist.Address, timeout time.Durati
 		return nil, fmt.Errorf("dial %s: %w", a.Addr, err)
 	}
 	// The far side's address is made up: memberlist only logs it.
-	mine, theirs := net.Pipe()
+	mine, theirs := newPipe(tcpAddr(t.local), tcpAddr(dst.local))
 	local := &conn{Conn: mine, local: tcpAddr(t.local), remote: tcpAddr(dst.local), owner: t}
 	remote := &conn{Conn: theirs, local: tcpAddr(dst.local), remote: tcpAddr(t.local), owner: dst}
 	if !dst.track(remote) {
