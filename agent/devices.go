@@ -7,9 +7,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/weftnet/weft/hostnet"
+	"github.com/weftnet/weft/kube"
 	"github.com/weftnet/weft/policy"
 	"github.com/weftnet/weft/router/tun"
 	"github.com/weftnet/weft/router/udp"
@@ -44,8 +44,9 @@ type Devices struct {
 	// network namespace of their own).
 	PolicyEngine func(cfg policy.Config) (PolicyEngine, error)
 	// KubeClient is the Kubernetes client with --kube; nil means one from
-	// --kubeconfig (or in-cluster). Tests give a fake clientset.
-	KubeClient kubernetes.Interface
+	// --kubeconfig (or in-cluster). Tests give a fake clientset through
+	// kube/client/clientset.
+	KubeClient kube.Client
 
 	// realHost: HostNet is the kernel's, so the kernel fast path (package
 	// fastdp) may be used too. Set by withDefaults.

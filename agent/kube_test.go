@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/kube/client/clientset"
+
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -28,7 +30,7 @@ func downAPIServer(t *testing.T, node string) *kubeSide {
 	client.PrependReactor("*", "*", func(k8stesting.Action) (bool, runtime.Object, error) {
 		return true, nil, errors.New("connection refused")
 	})
-	c, err := kube.New(kube.Config{Client: client, NodeName: node, Logger: slog.New(slog.DiscardHandler)})
+	c, err := kube.New(kube.Config{Client: clientset.Wrap(client), NodeName: node, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +98,7 @@ func TestKubePublishesSigningKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: cfg.Name}})
-	c, err := kube.New(kube.Config{Client: client, NodeName: cfg.Name, Logger: slog.New(slog.DiscardHandler)})
+	c, err := kube.New(kube.Config{Client: clientset.Wrap(client), NodeName: cfg.Name, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

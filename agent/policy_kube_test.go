@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/kube/client/clientset"
+
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -158,7 +160,7 @@ func TestPolicyAgainstAPIServer(t *testing.T) {
 	n := c.Nodes[0]
 	cfg := &n.Config
 	cfg.Kube, cfg.NetworkPolicy = true, true
-	cfg.Devices.KubeClient = sa
+	cfg.Devices.KubeClient = clientset.Wrap(sa)
 	cfg.Devices.PolicyEngine = func(pc policy.Config) (agent.PolicyEngine, error) {
 		pc.NetNS = ns
 		e, err := policy.New(pc)

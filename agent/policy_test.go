@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/kube/client/clientset"
+
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -38,7 +40,7 @@ func kubeAgent(t *testing.T, client kubernetes.Interface, eng *agenttest.PolicyE
 	t.Helper()
 	c := agenttest.New(t, agenttest.Options{N: 1, IPAMInit: "consensus=1", Configure: func(_ int, cfg *agent.Config) {
 		cfg.Kube, cfg.NetworkPolicy = true, networkPolicy
-		cfg.Devices.KubeClient = client
+		cfg.Devices.KubeClient = clientset.Wrap(client)
 		cfg.Devices.PolicyEngine = eng.Factory
 	}})
 	c.StartAll()
@@ -372,7 +374,7 @@ func TestPolicyEngineConfig(t *testing.T) {
 	var got atomic.Pointer[policy.Config]
 	c := agenttest.New(t, agenttest.Options{N: 1, IPAMInit: "consensus=1", Configure: func(_ int, cfg *agent.Config) {
 		cfg.Kube, cfg.NetworkPolicy, cfg.NetworkPolicyDenyLog = true, true, true
-		cfg.Devices.KubeClient = client
+		cfg.Devices.KubeClient = clientset.Wrap(client)
 		cfg.Devices.PolicyEngine = func(pc policy.Config) (agent.PolicyEngine, error) {
 			got.Store(&pc)
 			return eng, nil

@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/kube/client/clientset"
+	"k8s.io/client-go/tools/clientcmd"
+
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -48,14 +51,17 @@ func TestAgainstAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("apiserver ready after %s (includes any build)", time.Since(start).Round(time.Millisecond))
-	admin, err := NewClient(api.Kubeconfig)
+	admin, err := fullClient(api.Kubeconfig)
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	// The agent's own client: the DaemonSet's ServiceAccount, so every test
 	// below also proves the manifest's RBAC is enough.
+	// agent is client-go's full clientset, for the RBAC checks;
+	// agentClient is the one weft's agent uses (NewClient).
 	var agent kubernetes.Interface
+	var agentClient Client
 	t.Run("ManifestApply", func(t *testing.T) {
 		// A server dry run cannot validate objects in a namespace that the
 		// same file creates (the namespace is only pretended), so dry-run a
@@ -105,7 +111,10 @@ func TestAgainstAPIServer(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if agent, err = NewClient(kc); err != nil {
+		if agent, err = fullClient(kc); err != nil {
+			t.Fatal(err)
+		}
+		if agentClient, err = NewClient(kc); err != nil {
 			t.Fatal(err)
 		}
 		// What NetworkPolicy enforcement reads, it may list.
@@ -139,7 +148,7 @@ func TestAgainstAPIServer(t *testing.T) {
 		t.Fatal("no ServiceAccount client; the rest needs it")
 	}
 	newCluster := func(t *testing.T, node string) *Cluster {
-		c, err := New(Config{Client: agent, NodeName: node, Namespace: DefaultNamespace, Logger: testLogger(t, node),
+		c, err := New(Config{Client: agentClient, NodeName: node, Namespace: DefaultNamespace, Logger: testLogger(t, node),
 			LeaseDuration: 2 * time.Second, RenewDeadline: 1500 * time.Millisecond, RetryPeriod: 200 * time.Millisecond,
 			ReclaimInterval: time.Second})
 		if err != nil {
@@ -228,7 +237,7 @@ func TestAgainstAPIServer(t *testing.T) {
 		if _, err := admin.CoreV1().ConfigMaps(ns).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		c, err := New(Config{Client: admin, NodeName: "x", Namespace: ns})
+		c, err := New(Config{Client: clientset.Wrap(admin), NodeName: "x", Namespace: ns})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -279,8 +288,8 @@ func TestAgainstAPIServer(t *testing.T) {
 	})
 
 	t.Run("Reclaimer", func(t *testing.T) { testReclaimer(t, ctx, nodes, newCluster) })
-	t.Run("SigningKeys", func(t *testing.T) { testSigningKeys(t, ctx, agent, nodes, newCluster) })
-	t.Run("NodeEvents", func(t *testing.T) { testNodeEvents(t, ctx, api, admin, agent, nodes) })
+	t.Run("SigningKeys", func(t *testing.T) { testSigningKeys(t, ctx, agentClient, nodes, newCluster) })
+	t.Run("NodeEvents", func(t *testing.T) { testNodeEvents(t, ctx, api, admin, agentClient, nodes) })
 }
 
 // fakeRing stands for the IPAM ring: owners and an idempotent remove that
@@ -454,4 +463,14 @@ func only(addrs []string, prefix string) []string {
 		}
 	}
 	return out
+}
+
+// fullClient is client-go's whole clientset from a kubeconfig, for what
+// the tests do beyond weft's Client.
+func fullClient(kubeconfig string) (kubernetes.Interface, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	return kubernetes.NewForConfig(cfg)
 }

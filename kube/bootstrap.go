@@ -34,7 +34,7 @@ func (c *Cluster) BootstrapRing(ctx context.Context, self string) ([]string, err
 	if err := validPeerName(self); err != nil {
 		return nil, fmt.Errorf("kube: bootstrap: own name: %w", err)
 	}
-	cms := c.client.CoreV1().ConfigMaps(c.namespace)
+	cms := c.client.ConfigMaps(c.namespace)
 	want := &corev1.ConfigMap{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:        BootstrapConfigMap,

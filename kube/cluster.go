@@ -15,11 +15,11 @@ import (
 	"strings"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/weftnet/weft/internal/logx"
+	"github.com/weftnet/weft/kube/client"
 )
 
 // DefaultNamespace holds weft's ConfigMap and Lease when the agent does not
@@ -42,7 +42,7 @@ const (
 
 // Config is what the agent hands to New.
 type Config struct {
-	Client    kubernetes.Interface
+	Client    Client
 	NodeName  string // this agent's Node, also its peer name
 	Namespace string // "" = the pod's namespace, else DefaultNamespace
 	Logger    *slog.Logger
@@ -59,7 +59,7 @@ type Config struct {
 
 // Cluster is one agent's handle on the cluster.
 type Cluster struct {
-	client    kubernetes.Interface
+	client    Client
 	nodeName  string
 	namespace string
 	log       *slog.Logger
@@ -120,7 +120,7 @@ func InCluster() bool {
 
 // NewClient builds a client from a kubeconfig file, or from the in-cluster
 // service account when kubeconfig is "".
-func NewClient(kubeconfig string) (kubernetes.Interface, error) {
+func NewClient(kubeconfig string) (Client, error) {
 	var (
 		cfg *rest.Config
 		err error
@@ -134,7 +134,7 @@ func NewClient(kubeconfig string) (kubernetes.Interface, error) {
 		return nil, fmt.Errorf("kube: client config (kubeconfig %q): %w", kubeconfig, err)
 	}
 	cfg.UserAgent = "weft"
-	cs, err := kubernetes.NewForConfig(cfg)
+	cs, err := client.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("kube: client: %w", err)
 	}

@@ -15,7 +15,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/weftnet/weft/internal/logx"
 )
@@ -45,7 +44,7 @@ const (
 
 // EventsConfig is what NewEvents needs.
 type EventsConfig struct {
-	Client   kubernetes.Interface
+	Client   Client
 	NodeName string
 	Logger   *slog.Logger
 	// QueueSize bounds the Events waiting for the API server; more are
@@ -77,7 +76,7 @@ type EventsConfig struct {
 // instead: readiness Events are transitions only, password Events are
 // rate-limited per peer.
 type Events struct {
-	client        kubernetes.Interface
+	client        Client
 	node          string
 	log           *slog.Logger
 	queue         chan *eventsv1.Event
@@ -265,7 +264,7 @@ func (e *Events) write(ctx context.Context, ev *eventsv1.Event) {
 	wait := e.backoff
 	for attempt := 1; ; attempt++ {
 		wctx, cancel := context.WithTimeout(ctx, eventWriteTimeout)
-		_, err := e.client.EventsV1().Events(ev.Namespace).Create(wctx, ev, metav1.CreateOptions{})
+		_, err := e.client.Events(ev.Namespace).Create(wctx, ev, metav1.CreateOptions{})
 		cancel()
 		if err == nil {
 			e.written.Add(1)

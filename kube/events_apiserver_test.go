@@ -19,7 +19,7 @@ import (
 // manifest's RBAC is proven enough) and reads them back as an operator
 // does: the events.k8s.io API, `kubectl get events` on the Node and
 // `kubectl describe node`.
-func testNodeEvents(t *testing.T, ctx context.Context, api *kubeapi.APIServer, admin, agent kubernetes.Interface, nodes *nodeMaker) {
+func testNodeEvents(t *testing.T, ctx context.Context, api *kubeapi.APIServer, admin kubernetes.Interface, agent Client, nodes *nodeMaker) {
 	const node = "ev-node"
 	nodes.create(node, "198.18.4.1")
 	e, err := NewEvents(EventsConfig{Client: agent, NodeName: node, Logger: testLogger(t, node)})

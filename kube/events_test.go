@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/kube/client/clientset"
+
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -37,7 +39,7 @@ func (c *fakeClock) Advance(d time.Duration) {
 func newTestEvents(t *testing.T, cfg EventsConfig) (*Events, *fake.Clientset, func()) {
 	t.Helper()
 	client := fake.NewClientset()
-	cfg.Client, cfg.NodeName, cfg.Logger = client, "node-a", testLogger(t, "node-a")
+	cfg.Client, cfg.NodeName, cfg.Logger = clientset.Wrap(client), "node-a", testLogger(t, "node-a")
 	if cfg.RetryBackoff == 0 {
 		cfg.RetryBackoff = time.Millisecond
 	}
@@ -220,7 +222,7 @@ func TestNewEventsChecksConfig(t *testing.T) {
 	if _, err := NewEvents(EventsConfig{NodeName: "a"}); err == nil {
 		t.Error("nil client accepted")
 	}
-	if _, err := NewEvents(EventsConfig{Client: fake.NewClientset(), NodeName: ""}); err == nil {
+	if _, err := NewEvents(EventsConfig{Client: clientset.Wrap(fake.NewClientset()), NodeName: ""}); err == nil {
 		t.Error("empty node name accepted")
 	}
 }

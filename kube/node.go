@@ -8,6 +8,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // NetworkReadyReason is the reason weft sets on the NetworkUnavailable
@@ -36,7 +37,7 @@ func (c *Cluster) SetNetworkAvailable(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("kube: encode Node condition patch: %w", err)
 	}
-	if _, err := c.client.CoreV1().Nodes().PatchStatus(ctx, c.nodeName, patch); err != nil {
+	if _, err := c.client.Nodes().Patch(ctx, c.nodeName, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status"); err != nil {
 		return fmt.Errorf("kube: set NetworkUnavailable=False on Node %s: %w", c.nodeName, err)
 	}
 	return nil

@@ -8,7 +8,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 )
@@ -48,8 +47,7 @@ func (c *Cluster) WatchPeers(ctx context.Context, f func(addrs []string)) error 
 // add, update or delete. deleted, when non-nil, is called with the name of
 // each deleted Node.
 func (c *Cluster) watchNodes(ctx context.Context, deleted ...func(name string)) (corelisters.NodeLister, <-chan struct{}, error) {
-	factory := informers.NewSharedInformerFactory(c.client, 0)
-	inf := factory.Core().V1().Nodes()
+	inf := newInformer(c.client, c.client.Nodes(), &corev1.Node{})
 	changed := make(chan struct{}, 1)
 	poke := func() {
 		select {
@@ -57,7 +55,7 @@ func (c *Cluster) watchNodes(ctx context.Context, deleted ...func(name string)) 
 		default:
 		}
 	}
-	_, err := inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+	_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { poke() },
 		UpdateFunc: func(any, any) { poke() },
 		DeleteFunc: func(obj any) {
@@ -75,12 +73,12 @@ func (c *Cluster) watchNodes(ctx context.Context, deleted ...func(name string)) 
 	if err != nil {
 		return nil, nil, fmt.Errorf("kube: Node event handler: %w", err)
 	}
-	factory.Start(ctx.Done())
-	go func() { <-ctx.Done(); factory.Shutdown() }()
-	if !cache.WaitForCacheSync(ctx.Done(), inf.Informer().HasSynced) {
+	var run informers
+	run.start(ctx, inf)
+	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
 		return nil, nil, fmt.Errorf("kube: Node cache not synced: %w", context.Cause(ctx))
 	}
-	return inf.Lister(), changed, nil
+	return corelisters.NewNodeLister(inf.GetIndexer()), changed, nil
 }
 
 // peerAddrs is the sorted, distinct InternalIP of every Node but self.

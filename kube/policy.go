@@ -11,8 +11,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
@@ -50,7 +48,7 @@ type PolicyHandler interface {
 // and feeds a PolicyHandler. It also answers the CNI ADD path's question
 // "what are this pod's labels" from the same cache (WaitPod).
 type PolicySource struct {
-	client  kubernetes.Interface
+	client  Client
 	handler PolicyHandler
 	log     *slog.Logger
 
@@ -62,7 +60,7 @@ type PolicySource struct {
 }
 
 // NewPolicySource returns a source that feeds h once Run starts it.
-func NewPolicySource(client kubernetes.Interface, h PolicyHandler, log *slog.Logger) *PolicySource {
+func NewPolicySource(client Client, h PolicyHandler, log *slog.Logger) *PolicySource {
 	return &PolicySource{client: client, handler: h, log: logx.OrDiscard(log), changed: make(chan struct{})}
 }
 
@@ -86,12 +84,16 @@ func (s *PolicySource) waitChan() <-chan struct{} {
 // Run starts the informers and blocks until ctx is done. It returns an
 // error only if the caches could not be set up.
 func (s *PolicySource) Run(ctx context.Context) error {
-	factory := informers.NewSharedInformerFactoryWithOptions(s.client, 0, informers.WithTransform(trimObject))
-	podInf := factory.Core().V1().Pods()
-	nsInf := factory.Core().V1().Namespaces().Informer()
-	npInf := factory.Networking().V1().NetworkPolicies().Informer()
+	podInf := newInformer(s.client, s.client.Pods(""), &corev1.Pod{})
+	nsInf := newInformer(s.client, s.client.Namespaces(), &corev1.Namespace{})
+	npInf := newInformer(s.client, s.client.NetworkPolicies(""), &networkingv1.NetworkPolicy{})
+	for _, inf := range []cache.SharedIndexInformer{podInf, nsInf, npInf} {
+		if err := inf.SetTransform(trimObject); err != nil {
+			return fmt.Errorf("kube: informer transform: %w", err)
+		}
+	}
 
-	podReg, err := podInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+	podReg, err := podInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { s.podChanged(obj) },
 		UpdateFunc: func(_, obj any) { s.podChanged(obj) },
 		DeleteFunc: func(obj any) {
@@ -128,10 +130,11 @@ func (s *PolicySource) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("kube: NetworkPolicy event handler: %w", err)
 	}
-	lister := podInf.Lister()
+	lister := corelisters.NewPodLister(podInf.GetIndexer())
 	s.pods.Store(&lister)
-	factory.Start(ctx.Done())
-	defer factory.Shutdown()
+	var run informers
+	run.start(ctx, podInf, nsInf, npInf)
+	defer run.wait()
 	// The registrations' HasSynced, not the informers': they say the
 	// handler itself has had every object of the initial list.
 	if !cache.WaitForCacheSync(ctx.Done(), podReg.HasSynced, nsReg.HasSynced, npReg.HasSynced) {

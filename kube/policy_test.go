@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/kube/client/clientset"
+
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -100,7 +102,7 @@ func testPod(ns, name, node string, labels map[string]string) *corev1.Pod {
 
 func runSource(t *testing.T, client kubernetes.Interface, h PolicyHandler) *PolicySource {
 	t.Helper()
-	s := NewPolicySource(client, h, slog.New(slog.DiscardHandler))
+	s := NewPolicySource(clientset.Wrap(client), h, slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
@@ -164,7 +166,7 @@ func TestPolicySourceFeedsHandler(t *testing.T) {
 func TestPolicySourceWaitPod(t *testing.T) {
 	client := fake.NewClientset()
 	h := newRecordingHandler()
-	s := NewPolicySource(client, h, slog.New(slog.DiscardHandler))
+	s := NewPolicySource(clientset.Wrap(client), h, slog.New(slog.DiscardHandler))
 	// Before Run has synced: not synced when the deadline comes.
 	wctx, wcancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	_, err := s.WaitPod(wctx, "a", "p", nil)

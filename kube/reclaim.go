@@ -2,14 +2,11 @@ package kube
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
-	"k8s.io/client-go/tools/leaderelection"
-	"k8s.io/client-go/tools/leaderelection/resourcelock"
 )
 
 // RunReclaimer runs until ctx is done. It competes for the Lease
@@ -23,43 +20,18 @@ import (
 // returning 0). Before removing, the Node's absence is confirmed with a live
 // GET, so a stale cache never takes a live peer's ranges.
 func (c *Cluster) RunReclaimer(ctx context.Context, owners func() []string, remove func(name string) (uint64, error)) {
-	// One holder's work at a time in this process: leaderelection starts
-	// OnStartedLeading in a goroutine and Run may return before it has, so a
-	// new round could otherwise overlap the end of the previous one.
-	var working sync.Mutex
-	for ctx.Err() == nil {
-		le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
-			Lock: &resourcelock.LeaseLock{
-				LeaseMeta:  metav1.ObjectMeta{Name: ReclaimLease, Namespace: c.namespace},
-				Client:     c.client.CoordinationV1(),
-				LockConfig: resourcelock.ResourceLockConfig{Identity: c.nodeName},
-			},
-			LeaseDuration:   c.leaseDuration,
-			RenewDeadline:   c.renewDeadline,
-			RetryPeriod:     c.retryPeriod,
-			ReleaseOnCancel: true, // a stopping agent hands over at once
-			Name:            ReclaimLease,
-			Callbacks: leaderelection.LeaderCallbacks{
-				OnStartedLeading: func(lctx context.Context) {
-					working.Lock()
-					defer working.Unlock()
-					if lctx.Err() != nil {
-						return
-					}
-					c.log.Info("holding the reclaim lease", "lease", c.namespace+"/"+ReclaimLease)
-					c.reclaimWhileLeading(lctx, owners, remove)
-				},
-				OnStoppedLeading: func() {},
-			},
-		})
-		if err != nil { // only a bad configuration, which New rules out
-			c.log.Error("reclaimer: leader election config", "err", err)
-			return
-		}
-		le.Run(ctx)
+	e := &leaseElector{
+		leases: c.client.Leases(c.namespace), namespace: c.namespace, name: ReclaimLease, identity: c.nodeName,
+		log: c.log, leaseDuration: c.leaseDuration, renewDeadline: c.renewDeadline, retryPeriod: c.retryPeriod,
 	}
-	working.Lock() // let a round still running finish
-	working.Unlock()
+	for ctx.Err() == nil {
+		// run returns after a term has ended and its work with it, so
+		// terms never overlap in this process.
+		e.run(ctx, func(lctx context.Context) {
+			c.log.Info("holding the reclaim lease", "lease", c.namespace+"/"+ReclaimLease)
+			c.reclaimWhileLeading(lctx, owners, remove)
+		})
+	}
 }
 
 // reclaimWhileLeading is the holder's loop, stopped when lctx is cancelled
@@ -112,7 +84,7 @@ func (c *Cluster) reclaimOnce(ctx context.Context, lister corelisters.NodeLister
 			continue
 		}
 		// Gone from the cache: confirm with the API server.
-		_, err := c.client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		_, err := c.client.Nodes().Get(ctx, name, metav1.GetOptions{})
 		if err == nil {
 			continue
 		}

@@ -52,7 +52,7 @@ func (c *Cluster) PublishSigningKey(ctx context.Context, pub ed25519.PublicKey) 
 	if err != nil {
 		return fmt.Errorf("kube: encode signing-key patch: %w", err)
 	}
-	n, err := c.client.CoreV1().Nodes().Patch(ctx, c.nodeName, types.MergePatchType, patch, metav1.PatchOptions{}, "status")
+	n, err := c.client.Nodes().Patch(ctx, c.nodeName, types.MergePatchType, patch, metav1.PatchOptions{}, "status")
 	if err != nil {
 		return fmt.Errorf("kube: publish signing key on Node %s: %w", c.nodeName, err)
 	}

@@ -8,10 +8,11 @@ import (
 	"testing"
 	"time"
 
+	kclient "github.com/weftnet/weft/kube/client"
+
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/weftnet/weft/identity"
@@ -29,7 +30,7 @@ func newKey(t *testing.T) ed25519.PublicKey {
 // testSigningKeys runs inside TestAgainstAPIServer with the ServiceAccount's
 // client: each agent publishes its key on its own Node, and a peer's
 // announced key is checked against its Node.
-func testSigningKeys(t *testing.T, ctx context.Context, agent kubernetes.Interface, nodes *nodeMaker, newCluster func(*testing.T, string) *Cluster) {
+func testSigningKeys(t *testing.T, ctx context.Context, agent Client, nodes *nodeMaker, newCluster func(*testing.T, string) *Cluster) {
 	nodes.create("sk-a", "198.18.4.1")
 	nodes.create("sk-b", "198.18.4.2")
 	nodes.create("sk-old", "198.18.4.3") // no agent has published here
@@ -54,7 +55,7 @@ func testSigningKeys(t *testing.T, ctx context.Context, agent kubernetes.Interfa
 	}
 	// Least privilege: publishing needs no write access to Nodes themselves.
 	spec := []byte(`{"spec":{"unschedulable":true}}`)
-	if _, err := agent.CoreV1().Nodes().Patch(ctx, "sk-b", types.MergePatchType, spec, metav1.PatchOptions{}); !apierrors.IsForbidden(err) {
+	if _, err := agent.Nodes().Patch(ctx, "sk-b", types.MergePatchType, spec, metav1.PatchOptions{}); !apierrors.IsForbidden(err) {
 		t.Errorf("SA may patch a Node's spec (err=%v)", err)
 	}
 	// A missing Node: an error naming it.
@@ -136,7 +137,7 @@ func testSigningKeys(t *testing.T, ctx context.Context, agent kubernetes.Interfa
 // the authority reports an error at once (it never blocks the mesh) and the
 // pins fall back to trust on first use.
 func TestSigningKeyAuthorityDown(t *testing.T) {
-	client, err := kubernetes.NewForConfig(&rest.Config{Host: "http://127.0.0.1:1", Timeout: time.Second})
+	client, err := kclient.NewForConfig(&rest.Config{Host: "http://127.0.0.1:1", Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,8 +11,15 @@ import (
 )
 
 const (
-	rxBatch   = 64  // datagrams (or GRO trains) per socket read
+	rxBatch   = 64  // datagrams (or GRO trains) per socket read, at most
 	rxPending = 256 // inner packets queued for the TUN before a write
+	// rxInitial is how many receive buffers there are at first. The
+	// buffers are 64 KiB each (a GRO train), so all rxBatch would be 4 MiB:
+	// never touched by an idle agent, but counted as live heap, so the GC
+	// lets that much more garbage pile up (resident) before it runs. They
+	// double (up to rxBatch) each time a read fills them all, which under
+	// load happens in the first few reads.
+	rxInitial = 4
 )
 
 // rxPath is the UDP -> TUN direction. Datagrams are received into large
@@ -23,7 +30,8 @@ const (
 // receive buffers are reused.
 type rxPath struct {
 	r       *Router
-	msgs    []udp.Message
+	msgs    []udp.Message // rxBatch headers; the first ready ones have buffers
+	ready   int
 	queue   *gso.Coalescer
 	one     [][]byte // a single packet for a device without offloads
 	acc     peerAcc
@@ -39,17 +47,28 @@ func newRxPath(r *Router) *rxPath {
 		one:   make([][]byte, 1),
 	}
 	x.writeFn = x.write
-	rbacking := make([]byte, rxBatch*udp.RecvBufSize)
-	for i := range x.msgs {
-		x.msgs[i].Buf = rbacking[i*udp.RecvBufSize : (i+1)*udp.RecvBufSize : (i+1)*udp.RecvBufSize]
-	}
+	x.grow(rxInitial)
 	return x
+}
+
+// grow gives buffers to the message headers up to n.
+func (x *rxPath) grow(n int) {
+	n = min(n, len(x.msgs))
+	if n <= x.ready {
+		return
+	}
+	backing := make([]byte, (n-x.ready)*udp.RecvBufSize)
+	for i := x.ready; i < n; i++ {
+		j := i - x.ready
+		x.msgs[i].Buf = backing[j*udp.RecvBufSize : (j+1)*udp.RecvBufSize : (j+1)*udp.RecvBufSize]
+	}
+	x.ready = n
 }
 
 func (x *rxPath) run() error {
 	streak := 0
 	for {
-		n, err := x.r.conn.ReadBatch(x.msgs)
+		n, err := x.r.conn.ReadBatch(x.msgs[:x.ready])
 		if err != nil {
 			if isClosed(err) {
 				return fmt.Errorf("receive: %w", err)
@@ -62,6 +81,9 @@ func (x *rxPath) run() error {
 		streak = 0
 		if err := x.receive(x.msgs[:n], time.Now().UnixNano()); err != nil {
 			return err
+		}
+		if n == x.ready {
+			x.grow(2 * x.ready) // a full read: more was waiting
 		}
 	}
 }

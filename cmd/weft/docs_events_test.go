@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/kube/client/clientset"
+
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 
@@ -22,7 +24,7 @@ import (
 func TestOperationsDocumentsEvents(t *testing.T) {
 	// What the agent writes: each kind of Event once, on a fake API server.
 	client := fake.NewClientset()
-	e, err := kube.NewEvents(kube.EventsConfig{Client: client, NodeName: "node1"})
+	e, err := kube.NewEvents(kube.EventsConfig{Client: clientset.Wrap(client), NodeName: "node1"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/kube/client/clientset"
+
 	"github.com/urfave/cli/v2"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -76,7 +78,7 @@ func TestStatusPolicy(t *testing.T) {
 	eng := agenttest.NewPolicyEngine()
 	c := agenttest.New(t, agenttest.Options{N: 1, IPAMInit: "consensus=1", Configure: func(_ int, cfg *agent.Config) {
 		cfg.Kube, cfg.NetworkPolicy = true, true
-		cfg.Devices.KubeClient, cfg.Devices.PolicyEngine = client, eng.Factory
+		cfg.Devices.KubeClient, cfg.Devices.PolicyEngine = clientset.Wrap(client), eng.Factory
 	}})
 	c.StartAll()
 	c.WaitFormed()

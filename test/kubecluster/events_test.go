@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/kube/client/clientset"
+
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 
@@ -137,7 +139,7 @@ func TestChecksAcceptKubeEvents(t *testing.T) {
 	client := fake.NewClientset()
 	var written []NodeEvent
 	for _, node := range []string{"node1", "node2"} {
-		e, err := kube.NewEvents(kube.EventsConfig{Client: client, NodeName: node})
+		e, err := kube.NewEvents(kube.EventsConfig{Client: clientset.Wrap(client), NodeName: node})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -241,6 +241,7 @@ func measureReal(t *testing.T, n int) result {
 	r.GossipIn, r.GossipOut = rx/float64(n), tx/float64(n)
 	r.CPUPerAgt = cpu / float64(n)
 	r.MemPerAgt = rss / uint64(n)
+	logMemSplit(t, pids)
 
 	victims := bed.Hosts[n-5:]
 	rest := bed.Hosts[:n-5]
@@ -374,4 +375,36 @@ func newLines(path string, off *int64) []string {
 	}
 	*off += int64(end + 1)
 	return strings.Split(string(b[:end]), "\n")
+}
+
+// logMemSplit logs what the agents' RSS is made of (/proc/PID/smaps_rollup):
+// pages of the weft binary, shared by every agent on a host, and their own
+// anonymous memory; PSS charges the shared pages to each process in part.
+func logMemSplit(t *testing.T, pids []int) {
+	var rss, pss, anon float64
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+		if err != nil {
+			t.Logf("memory split: %v", err)
+			return
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 2 {
+				continue
+			}
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			switch f[0] {
+			case "Rss:":
+				rss += kb
+			case "Pss:":
+				pss += kb
+			case "Anonymous:":
+				anon += kb
+			}
+		}
+	}
+	n := float64(len(pids)) * 1024
+	t.Logf("memory per agent: RSS %.1f MiB = binary and other file pages %.1f MiB + anonymous %.1f MiB; PSS %.1f MiB",
+		rss/n, (rss-anon)/n, anon/n, pss/n)
 }
