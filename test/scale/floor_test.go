@@ -53,6 +53,7 @@ type floorResult struct {
 	FormCPU    time.Duration // process CPU until formation (or the deadline), per member
 	FormBytes  float64       // bytes sent (packets and streams) until then, per member
 	Joins      int           // Join calls made, retries included
+	JoinErr    string        // the first failed join's error, if any
 	Goroutines int           // at formation
 	Note       string        // why not formed: the spread of what members saw
 }
@@ -261,9 +262,12 @@ func floor(t *testing.T, opts floorOptions) floorResult {
 		joiners.Add(1)
 		go func() {
 			defer joiners.Done()
-			n := joinUntil(ctx, m.ml, target, simTiming().RejoinInterval)
+			n, jerr := joinUntil(ctx, m.ml, target, simTiming().RejoinInterval)
 			joinsMu.Lock()
 			r.Joins += n
+			if jerr != nil && r.JoinErr == "" {
+				r.JoinErr = jerr.Error()
+			}
 			joinsMu.Unlock()
 		}()
 	}
@@ -295,24 +299,35 @@ func floor(t *testing.T, opts floorOptions) floorResult {
 	joiners.Wait()
 	t.Logf("memberlist alone, %d members, RetransmitMult %d: formed in %s, %s CPU and %.1f kB sent per member, %d joins, %d goroutines; load %s",
 		opts.N, r.Mult, dur(r.Formation), r.FormCPU.Round(time.Millisecond), r.FormBytes/1e3, r.Joins, r.Goroutines, loadAvg())
+	if r.JoinErr != "" {
+		t.Logf("first failed join: %s", r.JoinErr)
+	}
 	return r
 }
 
 // joinUntil joins target until memberlist reports a node joined, retrying
-// every interval; it returns the calls made.
-func joinUntil(ctx context.Context, ml *memberlist.Memberlist, target string, interval time.Duration) int {
+// every interval; it returns the calls made and the first failure's error.
+func joinUntil(ctx context.Context, ml *memberlist.Memberlist, target string, interval time.Duration) (int, error) {
 	calls := 0
+	var first error
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return calls
+			return calls, first
 		case <-timer.C:
 		}
 		calls++
-		if n, err := ml.Join([]string{target}); err == nil && n > 0 {
-			return calls
+		n, err := ml.Join([]string{target})
+		if err == nil && n > 0 {
+			return calls, first
+		}
+		if first == nil {
+			if err == nil {
+				err = fmt.Errorf("join %s: no node joined", target)
+			}
+			first = err
 		}
 		timer.Reset(interval)
 	}
@@ -357,6 +372,9 @@ func formatFloor(rows []floorResult) string {
 	for _, r := range rows {
 		if r.Note != "" {
 			fmt.Fprintf(&b, "\n%d members, RetransmitMult %d: %s", r.N, r.Mult, r.Note)
+		}
+		if r.JoinErr != "" {
+			fmt.Fprintf(&b, "\n%d members, RetransmitMult %d: first failed join: %s", r.N, r.Mult, r.JoinErr)
 		}
 	}
 	b.WriteString("\n")
