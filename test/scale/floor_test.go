@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -254,6 +255,7 @@ func floor(t *testing.T, opts floorOptions) floorResult {
 		}
 	}
 	var joinsMu sync.Mutex
+	var joined atomic.Int64
 	for i, m := range ms {
 		target := ms[0].addr.String()
 		if i == 0 {
@@ -263,6 +265,9 @@ func floor(t *testing.T, opts floorOptions) floorResult {
 		go func() {
 			defer joiners.Done()
 			n, jerr := joinUntil(ctx, m.ml, target, simTiming().RejoinInterval)
+			if ctx.Err() == nil {
+				joined.Add(1)
+			}
 			joinsMu.Lock()
 			r.Joins += n
 			if jerr != nil && r.JoinErr == "" {
@@ -272,7 +277,12 @@ func floor(t *testing.T, opts floorOptions) floorResult {
 		}()
 	}
 
+	stopTrace := func() {}
+	if opts.N >= 300 {
+		stopTrace = floorTrace(t, ms, &joined, start, cpuStart)
+	}
 	err := floorWait(ms, opts.Deadline, floorFormed(opts.N))
+	stopTrace()
 	var sent uint64
 	for _, m := range ms {
 		s := m.tr.Stats()
@@ -303,6 +313,38 @@ func floor(t *testing.T, opts floorOptions) floorResult {
 		t.Logf("first failed join: %s", r.JoinErr)
 	}
 	return r
+}
+
+// floorTrace logs, every 5 s until stopped, how far formation is: members
+// whose join succeeded, the spread of members seen, open suspicions, and
+// the process's CPU so far (which a loaded machine does not stretch).
+func floorTrace(t *testing.T, ms []*floorMember, joined *atomic.Int64, start time.Time, cpuStart time.Duration) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(5 * time.Second)
+		defer tick.Stop()
+		seen := make([]int, len(ms))
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+			suspects := 0
+			for i, m := range ms {
+				seen[i] = m.ml.NumMembers()
+				suspects += m.suspects()
+			}
+			slices.Sort(seen)
+			t.Logf("trace t=%s cpu=%s joined=%d seen min/med/max=%d/%d/%d suspicions=%d",
+				time.Since(start).Round(100*time.Millisecond), (cpuTime() - cpuStart).Round(10*time.Millisecond),
+				joined.Load(), seen[0], seen[len(seen)/2], seen[len(seen)-1], suspects)
+		}
+	}()
+	return func() { close(done); wg.Wait() }
 }
 
 // floorLeakGrace is how long a member's goroutines may outlive its
