@@ -153,10 +153,7 @@ func TestUnreachableSuspectStays(t *testing.T) {
 // gossip, probes and periodic push/pulls are all an hour apart, so before
 // the follow-ups m2 never heard of m3.
 func TestFollowUpsAfterJoin(t *testing.T) {
-	timing := LocalTiming()
-	timing.GossipInterval = time.Hour
-	timing.PushPullInterval = time.Hour
-	timing.ProbeInterval = time.Hour
+	timing := joinsOnlyTiming()
 	var net meshtest.Network
 	start := func(i, peer int) *Mesh { return startSimMember(t, &net, i, peer, timing) }
 	m1 := start(1, 0)
@@ -173,10 +170,7 @@ func TestFollowUpsAfterJoin(t *testing.T) {
 // marked suspect kept restarting them, three exchanges of the whole member
 // list each time.
 func TestNoFollowUpsForJoinBringingNothing(t *testing.T) {
-	timing := LocalTiming()
-	timing.GossipInterval = time.Hour
-	timing.PushPullInterval = time.Hour
-	timing.ProbeInterval = time.Hour
+	timing := joinsOnlyTiming()
 	var net meshtest.Network
 	m1 := startSimMember(t, &net, 1, 0, timing)
 	m2 := startSimMember(t, &net, 2, 1, timing)
@@ -186,4 +180,15 @@ func TestNoFollowUpsForJoinBringingNothing(t *testing.T) {
 	if n := m2.FollowUpsPending(); n != 0 {
 		t.Fatalf("a join of a member already known scheduled %d follow-ups", n)
 	}
+}
+
+// joinsOnlyTiming is LocalTiming with gossip, probes and periodic
+// push/pulls an hour apart: members learn of each other only from joins
+// and their follow-ups.
+func joinsOnlyTiming() Timing {
+	t := LocalTiming()
+	t.GossipInterval = time.Hour
+	t.PushPullInterval = time.Hour
+	t.ProbeInterval = time.Hour
+	return t
 }

@@ -169,35 +169,10 @@ func floorFormed(n int) func(*floorMember) error {
 	}
 }
 
-// floorWait polls ok for every member until all pass at once, or the
-// deadline (waitAll's cursor, for bare members).
+// floorWait is waitEach for bare members.
 func floorWait(ms []*floorMember, deadline time.Duration, ok func(*floorMember) error) error {
-	start := time.Now()
-	i := 0
-	var last error
-	for {
-		for i < len(ms) {
-			if last = ok(ms[i]); last != nil {
-				break
-			}
-			i++
-		}
-		if i == len(ms) {
-			for j, m := range ms {
-				if last = ok(m); last != nil {
-					i = j
-					break
-				}
-			}
-			if last == nil {
-				return nil
-			}
-		}
-		if time.Since(start) > deadline {
-			return fmt.Errorf("%s: %w", ms[i].name, last)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	_, err := waitEach(ms, func(m *floorMember) string { return m.name }, deadline, ok)
+	return err
 }
 
 // floor forms opts.N bare memberlists as simulate forms agents: all

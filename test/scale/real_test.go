@@ -89,34 +89,9 @@ func sampleProc(pid int) (procSample, error) {
 	return s, nil
 }
 
-// waitHosts polls ok on every host until all pass at once, or deadline.
+// waitHosts is waitEach for real agents.
 func waitHosts(hosts []*testbed.Host, deadline time.Duration, ok func(*testbed.Host) error) (time.Duration, error) {
-	start := time.Now()
-	i := 0
-	var last error
-	for {
-		for i < len(hosts) {
-			if last = ok(hosts[i]); last != nil {
-				break
-			}
-			i++
-		}
-		if i == len(hosts) {
-			for j, h := range hosts {
-				if last = ok(h); last != nil {
-					i = j
-					break
-				}
-			}
-			if last == nil {
-				return time.Since(start), nil
-			}
-		}
-		if time.Since(start) > deadline {
-			return time.Since(start), fmt.Errorf("%s: %w", hosts[i].Name, last)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return waitEach(hosts, func(h *testbed.Host) string { return h.Name }, deadline, ok)
 }
 
 func statusOf(h *testbed.Host) (api.Status, error) {

@@ -64,25 +64,25 @@ func (r *result) miss(format string, args ...any) {
 	r.Note += fmt.Sprintf(format, args...)
 }
 
-// waitAll polls ok for every node until all pass at once, or the deadline.
-// It returns the time taken and, on a miss, the first node that still failed
-// and why.
-func waitAll(nodes []*agenttest.Node, deadline time.Duration, ok func(*agenttest.Node) error) (time.Duration, error) {
+// waitEach polls ok for every item until all pass at once, or the
+// deadline. It returns the time taken and, on a miss, the first item (by
+// name) that still failed and why.
+func waitEach[T any](items []T, name func(T) string, deadline time.Duration, ok func(T) error) (time.Duration, error) {
 	start := time.Now()
 	i := 0
 	var last error
 	for {
-		// A cursor: nodes passed stay passed until a full sweep, which then
+		// A cursor: items passed stay passed until a full sweep, which then
 		// confirms all of them at once (one could have regressed).
-		for i < len(nodes) {
-			if last = ok(nodes[i]); last != nil {
+		for i < len(items) {
+			if last = ok(items[i]); last != nil {
 				break
 			}
 			i++
 		}
-		if i == len(nodes) {
-			for j, n := range nodes {
-				if last = ok(n); last != nil {
+		if i == len(items) {
+			for j, it := range items {
+				if last = ok(it); last != nil {
 					i = j
 					break
 				}
@@ -92,10 +92,15 @@ func waitAll(nodes []*agenttest.Node, deadline time.Duration, ok func(*agenttest
 			}
 		}
 		if time.Since(start) > deadline {
-			return time.Since(start), fmt.Errorf("%s: %w", nodes[i].Name, last)
+			return time.Since(start), fmt.Errorf("%s: %w", name(items[i]), last)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// waitAll is waitEach for simulated agents.
+func waitAll(nodes []*agenttest.Node, deadline time.Duration, ok func(*agenttest.Node) error) (time.Duration, error) {
+	return waitEach(nodes, func(n *agenttest.Node) string { return n.Name }, deadline, ok)
 }
 
 // formed: ready, and sees exactly want alive and none suspect.
